@@ -1,0 +1,7 @@
+"""Model zoo: one builder per family; ``neuron=`` picks a quadratic neuron type or the ReLU twin."""
+
+from quadexport.zoo import resnet, small  # noqa: F401  (registers the builders)
+from quadexport.zoo.counting import count_macs, count_params
+from quadexport.zoo.registry import create_model, list_models, register_model
+
+__all__ = ["count_macs", "count_params", "create_model", "list_models", "register_model"]
