@@ -1,0 +1,7 @@
+"""``python -m quadexport`` (also ``torchrun -m quadexport train ...``)."""
+
+import sys
+
+from quadexport.cli import main
+
+sys.exit(main())
