@@ -71,6 +71,10 @@ class QuadLayer(nn.Module):
         x2 = x * x if self.neuron_type.needs_square else x
         for br in self.neuron_type.branches:
             outs[br.name] = getattr(self, br.name)(x2 if br.input == "x2" else x)
+        if torch.is_autocast_enabled("cpu") or torch.is_autocast_enabled("cuda"):
+            # Under bf16/fp16 autocast the branches run in low precision; products and sums of the quadratic
+            # terms are formed in fp32 so they neither overflow nor lose the small quadratic contribution.
+            outs = {k: v.float() for k, v in outs.items()}
         return self.neuron_type.combine(outs)
 
     def extra_repr(self) -> str:

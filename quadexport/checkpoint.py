@@ -1,0 +1,159 @@
+"""Run directories and checkpoints.
+
+A run dir holds ``checkpoint.pt`` (model and optimizer state plus everything needed to rebuild the model),
+``config.json`` (the training configuration), ``metrics.json`` and ``curves.png``. Checkpoints contain only tensors
+and plain Python values, are loaded with ``torch.load(weights_only=True)`` (a pickle that tries to run code is
+refused) and are written atomically (temporary file + rename), so a crash never leaves a half-written file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+CHECKPOINT = "checkpoint.pt"
+FORMAT = "quadexport-run"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint or run dir that cannot be used (missing, corrupt, unsafe or from another format/version)."""
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: str = "wb") -> Path:
+    """Write a file atomically: ``write(fileobj)`` into a temporary file in the same folder, fsync, rename.
+
+    Args:
+        path: destination.
+        write: callable receiving the open temporary file.
+        mode: ``"wb"`` or ``"w"``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return path
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Atomically write ``obj`` as indented JSON."""
+    return atomic_write(path, lambda f: json.dump(obj, f, indent=2, allow_nan=False), mode="w")
+
+
+def _finite_state(state: dict[str, torch.Tensor]) -> bool:
+    return all(bool(torch.isfinite(v).all()) for v in state.values() if v.is_floating_point())
+
+
+def save_checkpoint(run_dir: str | os.PathLike, model: nn.Module, meta: dict[str, Any],
+                    optimizer_state: dict | None = None, epoch: int = 0, extra: dict | None = None) -> Path:
+    """Save a model (and optionally the optimizer) to ``run_dir/checkpoint.pt`` atomically.
+
+    Args:
+        run_dir: run directory (created if needed).
+        model: a zoo model (it must carry ``quadexport_config``).
+        meta: run metadata: dataset, input_shape, test_acc, relinear settings, ...
+        optimizer_state: ``optimizer.state_dict()`` for ``--resume``.
+        epoch: number of completed epochs.
+        extra: further plain values (e.g. the LR multiplier after a rollback).
+
+    Raises:
+        CheckpointError: if the model has NaN/Inf parameters (a NaN checkpoint is never written).
+    """
+    from quadexport import __version__
+
+    config = getattr(model, "quadexport_config", None)
+    if config is None:
+        raise CheckpointError("model has no quadexport_config; build it with quadexport.create_model")
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    if not _finite_state(state):
+        raise CheckpointError("refusing to save a checkpoint with NaN/Inf parameters")
+    payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "quadexport_version": __version__,
+               "config": config, "meta": meta, "model": state, "epoch": int(epoch),
+               "optimizer": optimizer_state, "extra": extra or {}}
+    return atomic_write(Path(run_dir) / CHECKPOINT, lambda f: torch.save(payload, f))
+
+
+def read_checkpoint(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """Load and validate ``run_dir/checkpoint.pt`` (``weights_only=True``: no code runs while loading).
+
+    Args:
+        run_dir: a run directory or a checkpoint file.
+
+    Raises:
+        CheckpointError: missing, truncated, corrupt, unsafe, or not a quadexport checkpoint of a known version.
+    """
+    p = Path(run_dir)
+    path = p / CHECKPOINT if p.is_dir() else p
+    if not path.exists():
+        raise CheckpointError(f"no checkpoint at {path} (is {run_dir} a run dir made by 'quadexport train'?)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError... for bad files
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if "Weights only load failed" in str(e) or "Unsupported global" in str(e):
+            raise CheckpointError(f"{path} is not a safe quadexport checkpoint (it contains code or unsupported "
+                                  f"objects; refused to load it): {msg}") from None
+        raise CheckpointError(f"{path} is truncated or corrupt: {msg}") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a quadexport run checkpoint")
+    if ckpt.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path} has checkpoint format version {ckpt.get('format_version')}, this quadexport "
+                              f"reads version {FORMAT_VERSION}")
+    for key in ("config", "meta", "model"):
+        if not isinstance(ckpt.get(key), dict):
+            raise CheckpointError(f"{path} lacks its {key!r} section")
+    return ckpt
+
+
+def build_from_checkpoint(ckpt: dict[str, Any]) -> nn.Module:
+    """Rebuild the model described by a checkpoint and load its weights (strict)."""
+    from quadexport.zoo import create_model
+
+    cfg = dict(ckpt["config"])
+    try:
+        model = create_model(cfg.pop("name"), **cfg)
+    except (TypeError, KeyError, ValueError) as e:
+        raise CheckpointError(f"checkpoint describes a model this quadexport cannot build: {e}") from None
+    try:
+        model.load_state_dict(ckpt["model"], strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint weights do not fit model {ckpt['config'].get('name')}: "
+                              f"{str(e).splitlines()[0]}") from None
+    model.quadexport_meta = dict(ckpt["meta"])
+    return model
+
+
+def load(run_dir: str | os.PathLike) -> nn.Module:
+    """Load the trained model of a run dir, in eval mode.
+
+    The model carries ``quadexport_config`` (name, neuron, num_classes, in_channels, input_size) and
+    ``quadexport_meta`` (dataset, input_shape, test_acc, relinear, ...).
+
+    Args:
+        run_dir: a run directory made by ``quadexport train`` (or its ``checkpoint.pt``).
+    """
+    model = build_from_checkpoint(read_checkpoint(run_dir))
+    return model.eval()
+
+
+def metric_is_finite(x: float) -> bool:
+    """True for a finite float (used to keep NaN out of metrics and checkpoints)."""
+    return isinstance(x, (int, float)) and math.isfinite(x)

@@ -1,0 +1,328 @@
+"""Training loop: ReLinear parameter groups and penalty, per-epoch metrics, atomic checkpoints, resume, NaN guard,
+optional DistributedDataParallel (``torchrun``).
+
+Determinism: the model init is seeded and each epoch's sample order comes from ``DistributedSampler(seed=seed)``
+with ``set_epoch`` (also with one process), so a resumed run sees exactly the batches an uninterrupted run sees.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from quadexport.checkpoint import CHECKPOINT, read_checkpoint, save_checkpoint, write_json
+from quadexport.relinear import (ReLinearConfig, param_groups, plain_init, quadratic_norms, quadratic_penalty,
+                                 warm_start)
+
+
+class TrainingDiverged(RuntimeError):
+    """Loss or weights went NaN/Inf and rolling back with a lower learning rate did not help."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs (saved as ``config.json`` in the run dir).
+
+    Args:
+        model: zoo model name.
+        neuron: neuron type or ``"relu"``.
+        dataset: dataset name (``quadexport.data.list_datasets()``).
+        out: run directory.
+        epochs: number of epochs.
+        batch_size: global batch size (split across DDP processes).
+        lr: base learning rate.
+        optimizer: ``"sgd"`` (momentum 0.9) or ``"adam"``.
+        weight_decay: weight decay (all parameters, as in the seed code).
+        schedule: ``"cosine"`` (per epoch) or ``"constant"``.
+        relinear: ReLinear settings.
+        seed: random seed.
+        data_dir: dataset location override.
+        train_subset: use only this many training samples (stratified), for quick runs.
+        test_subset: evaluate on this many test samples.
+        warm_start: run dir of a trained ReLU twin to copy W_r, BN, stem and head from.
+        width: width option for mlp/cnn (None = builder default).
+        device: ``"cpu"`` or ``"cuda"``.
+        amp: ``"bf16"`` autocast (CUDA; quadratic products stay in fp32) or ``"none"``.
+        grad_clip: max gradient norm (0 = off).
+        max_rollbacks: NaN rollbacks (each halves the LR) before giving up.
+    """
+
+    model: str = "cnn"
+    neuron: str = "fan"
+    dataset: str = "digits"
+    out: str = "runs/cnn-fan-digits"
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 0.05
+    optimizer: str = "sgd"
+    weight_decay: float = 1e-4
+    schedule: str = "cosine"
+    relinear: ReLinearConfig = field(default_factory=ReLinearConfig)
+    seed: int = 0
+    data_dir: str | None = None
+    train_subset: int | None = None
+    test_subset: int | None = None
+    warm_start: str | None = None
+    width: int | None = None
+    device: str = "cpu"
+    amp: str = "none"
+    grad_clip: float = 0.0
+    max_rollbacks: int = 3
+
+    def __post_init__(self) -> None:
+        if isinstance(self.relinear, dict):
+            self.relinear = ReLinearConfig(**self.relinear)
+        checks = [(self.epochs >= 1, "epochs must be >= 1"), (self.batch_size >= 1, "batch size must be >= 1"),
+                  (math.isfinite(self.lr) and self.lr > 0, "lr must be a finite number > 0"),
+                  (self.optimizer in ("sgd", "adam"), "optimizer must be sgd or adam"),
+                  (self.schedule in ("cosine", "constant"), "schedule must be cosine or constant"),
+                  (math.isfinite(self.weight_decay) and self.weight_decay >= 0, "weight decay must be >= 0"),
+                  (self.amp in ("none", "bf16"), "amp must be none or bf16"),
+                  (self.device in ("cpu", "cuda") or self.device.startswith("cuda:"), "device must be cpu or cuda"),
+                  (self.train_subset is None or self.train_subset >= 10, "train subset must be >= 10"),
+                  (self.test_subset is None or self.test_subset >= 1, "test subset must be >= 1")]
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(msg)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["relinear"] = self.relinear.to_dict()
+        return d
+
+
+def _dist() -> tuple[int, int]:
+    """(rank, world size), initialising torch.distributed when launched by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() and os.environ.get("QUADEXPORT_DIST_BACKEND") != "gloo" else "gloo"
+        dist.init_process_group(backend)
+    return dist.get_rank(), dist.get_world_size()
+
+
+def build_model(cfg: TrainConfig, num_classes: int, input_shape: tuple[int, int, int]) -> nn.Module:
+    """Create the model of ``cfg`` for a dataset (seeded), with its init and optional warm start."""
+    from quadexport.checkpoint import read_checkpoint
+    from quadexport.zoo import create_model
+
+    torch.manual_seed(cfg.seed)
+    kw = {"width": cfg.width} if cfg.width else {}
+    model = create_model(cfg.model, neuron=cfg.neuron, num_classes=num_classes, in_channels=input_shape[0],
+                         input_size=tuple(input_shape[1:]), **kw)
+    if cfg.relinear.init == "kaiming":
+        plain_init(model)
+    if cfg.warm_start:
+        src = read_checkpoint(cfg.warm_start)
+        if src["config"].get("neuron") != "relu":
+            raise ValueError(f"--warm-start expects a ReLU run dir, {cfg.warm_start} has neuron "
+                             f"{src['config'].get('neuron')!r}")
+        warm_start(model, src["model"])
+    return model
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """Optimizer over the ReLinear parameter groups."""
+    groups = param_groups(model, cfg.lr, cfg.relinear, cfg.weight_decay)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=cfg.lr)
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9)
+
+
+def lr_factor(cfg: TrainConfig, epoch: int) -> float:
+    """Schedule multiplier for a (0-based) epoch."""
+    if cfg.schedule == "constant":
+        return 1.0
+    return 0.5 * (1.0 + math.cos(math.pi * epoch / cfg.epochs))
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device,
+             batch_size: int = 512) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) of ``model`` on tensors ``x, y``; NaN loss if outputs are not finite."""
+    model.eval()
+    loss_sum, correct = 0.0, 0
+    for i in range(0, len(x), batch_size):
+        xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
+        out = model(xb).float()
+        loss_sum += float(F.cross_entropy(out, yb, reduction="sum"))
+        correct += int((out.argmax(1) == yb).sum())
+    return loss_sum / len(x), correct / len(x)
+
+
+def _all_finite(model: nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+def _plot(run_dir: Path, epochs: list[dict[str, Any]], title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    e = [m["epoch"] for m in epochs]
+    fig, ax = plt.subplots(1, 3, figsize=(13, 3.6))
+    ax[0].plot(e, [m["train_loss"] for m in epochs], label="train")
+    ax[0].plot(e, [m["test_loss"] for m in epochs], label="test")
+    ax[0].set_title("loss"), ax[0].legend()
+    ax[1].plot(e, [100 * m["test_acc"] for m in epochs], color="C2")
+    ax[1].set_title("test accuracy (%)")
+    ax[2].plot(e, [m["norm_wg"] for m in epochs], label="‖W_g‖")
+    ax[2].plot(e, [m["norm_wb"] for m in epochs], label="‖W_b‖")
+    ax[2].set_title("quadratic weight norms"), ax[2].legend()
+    for a in ax:
+        a.set_xlabel("epoch"), a.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(run_dir / "curves.png.tmp.png", dpi=110)
+    plt.close(fig)
+    os.replace(run_dir / "curves.png.tmp.png", run_dir / "curves.png")
+
+
+def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Train ``cfg.model`` on ``cfg.dataset`` and write the run dir ``cfg.out``.
+
+    Args:
+        cfg: the training configuration.
+        resume: continue from ``cfg.out/checkpoint.pt`` (its config must match ``cfg``).
+        progress: show a progress bar per epoch (rank 0, terminals only).
+
+    Returns:
+        The metrics dict written to ``metrics.json``.
+    """
+    from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+    from tqdm import tqdm
+
+    from quadexport.data import load_dataset
+
+    rank, world = _dist()
+    device = torch.device(cfg.device if cfg.device == "cpu" else (f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+                                                                   if cfg.device == "cuda" else cfg.device))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda asked for, but torch sees no CUDA device")
+    run_dir = Path(cfg.out)
+    data = load_dataset(cfg.dataset, data_dir=cfg.data_dir, train_subset=cfg.train_subset,
+                        test_subset=cfg.test_subset, seed=cfg.seed)
+    model = build_model(cfg, data.num_classes, data.input_shape).to(device)
+    opt = make_optimizer(model, cfg)
+    history: list[dict[str, Any]] = []
+    start_epoch, lr_mult, rollbacks = 0, 1.0, 0
+    if resume:
+        ckpt = read_checkpoint(run_dir)
+        saved = ckpt["meta"].get("train_config", {})
+        mine = cfg.to_dict()
+        diff = [k for k in mine if k not in ("epochs", "out") and saved.get(k) != mine[k]]
+        if diff:
+            raise ValueError(f"--resume: {run_dir} was trained with other settings ({', '.join(diff)})")
+        model.load_state_dict(ckpt["model"])
+        if ckpt["optimizer"]:
+            opt.load_state_dict(ckpt["optimizer"])
+        start_epoch = int(ckpt["epoch"])
+        lr_mult = float(ckpt["extra"].get("lr_mult", 1.0))
+        rollbacks = int(ckpt["extra"].get("rollbacks", 0))
+        metrics_path = run_dir / "metrics.json"
+        if metrics_path.exists():
+            history = [m for m in json.loads(metrics_path.read_text())["epochs"] if m["epoch"] <= start_epoch]
+    elif rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not os.access(run_dir, os.W_OK):
+            raise PermissionError(f"output dir {run_dir} is not writable")
+    net: nn.Module = model
+    if world > 1:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    sampler = DistributedSampler(TensorDataset(data.x_train, data.y_train), num_replicas=world, rank=rank,
+                                 shuffle=True, seed=cfg.seed, drop_last=False)
+    loader = DataLoader(TensorDataset(data.x_train, data.y_train), batch_size=max(1, cfg.batch_size // world),
+                        sampler=sampler)
+    base_lrs = [g["lr"] for g in opt.param_groups]
+    meta = {"dataset": cfg.dataset, "input_shape": list(data.input_shape), "num_classes": data.num_classes,
+            "normalization": {"mean": data.mean, "std": data.std}, "relinear": cfg.relinear.to_dict(),
+            "train_config": cfg.to_dict()}
+    good_state = (copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict()))
+    epoch = start_epoch
+    while epoch < cfg.epochs:
+        sampler.set_epoch(epoch)
+        for g, lr0 in zip(opt.param_groups, base_lrs):
+            g["lr"] = lr0 * lr_factor(cfg, epoch) * lr_mult
+        net.train()
+        t0, loss_sum, seen, correct, bad_steps, diverged = time.perf_counter(), 0.0, 0, 0, 0, False
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
+                   disable=not progress or rank != 0 or None)
+        for xb, yb in bar:
+            xb, yb = xb.to(device), yb.to(device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp == "bf16"):
+                out = net(xb)
+            loss = F.cross_entropy(out.float(), yb)
+            total = loss + quadratic_penalty(model, cfg.relinear)
+            opt.zero_grad(set_to_none=True)
+            if not torch.isfinite(total):
+                bad_steps += 1
+                if bad_steps >= 5:
+                    diverged = True
+                    break
+                continue
+            total.backward()
+            if cfg.grad_clip > 0:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            loss_sum += float(loss) * len(xb)
+            seen += len(xb)
+            correct += int((out.argmax(1) == yb).sum())
+            bar.set_postfix(loss=f"{loss_sum / max(seen, 1):.4f}")
+        if diverged or not _all_finite(model):
+            rollbacks += 1
+            if rollbacks > cfg.max_rollbacks:
+                raise TrainingDiverged(f"training diverged (NaN/Inf) in epoch {epoch + 1} after {rollbacks - 1} "
+                                       f"rollbacks with LR ×{lr_mult:g}; lower --lr or use --relinear sg")
+            lr_mult *= 0.5
+            model.load_state_dict(good_state[0])
+            opt.load_state_dict(good_state[1])
+            if rank == 0:
+                print(f"epoch {epoch + 1}: NaN/Inf loss or weights, rolled back to the last good state, "
+                      f"LR multiplier now {lr_mult:g}")
+            continue
+        seconds = time.perf_counter() - t0
+        test_loss, test_acc = evaluate(model, data.x_test, data.y_test, device)
+        norms = quadratic_norms(model)
+        row = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
+               "test_loss": test_loss, "test_acc": test_acc, **norms, "lr": opt.param_groups[0]["lr"],
+               "seconds": seconds, "step_ms": 1000 * seconds / max(len(loader), 1), "skipped_steps": bad_steps}
+        history.append(row)
+        epoch += 1
+        good_state = (copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict()))
+        if rank == 0:
+            print(f"epoch {epoch}/{cfg.epochs} train_loss {row['train_loss']:.4f} test_loss {test_loss:.4f} "
+                  f"test_acc {100 * test_acc:.2f}% |W_g| {norms['norm_wg']:.3g} |W_b| {norms['norm_wb']:.3g} "
+                  f"{seconds:.1f}s", flush=True)
+            meta.update(test_acc=test_acc, epochs_done=epoch)
+            save_checkpoint(run_dir, model, meta, opt.state_dict(), epoch,
+                            {"lr_mult": lr_mult, "rollbacks": rollbacks})
+            metrics = {"model": cfg.model, "neuron": cfg.neuron, "dataset": cfg.dataset, "epochs": history,
+                       "test_acc": test_acc}
+            write_json(run_dir / "metrics.json", metrics)
+            write_json(run_dir / "config.json", cfg.to_dict())
+    if rank == 0:
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        _plot(run_dir, metrics["epochs"], f"{cfg.model} / {cfg.neuron} on {cfg.dataset}")
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+    return metrics
+
+
+__all__ = ["CHECKPOINT", "TrainConfig", "TrainingDiverged", "evaluate", "train"]
