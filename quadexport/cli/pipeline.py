@@ -1,0 +1,31 @@
+"""``quadexport pipeline RECIPE.toml``: train → export → check → bench → report, from a recipe in ``models/``."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def run(a: argparse.Namespace) -> int:
+    from quadexport.pipeline import run_pipeline
+
+    s = run_pipeline(a.recipe, out=a.out, resume=not a.fresh, skip_bench=a.skip_bench)
+    print()
+    for m in s["models"]:
+        print(f"{m['model']:>10s} {m['neuron']:>6s}: test accuracy {100 * m['test_acc']:.2f}%")
+    if len(s["models"]) > 1:
+        q, r = s["models"][0], s["models"][1]
+        print(f"quadratic - ReLU twin: {100 * (q['test_acc'] - r['test_acc']):+.2f} pp")
+    for x in s.get("ratios", []):
+        print(f"latency {x['quadratic']} / {x['baseline']} at batch {x['batch']}: {x['latency_ratio']:.2f}x "
+              f"(MAC ratio {x['mac_ratio']:.2f}x)")
+    print(f"parity: {'passed' if s['parity_ok'] else 'FAILED'}; report: {s.get('report', a.out or 'reports/')}")
+    return 0 if s["parity_ok"] else 1
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("pipeline", help="run a models/*.toml recipe end to end (train, export, check, bench)")
+    p.add_argument("recipe", help="recipe TOML, e.g. models/digits-demo.toml")
+    p.add_argument("--out", default=None, help="report folder (default reports/<recipe name>)")
+    p.add_argument("--fresh", action="store_true", help="retrain even if finished run dirs exist")
+    p.add_argument("--skip-bench", action="store_true", help="stop after the parity check")
+    p.set_defaults(func=run)
