@@ -192,13 +192,14 @@ def _plot(run_dir: Path, epochs: list[dict[str, Any]], title: str) -> None:
     os.replace(run_dir / "curves.png.tmp.png", run_dir / "curves.png")
 
 
-def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_after: int | None = None) -> dict[str, Any]:
     """Train ``cfg.model`` on ``cfg.dataset`` and write the run dir ``cfg.out``.
 
     Args:
         cfg: the training configuration.
         resume: continue from ``cfg.out/checkpoint.pt`` (its config must match ``cfg``).
         progress: show a progress bar per epoch (rank 0, terminals only).
+        stop_after: end this call after that many epochs (the run stays resumable), e.g. to split a long run.
 
     Returns:
         The metrics dict written to ``metrics.json``.
@@ -218,6 +219,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
                         test_subset=cfg.test_subset, seed=cfg.seed)
     model = build_model(cfg, data.num_classes, data.input_shape).to(device)
     opt = make_optimizer(model, cfg)
+    base_lrs = [g["lr"] for g in opt.param_groups]  # before a resumed state overwrites them with scheduled values
     history: list[dict[str, Any]] = []
     start_epoch, lr_mult, rollbacks = 0, 1.0, 0
     if resume:
@@ -247,13 +249,13 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
                                  shuffle=True, seed=cfg.seed, drop_last=False)
     loader = DataLoader(TensorDataset(data.x_train, data.y_train), batch_size=max(1, cfg.batch_size // world),
                         sampler=sampler)
-    base_lrs = [g["lr"] for g in opt.param_groups]
     meta = {"dataset": cfg.dataset, "input_shape": list(data.input_shape), "num_classes": data.num_classes,
             "normalization": {"mean": data.mean, "std": data.std}, "relinear": cfg.relinear.to_dict(),
             "train_config": cfg.to_dict()}
     good_state = (copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict()))
     epoch = start_epoch
-    while epoch < cfg.epochs:
+    last = cfg.epochs if stop_after is None else min(cfg.epochs, start_epoch + stop_after)
+    while epoch < last:
         sampler.set_epoch(epoch)
         for g, lr0 in zip(opt.param_groups, base_lrs):
             g["lr"] = lr0 * lr_factor(cfg, epoch) * lr_mult
@@ -278,7 +280,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
             if cfg.grad_clip > 0:
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
-            loss_sum += float(loss) * len(xb)
+            loss_sum += float(loss.detach()) * len(xb)
             seen += len(xb)
             correct += int((out.argmax(1) == yb).sum())
             bar.set_postfix(loss=f"{loss_sum / max(seen, 1):.4f}")
