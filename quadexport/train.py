@@ -163,6 +163,27 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.d
     return loss_sum / len(x), correct / len(x)
 
 
+def _agree_finite(loss: torch.Tensor, world: int) -> bool:
+    """Whether the loss is finite on every rank (all ranks must skip a step together, or DDP would hang)."""
+    ok = torch.isfinite(loss.detach()).to(torch.int32).reshape(1)
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+    return bool(ok.item())
+
+
+def _sum_over_ranks(values: tuple[float, ...], world: int, device: torch.device) -> tuple[float, ...]:
+    """Sum per-rank epoch statistics across DDP processes (identity with one process)."""
+    if world <= 1:
+        return values
+    import torch.distributed as dist
+
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return tuple(t.tolist())
+
+
 def _all_finite(model: nn.Module) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
@@ -270,7 +291,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
             loss = F.cross_entropy(out.float(), yb)
             total = loss + quadratic_penalty(model, cfg.relinear)
             opt.zero_grad(set_to_none=True)
-            if not torch.isfinite(total):
+            if not _agree_finite(total, world):
                 bad_steps += 1
                 if bad_steps >= 5:
                     diverged = True
@@ -284,7 +305,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
             seen += len(xb)
             correct += int((out.argmax(1) == yb).sum())
             bar.set_postfix(loss=f"{loss_sum / max(seen, 1):.4f}")
-        if diverged or not _all_finite(model):
+        seconds = time.perf_counter() - t0
+        test_loss, test_acc = (math.nan, 0.0) if diverged else evaluate(model, data.x_test, data.y_test, device)
+        if diverged or not _all_finite(model) or not math.isfinite(test_loss):
             rollbacks += 1
             if rollbacks > cfg.max_rollbacks:
                 raise TrainingDiverged(f"training diverged (NaN/Inf) in epoch {epoch + 1} after {rollbacks - 1} "
@@ -293,11 +316,10 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
             model.load_state_dict(good_state[0])
             opt.load_state_dict(good_state[1])
             if rank == 0:
-                print(f"epoch {epoch + 1}: NaN/Inf loss or weights, rolled back to the last good state, "
+                print(f"epoch {epoch + 1}: NaN/Inf loss, weights or outputs; rolled back to the last good state, "
                       f"LR multiplier now {lr_mult:g}")
             continue
-        seconds = time.perf_counter() - t0
-        test_loss, test_acc = evaluate(model, data.x_test, data.y_test, device)
+        loss_sum, seen, correct = _sum_over_ranks((loss_sum, seen, correct), world, device)
         norms = quadratic_norms(model)
         row = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
                "test_loss": test_loss, "test_acc": test_acc, **norms, "lr": opt.param_groups[0]["lr"],

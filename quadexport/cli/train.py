@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 
 
 def _finite_float(s: str) -> float:
@@ -82,8 +83,9 @@ def run(a: argparse.Namespace) -> int:
 
     cfg = config_from_args(a, a.out)
     metrics = train(cfg, resume=a.resume)
-    print(f"{cfg.model} ({cfg.neuron}) on {cfg.dataset}: test accuracy {100 * metrics['test_acc']:.2f}% "
-          f"-> {cfg.out}")
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"{cfg.model} ({cfg.neuron}) on {cfg.dataset}: test accuracy {100 * metrics['test_acc']:.2f}% "
+              f"-> {cfg.out}")
     return 0
 
 
