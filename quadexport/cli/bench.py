@@ -1,0 +1,81 @@
+"""``quadexport bench MODEL...``: latency of quadratic models vs their ReLU baselines (ONNX Runtime and torch eager)."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+
+def run(a: argparse.Namespace) -> int:
+    from quadexport.bench import MODES, bench, parse_input_shape
+
+    shape = parse_input_shape(a.input_shape)  # BenchError (a ValueError) -> one-line error, exit 2
+    modes = a.mode or ["decomposed"]
+    torch_eager = not a.no_torch_eager
+    if "torch" in modes and a.no_torch_eager:
+        modes = [m for m in modes if m != "torch"]
+    unknown = [m for m in modes if m not in MODES]
+    if unknown:
+        raise ValueError(f"unknown mode(s) {', '.join(unknown)}; choose from {', '.join(MODES)}")
+    command = "quadexport bench " + " ".join(shlex.quote(x) for x in _argv_from(a))
+    report = bench(a.models, neuron=a.neuron, mode=modes, provider=a.provider, threads=a.threads,
+                   batches=a.batch, opt_level=a.opt_level, baselines=not a.no_baselines, torch_eager=torch_eager,
+                   warmup=a.warmup, min_iters=a.min_iters, min_seconds=a.min_seconds, input_shape=shape,
+                   out=a.out, seed=a.seed, opset=a.opset, command=command, verbose=not a.quiet)
+    print(report.table())
+    if a.out:
+        print(f"\nwrote {', '.join(report.files.values())}")
+    else:
+        print("\n(pass --out DIR to keep bench.json, bench.md, the plots and the ONNX files)", file=sys.stderr)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bench", help="latency of quadratic models vs their ReLU twin and MAC-matched ReLU model",
+        description="Time quadratic models (zoo names, untrained: ReLinear init plus a small perturbation; or run "
+                    "dirs, trained) against their ReLU twin and the ReLU model matched on MACs, under onnxruntime "
+                    "(each export mode) and torch eager. Interleaved round-robin timing after a warm-up; p50/p90/p99, "
+                    "throughput, latency ratio next to MAC ratio. Writes DIR/bench.json, bench.md and PNG plots.",
+        epilog="example: quadexport bench resnet20 --neuron fan --batch 1 64 --mode decomposed function fused torch "
+               "--out reports/bench")
+    p.add_argument("models", nargs="+", metavar="MODEL", help="zoo model name (e.g. resnet20) or run dir")
+    p.add_argument("--neuron", default="fan", help="neuron type of zoo models (default fan)")
+    p.add_argument("--mode", nargs="+", default=None, metavar="MODE",
+                   help="decomposed (default), function, fused and/or torch (torch eager is added anyway unless "
+                        "--no-torch-eager)")
+    p.add_argument("--batch", nargs="+", type=int, default=[1, 64], metavar="N", help="batch sizes (default 1 64)")
+    p.add_argument("--provider", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--threads", type=int, default=None,
+                   help="intra-op threads of onnxruntime and torch (default: all usable cores)")
+    p.add_argument("--opt-level", choices=("disable", "basic", "extended", "all"), default="all",
+                   help="onnxruntime graph optimisation level (default all)")
+    p.add_argument("--no-baselines", action="store_true", help="time only the given models (pairs among them)")
+    p.add_argument("--no-torch-eager", action="store_true", help="skip the torch eager rows")
+    p.add_argument("--warmup", type=int, default=10, help="untimed runs per row (default 10)")
+    p.add_argument("--min-iters", type=int, default=20, help="minimum timed runs per row (default 20)")
+    p.add_argument("--min-seconds", type=float, default=1.0, help="minimum timed seconds per row (default 1.0)")
+    p.add_argument("--input-shape", nargs="+", default=None, metavar="D",
+                   help="one sample's shape C H W (default: the run dir's, else 1 28 28)")
+    p.add_argument("--opset", type=int, default=20, help="ONNX opset of the exports (default 20)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, metavar="DIR", help="write bench.json, bench.md, PNGs and onnx/ here")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(func=run)
+
+
+def _argv_from(a: argparse.Namespace) -> list[str]:
+    """The command line of the run, options spelled out (recorded in bench.json/bench.md)."""
+    out = list(map(str, a.models))
+    for flag, val in (("--neuron", a.neuron), ("--mode", a.mode), ("--batch", a.batch),
+                      ("--provider", a.provider), ("--threads", a.threads), ("--opt-level", a.opt_level),
+                      ("--warmup", a.warmup), ("--min-iters", a.min_iters), ("--min-seconds", a.min_seconds),
+                      ("--input-shape", a.input_shape), ("--seed", a.seed), ("--out", a.out)):
+        if val is None:
+            continue
+        out += [flag] + ([str(v) for v in val] if isinstance(val, list) else [str(val)])
+    for flag, val in (("--no-baselines", a.no_baselines), ("--no-torch-eager", a.no_torch_eager)):
+        if val:
+            out.append(flag)
+    return out

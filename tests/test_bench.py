@@ -1,0 +1,231 @@
+"""``quadexport bench``: report schema, baseline pairing, ratio bookkeeping, files, CLI errors.
+
+No timing assertions: the numbers depend on the machine. Runs are kept tiny (min_iters 3, min_seconds 0.01,
+1×8×8 inputs, a width-8 MLP) so the module stays well under a minute; the ONNX exports dominate.
+"""
+
+import json
+import math
+
+import pytest
+import torch
+
+import quadexport as q
+from quadexport.bench import (ONNX_MODES, RATIO_KEYS, ROW_KEYS, BenchError, _resolve_models, _zoo_macs, bench,
+                              mac_matched_baseline, parse_input_shape)
+from quadexport.checkpoint import save_checkpoint
+from quadexport.cli import main
+
+SHAPE = (1, 8, 8)
+FAST = dict(batches=(1, 3), warmup=1, min_iters=3, min_seconds=0.01, threads=1)
+
+
+def _run_dir(path, name, neuron, acc, **kw):
+    torch.manual_seed(0)
+    model = q.create_model(name, neuron, in_channels=1, input_size=8, **kw).eval()
+    save_checkpoint(path, model, {"input_shape": list(SHAPE), "test_acc": acc, "dataset": "digits"})
+    return path
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench-runs")
+    return (_run_dir(root / "mlp-w8-fan", "mlp", "fan", 0.91, width=8),
+            _run_dir(root / "mlp-w8-relu", "mlp", "relu", 0.88, width=8))
+
+
+@pytest.fixture(scope="module")
+def report(runs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench-out")
+    rep = bench([str(r) for r in runs], mode=["decomposed", "function"], out=out, **FAST)
+    return rep, out
+
+
+def _finite_pos(x):
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
+
+
+def test_report_schema(report):
+    rep, out = report
+    d = json.loads((out / "bench.json").read_text())
+    assert set(d) >= {"rows", "ratios", "config", "environment", "ort_vs_torch", "mode_ratios", "models"}
+    assert d["rows"] and d["ratios"]
+    for r in d["rows"]:
+        assert set(ROW_KEYS) <= set(r), set(ROW_KEYS) - set(r)
+        assert isinstance(r["model"], str) and isinstance(r["neuron"], str) and isinstance(r["mode"], str)
+        assert r["role"] in ("quadratic", "twin", "mac_matched", "relu")
+        assert r["provider"] == "cpu" and r["threads"] == 1 and r["batch"] in (1, 3)
+        for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "throughput", "macs", "params"):
+            assert _finite_pos(r[k]), (k, r[k])
+        assert math.isfinite(r["stdev_ms"]) and r["stdev_ms"] >= 0
+        assert r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"]
+        assert r["iters"] >= 3
+        assert r["throughput"] == pytest.approx(r["batch"] / (r["mean_ms"] / 1e3))
+        if r["mode"] in ONNX_MODES:
+            assert isinstance(r["file_bytes"], int) and r["file_bytes"] > 0
+        else:
+            assert r["mode"] == "torch" and r["file_bytes"] is None
+    for x in d["ratios"]:
+        assert set(RATIO_KEYS) <= set(x)
+        assert _finite_pos(x["latency_ratio"]) and _finite_pos(x["mac_ratio"])
+    env = d["environment"]
+    for k in ("cpu", "cpu_count", "threads", "torch", "onnx", "onnxruntime", "numpy", "provider", "opt_level",
+              "load_average", "date", "ep"):
+        assert k in env, k
+    assert env["ep"] == ["CPUExecutionProvider"]
+    cfg = d["config"]
+    assert cfg["warmup"] == 1 and cfg["min_iters"] == 3 and cfg["modes"] == ["decomposed", "function", "torch"]
+    assert cfg["input_shape"] == list(SHAPE)
+
+
+def test_rows_cover_models_modes_and_batches(report):
+    rep, _ = report
+    got = {(r["id"], r["mode"], r["batch"]) for r in rep.rows}
+    quad = "mlp-w8-fan"
+    for b in (1, 3):
+        for m in ("decomposed", "function", "torch"):
+            assert (quad, m, b) in got
+        # ReLU models: one ONNX graph whatever the mode (timed as decomposed) plus torch eager
+        for base in ("mlp-w8-relu",):
+            assert (base, "decomposed", b) in got and (base, "torch", b) in got
+            assert (base, "function", b) not in got
+    roles = {r["id"]: r["role"] for r in rep.rows}
+    assert roles["mlp-w8-fan"] == "quadratic" and roles["mlp-w8-relu"] == "twin"
+    mm = [i for i, role in roles.items() if role == "mac_matched"]
+    assert len(mm) == 1 and mm[0].startswith("mlp-w")
+    # run dirs keep their accuracies; the built MAC-matched model has none
+    accs = {r["id"]: r["test_acc"] for r in rep.rows}
+    assert accs["mlp-w8-fan"] == 0.91 and accs["mlp-w8-relu"] == 0.88 and accs[mm[0]] is None
+
+
+def test_ratios_consistent_with_rows(report):
+    rep, _ = report
+    idx = {(r["id"], r["mode"], r["batch"]): r for r in rep.rows}
+    macs = {r["id"]: r["macs"] for r in rep.rows}
+    seen = set()
+    for x in rep.ratios:
+        qr = idx[(x["quadratic"], x["mode"], x["batch"])]
+        br = idx[(x["baseline"], x["baseline_mode"], x["batch"])]
+        assert x["latency_ratio"] == pytest.approx(qr["p50_ms"] / br["p50_ms"])
+        assert x["mac_ratio"] == pytest.approx(macs[x["quadratic"]] / macs[x["baseline"]])
+        assert x["baseline_mode"] == ("torch" if x["mode"] == "torch" else "decomposed")
+        seen.add((x["role"], x["mode"], x["batch"]))
+    for role in ("twin", "mac_matched"):
+        for m in ("decomposed", "function", "torch"):
+            for b in (1, 3):
+                assert (role, m, b) in seen
+    # Fan: three branches → MAC ratio vs the twin close to 3; the MAC-matched model is close to 1
+    twin = next(x for x in rep.ratios if x["role"] == "twin")
+    mm = next(x for x in rep.ratios if x["role"] == "mac_matched")
+    assert 2.5 < twin["mac_ratio"] < 3.1
+    assert abs(mm["mac_ratio"] - 1) < abs(twin["mac_ratio"] - 1)
+    for x in rep.ort_vs_torch:
+        assert x["ratio"] == pytest.approx(idx[(x["model"], x["mode"], x["batch"])]["p50_ms"]
+                                           / idx[(x["model"], "torch", x["batch"])]["p50_ms"])
+    assert {(x["model"], x["mode"]) for x in rep.mode_ratios} == {("mlp-w8-fan", "function")}
+
+
+def test_markdown_and_plots_written(report):
+    rep, out = report
+    md = (out / "bench.md").read_text()
+    assert "| model |" in md and "latency ratio" in md and "MAC ratio" in md
+    table = [line for line in md.splitlines() if line.startswith("| mlp")]
+    assert len(table) >= len(rep.rows)
+    # every measurement row carries a latency ratio and a MAC ratio next to it
+    head = [c.strip() for c in next(li for li in md.splitlines() if li.startswith("| model | neuron")).split("|")]
+    i_lat, i_mac = head.index("latency ratio"), head.index("MAC ratio")
+    for line in table[:len(rep.rows)]:
+        cells = [c.strip() for c in line.split("|")]
+        assert float(cells[i_lat]) > 0 and float(cells[i_mac]) > 0
+    for name in ("latency_b1.png", "latency_b3.png", "accuracy_vs_latency.png"):
+        p = out / name
+        assert p.is_file() and p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "onnx").is_dir() and list((out / "onnx").glob("*.onnx"))
+    assert "mlp-w8-fan" in rep.table()
+
+
+def test_mac_matched_resnet_is_closest_by_macs():
+    zoo = [n for n in q.list_models() if n.startswith("resnet")]
+    relu_macs = {n: _zoo_macs(n, "relu", SHAPE) for n in zoo}  # count_macs of create_model(n, "relu"), cached
+    gen = torch.Generator().manual_seed(0)
+    for name in ("resnet8", "resnet20"):
+        models, pairs, notes = _resolve_models([name], "fan", SHAPE, True, gen)
+        quad = models[0]
+        want = min(zoo, key=lambda n: abs(relu_macs[n] - quad.macs))
+        assert want != name
+        assert (quad.id, f"{name}-relu", "twin") in pairs
+        assert (quad.id, f"{want}-relu", "mac_matched") in pairs
+        assert not notes
+    # QResNet20 ↔ ResNet56 (the issue's example)
+    models, pairs, _ = _resolve_models(["resnet20"], "fan", SHAPE, True, gen)
+    assert ("resnet20-fan", "resnet56-relu", "mac_matched") in pairs
+    # the largest quadratic ResNet has no larger ReLU ResNet than ... its closest is resnet110 itself → skipped
+    quad = _resolve_models(["resnet110"], "fan", SHAPE, False, gen)[0][0]
+    mm, note = mac_matched_baseline(quad, gen)
+    assert mm is None and "skipped" in note
+
+
+def test_mac_matched_mlp_is_widened_to_closest_width():
+    gen = torch.Generator().manual_seed(0)
+    quad = _resolve_models(["mlp"], "fan", SHAPE, False, gen)[0][0]
+    mm, note = mac_matched_baseline(quad, gen)
+    w = mm.quadexport_config["width"]
+    assert w > 64 and "widened" in note
+
+    def macs(width):
+        return q.count_macs(q.create_model("mlp", "relu", input_size=8, width=width), SHAPE)
+
+    assert abs(macs(w) - quad.macs) <= min(abs(macs(w - 1) - quad.macs), abs(macs(w + 1) - quad.macs))
+
+
+def test_pairing_without_auto_baselines(runs):
+    gen = torch.Generator().manual_seed(0)
+    models, pairs, _ = _resolve_models([str(runs[0]), str(runs[1]), "resnet8"], "relu", SHAPE, False, gen)
+    assert [m.id for m in models] == ["mlp-w8-fan", "mlp-w8-relu", "resnet8-relu"]
+    assert ("mlp-w8-fan", "mlp-w8-relu", "twin") in pairs and ("mlp-w8-fan", "resnet8-relu", "mac_matched") in pairs
+    assert len(pairs) == 2
+
+
+@pytest.mark.parametrize("shape, match", [(["1", "28"], "rank 2"), (["1", "28.5", "28"], "not an integer"),
+                                          (["1", "0", "28"], ">= 1"), (["1", "x", "28"], "not an integer"),
+                                          (["1", "28", "28", "1"], "rank 4")])
+def test_cli_bad_input_shape_exits_nonzero(shape, match, capsys):
+    assert main(["bench", "mlp", "--input-shape", *shape]) == 2
+    err = capsys.readouterr().err
+    assert "error" in err and match in err and "C H W" in err
+
+
+def test_cli_input_shape_mismatch_with_run_dir(runs, capsys):
+    assert main(["bench", str(runs[0]), "--input-shape", "3", "8", "8"]) == 2
+    assert "input channel" in capsys.readouterr().err
+    assert main(["bench", str(runs[0]), "--input-shape", "1", "9", "9"]) == 2  # the MLP's width is fixed
+    assert "cannot take input shape" in capsys.readouterr().err
+
+
+def test_parse_input_shape():
+    assert parse_input_shape(None) is None
+    assert parse_input_shape([1, 28, 28]) == (1, 28, 28)
+    assert parse_input_shape(("3", "32", "32")) == (3, 32, 32)
+    for bad in ([1, 28], [1.5, 28, 28], [True, 28, 28], [1, -1, 28]):
+        with pytest.raises(BenchError):
+            parse_input_shape(bad)
+
+
+def test_nonfinite_outputs_are_a_clear_error(tmp_path):
+    torch.manual_seed(0)
+    model = q.create_model("mlp", "fan", in_channels=1, input_size=8, width=8).eval()
+    with torch.no_grad():  # finite weights, but the gates overflow float32 on any non-zero input
+        model.fc1.g.bias.fill_(1e30)
+        model.fc2.g.bias.fill_(1e30)
+    save_checkpoint(tmp_path / "bad", model, {"input_shape": list(SHAPE)})
+    with pytest.raises(BenchError, match="NaN/Inf"):
+        bench([str(tmp_path / "bad")], mode="torch", baselines=False, **FAST)
+
+
+def test_bad_arguments():
+    with pytest.raises(BenchError, match="unknown mode"):
+        bench(["mlp"], mode="stacked")
+    with pytest.raises(BenchError, match="neither a run dir nor a zoo model"):
+        bench(["resnet21"])
+    with pytest.raises(BenchError, match="batch"):
+        bench(["mlp"], batches=(0,))
