@@ -95,7 +95,7 @@ def run_pipeline(recipe_path: str | Path, out: str | Path | None = None, resume:
     report = Path(out or Path("reports") / recipe["name"])
     report.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
-    summary: dict[str, Any] = {"recipe": recipe, "models": [], "stages": {}}
+    summary: dict[str, Any] = {"recipe": recipe, "report": str(report), "models": [], "stages": {}}
     runs: list[Path] = []
     for model, neuron in _models(recipe):
         run_dir = report / "runs" / f"{model}-{neuron}"
@@ -155,9 +155,9 @@ def render_summary(summary: dict[str, Any]) -> str:
     lines += ["", f"ONNX: `{summary.get('onnx')}` — parity {'passed' if summary.get('parity_ok') else 'FAILED'} "
               f"(details in parity.json)", ""]
     if summary.get("ratios"):
-        lines += ["| quadratic | baseline | batch | latency ratio | MAC ratio |", "|---|---|---|---|---|"]
+        lines += ["| quadratic | baseline | runtime | batch | latency ratio | MAC ratio |", "|---|---|---|---|---|---|"]
         for x in summary["ratios"]:
-            lines.append(f"| {x['quadratic']} | {x['baseline']} | {x['batch']} | {x['latency_ratio']:.2f} | "
-                         f"{x['mac_ratio']:.2f} |")
+            lines.append(f"| {x['quadratic']} | {x['baseline']} | {x.get('mode', '')} | {x['batch']} | "
+                         f"{x['latency_ratio']:.2f} | {x['mac_ratio']:.2f} |")
     lines += ["", f"Total time {summary['total_s']:.0f} s."]
     return "\n".join(lines) + "\n"

@@ -16,9 +16,10 @@ def run(a: argparse.Namespace) -> int:
         q, r = s["models"][0], s["models"][1]
         print(f"quadratic - ReLU twin: {100 * (q['test_acc'] - r['test_acc']):+.2f} pp")
     for x in s.get("ratios", []):
-        print(f"latency {x['quadratic']} / {x['baseline']} at batch {x['batch']}: {x['latency_ratio']:.2f}x "
+        print(f"latency {x['quadratic']} / {x['baseline']} ({x.get('mode', '?')}) at batch {x['batch']}: "
+              f"{x['latency_ratio']:.2f}x "
               f"(MAC ratio {x['mac_ratio']:.2f}x)")
-    print(f"parity: {'passed' if s['parity_ok'] else 'FAILED'}; report: {s.get('report', a.out or 'reports/')}")
+    print(f"parity: {'passed' if s['parity_ok'] else 'FAILED'}; report: {s['report']}")
     return 0 if s["parity_ok"] else 1
 
 
