@@ -552,46 +552,34 @@ static float* conv_phases(const ConvJob& J) { return J.work + 2 * J.Kc; }
 
 
 
-// One phase image (Hu × Wv) of x: rows [u0, u1) × columns [v0, v1) copied from src (row pitch src_row, column step
-// sw), the rest zero. Rows are short: keep GCC from turning the loops into memset/memcpy calls.
-__attribute__((optimize("no-tree-loop-distribute-patterns"))) static void fill_phase(float* __restrict d, const float* __restrict src, int64_t Hu, int64_t Wv, int64_t u0,
-                       int64_t u1, int64_t v0, int64_t v1, int64_t src_row, int64_t sw) {
-  for (int64_t e = 0; e < u0 * Wv; ++e) d[e] = 0.f;  // top padding rows
-  for (int64_t u = u0; u < u1; ++u, src += src_row) {
-    float* __restrict r = d + u * Wv;
-    for (int64_t v = 0; v < v0; ++v) r[v] = 0.f;
-    if (sw == 1) {
-      for (int64_t v = v0; v < v1; ++v) r[v] = src[v - v0];
-    } else {
-      for (int64_t v = v0; v < v1; ++v) r[v] = src[(v - v0) * sw];
-    }
-    for (int64_t v = v1; v < Wv; ++v) r[v] = 0.f;
-  }
-  for (int64_t e = u1 * Wv; e < Hu * Wv; ++e) d[e] = 0.f;  // bottom padding rows
-}
-
-// Phase images of x (xp) and x² (x2p) for channels [c0, c1) of image n (channel c at c*chan_stride).
-static void prep_image(const ConvJob& J, int64_t n, int64_t c0, int64_t c1, float* xp, float* x2p) {
+// Phase images of x (xp) and x² (x2p) for channels [c0, c1) of image n (channel c at c*chan_stride): zero-fill
+// (one contiguous pass), scatter the input rows, square (one contiguous pass). Input row h goes to row phase
+// a = (h + pt) % sh at u = (h + pt) / sh; input column w to column phase b = (w + pl) % sw at v = (w + pl) / sw.
+static void prep_image(const ConvJob& J, int64_t n, int64_t c0, int64_t c1, float* __restrict xp,
+                       float* __restrict x2p) {
   const ConvGeom& g = J.g;
   const int64_t phase = J.Hu * J.Wv;
   const int64_t e0 = c0 * J.chan_stride, e1 = c1 == g.C ? J.image_stride : c1 * J.chan_stride;  // + slack
-  for (int64_t e = imax(e0, g.C * J.chan_stride); e < e1; ++e) xp[e] = 0.f;
-  // Phase (a, b) position (u, v) holds input row u*sh + a - pt, column v*sw + b - pl: rows [u0, u1) and columns
-  // [v0, v1) of each phase come from the input, the rest is padding.
-  for (int64_t a = 0; a < g.sh; ++a) {
-    const int64_t u0 = imin(J.Hu, a >= g.pt ? 0 : cdiv(g.pt - a, g.sh));
-    const int64_t u1 = clamp(cdiv(g.H + g.pt - a, g.sh), u0, J.Hu);
-    for (int64_t b = 0; b < g.sw; ++b) {
-      const int64_t v0 = imin(J.Wv, b >= g.pl ? 0 : cdiv(g.pl - b, g.sw));
-      const int64_t v1 = clamp(cdiv(g.W + g.pl - b, g.sw), v0, J.Wv);
-      for (int64_t c = c0; c < c1; ++c) {
-        const float* src = J.x + (n * g.C + c) * g.H * g.W + (u0 * g.sh + a - g.pt) * g.W + v0 * g.sw + b - g.pl;
-        fill_phase(xp + c * J.chan_stride + (a * g.sw + b) * phase, src, J.Hu, J.Wv, u0, u1, v0, v1, g.sh * g.W,
-                   g.sw);
+  for (int64_t e = e0; e < e1; ++e) xp[e] = 0.f;
+  for (int64_t b = 0; b < g.sw; ++b) {
+    const int64_t w0 = ((b - g.pl) % g.sw + g.sw) % g.sw, v0 = (w0 + g.pl) / g.sw;  // first column of phase b
+    const int64_t count = imin(g.W <= w0 ? 0 : cdiv(g.W - w0, g.sw), J.Wv - v0);
+    if (count <= 0) continue;
+    for (int64_t c = c0; c < c1; ++c) {
+      const float* __restrict src = J.x + (n * g.C + c) * g.H * g.W + w0;
+      float* dst = xp + c * J.chan_stride + b * phase + v0;
+      for (int64_t h = 0, a = g.pt % g.sh, u = g.pt / g.sh; h < g.H && u < J.Hu; ++h, src += g.W) {
+        float* __restrict d = dst + a * g.sw * phase + u * J.Wv;
+        if (g.sw == 1) {
+          for (int64_t v = 0; v < count; ++v) d[v] = src[v];
+        } else {
+          for (int64_t v = 0; v < count; ++v) d[v] = src[v * g.sw];
+        }
+        if (++a == g.sh) a = 0, ++u;
       }
     }
   }
-  for (int64_t e = e0; e < e1; ++e) x2p[e] = xp[e] * xp[e];  // x² images in one contiguous pass
+  for (int64_t e = e0; e < e1; ++e) x2p[e] = xp[e] * xp[e];
 }
 
 // Prep task t: task 0 writes the tap offsets; in shared mode task t = (image, chunk of channels) also prepares
