@@ -19,8 +19,9 @@ idle threads do not steal the cores of the next one) and ``threads`` intra-op th
 batch / mean), params, MACs, ONNX file size. Outputs are checked to be finite (warm-up and after every chunk).
 
 Untrained zoo models get the ReLinear initialisation plus a small perturbation of the quadratic branches
-(``W_g``, ``W_b`` += N(0, 0.02²)), so the quadratic terms are live but the activations stay finite through depth;
-run dirs are timed with their trained weights (and their test accuracy goes on the accuracy-vs-latency plot).
+(``W_g``, ``W_b`` += N(0, 0.001²)) and BatchNorm statistics calibrated on N(0, 1) inputs, so the quadratic terms are
+live but the activations stay finite through depth (values do not change the work done, but NaN/Inf can take slow
+paths); run dirs are timed with their trained weights (and their test accuracy goes on the accuracy-vs-latency plot).
 """
 
 from __future__ import annotations
@@ -47,8 +48,11 @@ ONNX_MODES = ("decomposed", "function", "fused")
 MODES = ONNX_MODES + ("torch",)
 ROLES = ("quadratic", "twin", "mac_matched", "relu")
 DEFAULT_INPUT_SHAPE = (1, 28, 28)
-PERTURB_STD = 0.02
-"""Std of the normal perturbation added to ``W_g`` and ``W_b`` of untrained (ReLinear-initialised) zoo models."""
+PERTURB_STD = 1e-3
+"""Std of the normal perturbation added to ``W_g`` and ``W_b`` of untrained (ReLinear-initialised) zoo models: the
+quadratic terms are live (non-zero; the kernels do the same work whatever the values, as long as they are finite and
+not denormal) and, with calibrated BatchNorm statistics, QResNet-8 … QResNet-110 stay finite on N(0, 1) batches of 64
+(0.02 overflows QResNet-20 at 28×28, 0.005 QResNet-110)."""
 
 __all__ = ["BenchError", "BenchReport", "MODES", "ONNX_MODES", "bench", "mac_matched_baseline",
            "parse_input_shape"]
@@ -95,6 +99,7 @@ class BenchModel:
     test_acc: float | None = None
     note: str | None = None
     config: dict[str, Any] = field(default_factory=dict)
+    perturb_std: float | None = None
 
     @property
     def is_quadratic(self) -> bool:
@@ -103,7 +108,10 @@ class BenchModel:
     def info(self) -> dict[str, Any]:
         return {"id": self.id, "model": self.label, "name": self.name, "neuron": self.neuron, "role": self.role,
                 "source": self.source, "input_shape": list(self.input_shape), "macs": self.macs,
-                "params": self.params, "test_acc": self.test_acc, "note": self.note, "config": self.config}
+                "params": self.params, "test_acc": self.test_acc, "note": self.note, "config": self.config,
+                "weights": "trained" if self.source != "zoo" else (
+                    ("ReLinear init" + (f" + N(0, {self.perturb_std:g}²) on W_g/W_b" if self.perturb_std else "")
+                     if self.is_quadratic else "Kaiming init") + ", BN statistics calibrated on N(0, 1) inputs")}
 
 
 def parse_input_shape(values: Sequence[Any] | None) -> tuple[int, int, int] | None:
@@ -196,13 +204,53 @@ def _perturb(model: nn.Module, std: float, gen: torch.Generator) -> None:
                 w.add_(torch.randn(w.shape, generator=gen, dtype=w.dtype) * std)
 
 
+@torch.no_grad()
+def _calibrate_bn(model: nn.Module, shape: tuple[int, ...], gen: torch.Generator, batches: int = 1,
+                  n: int = 16) -> None:
+    """Set BatchNorm running statistics from train-mode passes over N(0, 1) inputs (cumulative average), as a
+    trained model has them. Untrained zoo models otherwise keep mean 0 / var 1 and their activations grow through
+    depth (ReLU ResNet-56: ~5e4 at the logits); quadratic layers turn that growth into inf/NaN."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return
+    momenta = [b.momentum for b in bns]
+    for b in bns:
+        b.reset_running_stats()
+        b.momentum = None
+    model.train()
+    try:
+        for _ in range(batches):
+            model(torch.randn((n, *shape), generator=gen))
+    finally:
+        for b, mom in zip(bns, momenta):
+            b.momentum = mom
+        model.eval()
+
+
+@torch.no_grad()
+def _finite_on_random(model: nn.Module, shape: tuple[int, ...], seed: int = 12345, n: int = 16) -> bool:
+    x = torch.randn((n, *shape), generator=torch.Generator().manual_seed(seed))
+    return bool(torch.isfinite(model(x)).all())
+
+
 def _build(name: str, neuron: str, shape: tuple[int, ...], gen: torch.Generator, **kwargs: Any) -> nn.Module:
+    """A zoo model ready for timing: ReLinear init (+ a small perturbation of ``W_g``/``W_b`` for quadratic
+    neurons, reduced 4× at a time if the outputs on N(0, 1) inputs are not finite), BN statistics calibrated."""
     from quadexport.zoo import create_model
 
-    model = create_model(name, neuron, in_channels=shape[0], input_size=tuple(shape[1:]), **kwargs)
-    if neuron != "relu":
-        _perturb(model, PERTURB_STD, gen)
-    return model.eval()
+    std = PERTURB_STD
+    for _ in range(4):
+        model = create_model(name, neuron, in_channels=shape[0], input_size=tuple(shape[1:]), **kwargs)
+        if neuron != "relu":
+            _perturb(model, std, gen)
+        _calibrate_bn(model, tuple(shape), gen)
+        model.eval()
+        if neuron == "relu" or _finite_on_random(model, tuple(shape)):
+            model.quadexport_bench_perturb = std if neuron != "relu" else None
+            return model
+        std /= 4
+    raise BenchError(f"{name} ({neuron}) gives NaN/Inf outputs on N(0, 1) inputs even with W_g/W_b perturbed by "
+                     f"N(0, {4 * std:g}²); pass a trained run dir instead")
 
 
 def _make(module: nn.Module, role: str, shape: tuple[int, ...], source: str = "zoo",
@@ -225,7 +273,8 @@ def _make(module: nn.Module, role: str, shape: tuple[int, ...], source: str = "z
     return BenchModel(id=f"{label}-{neuron}", label=label, name=name, neuron=neuron, role=role, module=module,
                       input_shape=tuple(shape), macs=macs, params=count_params(module),
                       source=source, test_acc=float(acc) if isinstance(acc, (int, float)) else None, note=note,
-                      config={k: v for k, v in cfg.items() if k != "name"})
+                      config={k: v for k, v in cfg.items() if k != "name"},
+                      perturb_std=getattr(module, "quadexport_bench_perturb", None))
 
 
 def _check_forward(module: nn.Module, shape: tuple[int, ...], what: str) -> None:
@@ -236,13 +285,13 @@ def _check_forward(module: nn.Module, shape: tuple[int, ...], what: str) -> None
                          f"({shape[0]} channel(s)); pass --input-shape {cin} H W")
     try:
         with torch.inference_mode(), _one_thread():
-            out = module(torch.zeros((1, *shape)))
+            out = module(torch.randn((2, *shape), generator=torch.Generator().manual_seed(1)))
     except Exception as e:  # shape errors surface as RuntimeError from torch
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise BenchError(f"{what} cannot take input shape {' '.join(map(str, shape))} (C H W): {msg}") from None
     if not torch.isfinite(out).all():
-        raise BenchError(f"{what} produces NaN/Inf outputs on a zero input of shape {shape}; its weights are not "
-                         f"usable for timing")
+        raise BenchError(f"{what} produces NaN/Inf outputs on N(0, 1) inputs of shape {shape}; the timing would "
+                         f"be meaningless (NaN/Inf can take slow paths)")
 
 
 def _load_entry(entry: str, neuron: str, shape: tuple[int, ...] | None, gen: torch.Generator) -> BenchModel:
@@ -266,6 +315,8 @@ def _load_entry(entry: str, neuron: str, shape: tuple[int, ...] | None, gen: tor
     s = tuple(shape) if shape is not None else DEFAULT_INPUT_SHAPE
     try:
         module = _build(entry, neuron, s, gen)
+    except BenchError:
+        raise
     except ValueError as e:
         raise BenchError(f"cannot build {entry} for input shape {s}: {e}") from None
     _check_forward(module, s, f"{entry} ({neuron})")
@@ -276,8 +327,8 @@ def _zoo_kwargs(m: BenchModel) -> dict[str, Any]:
     return {k: v for k, v in m.config.items() if k not in ("neuron", "in_channels", "input_size")}
 
 
-def mac_matched_baseline(quad: BenchModel, gen: torch.Generator | None = None
-                         ) -> tuple[nn.Module | None, str]:
+def mac_matched_baseline(quad: BenchModel, gen: torch.Generator | None = None,
+                         build: Callable[..., nn.Module] | None = None) -> tuple[nn.Module | None, str]:
     """The ReLU model whose MACs are closest to ``quad``'s, and a note saying how it was chosen.
 
     Families with several zoo members (``resnet8`` … ``resnet110``): the member with the closest MACs (the twin is
@@ -287,6 +338,9 @@ def mac_matched_baseline(quad: BenchModel, gen: torch.Generator | None = None
     from quadexport.zoo import list_models
 
     gen = gen or torch.Generator().manual_seed(0)
+    if build is None:
+        def build(name: str, shp: tuple[int, ...], **kw: Any) -> nn.Module:
+            return _build(name, "relu", shp, gen, **kw)
     shape, kw = tuple(quad.input_shape), _zoo_kwargs(quad)
     family = [n for n in list_models() if _family(n) == _family(quad.name)]
     if len(family) > 1:
@@ -296,7 +350,7 @@ def mac_matched_baseline(quad: BenchModel, gen: torch.Generator | None = None
         if best == quad.name:
             return None, (f"no {_family(quad.name)} in the zoo has MACs closer to {quad.id}'s {quad.macs / 1e6:.1f}M "
                           f"than its twin; MAC-matched baseline skipped")
-        return _build(best, "relu", shape, gen, **dict(fkw)), (
+        return build(best, shape, **dict(fkw)), (
             f"zoo {_family(quad.name)} with the closest MACs ({macs[best] / 1e6:.2f}M vs {quad.macs / 1e6:.2f}M "
             f"among {', '.join(family)})")
     base = kw.get("width", _builder_default(quad.name, "width"))
@@ -320,7 +374,7 @@ def mac_matched_baseline(quad: BenchModel, gen: torch.Generator | None = None
         w = lo if abs(macs_at(lo) - quad.macs) <= abs(macs_at(hi) - quad.macs) else hi
     except (TypeError, ValueError) as e:
         return None, f"cannot widen {quad.name} ({e}); MAC-matched baseline skipped"
-    m = _build(quad.name, "relu", shape, gen, **{**kw, "width": w})
+    m = build(quad.name, shape, **{**kw, "width": w})
     return m, (f"ReLU {quad.name} widened from width {base} to {w} to match MACs "
                f"({macs_at(w) / 1e6:.3f}M vs {quad.macs / 1e6:.3f}M)")
 
@@ -350,6 +404,13 @@ def _resolve_models(entries: Sequence[str], neuron: str, shape: tuple[int, ...] 
         by_id[m.id] = m
         return m
 
+    def build(name: str, shp: tuple[int, ...], **kw: Any) -> nn.Module:
+        key = (name, tuple(shp), tuple(sorted(kw.items())))
+        if key not in built:
+            built[key] = _build(name, "relu", shp, gen, **kw)
+        return built[key]
+
+    built: dict[Any, nn.Module] = {}
     for e in entries:
         add(_load_entry(str(e), neuron, shape, gen))
     given = list(models)
@@ -358,7 +419,7 @@ def _resolve_models(entries: Sequence[str], neuron: str, shape: tuple[int, ...] 
     for q in quads:
         twin = next((m for m in given if not m.is_quadratic and m.label == q.label), None)
         if twin is None and baselines:
-            tm = _build(q.name, "relu", q.input_shape, gen, **_zoo_kwargs(q))
+            tm = build(q.name, q.input_shape, **_zoo_kwargs(q))
             twin = add(_make(tm, "twin", q.input_shape, note=f"ReLU twin of {q.id} (same builder and depth)"))
         if twin is not None:
             pairs.append((q.id, twin.id, "twin"))
@@ -367,7 +428,7 @@ def _resolve_models(entries: Sequence[str], neuron: str, shape: tuple[int, ...] 
             for o in others:
                 pairs.append((q.id, o.id, "mac_matched"))
         elif baselines:
-            mm, note = mac_matched_baseline(q, gen)
+            mm, note = mac_matched_baseline(q, gen, build=build)
             if mm is None:
                 notes.append(f"{q.id}: {note}")
             else:
@@ -846,7 +907,8 @@ def bench(models: Sequence[str | os.PathLike], *, neuron: str = "fan", mode: str
     """Benchmark quadratic models against their ReLU baselines (see the module docstring for the method).
 
     Args:
-        models: zoo names (built untrained: ReLinear init + small perturbation) or run dirs (trained weights).
+        models: zoo names (built untrained: ReLinear init + small perturbation, BN calibrated) or run dirs
+            (trained weights).
         neuron: neuron type of the zoo models (``"relu"``: plain models, no baselines).
         mode: export mode(s) timed under onnxruntime (``decomposed``, ``function``, ``fused``) and/or ``torch``.
         provider: ``"cpu"`` or ``"cuda"``.

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import quadexport as q
-from quadexport.bench import (ONNX_MODES, RATIO_KEYS, ROW_KEYS, BenchError, _resolve_models, _zoo_macs, bench,
-                              mac_matched_baseline, parse_input_shape)
+from quadexport.bench import (ONNX_MODES, RATIO_KEYS, ROW_KEYS, BenchError, BenchModel, _resolve_models,
+                              _zoo_macs, bench, mac_matched_baseline, parse_input_shape)
 from quadexport.checkpoint import save_checkpoint
 from quadexport.cli import main
 
@@ -148,20 +148,23 @@ def test_mac_matched_resnet_is_closest_by_macs():
     zoo = [n for n in q.list_models() if n.startswith("resnet")]
     relu_macs = {n: _zoo_macs(n, "relu", SHAPE) for n in zoo}  # count_macs of create_model(n, "relu"), cached
     gen = torch.Generator().manual_seed(0)
+    models, pairs, notes = _resolve_models(["resnet8", "resnet20"], "fan", SHAPE, True, gen)
+    assert not notes
+    quads = {m.name: m for m in models if m.role == "quadratic"}
     for name in ("resnet8", "resnet20"):
-        models, pairs, notes = _resolve_models([name], "fan", SHAPE, True, gen)
-        quad = models[0]
+        quad = quads[name]
         want = min(zoo, key=lambda n: abs(relu_macs[n] - quad.macs))
         assert want != name
         assert (quad.id, f"{name}-relu", "twin") in pairs
         assert (quad.id, f"{want}-relu", "mac_matched") in pairs
-        assert not notes
-    # QResNet20 ↔ ResNet56 (the example)
-    models, pairs, _ = _resolve_models(["resnet20"], "fan", SHAPE, True, gen)
-    assert ("resnet20-fan", "resnet56-relu", "mac_matched") in pairs
-    # the largest quadratic ResNet has no larger ReLU ResNet than ... its closest is resnet110 itself → skipped
-    quad = _resolve_models(["resnet110"], "fan", SHAPE, False, gen)[0][0]
-    mm, note = mac_matched_baseline(quad, gen)
+    assert ("resnet20-fan", "resnet56-relu", "mac_matched") in pairs  # QResNet20 ↔ ResNet56 (the example)
+    roles = {m.id: m.role for m in models}  # resnet20-relu: twin of resnet20-fan beats MAC-matched of resnet8-fan
+    assert roles["resnet20-relu"] == "twin" and roles["resnet56-relu"] == "mac_matched"
+    assert all(math.isfinite(m.macs) and m.macs > 0 for m in models)
+    # QResNet110: the closest ReLU ResNet by MACs is its own twin → no MAC-matched baseline, with a note
+    big = BenchModel(id="resnet110-fan", label="resnet110", name="resnet110", neuron="fan", role="quadratic",
+                     module=None, input_shape=SHAPE, macs=_zoo_macs("resnet110", "fan", SHAPE), params=1)
+    mm, note = mac_matched_baseline(big, gen)
     assert mm is None and "skipped" in note
 
 
