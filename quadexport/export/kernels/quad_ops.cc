@@ -169,6 +169,7 @@ constexpr int NR = QX_CONV_NV * VL;           // pixel tiling: grid positions pe
 #endif
 constexpr int64_t TASK_FMAS = int64_t(1) << QX_TASK_SHIFT;  // work per parallel task (~10 µs on one core)  // target work per parallel task (~5-10 µs on one core)
 constexpr int64_t MAX_TASKS = 128;
+constexpr int64_t MIN_TASKS = 16;  // enough tasks to balance a pool of a few threads
 constexpr int64_t PER_IMAGE_FLOATS = int64_t(1) << 17;  // per-image conv mode if x and x² phase images fit (512 KB)
 
 // Per-thread scratch memory (per-image convolution mode).
@@ -364,8 +365,11 @@ static size_t linear_plan(LinearJob* J) {
   // Small batches are bound by streaming the weights, not by FMAs: give each task at most ~256 KB of them.
   const int64_t weight_floats = 3 * J->K * cdiv(J->M, VL) * VL;
   const int64_t want = imax(target_tasks(J->N * weight_floats), clamp(weight_floats / 65536, 1, MAX_TASKS));
+  // Columns first: each task then streams its weight panels from memory once, for all its rows. Rows are split only
+  // when there are too few panel groups to keep the pool busy.
   split(groups, want, &J->col_block, &J->n_col_tasks);
-  split(chunks, cdiv(want, J->n_col_tasks), &J->row_block, &J->n_row_tasks);
+  split(chunks, J->n_col_tasks >= imin(want, MIN_TASKS) ? 1 : cdiv(want, J->n_col_tasks), &J->row_block,
+        &J->n_row_tasks);
   J->work_floats = 2 * J->K + 2 * J->K * chunks * J->mr;
   split(chunks, cdiv(J->N * J->K, 16384), &J->prep_block, &J->n_prep_tasks);
   return size_t(J->n_row_tasks * J->n_col_tasks);
