@@ -45,7 +45,13 @@ def create_model(name: str, neuron: str = "fan", num_classes: int = 10, in_chann
     if neuron != "relu":
         get_neuron(neuron)
     size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
+    compress = kwargs.pop("compress", None)  # compressed architecture (quadexport.compress); ignored for ReLU twins
     model = _BUILDERS[name](neuron=neuron, num_classes=num_classes, in_channels=in_channels, input_size=size, **kwargs)
     model.quadexport_config = {"name": name, "neuron": neuron, "num_classes": num_classes,
                                "in_channels": in_channels, "input_size": list(size), **kwargs}
+    if compress is not None and neuron != "relu":
+        from quadexport.compress.prune import apply_spec
+
+        apply_spec(model, compress)
+        model.quadexport_config["compress"] = compress
     return model

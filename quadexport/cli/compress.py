@@ -1,0 +1,104 @@
+"""``quadexport compress RUN_DIR --out RUN_DIR2``: prune quadratic terms (and/or quantise to int8) of a trained run.
+
+Importing this module (the CLI does, for every command) registers the cheap neuron types ``fan_pw`` and ``fan_dw``,
+so ``quadexport train --neuron fan_pw`` and loading such runs work from the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+from quadexport.layers import cheap  # noqa: F401  (registers fan_pw / fan_dw)
+
+
+def _threshold(s: str) -> float:
+    v = float(s)
+    if not math.isfinite(v) or v < 0:
+        raise argparse.ArgumentTypeError(f"{s} must be a finite number >= 0")
+    return v
+
+
+def _positive(s: str) -> float:
+    v = float(s)
+    if not math.isfinite(v) or v <= 0:
+        raise argparse.ArgumentTypeError(f"{s} must be a finite number > 0")
+    return v
+
+
+def _pos_int(s: str) -> int:
+    v = int(s)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{s} must be >= 1")
+    return v
+
+
+def _nonneg_int(s: str) -> int:
+    v = int(s)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"{s} must be >= 0")
+    return v
+
+
+def run(a: argparse.Namespace) -> int:
+    from quadexport.compress import compress
+
+    r = compress(a.run_dir, a.out, threshold=a.prune_threshold, target_ratio=a.target_ratio, cost=a.cost,
+                 quantize=a.quantize, keep_fp32=a.int8_keep_fp32, finetune_epochs=a.finetune_epochs,
+                 finetune_lr=a.finetune_lr, calib_samples=a.calib_samples, align=a.align, split=a.split,
+                 drop_branches=not a.no_drop_branches, bench=not a.no_bench, batches=tuple(a.batches),
+                 threads=a.threads, min_seconds=a.min_seconds, twin=a.twin, data_dir=a.data_dir,
+                 check=not a.no_check, overwrite=a.overwrite)
+    acc = r["accuracy"]
+    print(f"test accuracy {100 * acc['final']:.2f}% (original {100 * acc['original']:.2f}%, {acc['delta_pp']:+.2f} pp); "
+          f"MACs ×{r['macs']['compressed_ratio']:.2f} of the ReLU twin")
+    for x in r.get("latency_ratios", []):
+        s = f"batch {x['batch']}: latency ×{x['compressed_ratio']:.2f} of the ReLU twin (original ×{x['original_ratio']:.2f})"
+        if "compressed_int8_ratio" in x:
+            s += f", int8 ×{x['compressed_int8_ratio']:.2f}"
+        print(s)
+    if r.get("parity") is not None and not r["parity"]["ok"]:
+        print("parity check FAILED (parity.json)")
+        return 1
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("compress", help="prune quadratic terms / quantise a trained run into a new run dir",
+                       description="Calibrate each quadratic output channel's contribution on training images, make "
+                                   "the small ones linear (quadratic channels permuted to the front so onnxruntime "
+                                   "computes g/b only for them), optionally fine-tune and quantise to int8. Writes a "
+                                   "run dir that export/check/bench accept, with compress_report.json/.md.")
+    p.add_argument("run_dir", help="trained quadratic run dir")
+    p.add_argument("--out", required=True, help="new run dir")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--prune-threshold", type=_threshold, default=None,
+                   help="make channels linear whose quadratic score (residual RMS of the best linear refit / "
+                        "channel std) is below this; 0 changes nothing (default 0.05 unless --target-ratio or only "
+                        "--quantize is given)")
+    g.add_argument("--target-ratio", type=_positive, default=None,
+                   help="search the smallest threshold whose cost vs the ReLU twin is <= this")
+    p.add_argument("--cost", choices=("macs", "latency"), default="macs",
+                   help="cost for --target-ratio: MAC ratio (default) or measured onnxruntime latency ratio")
+    p.add_argument("--quantize", choices=("int8",), default=None, help="also write model.int8.onnx (static QDQ)")
+    p.add_argument("--int8-keep-fp32", choices=("none", "products", "quadratic"), default="none",
+                   help="int8: keep the products/squares (products) or the whole quadratic terms (quadratic) fp32")
+    p.add_argument("--finetune-epochs", type=_nonneg_int, default=0, help="fine-tune with the run's recipe")
+    p.add_argument("--finetune-lr", type=_positive, default=None, help="fine-tuning LR (default: run's LR x 0.1)")
+    p.add_argument("--calib-samples", type=_pos_int, default=1024, help="calibration images (default 1024)")
+    p.add_argument("--align", type=_pos_int, default=None,
+                   help="round quadratic channel counts of conv layers up to this (default: NCHWc block, 16 on "
+                        "AVX-512, 8 otherwise)")
+    p.add_argument("--split", choices=("conv", "slice"), default="conv",
+                   help="mixed layers: separate convs for the quadratic/linear channels + Concat (default) or one "
+                        "conv + Slice + Concat")
+    p.add_argument("--no-drop-branches", action="store_true", help="never drop a layer's whole b or g branch")
+    p.add_argument("--twin", default=None, metavar="RUN_DIR", help="trained ReLU twin run (accuracy in the report)")
+    p.add_argument("--no-bench", action="store_true", help="skip the latency measurement")
+    p.add_argument("--batches", type=_pos_int, nargs="+", default=[1, 64], help="latency batch sizes (default 1 64)")
+    p.add_argument("--threads", type=_pos_int, default=None, help="onnxruntime intra-op threads")
+    p.add_argument("--min-seconds", type=_positive, default=1.0, help="timed seconds per model and batch")
+    p.add_argument("--no-check", action="store_true", help="skip the onnxruntime parity check")
+    p.add_argument("--data-dir", default=None, help="dataset location override")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    p.set_defaults(func=run)

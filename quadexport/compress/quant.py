@@ -1,0 +1,157 @@
+"""int8 static quantisation of (compressed) quadratic models with onnxruntime (issue #5, technique 3).
+
+QDQ format, per-channel int8 weights (``QInt8``), uint8 activations (``QUInt8``; U8S8 is the fast path of MLAS on
+x86, with VNNI where the CPU has it), MinMax calibration on real training images through a
+``CalibrationDataReader``. The fp32 model is first run through ``quant_pre_process`` (shape inference + basic graph
+optimisation), as onnxruntime recommends.
+
+Quadratic terms amplify quantisation error (about ×2 per quadratic layer, docs/notes), so parts can stay fp32
+(``keep_fp32``), found structurally in the graph:
+
+- ``"none"``: everything quantised.
+- ``"products"``: the ``Mul`` nodes stay fp32: the square ``x*x`` (a ``Mul`` of a tensor with itself) and the gate
+  product ``r*g``.
+- ``"quadratic"``: also the power branch (``Conv``/``Gemm`` reading ``x*x``) and the ``Add`` that joins the
+  quadratic terms.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import onnx
+
+KEEP_FP32 = ("none", "products", "quadratic")
+
+
+def quadratic_nodes(model: onnx.ModelProto) -> dict[str, list[str]]:
+    """Names of the quadratic-term nodes of a decomposed graph: ``squares`` (``Mul(x, x)``), ``products``
+    (``Mul`` of two computed tensors, not a square), ``power`` (``Conv``/``Gemm``/``MatMul`` reading a square) and
+    ``joins`` (``Add`` reading a product or a power-branch output)."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    inits = {i.name for i in model.graph.initializer}
+    squares, products, power, joins = [], [], [], []
+    square_out, product_out, power_out = set(), set(), set()
+    for n in model.graph.node:
+        if n.op_type == "Mul" and len(n.input) == 2:
+            a, b = n.input
+            if a == b:
+                squares.append(n.name)
+                square_out.update(n.output)
+            elif a not in inits and b not in inits and a in producer and b in producer:
+                products.append(n.name)
+                product_out.update(n.output)
+    for n in model.graph.node:
+        if n.op_type in ("Conv", "Gemm", "MatMul") and n.input and n.input[0] in square_out:
+            power.append(n.name)
+            power_out.update(n.output)
+    for n in model.graph.node:
+        if n.op_type == "Add" and any(i in product_out or i in power_out for i in n.input):
+            joins.append(n.name)
+    return {"squares": squares, "products": products, "power": power, "joins": joins}
+
+
+def nodes_to_keep_fp32(model: onnx.ModelProto, keep_fp32: str) -> list[str]:
+    """The node names excluded from quantisation for a ``keep_fp32`` choice (see the module docstring)."""
+    if keep_fp32 not in KEEP_FP32:
+        raise ValueError(f"keep_fp32 must be one of {KEEP_FP32}, got {keep_fp32!r}")
+    if keep_fp32 == "none":
+        return []
+    q = quadratic_nodes(model)
+    names = q["squares"] + q["products"]
+    if keep_fp32 == "quadratic":
+        names += q["power"] + q["joins"]
+    return names
+
+
+class ArrayReader:
+    """``CalibrationDataReader`` over a float32 array, in batches (onnxruntime's calibration API)."""
+
+    def __init__(self, input_name: str, x: np.ndarray, batch_size: int = 64) -> None:
+        self.input_name, self.x, self.batch_size = input_name, x.astype(np.float32), int(batch_size)
+        self._it: Iterator[dict[str, np.ndarray]] | None = None
+        self.rewind()
+
+    def rewind(self) -> None:
+        self._it = iter([{self.input_name: self.x[i:i + self.batch_size]}
+                         for i in range(0, len(self.x), self.batch_size)])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._it, None)
+
+    def __len__(self) -> int:
+        return (len(self.x) + self.batch_size - 1) // self.batch_size
+
+
+def _reader_class():
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Reader(ArrayReader, CalibrationDataReader):
+        pass
+
+    return Reader
+
+
+def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, calib: np.ndarray,
+                  keep_fp32: str = "none", per_channel: bool = True, method: str = "minmax",
+                  batch_size: int = 64) -> dict[str, Any]:
+    """Statically quantise an fp32 ONNX model (QDQ) calibrated on ``calib`` (real inputs, float32 NCHW).
+
+    Args:
+        fp32_path: the fp32 ``.onnx`` (decomposed export, BatchNorm folded).
+        out_path: where to write the int8 model.
+        calib: calibration inputs.
+        keep_fp32: ``"none"``, ``"products"`` or ``"quadratic"`` (module docstring).
+        per_channel: per-output-channel weight scales.
+        method: ``"minmax"``, ``"percentile"`` or ``"entropy"`` calibration.
+        batch_size: calibration batch.
+
+    Returns:
+        ``{"path", "keep_fp32", "excluded": [node names], "method", "per_channel", "calib_samples"}``.
+    """
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+               "entropy": CalibrationMethod.Entropy}
+    if method not in methods:
+        raise ValueError(f"method must be one of {sorted(methods)}, got {method!r}")
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="quadexport-int8-") as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=False)
+        proto = onnx.load(str(pre))
+        excluded = nodes_to_keep_fp32(proto, keep_fp32)
+        reader = _reader_class()(proto.graph.input[0].name, calib, batch_size)
+        quantize_static(str(pre), str(out_path), reader, quant_format=QuantFormat.QDQ, per_channel=per_channel,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        nodes_to_exclude=excluded or None, calibrate_method=methods[method],
+                        extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+    q = onnx.load(str(out_path))
+    meta = {p.key: p.value for p in onnx.load(str(fp32_path), load_external_data=False).metadata_props}
+    meta.update({"quadexport.dtype": "int8", "quadexport.int8_keep_fp32": keep_fp32,
+                 "quadexport.int8_method": method})
+    onnx.helper.set_model_props(q, meta)
+    onnx.save(q, str(out_path))
+    return {"path": str(out_path), "keep_fp32": keep_fp32, "excluded": excluded, "method": method,
+            "per_channel": per_channel, "calib_samples": int(len(calib))}
+
+
+def onnx_accuracy(path: str | os.PathLike, x: np.ndarray, y: np.ndarray, batch_size: int = 256,
+                  threads: int | None = None) -> tuple[float, np.ndarray]:
+    """Top-1 accuracy of an ONNX classifier under onnxruntime, and its logits."""
+    from quadexport.export.session import make_session
+
+    sess = make_session(str(path), "cpu", threads=threads)
+    name = sess.get_inputs()[0].name
+    outs = [sess.run(None, {name: x[i:i + batch_size].astype(np.float32)})[0] for i in range(0, len(x), batch_size)]
+    logits = np.concatenate(outs)
+    return float((logits.argmax(1) == y).mean()), logits
+
+
+__all__ = ["ArrayReader", "KEEP_FP32", "nodes_to_keep_fp32", "onnx_accuracy", "quadratic_nodes", "quantize_int8"]

@@ -1,0 +1,304 @@
+"""Compression (issue #5): quadratic-term pruning, channel permutation, rebuild from the spec, run dirs, int8, cheap
+neuron types, CLI. Small models (resnet8 / cnn / mlp on 8×8 digits), no timing assertions."""
+
+from __future__ import annotations
+
+import collections
+import copy
+import json
+import random
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch import nn
+
+import quadexport.compress as qc
+from quadexport.check import check
+from quadexport.checkpoint import load, save_checkpoint
+from quadexport.compress.layers import MixedQuad, PermShortcut
+from quadexport.compress.prune import LayerStats, fit_terms
+from quadexport.compress.structure import describe
+from quadexport.export import export
+from quadexport.layers import QuadLayer
+from quadexport.zoo import count_macs, create_model
+
+SHAPE = (1, 8, 8)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One torch thread: with two OpenMP threads on a loaded 2-core machine small convs get ~20x slower."""
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)
+
+
+@torch.no_grad()
+def quad_model(name: str = "resnet8", neuron: str = "fan", seed: int = 0, **kw) -> nn.Module:
+    """A zoo model with per-channel quadratic terms of very different sizes (some negligible, some large) and BN
+    statistics from a calibration batch: like a ReLinear-trained model, some channels prune, some do not."""
+    torch.manual_seed(seed)
+    m = create_model(name, neuron, in_channels=1, input_size=8, **kw)
+    g = torch.Generator().manual_seed(seed)
+    for mod in m.modules():
+        if isinstance(mod, QuadLayer):
+            c = mod.r.weight.shape[0]
+            mag = torch.rand(c, generator=g) ** 4 * 0.2
+            for br in ("g", "b"):
+                w = getattr(mod, br).weight
+                w.add_(torch.randn(w.shape, generator=g) * mag.reshape((-1,) + (1,) * (w.dim() - 1)))
+        if isinstance(mod, nn.modules.batchnorm._BatchNorm):
+            mod.momentum = None
+            mod.reset_running_stats()
+            mod.weight.copy_(1 + 0.1 * torch.randn(mod.weight.shape, generator=g))
+            mod.bias.copy_(0.1 * torch.randn(mod.bias.shape, generator=g))
+    m.train()
+    m(torch.randn(128, *SHAPE, generator=g))
+    m.eval()
+    m.quadexport_meta = {"input_shape": list(SHAPE)}
+    return m
+
+
+def op_types(path) -> collections.Counter:
+    return collections.Counter(n.op_type for n in onnx.load(str(path)).graph.node)
+
+
+def scores_of(model: nn.Module, seed: int = 1):
+    x = torch.randn(256, *SHAPE, generator=torch.Generator().manual_seed(seed))
+    return qc.channel_scores(qc.collect_stats(model, x)), x
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# scores and fits
+# ---------------------------------------------------------------------------------------------------------------
+
+def test_fit_scores_exact_cases():
+    # channel 0: Y = P = 2R exactly (g constant 2, b = 0): linear fit exact; channel 1: Y has a quadratic part.
+    gen = torch.Generator().manual_seed(0)
+    r = torch.randn(2, 1000, generator=gen, dtype=torch.float64)
+    g = torch.stack([torch.full((1000,), 2.0, dtype=torch.float64), 1 + r[1]])
+    b = torch.stack([torch.zeros(1000, dtype=torch.float64), 0.5 * r[1] ** 2])
+    t = torch.stack([r, r * g, b])  # (3, C, M)
+    st = LayerStats(1000, t.sum(-1), torch.einsum("icm,jcm->ijc", t, t))
+    lin = fit_terms(st, ("R",))
+    assert lin.score[0] < 1e-6 and abs(float(lin.coef[0, 0]) - 2.0) < 1e-9
+    assert lin.score[1] > 0.3
+    nob = fit_terms(st, ("P",))
+    assert nob.score[0] < 1e-6
+    full = fit_terms(st, ("R", "P", "B"))
+    assert float(full.score.max()) < 1e-5
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# pruning: threshold 0, everything, partial
+# ---------------------------------------------------------------------------------------------------------------
+
+def test_threshold_zero_changes_nothing(tmp_path):
+    m = quad_model()
+    sc, x = scores_of(m)
+    pl = qc.plan(m, sc, 0.0, align=1)
+    assert all(p.unchanged for p in pl.layers.values())
+    cm, spec = qc.compress_model(m, pl, sc)
+    assert spec["layers"] == {} and spec["shortcuts"] == {}
+    with torch.no_grad():
+        assert torch.equal(cm(x), m(x))
+    export(m, tmp_path / "a.onnx")
+    export(cm, tmp_path / "b.onnx")
+    assert op_types(tmp_path / "a.onnx") == op_types(tmp_path / "b.onnx")
+
+
+def test_prune_everything_gives_relu_twin_graph(tmp_path):
+    m = quad_model()
+    sc, _ = scores_of(m)
+    pl = qc.plan(m, sc, float("inf"), align=16)
+    assert all(p.k == 0 for p in pl.layers.values())
+    cm, spec = qc.compress_model(m, pl, sc)
+    assert not any(isinstance(mod, (QuadLayer, MixedQuad, PermShortcut)) for mod in cm.modules())
+    twin = qc.twin_of(m)
+    assert count_macs(cm, SHAPE) == count_macs(twin, SHAPE)
+    export(cm, tmp_path / "c.onnx", input_shape=SHAPE)
+    export(twin, tmp_path / "t.onnx", input_shape=SHAPE)
+    assert op_types(tmp_path / "c.onnx") == op_types(tmp_path / "t.onnx")
+
+
+@pytest.mark.parametrize("name", ["resnet8", "cnn", "mlp"])
+def test_channel_permutation_preserves_outputs(name):
+    m = quad_model(name, **({"width": 8} if name in ("cnn", "mlp") else {}))
+    st = describe(m)
+    assert st is not None
+    rng = random.Random(0)
+    perms = {}
+    for grp in st.groups:
+        p = list(range(grp.channels))
+        rng.shuffle(p)
+        perms[grp.name] = p
+    pm = qc.permute_model(copy.deepcopy(m), perms, st)
+    x = torch.randn(16, *SHAPE)
+    with torch.no_grad():
+        ref, out = m(x), pm(x)
+    assert float((out - ref).norm() / ref.norm()) < 1e-5
+    if name == "resnet8":
+        assert isinstance(pm.layer2[0].shortcut, PermShortcut)  # the streams changed order
+
+
+@pytest.mark.parametrize("split", ["conv", "slice"])
+def test_partial_pruning_exports_with_parity(tmp_path, split):
+    m = quad_model()
+    sc, x = scores_of(m)
+    pl = qc.plan(m, sc, 0.05, align=4)
+    ks = {n: p.k for n, p in pl.layers.items()}
+    assert any(0 < p.k < p.channels for p in pl.layers.values()), ks
+    cm, spec = qc.compress_model(m, pl, sc, split=split)
+    assert any(isinstance(mod, MixedQuad) for mod in cm.modules())
+    assert count_macs(cm, SHAPE) < count_macs(m, SHAPE)
+    with torch.no_grad():
+        before = cm(x)
+        ref = m(x)
+    # linearised channels move the output only a little (per-channel error < threshold)
+    assert float((before - ref).norm() / ref.norm()) < 0.2
+    folded = qc.fold_mixed_bn(cm, spec)
+    assert folded
+    with torch.no_grad():
+        assert float((cm(x) - before).norm() / before.norm()) < 1e-5
+    # the spec rebuilds the architecture: strict load
+    rb = create_model("resnet8", "fan", in_channels=1, input_size=8, compress=cm.quadexport_config["compress"])
+    rb.load_state_dict(cm.state_dict(), strict=True)
+    rb.eval()
+    with torch.no_grad():
+        assert torch.equal(rb(x), cm(x))
+    path = export(cm, tmp_path / "p.onnx", input_shape=SHAPE)
+    ops = op_types(path)
+    assert ops["Concat"] >= 1 and "BatchNormalization" not in ops
+    if split == "slice":
+        assert ops["Slice"] >= 1
+    rep = check(path, cm, batches=(1, 5), verbose=False)
+    assert rep.ok and rep.worst_rel_l2 <= 1e-5
+
+
+def test_branch_drop_and_qbias(tmp_path):
+    # a layer whose quadratic part is only the gate: b dropped, BN shift lands in qbias
+    m = quad_model("cnn", width=8)
+    with torch.no_grad():
+        for mod in m.modules():
+            if isinstance(mod, QuadLayer):
+                mod.b.weight.zero_()
+    sc, x = scores_of(m)
+    pl = qc.plan(m, sc, 1e-4, align=1)
+    assert all(not p.b for p in pl.layers.values() if p.k)
+    cm, spec = qc.compress_model(m, pl, sc)
+    with torch.no_grad():
+        before = cm(x)
+    qc.fold_mixed_bn(cm, spec)
+    assert any(isinstance(mod, MixedQuad) and mod.qbias is not None for mod in cm.modules())
+    with torch.no_grad():
+        assert float((cm(x) - before).norm() / before.norm()) < 1e-5
+    path = export(cm, tmp_path / "q.onnx", input_shape=SHAPE)
+    assert check(path, cm, batches=(2,), verbose=False).ok
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# run dirs, int8, CLI
+# ---------------------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    m = quad_model("resnet8")
+    d = tmp_path_factory.mktemp("run")
+    meta = {"dataset": "digits", "input_shape": list(SHAPE), "num_classes": 10, "test_acc": 0.1,
+            "train_config": {"model": "resnet8", "neuron": "fan", "dataset": "digits", "train_subset": 300,
+                             "batch_size": 64, "lr": 0.05, "weight_decay": 1e-4, "seed": 0,
+                             "relinear": {"mode": "sg", "lr_ratio_g": 0.01, "lr_ratio_b": 0.01}}}
+    save_checkpoint(d, m, meta, epoch=1)
+    return d
+
+
+def test_compressed_run_dir_roundtrip_and_int8(run_dir, tmp_path):
+    out = tmp_path / "c"
+    r = qc.compress(run_dir, out, threshold=0.05, align=4, quantize="int8", keep_fp32="products", calib_samples=128,
+                    finetune_epochs=1, bench=False, verbose=False)
+    assert r["parity"]["ok"]
+    assert 0 < r["quadratic_channels"]["kept"] < r["quadratic_channels"]["total"]
+    assert (out / qc.REPORT_JSON).exists() and (out / qc.REPORT_MD).exists()
+    assert json.loads((out / qc.REPORT_JSON).read_text())["layers"]
+    model = load(out)
+    assert qc.get_spec(model) is not None
+    assert abs(model.quadexport_meta["test_acc"] - r["accuracy"]["final"]) < 1e-12
+    path = export(model, tmp_path / "re.onnx")
+    rep = check(path, model, batches=(1, 3), verbose=False)
+    assert rep.ok and rep.worst_rel_l2 <= 1e-5
+    # int8: a runnable quantised model with its accuracy in the report
+    i8 = r["int8"]
+    assert 0.0 <= i8["test_acc"] <= 1.0 and i8["excluded"]
+    from quadexport.export import make_session
+
+    sess = make_session(str(out / qc.INT8_ONNX))
+    y = sess.run(None, {sess.get_inputs()[0].name: np.random.default_rng(0).standard_normal((2, *SHAPE))
+                        .astype(np.float32)})[0]
+    assert y.shape == (2, 10) and np.isfinite(y).all()
+    ops = op_types(out / qc.INT8_ONNX)
+    assert ops["QuantizeLinear"] > 0 and ops["DequantizeLinear"] > 0
+    with pytest.raises(qc.CompressError):  # compressing a compressed run is refused
+        qc.compress(out, tmp_path / "again", threshold=0.1, bench=False, verbose=False)
+
+
+def test_quadratic_node_detection(tmp_path):
+    from quadexport.compress.quant import nodes_to_keep_fp32, quadratic_nodes
+
+    m = quad_model("cnn", width=8)
+    path = export(m, tmp_path / "m.onnx", input_shape=SHAPE)
+    qn = quadratic_nodes(onnx.load(str(path)))
+    assert len(qn["squares"]) == 3 and len(qn["products"]) == 3 and len(qn["power"]) == 3
+    assert len(nodes_to_keep_fp32(onnx.load(str(path)), "quadratic")) > len(nodes_to_keep_fp32(onnx.load(str(path)),
+                                                                                              "products"))
+
+
+def test_cli_compress(run_dir, tmp_path):
+    from quadexport.cli import main
+
+    out = tmp_path / "cli"
+    assert main(["compress", str(run_dir), "--out", str(out), "--prune-threshold", "0.05", "--align", "4",
+                 "--calib-samples", "64", "--no-bench"]) == 0
+    assert (out / "checkpoint.pt").exists() and (out / qc.FP32_ONNX).exists()
+    assert main(["compress", str(run_dir), "--out", str(out), "--prune-threshold", "0.05", "--no-bench"]) == 2
+    with pytest.raises(SystemExit):
+        main(["compress", str(run_dir), "--out", str(tmp_path / "x"), "--prune-threshold", "-1"])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# cheap neuron types
+# ---------------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("neuron", ["fan_pw", "fan_dw"])
+def test_cheap_neurons_macs_export_parity(tmp_path, neuron):
+    fan = create_model("resnet8", "fan", in_channels=1, input_size=8)
+    relu = create_model("resnet8", "relu", in_channels=1, input_size=8)
+    m = quad_model("resnet8", neuron)
+    macs = count_macs(m, SHAPE)
+    assert count_macs(relu, SHAPE) < macs < count_macs(fan, SHAPE)
+    if neuron == "fan_dw":
+        assert macs < 1.1 * count_macs(relu, SHAPE)
+    fresh = create_model("resnet8", neuron, in_channels=1, input_size=8).eval()
+    twin = qc.twin_of(fresh)
+    twin.load_state_dict({k.replace(".r.", "."): v for k, v in fresh.state_dict().items()
+                          if ".g." not in k and ".b." not in k})
+    x = torch.randn(4, *SHAPE)
+    with torch.no_grad():  # ReLinear init: computes its r branch, i.e. the ReLU twin
+        assert torch.allclose(fresh(x), twin(x), atol=1e-6)
+    path = export(m, tmp_path / f"{neuron}.onnx")
+    assert "BatchNormalization" not in op_types(path)
+    assert check(path, m, batches=(1, 5), verbose=False).ok
+
+
+def test_cheap_neuron_pruning_whole_layers(tmp_path):
+    # depthwise branches cannot be split or permuted: layers go all-or-nothing, and parity still holds
+    m = quad_model("resnet8", "fan_dw")
+    sc, x = scores_of(m)
+    pl = qc.plan(m, sc, 0.05, align=1)
+    assert all(p.k in (0, p.channels) for p in pl.layers.values())
+    cm, spec = qc.compress_model(m, pl, sc)
+    qc.fold_mixed_bn(cm, spec)
+    path = export(cm, tmp_path / "dw.onnx", input_shape=SHAPE)
+    assert check(path, cm, batches=(2,), verbose=False).ok
