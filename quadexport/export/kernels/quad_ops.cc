@@ -1059,22 +1059,19 @@ struct QuadConvKernel {
   PackedWeights weights_;
 };
 
-// Registration. The domain and op objects must outlive every session that uses them.
-std::mutex g_mutex;
-std::vector<std::unique_ptr<Ort::Custom::OrtLiteCustomOp>> g_ops;
-std::vector<Ort::CustomOpDomain> g_domains;
-
+// Registration. The op and domain objects must outlive every session that uses them, including sessions that are
+// destroyed during interpreter/process shutdown, so they are created once (ops) or per registration (domains) on
+// the heap and deliberately never freed.
 OrtStatus* register_ops(OrtSessionOptions* options) {
-  std::lock_guard<std::mutex> lock(g_mutex);
-  if (g_ops.empty()) {
-    g_ops.emplace_back(Ort::Custom::CreateLiteCustomOp<QuadLinearKernel>("QuadLinear", kProvider));
-    g_ops.emplace_back(Ort::Custom::CreateLiteCustomOp<QuadConvKernel<1>>("QuadConv1d", kProvider));
-    g_ops.emplace_back(Ort::Custom::CreateLiteCustomOp<QuadConvKernel<2>>("QuadConv2d", kProvider));
-  }
-  Ort::CustomOpDomain domain{kDomain};
-  for (auto& op : g_ops) domain.Add(op.get());
-  Ort::UnownedSessionOptions(options).Add(domain);
-  g_domains.push_back(std::move(domain));
+  static std::mutex mutex;
+  static auto* ops = new std::vector<Ort::Custom::OrtLiteCustomOp*>{
+      Ort::Custom::CreateLiteCustomOp<QuadLinearKernel>("QuadLinear", kProvider),
+      Ort::Custom::CreateLiteCustomOp<QuadConvKernel<1>>("QuadConv1d", kProvider),
+      Ort::Custom::CreateLiteCustomOp<QuadConvKernel<2>>("QuadConv2d", kProvider)};
+  std::lock_guard<std::mutex> lock(mutex);
+  auto* domain = new Ort::CustomOpDomain(kDomain);
+  for (auto* op : *ops) domain->Add(op);
+  Ort::UnownedSessionOptions(options).Add(*domain);
   return nullptr;
 }
 
