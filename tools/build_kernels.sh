@@ -89,10 +89,13 @@ TMP="$(mktemp -d "${TMPDIR:-/tmp}/quadexport-kernels.XXXXXX")"
 trap 'rm -rf "$TMP"' EXIT
 mkdir -p "$(dirname "$OUT")"
 start_ms=$(( $(date +%s%N) / 1000000 ))
+# Export RegisterCustomOps only (no C++ library instantiations leak out of the .so).
+echo '{ global: RegisterCustomOps; local: *; };' > "$TMP/exports.map"
+LINK=(-shared -Wl,--version-script="$TMP/exports.map")
 
 if [[ -n "${QUADEXPORT_KERNEL_MARCH:-}" ]]; then
   log "compiling single-ISA library (-march=$QUADEXPORT_KERNEL_MARCH)"
-  "$CXX" "${COMMON[@]}" -march="$QUADEXPORT_KERNEL_MARCH" -I"$INC" -shared "$SRC" -o "$TMP/lib.so"
+  "$CXX" "${COMMON[@]}" -march="$QUADEXPORT_KERNEL_MARCH" -I"$INC" "${LINK[@]}" "$SRC" -o "$TMP/lib.so"
 elif [[ "$("$CXX" -dumpmachine)" == x86_64* ]]; then
   log "compiling multi-ISA library (avx512, avx2, base + glue)"
   # One object per kernel ISA (each in its own C++ namespace, no STL or ORT headers) plus the ORT glue, which is
@@ -103,10 +106,10 @@ elif [[ "$("$CXX" -dumpmachine)" == x86_64* ]]; then
   "$CXX" "${COMMON[@]}" -DQX_PART_KERNELS -DQX_ISA_AVX2 -mavx2 -mfma -c "$SRC" -o "$TMP/avx2.o"
   "$CXX" "${COMMON[@]}" -DQX_PART_KERNELS -DQX_ISA_BASE -c "$SRC" -o "$TMP/base.o"
   wait $glue || die "compiling the glue failed"
-  "$CXX" -shared "$TMP/glue.o" "$TMP/avx512.o" "$TMP/avx2.o" "$TMP/base.o" -o "$TMP/lib.so"
+  "$CXX" "${LINK[@]}" "$TMP/glue.o" "$TMP/avx512.o" "$TMP/avx2.o" "$TMP/base.o" -o "$TMP/lib.so"
 else
   log "compiling portable library ($("$CXX" -dumpmachine))"
-  "$CXX" "${COMMON[@]}" -I"$INC" -shared "$SRC" -o "$TMP/lib.so"
+  "$CXX" "${COMMON[@]}" -I"$INC" "${LINK[@]}" "$SRC" -o "$TMP/lib.so"
 fi
 
 # Atomic replace (copy next to the target, then rename): a process that already loaded the old file keeps it.

@@ -167,7 +167,7 @@ constexpr int NR = QX_CONV_NV * VL;           // pixel tiling: grid positions pe
 #ifndef QX_TASK_SHIFT
 #define QX_TASK_SHIFT 19
 #endif
-constexpr int64_t TASK_FMAS = int64_t(1) << QX_TASK_SHIFT;  // work per parallel task (~10 µs on one core)  // target work per parallel task (~5-10 µs on one core)
+constexpr int64_t TASK_FMAS = int64_t(1) << QX_TASK_SHIFT;  // target work per parallel task (~10 µs on one core)
 constexpr int64_t MAX_TASKS = 128;
 constexpr int64_t MIN_TASKS = 16;  // enough tasks to balance a pool of a few threads
 constexpr int64_t PER_IMAGE_FLOATS = int64_t(1) << 17;  // per-image conv mode if x and x² phase images fit (512 KB)
@@ -413,10 +413,10 @@ static void linear_task(void* job, size_t t) {
     for (int t = 0; t < count; ++t) {
       const int64_t c = cg + t;
       const float* a = linear_rows(J) + c * 2 * J.K * J.mr;
-      tiles[t] = RowTile{a, a + J.K * J.mr, imin(J.mr, J.N - c * J.mr), J.y + c * J.mr * J.M};
+      tiles[t] = RowTile{a, a + J.K * J.mr, imin(J.mr, J.N - c * J.mr), nullptr};
     }
     for (int64_t p = p0; p < p1 && p * VL < J.M; p += J.np) {
-      for (int t = 0; t < count; ++t) tiles[t].out += p == p0 ? p0 * VL : J.np * VL;
+      for (int t = 0; t < count; ++t) tiles[t].out = J.y + (cg + t) * J.mr * J.M + p * VL;
       run_tiles(tiles, count, off, J.K, J.packed + p * ps, ps, J.np, J.M, J.M - p * VL);
     }
   }
