@@ -7,7 +7,11 @@ Each variant is exported with the dynamo exporter (opset 20, dynamic batch) and 
 ORT_ENABLE_ALL. Timing: after 20 warm-up runs, ROUNDS rounds alternate the variants (so machine noise hits both
 alike); each round times REPS runs; the reported figure is the median over rounds of the per-run mean.
 
+With --modes it instead times one model (default resnet20, batch 1) as torch eager vs the three export modes
+(decomposed; function with the bodies inlined by onnxruntime; fused on the kernel library), same alternating scheme.
+
 Usage: .venv/bin/python tools/measure_decomposition.py [--quick] [--json out.json]
+       .venv/bin/python tools/measure_decomposition.py --modes [--model resnet20] [--batch 1] [--threads 2]
 """
 
 from __future__ import annotations
@@ -54,14 +58,19 @@ class _StackedQuadConv2d(nn.Module):
         return r * g + self.b(x * x)
 
 
-def _perturb(model: nn.Module) -> nn.Module:
+@torch.no_grad()
+def _perturb(model: nn.Module, shape: tuple[int, ...], std: float = 0.02) -> nn.Module:
+    """ReLinear init + N(0, std²) on the quadratic branches, BN statistics from one random batch (as in the tests)."""
     g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, QuadLayer):
-                for n in m.neuron_type.quadratic_branches:
-                    w = getattr(m, n).weight
-                    w.add_(torch.randn(w.shape, generator=g) * 0.02)
+    for m in model.modules():
+        if isinstance(m, QuadLayer):
+            for n in m.neuron_type.quadratic_branches:
+                w = getattr(m, n).weight
+                w.add_(torch.randn(w.shape, generator=g) * std)
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.momentum = None
+    model.train()
+    model(torch.randn((8, *shape), generator=g))
     return model.eval()
 
 
@@ -108,12 +117,64 @@ def _bench(sessions: dict[str, object], x: np.ndarray, rounds: int, reps: int) -
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+def _bench_torch(model: nn.Module, x: np.ndarray, rounds: int, reps: int, threads: int) -> float:
+    torch.set_num_threads(threads)
+    xt = torch.from_numpy(x)
+    times = []
+    with torch.inference_mode():
+        for _ in range(20):
+            model(xt)
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                model(xt)
+            times.append((time.perf_counter() - t0) / reps * 1e3)
+    return statistics.median(times)
+
+
+def modes(args: argparse.Namespace, rounds: int, reps: int) -> list[dict]:
+    """torch eager vs decomposed vs function (bodies) vs fused (kernel)."""
+    from quadexport.export import export, make_session
+
+    shape = (3, 32, 32) if args.model.startswith("resnet") else (1, 28, 28)
+    model = _perturb(create_model(args.model, in_channels=shape[0], input_size=shape[1]), shape,
+                     0.005 if args.model.startswith("resnet") else 0.02)
+    x = np.random.default_rng(0).standard_normal((args.batch, *shape)).astype(np.float32)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sess = {}
+        for mode in ("decomposed", "function", "fused"):
+            p = export(model, Path(tmp) / f"{mode}.onnx", mode=mode)
+            kl = {"decomposed": "auto", "function": "never", "fused": "always"}[mode]
+            sess[mode] = make_session(p, threads=args.threads, kernel_library=kl)
+        t = _bench(sess, x, rounds, reps)
+        t["torch eager"] = _bench_torch(model, x, rounds, reps, args.threads)
+    import onnxruntime as ort
+
+    print(f"{args.model} batch {args.batch}, {args.threads} threads, ORT {ort.__version__} ORT_ENABLE_ALL, "
+          f"torch {torch.__version__}: ms per run (median)")
+    for k, v in t.items():
+        print(f"  {k:12s} {v:.4f} ms  ({v / t['torch eager']:.2f}× torch eager)")
+        rows.append({"model": args.model, "batch": args.batch, "threads": args.threads, "variant": k, "ms": v})
+    return rows
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer rounds")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--modes", action="store_true", help="time torch eager vs the three export modes instead")
+    ap.add_argument("--model", default="resnet20")
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     rounds, reps = (7, 20) if args.quick else (15, 40)
+    if args.modes:
+        rows = modes(args, rounds, reps)
+        if args.json:
+            args.json.write_text(json.dumps(rows, indent=2))
+        return 0
     torch.manual_seed(0)
     cases = [
         ("mlp (zoo, 784-64-64-10)", lambda: create_model("mlp", in_channels=1, input_size=28), (1, 28, 28), "linear"),
@@ -127,7 +188,7 @@ def main() -> int:
     print(f"onnxruntime {ort.__version__}, torch {torch.__version__}, ORT_ENABLE_ALL, CPU; ms per run (median)")
     with tempfile.TemporaryDirectory() as tmp:
         for name, build, shape, kind in cases:
-            base = _perturb(build())
+            base = _perturb(build(), shape, 0.005 if name.startswith("resnet") else 0.02)
             stacked = copy.deepcopy(base)
             if kind == "linear":
                 replace_modules(stacked, lambda _, m: StackedQuadLinear(m) if isinstance(m, QuadLinear) else None)

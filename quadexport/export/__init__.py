@@ -31,7 +31,8 @@ from torch import nn
 from quadexport.export import ops
 from quadexport.export.decomposed import STACK_LINEAR, prepare_decomposed
 from quadexport.export.fold import fold_batchnorm
-from quadexport.export.function import attach_functions, lower_functions, prepare_function, strip_functions
+from quadexport.export.function import (attach_functions, lower_functions, prepare_function, quadexport_nodes,
+                                        strip_functions)
 from quadexport.export.session import make_session
 
 MODES = ("decomposed", "function", "fused")
@@ -83,8 +84,6 @@ def _metadata(model: nn.Module, mode: str, opset: int, fp16: bool, extra: Mappin
     }
     if mode == "fused":
         props["quadexport.runtime"] = "fused"
-    if mode != "decomposed":
-        props["quadexport.domain"] = f"{ops.DOMAIN}:{ops.DOMAIN_VERSION}"
     for key in ("relinear", "test_acc", "dataset"):
         if meta.get(key) is not None:
             props[f"quadexport.{key}"] = meta[key]
@@ -196,6 +195,9 @@ def export(model: nn.Module, path: str | os.PathLike, *, mode: str = "decomposed
     proto = _torch_export(work, x, opset, n_out, table)
     if mode != "decomposed":
         attach_functions(proto)
+        n_nodes = len(quadexport_nodes(proto))
+        notes["domain"] = f"{ops.DOMAIN}:{ops.DOMAIN_VERSION}" if n_nodes else None
+        notes["quadratic_nodes"] = n_nodes
     onnx.helper.set_model_props(proto, _metadata(model, mode, opset, fp16, metadata, notes))
     if check_model:
         ops.register_schemas()
@@ -203,3 +205,16 @@ def export(model: nn.Module, path: str | os.PathLike, *, mode: str = "decomposed
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(proto, str(path))
     return path
+
+
+class _CallableModule(type(os)):
+    """``quadexport.export`` is both this subpackage and the :func:`export` function: once the subpackage is
+    imported, the attribute on the ``quadexport`` package is the module, so the module itself is made callable."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Path:
+        return export(*args, **kwargs)
+
+
+import sys as _sys  # noqa: E402
+
+_sys.modules[__name__].__class__ = _CallableModule

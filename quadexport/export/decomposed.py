@@ -4,10 +4,11 @@ The layers' own ``forward`` already is that decomposition (one linear map per br
 ``Pow``). The one choice made here is *how* a dense layer's branches are laid out, picked by measurement
 (``tools/measure_decomposition.py``, numbers in ``docs/export.md``):
 
-- conv layers: one ``Conv`` per branch ("naive"). Stacking ``[W_r; W_g]`` into one ``Conv`` + ``Split`` is slower
-  under onnxruntime because ``Split`` breaks the NCHWc layout chain of ``ORT_ENABLE_ALL``.
-- dense layers: the branches that read ``x`` (``r``, ``g``, ``l``) are stacked into one ``Gemm`` whose output is
-  split (:class:`StackedQuadLinear`) when :data:`STACK_LINEAR` is true.
+- conv layers: one ``Conv`` per branch ("naive"). Stacking ``[W_r; W_g]`` into one ``Conv`` + ``Split`` is
+  20-50 % slower under onnxruntime because ``Split`` breaks the NCHWc layout chain of ``ORT_ENABLE_ALL``.
+- dense layers: also one ``Gemm`` per branch by default. Stacking the branches that read ``x`` (``r``, ``g``, ``l``)
+  into one ``Gemm`` whose output is split (:class:`StackedQuadLinear`, ``stack_linear=True``) was within noise at
+  width 512 and 40 % slower for the zoo MLP (width 64) at batch 1, so it is opt-in.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from quadexport.layers.quad import QuadLayer, QuadLinear
 
 Tensor = torch.Tensor
 
-STACK_LINEAR = True
+STACK_LINEAR = False
 """Measured default for dense layers (see module docstring); ``export(..., stack_linear=...)`` overrides it."""
 
 __all__ = ["STACK_LINEAR", "StackedQuadLinear", "prepare_decomposed", "replace_modules"]
