@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (CLIError, ValueError, FileNotFoundError, PermissionError, IsADirectoryError) as e:
+    except (CLIError, ValueError, OSError) as e:  # user errors: bad values, files, disk; one line, exit 2
         print(f"quadexport {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -21,6 +21,17 @@ def _calibration(model, data_dir):
         return None
 
 
+MIN_OPSET, MAX_OPSET = 13, 23
+
+
+def _opset(s: str) -> int:
+    v = int(s)
+    if not MIN_OPSET <= v <= MAX_OPSET:
+        raise argparse.ArgumentTypeError(f"opset {v} is out of range: quadexport exports opsets {MIN_OPSET}-{MAX_OPSET}"
+                                         f" (18-23 with the dynamo exporter, 13-17 legacy)")
+    return v
+
+
 def run(a: argparse.Namespace) -> int:
     import onnx
 
@@ -54,7 +65,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mode", choices=("decomposed", "function", "fused"), default="decomposed",
                    help="decomposed: standard ops only (default); function: one quadexport node per layer with a "
                         "function body; fused: the same, marked to run on the kernel library")
-    p.add_argument("--opset", type=int, default=20, help="ai.onnx opset, 18-23 (default 20); <18: decomposed only")
+    p.add_argument("--opset", type=_opset, default=20,
+                   help="ai.onnx opset, 18-23 (default 20); 13-17: decomposed only, legacy TorchScript exporter")
     p.add_argument("--no-fold-bn", action="store_true", help="keep BatchNorm nodes")
     p.add_argument("--fp16", action="store_true", help="float16 weights/activations (float32 I/O, fp32 islands)")
     p.add_argument("--data-dir", default=None, help="dataset directory for the fp16 calibration")

@@ -30,7 +30,7 @@ OPT_LEVELS = ("disable", "basic", "extended", "all")
 BUILD_HINT = "build it with `make kernels` (runs `bash tools/build_kernels.sh`)"
 
 __all__ = ["BUILD_HINT", "KernelLibraryNotFound", "ModelInfo", "OPT_LEVELS", "find_kernel_library", "make_session",
-           "model_info"]
+           "model_info", "read_onnx"]
 
 try:
     from quadexport.export.kernel_lib import KernelLibraryNotFound
@@ -78,9 +78,24 @@ class ModelInfo:
         return bool(self.used_ops - self.bodies)
 
 
+def read_onnx(path: str | os.PathLike) -> onnx.ModelProto:
+    """Load an ONNX file; a missing file raises ``FileNotFoundError``, a truncated or corrupt one ``ValueError``,
+    each naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no ONNX file at {path}")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # protobuf DecodeError and friends
+        raise ValueError(f"{path} is not a readable ONNX model (truncated or corrupt): {e}") from None
+    if not proto.graph.node:
+        raise ValueError(f"{path} is not a usable ONNX model: its graph has no nodes")
+    return proto
+
+
 def model_info(model: str | os.PathLike | onnx.ModelProto) -> ModelInfo:
     """Inspect a model (path or ModelProto) for :func:`make_session`."""
-    proto = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model), load_external_data=False)
+    proto = model if isinstance(model, onnx.ModelProto) else read_onnx(model)
     props = {p.key: p.value for p in proto.metadata_props}
     return ModelInfo(used_ops={n.op_type for n in proto.graph.node if n.domain == DOMAIN},
                      bodies={f.name for f in proto.functions if f.domain == DOMAIN},
@@ -171,7 +186,12 @@ def make_session(path: str | os.PathLike | onnx.ModelProto, provider: str = "cpu
     else:
         providers = ["CPUExecutionProvider"]
     src = path.SerializeToString() if isinstance(path, onnx.ModelProto) else str(path)
-    sess = ort.InferenceSession(src, so, providers=providers)
+    try:
+        sess = ort.InferenceSession(src, so, providers=providers)
+    except (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidGraph,
+            ort.capi.onnxruntime_pybind11_state.InvalidProtobuf, ort.capi.onnxruntime_pybind11_state.NoSuchFile) as e:
+        name = "the given ModelProto" if isinstance(path, onnx.ModelProto) else str(path)
+        raise ValueError(f"onnxruntime cannot load {name}: {str(e).splitlines()[0]}") from None
     if provider == "cuda" and sess.get_providers()[0] != "CUDAExecutionProvider":
         raise RuntimeError(f"onnxruntime fell back to {sess.get_providers()}: the CUDA libraries (CUDA 12/13 "
                            f"runtime, cuBLAS, cuDNN 9) could not be loaded; install them (e.g. pip install "
