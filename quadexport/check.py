@@ -183,7 +183,7 @@ def _load_dataset(name: str, data_dir: str | os.PathLike | None) -> tuple[np.nda
 
 
 def check(onnx_path: str | os.PathLike, model: nn.Module, *, provider: str = "cpu", atol: float | None = None,
-          rtol: float | None = None, batches: Sequence[int] = (1, 3, 5, 64), dataset: str | None = None,
+          rtol: float | None = None, batches: Sequence[int] = (1, 3, 5, 64), dataset: str | bool | None = None,
           data_dir: str | os.PathLike | None = None, seed: int = 0, opt_levels: Sequence[str] = ("disable", "all"),
           kernel_library: str = "auto", threads: int | None = None, verbose: bool = True,
           json_path: str | os.PathLike | None = None) -> CheckReport:
@@ -196,8 +196,8 @@ def check(onnx_path: str | os.PathLike, model: nn.Module, *, provider: str = "cp
         atol: max abs difference per output (``None``: not checked; rel_l2 is the criterion).
         rtol: max relative L2 error (``None``: 1e-5 for float32 models, 1e-2 for float16 ones).
         batches: batch sizes of the random-input checks (the dynamic batch axis is exercised).
-        dataset: dataset of the real-data check (default: ``model.quadexport_meta["dataset"]``); the first 512 test
-            images, in batches of ``max(batches)``.
+        dataset: dataset of the real-data check (default: ``model.quadexport_meta["dataset"]``; ``False``: none);
+            the first 512 test images, in batches of ``max(batches)``.
         data_dir: dataset directory (see :func:`quadexport.data.load_dataset`).
         seed: seed of the random inputs.
         opt_levels: onnxruntime graph optimisation levels to check (``disable``, ``basic``, ``extended``, ``all``).
@@ -257,7 +257,8 @@ def check(onnx_path: str | os.PathLike, model: nn.Module, *, provider: str = "cp
         shape = _input_shape(first, model)
         for b in batches:
             sets.append(("random", int(b), [rng.standard_normal((int(b), *shape)).astype(np.float32)], None))
-        ds_name = dataset or (getattr(model, "quadexport_meta", None) or {}).get("dataset")
+        ds_name = None if dataset is False else (dataset or (getattr(model, "quadexport_meta", None) or {}).get(
+            "dataset"))
         if ds_name:
             try:
                 xs, ys = _load_dataset(ds_name, data_dir)

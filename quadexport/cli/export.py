@@ -50,8 +50,7 @@ def run(a: argparse.Namespace) -> int:
         return 0
     from quadexport.check import check
 
-    report = check(path, model, batches=(1, 3, 5), opt_levels=("disable", "all"), dataset=None,
-                   verbose=True)
+    report = check(path, model, batches=(1, 3, 5), opt_levels=("disable", "all"), dataset=False, verbose=True)
     return 0 if report.ok else 1
 
 
