@@ -101,7 +101,8 @@ class CheckReport:
     def summary(self) -> str:
         failed = sum(not line.ok for line in self.lines) + len(self.errors)
         if self.ok:
-            return f"-[✓] all {len(self.lines)} checks passed (worst rel_l2 {self.worst_rel_l2:.1e}, rtol {self.rtol:g})"
+            return (f"-[✓] all {len(self.lines)} checks passed (worst rel_l2 {self.worst_rel_l2:.1e}, "
+                    f"rtol {self.rtol:g})")
         return f"-[✗] {failed} of {len(self.lines) + len(self.errors)} checks failed (rtol {self.rtol:g})"
 
     def to_dict(self) -> dict[str, Any]:
@@ -247,7 +248,8 @@ def check(onnx_path: str | os.PathLike, model: nn.Module, *, provider: str = "cp
                     sessions[(level, label)] = make_session(onnx_path, provider, opt_level=level, threads=threads,
                                                             kernel_library=kl)
                 except Exception as e:  # noqa: BLE001 - any failure to create a session is a hard failure
-                    msg = f"{LEVEL_NAMES.get(level, level)}{' [' + label + ']' if label else ''}: {type(e).__name__}: {e}"
+                    where = LEVEL_NAMES.get(level, level) + (f" [{label}]" if label else "")
+                    msg = f"{where}: {type(e).__name__}: {e}"
                     report.errors.append(msg)
                     say(f"-[✗] {msg}")
         if not sessions:

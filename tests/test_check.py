@@ -129,7 +129,8 @@ def test_cli_export_and_check_exit_codes(out_dir):
     assert r.returncode == 0, r.stdout + r.stderr
     assert "wrote" in r.stdout and "quadexport::QuadConv2d 3" in r.stdout and "checks passed" in r.stdout
 
-    r = _cli("check", str(onnx_path), str(good), "--json", str(out_dir / "cli.json"), "--batches", "1", "3")
+    r = _cli("check", str(onnx_path), str(good), "--json", str(out_dir / "cli.json"), "--batches", "1", "3",
+             "--opt-levels", "all")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "-[✓]" in r.stdout and "digits[360]" in r.stdout
     assert json.loads((out_dir / "cli.json").read_text())["ok"] is True
