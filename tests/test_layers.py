@@ -10,7 +10,8 @@ from quadexport.relinear import plain_init
 
 
 def test_public_imports_and_registry():
-    assert set(q.list_neurons()) == {"fan", "compact", "t2", "t4", "quadralib", "qres"}
+    # the six named types are always there (compress registers cheap variants such as fan_pw on import)
+    assert {"fan", "compact", "t2", "t4", "quadralib", "qres"} <= set(q.list_neurons())
     with pytest.raises(ValueError, match="unknown neuron"):
         QuadLinear(3, 4, neuron="cubic")
 
