@@ -29,5 +29,8 @@ test: setup data kernels
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
 
+results: setup
+	$(PY) tools/experiments.py all --budget small
+
 clean:
 	rm -rf build reports runs .pytest_cache
