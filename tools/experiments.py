@@ -53,7 +53,7 @@ EXPRESSIVITY: dict[str, dict[str, Any]] = {
     "small": {"n_train": 400, "n_test": 2000, "cls_steps": 1000, "cls_lr": 0.05, "cls_seeds": [0, 1, 2],
               "reg_train": 1024, "reg_test": 4096, "reg_steps": 2000, "reg_lr": 1e-2, "reg_seeds": [0, 1, 2],
               "quad_widths": [1, 2, 3, 4, 6, 8], "functions": ["radial", "product"]},
-    "tiny": {"n_train": 200, "n_test": 400, "cls_steps": 600, "cls_lr": 0.05, "cls_seeds": [0],
+    "tiny": {"n_train": 200, "n_test": 400, "cls_steps": 400, "cls_lr": 0.05, "cls_seeds": [0],
              "reg_train": 256, "reg_test": 256, "reg_steps": 150, "reg_lr": 1e-2, "reg_seeds": [0],
              "quad_widths": [2], "functions": ["radial", "product"]},
 }
@@ -153,6 +153,20 @@ def _init_norms(cfg) -> dict[str, float]:
     return quadratic_norms(build_model(cfg, data.num_classes, data.input_shape))
 
 
+@contextlib.contextmanager
+def _no_run_plot():
+    """Skip the ``curves.png`` that ``train()`` draws at the end of every run (≈2 s of matplotlib per run, more than
+    a tiny run's training); the report draws its own figures from the metrics."""
+    import quadexport.train as qt
+
+    orig = qt._plot
+    qt._plot = lambda *a, **k: None
+    try:
+        yield
+    finally:
+        qt._plot = orig
+
+
 def run_train(task: dict[str, Any]) -> dict[str, Any]:
     """Train one configuration (``task["config"]``: TrainConfig fields) and return its result record.
 
@@ -173,7 +187,7 @@ def run_train(task: dict[str, Any]) -> dict[str, Any]:
     t0, c0 = time.perf_counter(), time.process_time()
     torch.manual_seed(cfg.seed)
     try:
-        with contextlib.redirect_stdout(log):
+        with contextlib.redirect_stdout(log), _no_run_plot():
             train(cfg, progress=False)
     except TrainingDiverged as e:
         status, error = "diverged", str(e)
@@ -387,6 +401,9 @@ def aggregate_trainability(recipe: dict[str, Any], results: dict[str, dict[str, 
         for r in runs:
             for why in r["collapse_reasons"]:
                 reasons[why] = reasons.get(why, 0) + 1
+        blowup_loss = recipe["grid"].get("blowup_test_loss", 1e3)
+        collapse_acc = recipe["grid"]["collapse_acc"]
+        max_losses = [max((e["test_loss"] for e in r["epochs"]), default=None) for r in runs]
         cells.append({
             **{k: cell[k] for k in ("init", "reg", "reg_label", "lr", "key_cell", "alias_of", "relinear")},
             "seeds": [r["labels"]["seed"] for r in runs], "n": len(runs),
@@ -394,6 +411,11 @@ def aggregate_trainability(recipe: dict[str, Any], results: dict[str, dict[str, 
             "collapse_rate": (sum(r["collapsed"] for r in runs) / len(runs)) if runs else None,
             "collapse_reasons": reasons,
             "final_acc": mean_std(r["final_acc"] for r in runs),
+            # instability short of collapse: test loss blew up (exploding logits / BN statistics) at some epoch, or
+            # test accuracy dipped to chance at an epoch before the last
+            "blowups": sum(m is not None and m > blowup_loss for m in max_losses),
+            "dips": sum(any(e["test_acc"] <= collapse_acc for e in r["epochs"][:-1]) for r in runs),
+            "max_test_loss": sorted(m for m in max_losses if m is not None),
             "final_acc_all": mean_std((r["final_acc"] if r["final_acc"] is not None else 0.1) for r in runs),
             "per_epoch": per_epoch, "init_norms": init_norms,
             "rescue": {"n": len(rescued), "rescued": sum(not r["collapsed"] for r in rescued),
@@ -718,9 +740,15 @@ def aggregate_expressivity(res: dict[str, Any]) -> dict[str, Any]:
     reg: dict[tuple, list] = {}
     for r in res["regression"]:
         reg.setdefault((r["function"], r["neuron"], r["width"]), []).append(r)
-    reg_rows = [{"function": f, "neuron": n, "width": w, "params": v[0]["params"],
-                 "test_mse": mean_std(r["test_mse"] for r in v), "target_var": v[0]["target_var"]}
-                for (f, n, w), v in reg.items()]
+    reg_rows = []
+    for (f, n, w), v in reg.items():
+        vals = sorted(r["test_mse"] for r in v)
+        mid = len(vals) // 2
+        median = vals[mid] if len(vals) % 2 else 0.5 * (vals[mid - 1] + vals[mid])
+        reg_rows.append({"function": f, "neuron": n, "width": w, "params": v[0]["params"],
+                         "test_mse": mean_std(vals), "median_mse": median, "values": vals,
+                         # a fit no better than half the target variance is stuck near predicting the mean
+                         "stuck": sum(x > 0.5 * v[0]["target_var"] for x in vals), "target_var": v[0]["target_var"]})
     return {"classification": cls_rows, "regression": reg_rows}
 
 
@@ -807,8 +835,9 @@ def cmd_warmstart(args) -> dict[str, Any]:
 
 
 def _expressivity_task(budget: str, out: Path) -> dict[str, Any]:
+    # long single-process job with no dependencies: schedule it first so it overlaps the training runs
     return {"kind": "expressivity", "key": "expressivity", "budget": budget, "params": EXPRESSIVITY[budget],
-            "cost": 0.0, "result_path": str(out / "runs" / "expressivity" / "expressivity.json")}
+            "cost": float("inf"), "result_path": str(out / "runs" / "expressivity" / "expressivity.json")}
 
 
 def cmd_expressivity(args) -> dict[str, Any]:
@@ -857,9 +886,29 @@ def cmd_all(args) -> None:
     cmd_report(args)
 
 
+def reaggregate(out: Path) -> None:
+    """Recompute every ``<exp>.json`` summary from the run records it holds (and the recipe stored with it), so
+    ``report`` always reflects the current aggregation code without retraining; wall/CPU totals are kept."""
+    p = _paths(out)
+    envs = {e: json.loads(p[e].read_text()) for e in EXPERIMENTS if p[e].exists()}
+    acc_runs = {r["key"]: r for r in envs.get("accuracy", {}).get("runs", [])}
+    for e, env in envs.items():
+        runs = {r["key"]: r for r in env["runs"]}
+        if e == "trainability":
+            env["summary"] = aggregate_trainability(env["recipe"], runs)
+        elif e == "accuracy":
+            env["summary"] = aggregate_accuracy(env["recipe"], runs)
+        elif e == "warmstart":
+            env["summary"] = aggregate_warmstart(env["recipe"], {**acc_runs, **runs})
+        elif e == "expressivity":
+            env["summary"] = aggregate_expressivity(env["raw"])
+        _write(p[e], env)
+
+
 def cmd_report(args) -> None:
     from report_experiments import render  # tools/report_experiments.py
 
+    reaggregate(Path(args.out))
     docs = Path(args.docs) if args.docs else (ROOT / "docs" if args.budget == "small" else Path(args.out) / "docs")
     path = render(Path(args.out), docs)
     _log(f"== report: {path}")

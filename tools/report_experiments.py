@@ -42,6 +42,14 @@ def _save(fig, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _plain_log_ticks(ax) -> None:
+    """Log x axis with plain-number major ticks and no (overlapping) minor tick labels."""
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
 def _pct(x: float | None, digits: int = 1) -> str:
     return "—" if x is None else f"{100 * x:.{digits}f}"
 
@@ -68,10 +76,11 @@ def _train_sizes(rec: dict[str, Any]) -> str:
 def trainability_md(env: dict[str, Any], docs: Path) -> tuple[str, list[str]]:
     rec, cells = env["recipe"], env["summary"]["cells"]
     lrs = rec["grid"]["lrs"]
+    used = [r for r in rec["grid"]["regularisers"] if any(c["reg"] == r for c in cells)]
     lines = ["## 1. Trainability: ReLinear vs plain initialisation", "",
              f"Command: `{env['command']}` (recipe `{rec['_path']}`).", "",
              f"Setup: {_train_sizes(rec)}. Grid: init ∈ {{{', '.join(rec['grid']['inits'])}}} × regulariser "
-             f"∈ {{{', '.join(rec['regularisers'][r].get('label', r) for r in rec['grid']['regularisers'])}}} × "
+             f"∈ {{{', '.join(rec['regularisers'][r].get('label', r) for r in used)}}} × "
              f"LR ∈ {{{', '.join(f'{x:g}' for x in lrs)}}}. Seeds: {rec['grid']['key_seeds']} for the key cells "
              f"({', '.join('+'.join(c) for c in rec['grid']['key_cells'])}), {rec['grid']['seeds']} for the others. "
              "`relinear` init: W_g=0, b_g=1, W_b=0, c=0, W_r Kaiming; `kaiming`: Kaiming-normal weights and zero "
@@ -108,6 +117,33 @@ def trainability_md(env: dict[str, Any], docs: Path) -> tuple[str, list[str]]:
             lines.append(s)
     lines += ["", "Bold rows are the key comparison (≥3 seeds). ‖W_g‖, ‖W_b‖: global L2 norms of the gate and "
               "power-branch weights of all quadratic layers, mean over finished runs.", ""]
+    blow = rec["grid"].get("blowup_test_loss", 1e3)
+    lines += ["**Instability short of collapse.** `blow-ups`: runs whose test loss exceeded "
+              f"{blow:g} at some epoch (logits or BN running statistics exploding; a uniform guess scores 2.3); "
+              f"`dips`: runs whose test accuracy fell to ≤ {100 * rec['grid']['collapse_acc']:.0f}% at an epoch "
+              "before the last (then recovered); `max test loss`: per run, the largest test loss seen.", ""]
+    hdr, sep = "| init | regulariser |", "|---|---|"
+    for lr in lrs:
+        hdr += f" LR {lr:g}: blow-ups | dips | max test loss |"
+        sep += "---|---|---|"
+    lines += [hdr, sep]
+    for init in rec["grid"]["inits"]:
+        for reg in used:
+            row = [c for c in cells if c["init"] == init and c["reg"] == reg]
+            if not row or any(c["alias_of"] for c in row):
+                continue
+            key = any(c["key_cell"] for c in row)
+            label = rec["regularisers"][reg].get("label", reg)
+            s = f"| {'**' + init + '**' if key else init} | {'**' + label + '**' if key else label} |"
+            for lr in lrs:
+                c = next((c for c in row if c["lr"] == lr), None)
+                if c is None or "blowups" not in c:
+                    s += " | | |"
+                    continue
+                s += (f" {c['blowups']}/{c['n']} | {c['dips']}/{c['n']} | "
+                      f"{', '.join(f'{m:.2g}' for m in c['max_test_loss'])} |")
+            lines.append(s)
+    lines.append("")
     rescue = [c for c in cells if c.get("rescue")]
     if rescue:
         lines += ["**Rollback guard** (`max_rollbacks="
@@ -231,6 +267,7 @@ def _accuracy_plot(env: dict[str, Any], docs: Path) -> None:
             ax.annotate(r["label"].replace("QResNet8-", ""), (r["macs_28"] / 1e6, 100 * r["acc"]["mean"]),
                         fontsize=7, xytext=(4, 3), textcoords="offset points")
         ax.set_xscale("log")
+        _plain_log_ticks(ax)
         ax.set_xlabel("MACs per 28×28 image (M)"), ax.set_ylabel("test accuracy (%)")
         ax.set_title(f"{ds}: red = quadratic, blue = ReLU (mean ± std)"), ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -259,16 +296,20 @@ def expressivity_md(env: dict[str, Any], docs: Path) -> str:
               "(2 → w → w → 1, ReLU after each hidden layer) with Fan neurons (ReLinear init) vs ReLU neurons, "
               f"the ReLU width chosen for the closest parameter count; full-batch Adam LR {p['reg_lr']:g} with "
               f"cosine decay, {p['reg_steps']} steps, MSE, seeds {p['reg_seeds']}.", "",
-              "| function | quad width | quad params | quad test MSE | ReLU width | ReLU params | ReLU test MSE | "
-              "ratio ReLU/quad |", "|---|---|---|---|---|---|---|---|"]
+              "`median` = median over seeds; `stuck` = seeds whose test MSE stays above half the target variance "
+              "(the fit is stuck near predicting the mean, typically dead ReLUs after the first layer).", "",
+              "| function | quad width / params | quad test MSE | quad median | quad stuck | ReLU width / params | "
+              "ReLU test MSE | ReLU median | ReLU stuck | median ratio ReLU/quad |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     reg = agg["regression"]
     for fn in p["functions"]:
         q = sorted([r for r in reg if r["function"] == fn and r["neuron"] != "relu"], key=lambda r: r["params"])
         rl = sorted([r for r in reg if r["function"] == fn and r["neuron"] == "relu"], key=lambda r: r["params"])
         for a, b in zip(q, rl):
-            ratio = b["test_mse"]["mean"] / a["test_mse"]["mean"] if a["test_mse"]["mean"] else float("nan")
-            lines.append(f"| {fn} | {a['width']} | {a['params']} | {_sci(a['test_mse'])} | {b['width']} | "
-                         f"{b['params']} | {_sci(b['test_mse'])} | {ratio:.3g} |")
+            ratio = b["median_mse"] / a["median_mse"] if a.get("median_mse") else float("nan")
+            lines.append(f"| {fn} | {a['width']} / {a['params']} | {_sci(a['test_mse'])} | {a['median_mse']:.2e} | "
+                         f"{a['stuck']}/{a['test_mse']['n']} | {b['width']} / {b['params']} | {_sci(b['test_mse'])} | "
+                         f"{b['median_mse']:.2e} | {b['stuck']}/{b['test_mse']['n']} | {ratio:.3g} |")
     lines += ["", f"Target variance: radial {_first(reg, 'radial'):.3g}, product {_first(reg, 'product'):.3g} "
               "(the MSE of predicting the mean).", "", f"![regression MSE vs parameters]({IMG}/expressivity_regression.png)", ""]
     _expressivity_plots(env, docs)
@@ -318,12 +359,15 @@ def _expressivity_plots(env: dict[str, Any], docs: Path) -> None:
     for ax, fn in zip(axes[0], fns):
         for neuron, color in (("fan", "C3"), ("relu", "C0")):
             rs = sorted([r for r in reg if r["function"] == fn and r["neuron"] == neuron], key=lambda r: r["params"])
-            ax.errorbar([r["params"] for r in rs], [r["test_mse"]["mean"] for r in rs],
-                        yerr=[r["test_mse"]["std"] or 0 for r in rs], marker="o", color=color, capsize=3,
-                        label="quadratic (Fan) MLP" if neuron == "fan" else "ReLU MLP")
+            ax.plot([r["params"] for r in rs], [r["median_mse"] for r in rs], marker="o", color=color,
+                    label=("quadratic (Fan) MLP" if neuron == "fan" else "ReLU MLP") + ", median")
+            ax.scatter([r["params"] for r in rs for _ in r["values"]], [v for r in rs for v in r["values"]],
+                       color=color, alpha=0.35, s=12)
         ax.set_xscale("log"), ax.set_yscale("log")
+        _plain_log_ticks(ax)
         ax.set_xlabel("parameters"), ax.set_ylabel("test MSE")
-        ax.set_title("f = ‖x‖²" if fn == "radial" else "f = x1·x2"), ax.grid(alpha=0.3, which="both")
+        ax.set_title(("f = ‖x‖²" if fn == "radial" else "f = x1·x2") + " (dots = seeds)")
+        ax.grid(alpha=0.3, which="both")
         ax.legend()
     fig.tight_layout()
     _save(fig, docs / IMG / "expressivity_regression.png")
@@ -399,16 +443,28 @@ def headline(data: dict[str, dict[str, Any]]) -> list[str]:
         for c in tr["summary"]["key"]:
             out.append(f"Trainability, {c['init']} + {c['reg_label']}, LR {c['lr']:g}: {c['collapsed']}/{c['n']} "
                        f"runs collapsed; final accuracy {fmt_ms(c['final_acc'])}% (finished runs).")
+        for c in tr["summary"]["key"]:
+            if "blowups" in c:
+                out.append(f"Instability, {c['init']} + {c['reg_label']}, LR {c['lr']:g}: test-loss blow-ups in "
+                           f"{c['blowups']}/{c['n']} runs, accuracy dips to chance in {c['dips']}/{c['n']}.")
         cells = tr["summary"]["cells"]
         for init in tr["recipe"]["grid"]["inits"]:
             cs = [c for c in cells if c["init"] == init and not c["alias_of"]]
             n, k = sum(c["n"] for c in cs), sum(c["collapsed"] for c in cs)
+            b = sum(c.get("blowups", 0) for c in cs)
             if n:
-                out.append(f"Whole grid, {init} init: {k}/{n} runs collapsed (all regularisers and LRs).")
+                out.append(f"Whole grid, {init} init: {k}/{n} runs collapsed, {b}/{n} had a test-loss blow-up "
+                           "(all regularisers and LRs).")
     ac = data.get("accuracy")
     if ac:
+        rows = ac["summary"]["rows"]
         for d in ac["summary"]["deltas"]:
             verdict = _verdict(d["delta"])
+            pair = [r for r in rows if r["dataset"] == d["dataset"] and r["group"] == d["group"]
+                    and r["label"] in (d["quadratic"], d["baseline"])]
+            noisy = [r["label"] for r in pair if (r["acc"]["std"] or 0) > 0.05]
+            if noisy:
+                verdict += f"; caution: {', '.join(noisy)} unstable across seeds (std > 5 pp)"
             out.append(f"{d['dataset']}: {d['quadratic']} − {d['baseline']} ({'same depth' if d['role'] == 'twin' else 'MAC-matched'})"
                        f" = {fmt_ms(d['delta'])} pp ({verdict}; Q better in {d['wins']}/{d['n']} seeds).")
         nrows = [r for r in ac["summary"]["rows"] if r["group"] == "neurons" and r["acc"]["mean"] is not None]
@@ -426,8 +482,13 @@ def headline(data: dict[str, dict[str, Any]]) -> list[str]:
             q = sorted([r for r in reg if r["function"] == fn and r["neuron"] != "relu"], key=lambda r: r["params"])
             rl = sorted([r for r in reg if r["function"] == fn and r["neuron"] == "relu"], key=lambda r: r["params"])
             wins = sum(a["test_mse"]["mean"] < b["test_mse"]["mean"] for a, b in zip(q, rl))
-            out.append(f"Regression of {'‖x‖²' if fn == 'radial' else 'x1·x2'}: the quadratic MLP has the lower test "
-                       f"MSE at {wins}/{len(q)} matched parameter counts.")
+            mwins = sum(a["median_mse"] < b["median_mse"] for a, b in zip(q, rl))
+            stuck_q = sum(a["stuck"] for a in q)
+            stuck_r = sum(b["stuck"] for b in rl)
+            n = sum(a["test_mse"]["n"] for a in q)
+            out.append(f"Regression of {'‖x‖²' if fn == 'radial' else 'x1·x2'}: the quadratic MLP has the lower "
+                       f"mean test MSE at {wins}/{len(q)} and the lower median at {mwins}/{len(q)} matched parameter "
+                       f"counts; stuck fits: quadratic {stuck_q}/{n}, ReLU {stuck_r}/{n}.")
     ws = data.get("warmstart")
     if ws:
         v = ws["summary"]["variants"]
@@ -474,6 +535,8 @@ def render(out: Path, docs: Path) -> Path:
             lines.append(f"| {e} | {d['n_runs']} | {_dur(d['cpu_s'])} | {_dur(d['run_wall_s'])} |")
     lines += [f"| **total** | {sum(d['n_runs'] for d in data.values())} | **{_dur(cpu)}** | "
               f"{_dur(sum(d['run_wall_s'] for d in data.values()))} |", "",
+              "Run wall times exceed CPU times when the cores are busy with other work; the CPU time is the cost "
+              "of the experiments themselves.", "",
               "(The warm-start row counts only its own runs; the ReLU twins and scratch QResNet8 runs it reuses are "
               "counted under accuracy.)", "", "## Findings (computed)", ""]
     lines += [f"- {h}" for h in headline(data)] + [""]
