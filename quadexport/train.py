@@ -185,7 +185,8 @@ def _sum_over_ranks(values: tuple[float, ...], world: int, device: torch.device)
 
 
 def _all_finite(model: nn.Module) -> bool:
-    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+    """Parameters *and* buffers (BN running statistics) are finite."""
+    return all(bool(torch.isfinite(v).all()) for v in model.state_dict().values() if v.is_floating_point())
 
 
 def _plot(run_dir: Path, epochs: list[dict[str, Any]], title: str) -> None:
@@ -307,7 +308,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
             bar.set_postfix(loss=f"{loss_sum / max(seen, 1):.4f}")
         seconds = time.perf_counter() - t0
         test_loss, test_acc = (math.nan, 0.0) if diverged else evaluate(model, data.x_test, data.y_test, device)
-        if diverged or not _all_finite(model) or not math.isfinite(test_loss):
+        if diverged or not _all_finite(model) or not math.isfinite(test_loss) or not math.isfinite(loss_sum):
             rollbacks += 1
             if rollbacks > cfg.max_rollbacks:
                 raise TrainingDiverged(f"training diverged (NaN/Inf) in epoch {epoch + 1} after {rollbacks - 1} "
