@@ -454,6 +454,7 @@ class _Unit:
     run: Callable[[], Any]
     check: Callable[[Any], bool]
     times: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
     est: float = 1e-3
 
     @property
@@ -493,17 +494,20 @@ def _warm(units: list[_Unit], warmup: int, batch: int) -> None:
 def _interleave(units: list[_Unit], min_iters: int, min_seconds: float, chunk_seconds: float, batch: int) -> int:
     """Round-robin timing until every unit has >= min_iters runs and >= min_seconds timed. Returns the rounds."""
     rounds = 0
-    perf = time.perf_counter
+    perf, ptime = time.perf_counter, time.process_time
     while not all(len(u.times) >= min_iters and sum(u.times) >= min_seconds for u in units):
         k = rounds % len(units)
         for u in units[k:] + units[:k]:
             n = max(1, int(round(chunk_seconds / u.est)))
-            times = u.times
+            times, cpu = u.times, u.cpu
             out = None
             for _ in range(n):
+                c0 = ptime()
                 t0 = perf()
                 out = u.run()
-                times.append(perf() - t0)
+                t1 = perf()
+                cpu.append(ptime() - c0)
+                times.append(t1 - t0)
             if not u.check(out):
                 raise _nonfinite(u, batch, f"timing round {rounds}")
             chunk = sorted(times[-n:])
@@ -512,10 +516,11 @@ def _interleave(units: list[_Unit], min_iters: int, min_seconds: float, chunk_se
     return rounds
 
 
-def _stats(times: list[float], batch: int) -> dict[str, float]:
+def _stats(times: list[float], batch: int, cpu: list[float] | None = None) -> dict[str, float]:
     a = np.asarray(times, dtype=np.float64) * 1e3
     mean = float(a.mean())
-    return {"p50_ms": float(np.percentile(a, 50)), "p90_ms": float(np.percentile(a, 90)),
+    c = np.asarray(cpu if cpu else times, dtype=np.float64) * 1e3
+    return {"cpu_p50_ms": float(np.percentile(c, 50)), "cpu_mean_ms": float(c.mean()),"p50_ms": float(np.percentile(a, 50)), "p90_ms": float(np.percentile(a, 90)),
             "p99_ms": float(np.percentile(a, 99)), "mean_ms": mean, "stdev_ms": float(a.std(ddof=1)) if a.size > 1
             else 0.0, "min_ms": float(a.min()), "throughput": batch / (mean / 1e3), "iters": int(a.size),
             "timed_s": float(a.sum() / 1e3)}
@@ -600,9 +605,11 @@ class BenchReport:
 
     Attributes:
         rows: per (model, mode, batch): the :data:`ROW_KEYS` plus ``id``, ``iters``, ``timed_s``, ``min_ms``,
-            ``test_acc``, ``source``.
+            ``cpu_p50_ms``/``cpu_mean_ms`` (process CPU time per run: with 1 thread, the run's compute without the
+            time it was preempted; with more threads, the CPU work summed over threads), ``test_acc``, ``source``.
         ratios: per (quadratic, baseline, batch, mode): ``latency_ratio`` (p50 quadratic / p50 baseline) and
-            ``mac_ratio`` (MACs quadratic / MACs baseline), plus ``role`` and ``baseline_mode``.
+            ``mac_ratio`` (MACs quadratic / MACs baseline), plus ``role``, ``baseline_mode``, ``min_latency_ratio``
+            and ``cpu_ratio`` (p50 CPU time; the steadier figure on a shared machine at 1 thread).
         ort_vs_torch: per (model, batch, ONNX mode): ``ratio`` = p50 ORT / p50 torch eager.
         mode_ratios: per (quadratic model, batch, mode): p50 of the mode / p50 of ``decomposed``.
         models: what each model id is (:meth:`BenchModel.info`).
@@ -668,7 +675,7 @@ class BenchReport:
                         f"{r['p90_ms']:.3f}", f"{r['p99_ms']:.3f}", f"{r['mean_ms']:.3f} ± {r['stdev_ms']:.3f}",
                         f"{r['throughput']:.0f}", f"{r['macs'] / 1e6:.2f}M", f"{r['params'] / 1e6:.3f}M",
                         f"{r['file_bytes'] / 1e6:.2f}" if r.get("file_bytes") else "–", refname, lat, mac,
-                        f"{o:.2f}" if o is not None else "–", str(r["iters"])])
+                        f"{o:.3g}" if o is not None else "–", str(r["iters"])])
         return out
 
     _HEAD = ["model", "neuron", "role", "mode", "batch", "p50 ms", "p90 ms", "p99 ms", "mean ± sd ms", "samples/s",
@@ -715,17 +722,18 @@ class BenchReport:
             lines.append("| " + " | ".join(r) + " |")
         if self.ratios:
             lines += ["", "## Quadratic vs baselines (p50)", "",
-                      "| quadratic | baseline | role | batch | mode | latency ratio | MAC ratio |",
-                      "|---|---|---|--:|---|--:|--:|"]
+                      "| quadratic | baseline | role | batch | mode | latency ratio | MAC ratio | CPU-time ratio |",
+                      "|---|---|---|--:|---|--:|--:|--:|"]
             for x in self.ratios:
+                cpu = f"{x['cpu_ratio']:.2f}" if x.get("cpu_ratio") else "–"
                 lines.append(f"| {x['quadratic']} | {x['baseline']} | {x['role']} | {x['batch']} | {x['mode']} | "
-                             f"{x['latency_ratio']:.2f} | {x['mac_ratio']:.2f} |")
+                             f"{x['latency_ratio']:.2f} | {x['mac_ratio']:.2f} | {cpu} |")
         if self.ort_vs_torch:
             lines += ["", "## onnxruntime vs torch eager (p50 ORT / p50 torch; < 1: ORT faster)", "",
                       "| model | mode | batch | ORT ms | torch ms | ratio |", "|---|---|--:|--:|--:|--:|"]
             for x in self.ort_vs_torch:
                 lines.append(f"| {x['model']} | {x['mode']} | {x['batch']} | {x['ort_p50_ms']:.3f} | "
-                             f"{x['torch_p50_ms']:.3f} | {x['ratio']:.2f} |")
+                             f"{x['torch_p50_ms']:.3f} | {x['ratio']:.3g} |")
         if self.mode_ratios:
             lines += ["", "## Export modes (p50 of the mode / p50 of decomposed)", "",
                       "| model | batch | mode | p50 ms | ratio |", "|---|--:|---|--:|--:|"]
@@ -845,7 +853,8 @@ def _ratios(rows: list[dict[str, Any]], models: dict[str, BenchModel], pairs: li
             ratios.append({"quadratic": q, "baseline": b, "role": role, "batch": r["batch"], "mode": r["mode"],
                            "baseline_mode": bmode, "latency_ratio": r["p50_ms"] / br["p50_ms"],
                            "mac_ratio": models[q].macs / models[b].macs, "quadratic_p50_ms": r["p50_ms"],
-                           "baseline_p50_ms": br["p50_ms"]})
+                           "baseline_p50_ms": br["p50_ms"], "min_latency_ratio": r["min_ms"] / br["min_ms"],
+                           "cpu_ratio": r["cpu_p50_ms"] / br["cpu_p50_ms"] if br["cpu_p50_ms"] > 0 else None})
     ovt = []
     for r in rows:
         if r["mode"] in ONNX_MODES:
@@ -941,6 +950,8 @@ def bench(models: Sequence[str | os.PathLike], *, neuron: str = "fan", mode: str
     batches = [int(b) for b in batches]
     if not batches or any(b < 1 for b in batches):
         raise BenchError(f"batch sizes must be >= 1, got {batches}")
+    if opt_level not in ("disable", "basic", "extended", "all"):
+        raise BenchError(f"unknown opt_level {opt_level!r}; choose disable, basic, extended or all")
     if threads is not None and int(threads) < 1:
         raise BenchError(f"threads must be >= 1, got {threads}")
     if warmup < 0 or min_iters < 1 or not (min_seconds >= 0 and math.isfinite(min_seconds)):
@@ -1048,14 +1059,15 @@ def bench(models: Sequence[str | os.PathLike], *, neuron: str = "fan", mode: str
             log(f"batch {batch}: {n_rounds} interleaved rounds in {time.perf_counter() - t0:.1f} s")
             for u in units:
                 bm = u.model
-                st = _stats(u.times, batch)
+                st = _stats(u.times, batch, u.cpu)
                 fb = files.get((bm.id, u.mode))
                 rows.append({"id": bm.id, "model": bm.label, "neuron": bm.neuron, "mode": u.mode,
                              "provider": provider, "batch": batch, "threads": nthreads,
                              **{k: st[k] for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "stdev_ms",
                                                     "throughput")},
                              "macs": bm.macs, "params": bm.params, "file_bytes": fb[1] if fb else None,
-                             "role": bm.role, "min_ms": st["min_ms"], "iters": st["iters"],
+                             "role": bm.role, "min_ms": st["min_ms"], "cpu_p50_ms": st["cpu_p50_ms"],
+                             "cpu_mean_ms": st["cpu_mean_ms"], "iters": st["iters"],
                              "timed_s": st["timed_s"], "rounds": n_rounds, "test_acc": bm.test_acc,
                              "source": bm.source, "onnx": str(fb[0]) if (fb and out is not None) else None,
                              "kernel": str(getattr(sessions.get((bm.id, u.mode)), "quadexport_kernel", None) or "")

@@ -59,6 +59,7 @@ def test_report_schema(report):
             assert _finite_pos(r[k]), (k, r[k])
         assert math.isfinite(r["stdev_ms"]) and r["stdev_ms"] >= 0
         assert r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"]
+        assert r["min_ms"] <= r["p50_ms"] and math.isfinite(r["cpu_p50_ms"]) and r["cpu_p50_ms"] >= 0
         assert r["iters"] >= 3
         assert r["throughput"] == pytest.approx(r["batch"] / (r["mean_ms"] / 1e3))
         if r["mode"] in ONNX_MODES:
@@ -108,6 +109,9 @@ def test_ratios_consistent_with_rows(report):
         br = idx[(x["baseline"], x["baseline_mode"], x["batch"])]
         assert x["latency_ratio"] == pytest.approx(qr["p50_ms"] / br["p50_ms"])
         assert x["mac_ratio"] == pytest.approx(macs[x["quadratic"]] / macs[x["baseline"]])
+        assert x["min_latency_ratio"] == pytest.approx(qr["min_ms"] / br["min_ms"])
+        if x["cpu_ratio"] is not None:  # process CPU time; may read 0 for a µs-scale run on a coarse clock
+            assert x["cpu_ratio"] == pytest.approx(qr["cpu_p50_ms"] / br["cpu_p50_ms"])
         assert x["baseline_mode"] == ("torch" if x["mode"] == "torch" else "decomposed")
         seen.add((x["role"], x["mode"], x["batch"]))
     for role in ("twin", "mac_matched"):

@@ -51,9 +51,12 @@ def compare(reports: list[dict], tolerance: float) -> tuple[str, float]:
         e = r["environment"]
         lines.append(f"| {i + 1} | {e.get('date')} | {e.get('load_average')} | {e.get('load_average_after')} | "
                      f"{r.get('_wall_s', 0):.0f} |")
+    cpus = " | ".join(f"CPU run {i + 1}" for i in range(n))
     lines += ["", "### Latency ratio (p50 quadratic / p50 baseline) vs MAC ratio", "",
-              f"| quadratic | baseline | role | batch | mode | MAC ratio | {runs} | spread |",
-              "|---|---|---|--:|---|--:|" + "--:|" * n + "--:|"]
+              "p50 wall-clock latency ratios (the issue's figure) and, to the right, ratios of the p50 process CPU "
+              "time per run (with 1 thread: compute without the time the process was preempted).", "",
+              f"| quadratic | baseline | role | batch | mode | MAC ratio | {runs} | spread | {cpus} | CPU spread |",
+              "|---|---|---|--:|---|--:|" + "--:|" * n + "--:|" + "--:|" * n + "--:|"]
     worst = 0.0
     keyed = [{(x["quadratic"], x["baseline"], x["batch"], x["mode"]): x for x in r["ratios"]} for r in reports]
     for key, x in keyed[0].items():
@@ -63,15 +66,18 @@ def compare(reports: list[dict], tolerance: float) -> tuple[str, float]:
         s = _spread(vals)
         worst = max(worst, s)
         flag = " ⚠" if s > tolerance else ""
+        cvals = [k[key].get("cpu_ratio") for k in keyed]
+        cpu = (" | ".join(f"{v:.2f}" for v in cvals) + f" | {100 * _spread(cvals):.1f}%"
+               if all(isinstance(v, (int, float)) for v in cvals) else " | ".join("–" for _ in range(n + 1)))
         lines.append(f"| {key[0]} | {key[1]} | {x['role']} | {key[2]} | {key[3]} | {x['mac_ratio']:.2f} | "
-                     + " | ".join(f"{v:.2f}" for v in vals) + f" | {100 * s:.1f}%{flag} |")
+                     + " | ".join(f"{v:.2f}" for v in vals) + f" | {100 * s:.1f}%{flag} | {cpu} |")
     lines += ["", "### onnxruntime / torch eager (p50; < 1: ORT faster)", "",
               f"| model | mode | batch | {runs} | spread |", "|---|---|--:|" + "--:|" * n + "--:|"]
     keyed = [{(x["model"], x["mode"], x["batch"]): x for x in r["ort_vs_torch"]} for r in reports]
     for key in keyed[0]:
         vals = [k[key]["ratio"] for k in keyed if key in k]
         if len(vals) == n:
-            lines.append(f"| {key[0]} | {key[1]} | {key[2]} | " + " | ".join(f"{v:.2f}" for v in vals)
+            lines.append(f"| {key[0]} | {key[1]} | {key[2]} | " + " | ".join(f"{v:.3g}" for v in vals)
                          + f" | {100 * _spread(vals):.1f}% |")
     keyed = [{(x["model"], x["mode"], x["batch"]): x for x in r["mode_ratios"]} for r in reports]
     if keyed[0]:
