@@ -73,17 +73,22 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 # (name, options of quadexport.compress.compress)
 VARIANTS = {
-    "prune-t0.02": {"threshold": 0.02},
-    "prune-t0.05": {"threshold": 0.05},
-    "prune-t0.1": {"threshold": 0.1},
+    # technique 1: pruning (threshold, no fine-tuning), the MAC-target search, fine-tuning
+    "prune-t0.15": {"threshold": 0.15},
     "prune-t0.2": {"threshold": 0.2},
-    "prune-all": {"threshold": 1e9},
     "prune-r1.5": {"target_ratio": 1.5},
-    "prune-r1.5-ft2": {"target_ratio": 1.5, "finetune_epochs": 2},
+    "prune-t0.2-ft2": {"threshold": 0.2, "finetune_epochs": 2},
+    "prune-all-ft2": {"threshold": 1e9, "finetune_epochs": 2, "bn_recalibrate": True},
+    # the exact 1x1-conv shortcut rewrite (same weights and accuracy as the variant without it)
+    "prune-t0.15-convsc": {"threshold": 0.15, "shortcut": "conv"},
+    # technique 3: int8 (original model; pruned model)
     "int8": {"quantize": "int8"},
     "int8-products": {"quantize": "int8", "keep_fp32": "products"},
     "int8-quadratic": {"quantize": "int8", "keep_fp32": "quadratic"},
-    "prune-r1.5-int8": {"target_ratio": 1.5, "quantize": "int8"},
+    # int8 of the fine-tuned pruned model (quantisation-only pass over a compressed run)
+    "prune-t0.2-ft2-int8": {"source": "compressed/prune-t0.2-ft2", "quantize": "int8"},
+    "prune-t0.2-ft2-int8-products": {"source": "compressed/prune-t0.2-ft2", "quantize": "int8",
+                                     "keep_fp32": "products"},
 }
 
 
@@ -100,38 +105,169 @@ def cmd_compress(a: argparse.Namespace) -> int:
             print(f"== {name}: done", flush=True)
             continue
         opts = dict(VARIANTS[name])
-        src = Path(opts.pop("source", SOURCE))
+        src = OUT / opts.pop("source") if "source" in opts else SOURCE
         print(f"== compress {name}: {opts}", flush=True)
         compress(src, out, bench=False, overwrite=True, twin=run_path("resnet20-relu") if
                  (run_path("resnet20-relu") / "checkpoint.pt").exists() else None, **opts)
     return 0
 
 
+def cmd_sweep(a: argparse.Namespace) -> int:
+    """Accuracy (no fine-tuning), kept quadratic channels and MAC ratio of the pruned model per threshold."""
+    import torch
+
+    from quadexport.checkpoint import load
+    from quadexport.compress import channel_scores, collect_stats, compress_model, plan, twin_of
+    from quadexport.compress.api import calibration_data
+    from quadexport.train import evaluate
+    from quadexport.zoo import count_macs
+
+    torch.set_num_threads(a.threads)
+    model = load(a.source)
+    meta = model.quadexport_meta
+    calib, ds = calibration_data(meta, a.calib_samples)
+    scores = channel_scores(collect_stats(model, calib))
+    shape = tuple(meta["input_shape"])
+    twin_macs = count_macs(twin_of(model), shape)
+    acc0 = evaluate(model, ds.x_test, ds.y_test, torch.device("cpu"))[1]
+    rows = []
+    per_layer = {n: sorted(float(v) for v in sc["lin"].score) for n, sc in scores.items()}
+    for t in a.thresholds:
+        for align in a.aligns:
+            pl = plan(model, scores, t, align)
+            cm, _ = compress_model(model, pl, scores)
+            acc = evaluate(cm, ds.x_test, ds.y_test, torch.device("cpu"))[1]
+            row = {"threshold": t, "align": align, "test_acc": acc, "delta_pp": 100 * (acc - acc0),
+                   "mac_ratio": count_macs(cm, shape) / twin_macs,
+                   "kept": sum(p.k for p in pl.layers.values()), "own": sum(len(p.own) for p in pl.layers.values()),
+                   "layers": {n: [p.k, p.g, p.b] for n, p in pl.layers.items()}}
+            rows.append(row)
+            print(f"t={t:<6g} align={align:<3d} own {row['own']:4d} kept {row['kept']:4d} MACs x{row['mac_ratio']:.2f} "
+                  f"acc {100 * acc:.2f}% ({row['delta_pp']:+.2f} pp)", flush=True)
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "sweep.json").write_text(json.dumps({"source": str(a.source), "test_acc": acc0, "rows": rows,
+                                                "scores": per_layer}, indent=1))
+    return 0
+
+
+def cmd_latsweep(a: argparse.Namespace) -> int:
+    """onnxruntime latency of the pruned architectures per threshold × alignment × shortcut form × mixed-layer split
+    (trained weights, no fine-tuning), interleaved with the original and the ReLU twin (plain and with 1×1-conv
+    shortcuts)."""
+    import copy
+
+    import torch
+
+    from quadexport.checkpoint import load
+    from quadexport.compress import channel_scores, collect_stats, compress_model, fold_mixed_bn, plan, twin_of
+    from quadexport.compress.api import calibration_data
+    from quadexport.compress.prune import conv_shortcuts, get_spec
+    from quadexport.compress.timing import time_onnx
+    from quadexport.export import export
+    from quadexport.zoo import count_macs
+
+    torch.set_num_threads(a.threads)
+    model = load(a.source)
+    meta = model.quadexport_meta
+    shape = tuple(meta["input_shape"])
+    calib, _ = calibration_data(meta, a.calib_samples)
+    scores = channel_scores(collect_stats(model, calib))
+    twin = twin_of(model)
+    odir = OUT / "latsweep"
+    odir.mkdir(parents=True, exist_ok=True)
+    files = {"relu_twin": export(twin, odir / "relu_twin.onnx", input_shape=shape),
+             "relu_twin_convsc": export(conv_shortcuts(copy.deepcopy(twin)), odir / "relu_twin_convsc.onnx",
+                                        input_shape=shape),
+             "original": export(model, odir / "original.onnx", input_shape=shape)}
+    info = {}
+    twin_macs = count_macs(twin, shape)
+    for t in a.thresholds:
+        for align in a.aligns:
+            for sc in a.shortcuts:
+                for split in a.splits:
+                    pl = plan(model, scores, t, align)
+                    cm, spec = compress_model(model, pl, scores, split, sc)
+                    fold_mixed_bn(cm, spec)
+                    key = f"t{t:g}-a{align}-{sc}-{split}"
+                    files[key] = export(cm, odir / f"{key}.onnx", input_shape=shape)
+                    info[key] = {"threshold": t, "align": align, "shortcut": sc, "split": split,
+                                 "mac_ratio": count_macs(cm, shape) / twin_macs,
+                                 "kept": sum(p.k for p in pl.layers.values()),
+                                 "mixed": sum(1 for d in get_spec(cm)["layers"].values() if d["type"] == "mixed")}
+                    print(key, info[key], flush=True)
+    print(f"== timing {len(files)} models; load {os.getloadavg()}", flush=True)
+    tm = time_onnx(files, shape, a.batches, a.threads, min_seconds=a.min_seconds)
+    tm["info"] = info
+    (OUT / f"latsweep-t{a.threads}.json").write_text(json.dumps(tm, indent=1))
+    lat = {(r["model"], r["batch"]): r["p50_ms"] for r in tm["rows"]}
+    for k in files:
+        print(f"{k:28s} " + "  ".join(f"b={b}: {lat[(k, b)]:8.3f} ms x{lat[(k, b)] / lat[('relu_twin', b)]:.2f} "
+                                     f"(x{lat[(k, b)] / lat[('relu_twin_convsc', b)]:.2f} vs convsc twin)"
+                                     for b in a.batches) + (f"  MACs x{info[k]['mac_ratio']:.2f}" if k in info else ""))
+    print(f"load {tm['load_before']} -> {tm['load_after']}")
+    return 0
+
+
+def cmd_control(a: argparse.Namespace) -> int:
+    """Control for fine-tuned variants: the trained ReLU twin fine-tuned with the same schedule (run's LR × 0.1,
+    cosine, ``--epochs``), so "pruned + fine-tuned" is compared with "ReLU + the same extra epochs"."""
+    import torch
+
+    from quadexport.checkpoint import load, save_checkpoint
+    from quadexport.compress.api import calibration_data
+    from quadexport.compress.finetune import finetune
+
+    torch.set_num_threads(a.threads)
+    src = run_path("resnet20-relu")
+    model = load(src)
+    meta = dict(model.quadexport_meta)
+    _, ds = calibration_data(meta, 1)
+    hist = finetune(model, ds.x_train, ds.y_train, ds.x_test, ds.y_test, meta["train_config"], a.epochs,
+                    seed=int(meta["train_config"].get("seed", 0)))
+    out = RUNS / f"resnet20-relu-ft{a.epochs}"
+    meta.update(test_acc=hist[-1]["test_acc"], finetuned_from=str(src), finetune=hist)
+    save_checkpoint(out, model, meta, epoch=8 + a.epochs)
+    (out / "metrics.json").write_text(json.dumps({"test_acc": hist[-1]["test_acc"], "finetune": hist}, indent=1))
+    print(f"ReLU ResNet20 {100 * load(src).quadexport_meta['test_acc']:.2f}% -> +{a.epochs} fine-tuning epochs "
+          f"{100 * hist[-1]['test_acc']:.2f}%")
+    return 0
+
+
 def _entries() -> list[dict]:
-    """Every model of the study: label, kind, ONNX path (exported on demand), accuracy, MACs."""
+    """Every model of the study: label, kind, run dir or ONNX path, accuracy (None: untrained, latency only), MACs."""
     from quadexport.checkpoint import load
     from quadexport.zoo import count_macs
 
     entries = []
-    for key in ("resnet8-relu", "resnet14-relu", "resnet20-relu", "resnet32-relu", "resnet56-relu", "resnet20-fan",
-                "resnet20-fan_pw", "resnet20-fan_dw"):
+    for key in ("resnet8-relu", "resnet14-relu", "resnet20-relu", "resnet32-relu", "resnet56-relu",
+                "resnet20-relu-ft2", "resnet20-fan", "resnet20-fan_pw", "resnet20-fan_dw"):
         p = run_path(key)
-        if (p / "checkpoint.pt").exists():
-            m = load(p)
-            entries.append({"label": key, "kind": "relu" if key.endswith("relu") else
-                            ("quadratic" if key == "resnet20-fan" else "cheap neuron"), "run": str(p),
-                            "test_acc": m.quadexport_meta["test_acc"],
-                            "macs": count_macs(m, tuple(m.quadexport_meta["input_shape"]))})
-    for name in VARIANTS:
+        if not (p / "checkpoint.pt").exists():
+            continue
+        m = load(p)
+        meta = m.quadexport_meta
+        if meta.get("epochs_done", 8) < 8 and "finetuned_from" not in meta:
+            continue  # unfinished run
+        kind = ("relu" if key.endswith("relu") else "relu +2 ep" if "relu-ft" in key else
+                "quadratic" if key == "resnet20-fan" else "cheap neuron")
+        entries.append({"label": key, "kind": kind, "run": str(p), "test_acc": meta["test_acc"],
+                        "macs": count_macs(m, tuple(meta["input_shape"]))})
+    have = {e["label"] for e in entries}
+    for key in ("resnet20-fan_pw", "resnet20-fan_dw"):  # architecture latency even when not trained
+        if key not in have:
+            entries.append({"label": f"{key} (untrained)", "kind": "cheap neuron (untrained)", "zoo": key,
+                            "test_acc": None, "macs": None})
+    for name, opts in VARIANTS.items():
         p = OUT / "compressed" / name
         if not (p / "compress_report.json").exists():
             continue
         r = json.loads((p / "compress_report.json").read_text())
-        entries.append({"label": f"fan {name}", "kind": "pruned", "run": str(p), "onnx": str(p / "model.onnx"),
-                        "test_acc": r["accuracy"]["final"], "macs": r["macs"]["compressed"],
-                        "report": r})
+        if not opts.get("quantize"):
+            entries.append({"label": name, "kind": "pruned" if "finetune_epochs" not in opts else "pruned + ft",
+                            "run": str(p), "onnx": str(p / "model.onnx"), "test_acc": r["accuracy"]["final"],
+                            "macs": r["macs"]["compressed"], "report": r})
         if r.get("int8"):
-            entries.append({"label": f"fan {name} (int8 model)", "kind": "int8", "run": str(p),
+            entries.append({"label": name, "kind": "int8", "run": str(p),
                             "onnx": str(p / r["int8"]["path"]), "test_acc": r["int8"]["test_acc"],
                             "macs": r["macs"]["compressed"], "report": r})
     return entries
@@ -149,13 +285,41 @@ def cmd_bench(a: argparse.Namespace) -> int:
         if "onnx" not in e:
             path = odir / f"{e['label']}.onnx"
             if not path.exists() or a.reexport:
-                m = load(e["run"])
-                export(m, path, input_shape=tuple(m.quadexport_meta["input_shape"]))
+                if "zoo" in e:
+                    import quadexport.compress  # noqa: F401  (fan_pw / fan_dw)
+                    from quadexport.bench import PERTURB_STD, _perturb
+                    from quadexport.zoo import count_macs, create_model
+                    import torch
+
+                    name, neuron = e["zoo"].split("-", 1)
+                    torch.manual_seed(0)
+                    m = create_model(name, neuron, in_channels=1, input_size=28).eval()
+                    _perturb(m, PERTURB_STD, torch.Generator().manual_seed(0))
+                    export(m, path, input_shape=(1, 28, 28))
+                else:
+                    m = load(e["run"])
+                    export(m, path, input_shape=tuple(m.quadexport_meta["input_shape"]))
             e["onnx"] = str(path)
-        if e["kind"] == "pruned" and e["report"].get("int8") and e["label"].endswith("int8"):
-            pass
-        files[e["label"]] = e["onnx"]
-    # pruned variants whose int8 model is the subject: the fp32 twin row is the same model as another variant's
+        if e.get("macs") is None and "zoo" in e:
+            import quadexport.compress  # noqa: F401
+            from quadexport.zoo import count_macs, create_model
+
+            name, neuron = e["zoo"].split("-", 1)
+            e["macs"] = count_macs(create_model(name, neuron, in_channels=1, input_size=28), (1, 28, 28))
+        key = e["label"] + (" [int8]" if e["kind"] == "int8" else "")
+        e["key"] = key
+        files[key] = e["onnx"]
+    relu = next((e for e in entries if e["label"] == "resnet20-relu"), None)
+    if relu is not None:  # the exact 1x1-conv shortcut rewrite applied to the trained ReLU twin
+        from quadexport.compress.prune import conv_shortcuts
+
+        path = odir / "resnet20-relu-convsc.onnx"
+        if not path.exists() or a.reexport:
+            export(conv_shortcuts(load(relu["run"])), path, input_shape=(1, 28, 28))
+        key = "resnet20-relu [1x1-conv shortcuts]"
+        files[key] = str(path)
+        entries.append({"label": key, "key": key, "kind": "relu", "test_acc": relu["test_acc"],
+                        "macs": relu["macs"] + 2 * 100352, "onnx": str(path)})
     print(f"== timing {len(files)} models, batches {a.batches}, threads {a.threads}; load {os.getloadavg()}",
           flush=True)
     t = time_onnx(files, (1, 28, 28), a.batches, a.threads, min_seconds=a.min_seconds, chunk_seconds=0.05)
@@ -169,64 +333,106 @@ def cmd_bench(a: argparse.Namespace) -> int:
 
 
 def cmd_report(a: argparse.Namespace) -> int:
+    """Table (reports/compression/table.md, study.json) and the Pareto plot (docs/img/compression_pareto.png)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     t = json.loads((OUT / f"timing-t{a.threads}.json").read_text())
-    entries = {e["label"]: e for e in t["entries"]}
-    lat = {(r["model"], r["batch"]): r["p50_ms"] for r in t["rows"]}
+    lat = {(r["model"], r["batch"]): r for r in t["rows"]}
+    batches = t["config"]["batches"]
     base = "resnet20-relu"
-    fan = entries.get("resnet20-fan")
+    ents = t["entries"]
+    fan = next((e for e in ents if e["label"] == "resnet20-fan"), None)
     rows = []
-    for label, e in entries.items():
-        row = {"label": label, "kind": e["kind"], "test_acc": e["test_acc"], "macs": e["macs"]}
-        for b in t["config"]["batches"]:
-            row[f"ms{b}"] = lat.get((label, b))
-            row[f"ratio{b}"] = lat[(label, b)] / lat[(base, b)] if (base, b) in lat and (label, b) in lat else None
-        row["delta_pp"] = 100 * (e["test_acc"] - fan["test_acc"]) if fan else None
+    for e in ents:
+        k = e["key"]
+        row = {"label": k, "kind": e["kind"], "test_acc": e["test_acc"], "macs": e["macs"]}
+        for b in batches:
+            if (k, b) in lat and (base, b) in lat:
+                row[f"ms{b}"] = lat[(k, b)]["p50_ms"]
+                row[f"ratio{b}"] = lat[(k, b)]["p50_ms"] / lat[(base, b)]["p50_ms"]
+                row[f"ratio_min{b}"] = lat[(k, b)]["min_ms"] / lat[(base, b)]["min_ms"]
+        row["delta_pp"] = 100 * (e["test_acc"] - fan["test_acc"]) if fan and e["test_acc"] is not None else None
         rows.append(row)
-    (OUT / "study.json").write_text(json.dumps({"rows": rows, "timing": t["config"], "load": [t["load_before"],
-                                                                                             t["load_after"]]},
-                                               indent=2))
-    lines = ["| model | test acc | Δ vs QResNet20 (pp) | MACs (M) | " +
-             " | ".join(f"b={b} ms (× ResNet20)" for b in t["config"]["batches"]) + " |",
-             "|---|---|---|---|" + "---|" * len(t["config"]["batches"])]
+    (OUT / "study.json").write_text(json.dumps({"rows": rows, "timing": t["config"],
+                                                "load": [t["load_before"], t["load_after"]]}, indent=2))
+    fmt = lambda v, f: "–" if v is None else format(v, f)  # noqa: E731
+    lines = ["| model | kind | test acc | Δ vs QResNet20 | MACs | " +
+             " | ".join(f"b={b}: ms (× ResNet20)" for b in batches) + " |",
+             "|---|---|---|---|---|" + "---|" * len(batches)]
     for r in rows:
-        lines.append(f"| {r['label']} | {100 * r['test_acc']:.2f}% | {r['delta_pp']:+.2f} | {r['macs'] / 1e6:.1f} | " +
-                     " | ".join(f"{r[f'ms{b}']:.3f} ({r[f'ratio{b}']:.2f}×)" for b in t["config"]["batches"]) + " |")
+        acc = "–" if r["test_acc"] is None else f"{100 * r['test_acc']:.2f}%"
+        d = "–" if r["delta_pp"] is None else f"{r['delta_pp']:+.2f} pp"
+        lines.append(f"| {r['label']} | {r['kind']} | {acc} | {d} | {fmt(r['macs'] and r['macs'] / 1e6, '.1f')}M | " +
+                     " | ".join(f"{r[f'ms{b}']:.3f} ({r[f'ratio{b}']:.2f}×)" if f"ms{b}" in r else "–"
+                                for b in batches) + " |")
+    lines.append("")
+    lines.append(f"onnxruntime {t['config'].get('ort', '')} CPU, {t['config']['threads'] or 'default'} intra-op "
+                 f"thread(s), "
+                 f"p50 of interleaved runs (≥{t['config']['min_seconds']} s each); load average "
+                 f"{t['load_before']} → {t['load_after']}.")
     (OUT / "table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     img = ROOT / "docs" / "img"
     img.mkdir(parents=True, exist_ok=True)
-    colors = {"relu": "C0", "quadratic": "C3", "pruned": "C2", "int8": "C4", "cheap neuron": "C1"}
-    markers = {"relu": "o", "quadratic": "s", "pruned": "^", "int8": "v", "cheap neuron": "D"}
-    fig, axes = plt.subplots(1, len(t["config"]["batches"]), figsize=(6.5 * len(t["config"]["batches"]), 5))
-    for ax, b in zip(axes if hasattr(axes, "__len__") else [axes], t["config"]["batches"]):
+    style = {"relu": ("C0", "o"), "relu +2 ep": ("C0", "P"), "quadratic": ("C3", "s"), "pruned": ("C2", "^"),
+             "pruned + ft": ("C2", "*"), "int8": ("C4", "v"), "cheap neuron": ("C1", "D")}
+    fig, axes = plt.subplots(1, len(batches), figsize=(6.8 * len(batches), 5.2))
+    axes = list(axes) if hasattr(axes, "__len__") else [axes]
+    for ax, b in zip(axes, batches):
         seen = set()
         for r in rows:
-            if r[f"ratio{b}"] is None:
+            if r.get(f"ratio{b}") is None or r["test_acc"] is None or r["kind"] not in style:
                 continue
-            ax.scatter(r[f"ratio{b}"], 100 * r["test_acc"], c=colors[r["kind"]], marker=markers[r["kind"]],
-                       label=None if r["kind"] in seen else r["kind"], s=45, zorder=3)
+            c, mk = style[r["kind"]]
+            ax.scatter(r[f"ratio{b}"], 100 * r["test_acc"], c=c, marker=mk, s=50, zorder=3,
+                       label=None if r["kind"] in seen else r["kind"])
             seen.add(r["kind"])
-            ax.annotate(r["label"].replace("resnet", "R").replace("fan ", ""), (r[f"ratio{b}"], 100 * r["test_acc"]),
-                        fontsize=7, xytext=(4, 2), textcoords="offset points")
-        relu = sorted((r for r in rows if r["kind"] == "relu" and r[f"ratio{b}"]), key=lambda r: r[f"ratio{b}"])
+            ax.annotate(r["label"].replace("resnet", "R").replace(" [1x1-conv shortcuts]", "+convsc"),
+                        (r[f"ratio{b}"], 100 * r["test_acc"]), fontsize=6.5, xytext=(4, 2), textcoords="offset points")
+        relu = sorted((r for r in rows if r["kind"] == "relu" and r.get(f"ratio{b}") and "[" not in r["label"]),
+                      key=lambda r: r[f"ratio{b}"])
         ax.plot([r[f"ratio{b}"] for r in relu], [100 * r["test_acc"] for r in relu], c="C0", alpha=0.4)
         ax.axvline(1.5, ls="--", c="grey", lw=0.8)
         if fan:
             ax.axhline(100 * fan["test_acc"] - 0.3, ls=":", c="C3", lw=0.8)
         ax.set_xscale("log")
-        ax.set_xlabel("onnxruntime latency / ResNet20 (p50)")
+        ax.set_xlabel("onnxruntime latency / ResNet20 (p50, interleaved)")
         ax.set_ylabel("Fashion-MNIST test accuracy (%)")
         ax.set_title(f"batch {b}, {t['config']['threads'] or 'default'} thread(s)")
-        ax.grid(alpha=0.3)
+        ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8, loc="lower right")
-    fig.suptitle("Accuracy vs latency: ReLU ResNets, QResNet20 and its compressed forms")
+    fig.suptitle("Accuracy vs latency: ReLU ResNets vs QResNet20 and its compressed forms "
+                 "(dashed: 1.5× ResNet20; dotted: QResNet20 − 0.3 pp)", fontsize=10)
     fig.tight_layout()
     fig.savefig(img / "compression_pareto.png", dpi=110)
+    plt.close(fig)
+    sweep = OUT / "sweep.json"
+    lats = sorted(OUT.glob("latsweep-t*.json"))
+    if sweep.exists():
+        sw = json.loads(sweep.read_text())
+        fig, ax = plt.subplots(1, 2, figsize=(12, 4.2))
+        names = list(sw["scores"])
+        ax[0].boxplot([sw["scores"][n] for n in names], showfliers=True)
+        ax[0].set_xticks(range(1, len(names) + 1), [n.replace("layer", "L").replace(".conv", ".c") for n in names],
+                         rotation=70, fontsize=7)
+        ax[0].set_ylabel("channel score (linear-refit residual / std)")
+        ax[0].set_title("quadratic contribution per output channel (QResNet20, ReLinear)")
+        ax[0].grid(alpha=0.3)
+        rs = [r for r in sw["rows"] if r["threshold"] < 1e8]
+        ax[1].plot([r["threshold"] for r in rs], [r["mac_ratio"] for r in rs], "o-", label="MACs / ResNet20")
+        ax2 = ax[1].twinx()
+        ax2.plot([r["threshold"] for r in rs], [r["delta_pp"] for r in rs], "s-", c="C3", label="Δ accuracy (pp)")
+        ax2.set_ylabel("Δ test accuracy vs QResNet20 (pp), no fine-tuning", color="C3")
+        ax[1].set_xlabel("threshold")
+        ax[1].set_ylabel("MACs / ResNet20")
+        ax[1].grid(alpha=0.3)
+        ax[1].set_title("pruning without fine-tuning (align 16)")
+        fig.tight_layout()
+        fig.savefig(img / "compression_scores.png", dpi=110)
+        plt.close(fig)
     print(f"wrote {img / 'compression_pareto.png'}, {OUT / 'table.md'}")
     return 0
 
@@ -239,10 +445,32 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--threads", type=int, default=1)
     t.set_defaults(func=cmd_train)
     c = sub.add_parser("compress")
-    c.add_argument("variants", nargs="*", choices=[[]] + list(VARIANTS) if False else None)
+    c.add_argument("variants", nargs="*", help=f"default: all of {', '.join(VARIANTS)}")
     c.add_argument("--redo", action="store_true")
     c.add_argument("--threads", type=int, default=1)
     c.set_defaults(func=cmd_compress)
+    w = sub.add_parser("sweep")
+    w.add_argument("--source", default=str(SOURCE))
+    w.add_argument("--thresholds", type=float, nargs="+", default=[0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.1])
+    w.add_argument("--aligns", type=int, nargs="+", default=[16])
+    w.add_argument("--calib-samples", type=int, default=1024)
+    w.add_argument("--threads", type=int, default=1)
+    w.set_defaults(func=cmd_sweep)
+    ls = sub.add_parser("latsweep")
+    ls.add_argument("--source", default=str(SOURCE))
+    ls.add_argument("--thresholds", type=float, nargs="+", default=[0.05, 0.1, 0.15, 0.2, 0.3, 1e9])
+    ls.add_argument("--aligns", type=int, nargs="+", default=[16])
+    ls.add_argument("--shortcuts", nargs="+", default=["auto", "conv"])
+    ls.add_argument("--splits", nargs="+", default=["conv"])
+    ls.add_argument("--batches", type=int, nargs="+", default=[1, 64])
+    ls.add_argument("--calib-samples", type=int, default=1024)
+    ls.add_argument("--min-seconds", type=float, default=1.0)
+    ls.add_argument("--threads", type=int, default=1)
+    ls.set_defaults(func=cmd_latsweep)
+    ct = sub.add_parser("control")
+    ct.add_argument("--epochs", type=int, default=2)
+    ct.add_argument("--threads", type=int, default=1)
+    ct.set_defaults(func=cmd_control)
     b = sub.add_parser("bench")
     b.add_argument("--batches", type=int, nargs="+", default=[1, 64])
     b.add_argument("--threads", type=int, default=1)

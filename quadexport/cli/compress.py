@@ -46,14 +46,15 @@ def run(a: argparse.Namespace) -> int:
     r = compress(a.run_dir, a.out, threshold=a.prune_threshold, target_ratio=a.target_ratio, cost=a.cost,
                  quantize=a.quantize, keep_fp32=a.int8_keep_fp32, finetune_epochs=a.finetune_epochs,
                  finetune_lr=a.finetune_lr, calib_samples=a.calib_samples, align=a.align, split=a.split,
-                 drop_branches=not a.no_drop_branches, bench=not a.no_bench, batches=tuple(a.batches),
-                 threads=a.threads, min_seconds=a.min_seconds, twin=a.twin, data_dir=a.data_dir,
-                 check=not a.no_check, overwrite=a.overwrite)
+                 shortcut=a.shortcut, drop_branches=not a.no_drop_branches, bn_recalibrate=a.bn_recalibrate,
+                 bench=not a.no_bench, batches=tuple(a.batches), threads=a.threads, min_seconds=a.min_seconds,
+                 twin=a.twin, data_dir=a.data_dir, check=not a.no_check, overwrite=a.overwrite)
     acc = r["accuracy"]
-    print(f"test accuracy {100 * acc['final']:.2f}% (original {100 * acc['original']:.2f}%, {acc['delta_pp']:+.2f} pp); "
-          f"MACs ×{r['macs']['compressed_ratio']:.2f} of the ReLU twin")
+    print(f"test accuracy {100 * acc['final']:.2f}% (original {100 * acc['original']:.2f}%, "
+          f"{acc['delta_pp']:+.2f} pp); MACs ×{r['macs']['compressed_ratio']:.2f} of the ReLU twin")
     for x in r.get("latency_ratios", []):
-        s = f"batch {x['batch']}: latency ×{x['compressed_ratio']:.2f} of the ReLU twin (original ×{x['original_ratio']:.2f})"
+        s = (f"batch {x['batch']}: latency ×{x['compressed_ratio']:.2f} of the ReLU twin "
+             f"(original ×{x['original_ratio']:.2f})")
         if "compressed_int8_ratio" in x:
             s += f", int8 ×{x['compressed_int8_ratio']:.2f}"
         print(s)
@@ -82,7 +83,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="cost for --target-ratio: MAC ratio (default) or measured onnxruntime latency ratio")
     p.add_argument("--quantize", choices=("int8",), default=None, help="also write model.int8.onnx (static QDQ)")
     p.add_argument("--int8-keep-fp32", choices=("none", "products", "quadratic"), default="none",
-                   help="int8: keep the products/squares (products) or the whole quadratic terms (quadratic) fp32")
+                   help="int8: keep x*x, r*g and their sum fp32 (products), also the x*x conv (quadratic)")
     p.add_argument("--finetune-epochs", type=_nonneg_int, default=0, help="fine-tune with the run's recipe")
     p.add_argument("--finetune-lr", type=_positive, default=None, help="fine-tuning LR (default: run's LR x 0.1)")
     p.add_argument("--calib-samples", type=_pos_int, default=1024, help="calibration images (default 1024)")
@@ -92,6 +93,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", choices=("conv", "slice"), default="conv",
                    help="mixed layers: separate convs for the quadratic/linear channels + Concat (default) or one "
                         "conv + Slice + Concat")
+    p.add_argument("--shortcut", choices=("auto", "conv"), default="auto",
+                   help="ResNet option-A shortcuts: PermShortcut only where streams are permuted (auto) or always the "
+                        "exact 1x1 conv that keeps onnxruntime's NCHWc layout (conv; the report then also times the "
+                        "ReLU twin with the same rewrite)")
+    p.add_argument("--bn-recalibrate", action="store_true",
+                   help="re-estimate the BatchNorm statistics on the calibration images after pruning (helps when "
+                        "most channels are linearised)")
     p.add_argument("--no-drop-branches", action="store_true", help="never drop a layer's whole b or g branch")
     p.add_argument("--twin", default=None, metavar="RUN_DIR", help="trained ReLU twin run (accuracy in the report)")
     p.add_argument("--no-bench", action="store_true", help="skip the latency measurement")

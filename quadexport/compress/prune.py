@@ -41,6 +41,7 @@ Tensor = torch.Tensor
 SPEC_VERSION = 1
 TERMS = ("R", "P", "B")
 FIT_SETS = {"lin": ("R",), "no_b": ("P",), "no_g": ("R", "B")}
+SHORTCUTS = ("auto", "conv")
 
 
 def nchwc_block() -> int:
@@ -398,6 +399,19 @@ def permute_model(model: nn.Module, perms: dict[str, list[int]], structure: Stru
     return model
 
 
+def conv_shortcuts(model: nn.Module, structure: Structure | None = None) -> nn.Module:
+    """Replace every option-A shortcut (``Slice`` + ``Pad`` in ONNX) of a CIFAR ResNet by the equivalent fixed 1×1
+    strided conv (:class:`PermShortcut` with identity channel order), in place. Exact; works on ReLU models too."""
+    structure = structure or describe(model)
+    if structure is None:
+        raise ValueError("conv shortcuts need a model of known structure (CIFAR ResNet)")
+    for sc in structure.shortcuts:
+        if not isinstance(model.get_submodule(sc.name), PermShortcut):
+            _set(model, sc.name, PermShortcut(sc.in_channels, sc.out_channels, sc.stride)
+                 .set_mapping(sc.pad, list(range(sc.in_channels)), list(range(sc.out_channels))))
+    return model
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Rewrite
 # ---------------------------------------------------------------------------------------------------------------
@@ -408,15 +422,30 @@ def _fit_after_perm(fit: Fit, perm: list[int], rows: slice) -> Fit:
 
 
 @torch.no_grad()
-def compress_model(model: nn.Module, pl: Plan, scores: dict[str, dict[str, Fit]], split: str = "conv"
-                   ) -> tuple[nn.Module, dict[str, Any]]:
+def compress_model(model: nn.Module, pl: Plan, scores: dict[str, dict[str, Fit]], split: str = "conv",
+                   shortcut: str = "auto") -> tuple[nn.Module, dict[str, Any]]:
     """Apply a plan to a copy of ``model``. Returns ``(compressed model, spec)``; the model's
-    ``quadexport_config["compress"]`` holds the spec (JSON string)."""
+    ``quadexport_config["compress"]`` holds the spec (JSON string).
+
+    Args:
+        model: the uncompressed model.
+        pl: the plan.
+        scores: the channel scores the plan was made from (for the refits).
+        split: :class:`MixedQuad` form (``"conv"`` or ``"slice"``).
+        shortcut: ``"auto"``: option-A shortcuts become :class:`PermShortcut` only where a stream is permuted;
+            ``"conv"``: every option-A shortcut becomes the (exact) 1×1 conv, which keeps onnxruntime's NCHWc layout
+            through the residual streams (``Slice``/``Pad`` force reorders); a graph rewrite that would speed up the
+            ReLU twin as much, reported separately.
+    """
+    if shortcut not in SHORTCUTS:
+        raise ValueError(f"shortcut must be one of {SHORTCUTS}, got {shortcut!r}")
     work = copy.deepcopy(model).eval()
     structure = pl.structure
     perms = {g: p for g, p in pl.perms.items() if p != list(range(len(p)))}
     if perms:
         permute_model(work, perms, structure)
+    if shortcut == "conv" and structure is not None:
+        conv_shortcuts(work, structure)
     bn_of = structure.group_of_producer() if structure is not None else {}
     spec: dict[str, Any] = {"version": SPEC_VERSION, "layers": {}, "shortcuts": {}, "folded_bn": [],
                             "split": split}
@@ -499,6 +528,29 @@ def get_spec(model_or_config: Any) -> dict[str, Any] | None:
     return json.loads(s) if isinstance(s, str) else dict(s)
 
 
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, x: Tensor, batch_size: int = 256) -> int:
+    """Re-estimate every BatchNorm's running mean/variance on ``x`` (cumulative average, train-mode forward without
+    gradients), so the layers after a pruned one see normalised inputs again. Returns the number of BNs."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m.momentum, m.training) for m in bns]
+    was = model.training
+    model.eval()
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+        m.train()
+    try:
+        for i in range(0, len(x), batch_size):
+            model(x[i:i + batch_size])
+    finally:
+        for m, (mom, tr) in zip(bns, saved):
+            m.momentum = mom
+            m.train(tr)
+        model.train(was)
+    return len(bns)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # BatchNorm folding into MixedQuad
 # ---------------------------------------------------------------------------------------------------------------
@@ -566,5 +618,5 @@ def apply_spec(model: nn.Module, spec: dict[str, Any] | str) -> nn.Module:
 
 
 __all__ = ["Fit", "LayerPlan", "LayerStats", "Plan", "SPEC_VERSION", "apply_spec", "channel_scores",
-           "collect_stats", "compress_model", "fit_terms", "fold_mixed_bn", "get_spec", "is_fan_form",
-           "nchwc_block", "permute_model", "plan", "set_spec", "splittable"]
+           "collect_stats", "compress_model", "conv_shortcuts", "fit_terms", "fold_mixed_bn", "get_spec", "is_fan_form",
+           "nchwc_block", "permute_model", "plan", "recalibrate_bn", "set_spec", "splittable"]

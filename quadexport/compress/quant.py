@@ -8,11 +8,12 @@ optimisation), as onnxruntime recommends.
 Quadratic terms amplify quantisation error (about ×2 per quadratic layer, docs/notes), so parts can stay fp32
 (``keep_fp32``), found structurally in the graph:
 
-- ``"none"``: everything quantised.
-- ``"products"``: the ``Mul`` nodes stay fp32: the square ``x*x`` (a ``Mul`` of a tensor with itself) and the gate
-  product ``r*g``.
-- ``"quadratic"``: also the power branch (``Conv``/``Gemm`` reading ``x*x``) and the ``Add`` that joins the
-  quadratic terms.
+- ``"none"``: everything quantised (in QDQ form a ``Mul`` computes in float between ``DequantizeLinear`` and
+  ``QuantizeLinear`` anyway: its output is re-quantised for the next quantised op).
+- ``"products"``: the square ``x*x`` (a ``Mul`` of a tensor with itself), the gate product ``r*g`` and the ``Add``
+  that joins the quadratic terms stay fp32, so the product and the sum are not re-quantised to 8 bits (excluding the
+  ``Mul`` alone changes nothing: the joining ``Add`` would quantise its output). The branch convs stay int8.
+- ``"quadratic"``: also the power-branch conv (reading ``x*x``, whose range is the square of the input's) in fp32.
 """
 
 from __future__ import annotations
@@ -62,9 +63,9 @@ def nodes_to_keep_fp32(model: onnx.ModelProto, keep_fp32: str) -> list[str]:
     if keep_fp32 == "none":
         return []
     q = quadratic_nodes(model)
-    names = q["squares"] + q["products"]
+    names = q["squares"] + q["products"] + q["joins"]
     if keep_fp32 == "quadratic":
-        names += q["power"] + q["joins"]
+        names += q["power"]
     return names
 
 

@@ -73,11 +73,15 @@ def time_onnx(models: Mapping[str, str | os.PathLike], input_shape: Sequence[int
         for k in order:
             t = np.asarray(times[k]) * 1e3
             rows.append({"model": k, "batch": int(batch), "p50_ms": float(np.median(t)),
-                         "p10_ms": float(np.percentile(t, 10)), "p90_ms": float(np.percentile(t, 90)),
+                         "p10_ms": float(np.percentile(t, 10)), "min_ms": float(t.min()),
+                         "p90_ms": float(np.percentile(t, 90)),
                          "mean_ms": float(t.mean()), "iters": int(t.size), "rounds": rounds})
+    import onnxruntime
+
     return {"rows": rows, "load_before": load_before, "load_after": loadavg(),
-            "config": {"threads": threads, "batches": [int(b) for b in batches], "min_seconds": min_seconds,
-                       "min_iters": min_iters, "warmup": warmup, "chunk_seconds": chunk_seconds,
+            "config": {"ort": onnxruntime.__version__, "threads": threads, "batches": [int(b) for b in batches],
+                       "min_seconds": min_seconds, "min_iters": min_iters, "warmup": warmup,
+                       "chunk_seconds": chunk_seconds,
                        "opt_level": opt_level, "allow_spinning": False, "cpu_count": os.cpu_count()}}
 
 

@@ -3,8 +3,9 @@ a fraction of the linear conv (issue #5, technique 2).
 
 ``y = (W_r x + b_r) * (W_g x + b_g) + W_b (x*x) + c`` as for ``"fan"``, with ``W_r`` the full kernel and:
 
-- ``"fan_pw"``: ``W_g``, ``W_b`` are 1×1 convs (branch kind ``"pointwise"``, same stride). Conv cost of a 3×3 layer:
-  ``9 + 1 + 1`` per in×out channel pair instead of ``27`` (×1.22 of the linear conv instead of ×3). Dense layers: full.
+- ``"fan_pw"``: ``W_g``, ``W_b`` are 1×1 convs (branch kind ``"pointwise"``, same stride). Conv cost of a 3×3
+  layer: ``9 + 1 + 1`` per in×out channel pair instead of ``27`` (×1.22 of the linear conv instead of ×3). Dense
+  layers: full.
 - ``"fan_dw"``: ``W_g``, ``W_b`` are depthwise convs with the layer's kernel (branch kind ``"depthwise"``, ``groups =
   in_channels``); cost ``+2·k²`` per output channel, i.e. about ×1.0 of the linear conv. Conv layers only (dense
   layers have no depthwise form), and ``out_channels`` must be a multiple of ``in_channels``.
