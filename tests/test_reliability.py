@@ -152,6 +152,12 @@ def test_nan_and_inf_inputs_are_reported_not_hidden(run_dir, onnx_file):
     (["train", "--lr", "inf", "--out", "X"], "not a finite number"),
     (["train", "--model", "vgg99", "--out", "X"], "unknown model"),
     (["train", "--neuron", "cubic", "--out", "X"], "unknown neuron"),
+    (["bench", "resnet8", "--batch", "0"], "must be >= 1"),
+    (["bench", "resnet8", "--min-seconds", "nan"], "not a finite number"),
+    (["bench", "resnet8", "--warmup", "-1"], "must be >= 0"),
+    (["check", "X.onnx", "X", "--rtol", "-1"], "must be a finite number >= 0"),
+    (["compress", "X", "--out", "X2", "--prune-threshold", "-0.1"], "must be a finite number >= 0"),
+    (["compress", "X", "--out", "X2", "--target-ratio", "0"], "must be a finite number > 0"),
 ])
 def test_bad_cli_values(argv, msg, tmp_path, capsys):
     argv = [str(tmp_path / "out") if a == "X" else a for a in argv]

@@ -6,6 +6,8 @@ import argparse
 import shlex
 import sys
 
+from quadexport.cli.argtypes import nonneg_float, nonneg_int, pos_int
+
 
 def run(a: argparse.Namespace) -> int:
     from quadexport.bench import MODES, bench, parse_input_shape
@@ -45,17 +47,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mode", nargs="+", default=None, metavar="MODE",
                    help="decomposed (default), function, fused and/or torch (torch eager is added anyway unless "
                         "--no-torch-eager)")
-    p.add_argument("--batch", nargs="+", type=int, default=[1, 64], metavar="N", help="batch sizes (default 1 64)")
+    p.add_argument("--batch", nargs="+", type=pos_int, default=[1, 64], metavar="N", help="batch sizes (default 1 64)")
     p.add_argument("--provider", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threads", type=pos_int, default=None,
                    help="intra-op threads of onnxruntime and torch (default: all usable cores)")
     p.add_argument("--opt-level", choices=("disable", "basic", "extended", "all"), default="all",
                    help="onnxruntime graph optimisation level (default all)")
     p.add_argument("--no-baselines", action="store_true", help="time only the given models (pairs among them)")
     p.add_argument("--no-torch-eager", action="store_true", help="skip the torch eager rows")
-    p.add_argument("--warmup", type=int, default=10, help="untimed runs per row (default 10)")
-    p.add_argument("--min-iters", type=int, default=20, help="minimum timed runs per row (default 20)")
-    p.add_argument("--min-seconds", type=float, default=1.0, help="minimum timed seconds per row (default 1.0)")
+    p.add_argument("--warmup", type=nonneg_int, default=10, help="untimed runs per row (default 10)")
+    p.add_argument("--min-iters", type=pos_int, default=20, help="minimum timed runs per row (default 20)")
+    p.add_argument("--min-seconds", type=nonneg_float, default=1.0, help="minimum timed seconds per row (default 1.0)")
     p.add_argument("--input-shape", nargs="+", default=None, metavar="D",
                    help="one sample's shape C H W (default: the run dir's, else 1 28 28)")
     p.add_argument("--opset", type=int, default=20, help="ONNX opset of the exports (default 20)")

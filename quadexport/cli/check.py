@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from quadexport.cli.argtypes import nonneg_float, pos_int
+
 
 def run(a: argparse.Namespace) -> int:
     from quadexport.check import check
@@ -26,12 +28,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("onnx", help="the exported .onnx file")
     p.add_argument("run_dir", help="run directory the model was exported from")
     p.add_argument("--provider", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument("--atol", type=float, default=None, help="max abs difference (default: not checked)")
-    p.add_argument("--rtol", type=float, default=None,
+    p.add_argument("--atol", type=nonneg_float, default=None, help="max abs difference (default: not checked)")
+    p.add_argument("--rtol", type=nonneg_float, default=None,
                    help="max relative L2 error (default 1e-5 for float32, 1e-2 for float16 models)")
     p.add_argument("--data", default=None, help="dataset for the real-data check (default: the run's dataset)")
     p.add_argument("--data-dir", default=None, help="dataset directory")
-    p.add_argument("--batches", type=int, nargs="+", default=[1, 3, 5, 64], help="batch sizes (default 1 3 5 64)")
+    p.add_argument("--batches", type=pos_int, nargs="+", default=[1, 3, 5, 64], help="batch sizes (default 1 3 5 64)")
     p.add_argument("--opt-levels", nargs="+", choices=("disable", "basic", "extended", "all"),
                    default=["disable", "all"], help="onnxruntime graph optimisation levels (default disable all)")
     p.add_argument("--kernel-library", choices=("auto", "always", "never"), default="auto",

@@ -7,37 +7,9 @@ so ``quadexport train --neuron fan_pw`` and loading such runs work from the comm
 from __future__ import annotations
 
 import argparse
-import math
 
+from quadexport.cli.argtypes import nonneg_float, nonneg_int, pos_int, positive_float
 from quadexport.layers import cheap  # noqa: F401  (registers fan_pw / fan_dw)
-
-
-def _threshold(s: str) -> float:
-    v = float(s)
-    if not math.isfinite(v) or v < 0:
-        raise argparse.ArgumentTypeError(f"{s} must be a finite number >= 0")
-    return v
-
-
-def _positive(s: str) -> float:
-    v = float(s)
-    if not math.isfinite(v) or v <= 0:
-        raise argparse.ArgumentTypeError(f"{s} must be a finite number > 0")
-    return v
-
-
-def _pos_int(s: str) -> int:
-    v = int(s)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"{s} must be >= 1")
-    return v
-
-
-def _nonneg_int(s: str) -> int:
-    v = int(s)
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"{s} must be >= 0")
-    return v
 
 
 def run(a: argparse.Namespace) -> int:
@@ -73,21 +45,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run_dir", help="trained quadratic run dir")
     p.add_argument("--out", required=True, help="new run dir")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--prune-threshold", type=_threshold, default=None,
+    g.add_argument("--prune-threshold", type=nonneg_float, default=None,
                    help="make channels linear whose quadratic score (residual RMS of the best linear refit / "
                         "channel std) is below this; 0 changes nothing (default 0.05 unless --target-ratio or only "
                         "--quantize is given)")
-    g.add_argument("--target-ratio", type=_positive, default=None,
+    g.add_argument("--target-ratio", type=positive_float, default=None,
                    help="search the smallest threshold whose cost vs the ReLU twin is <= this")
     p.add_argument("--cost", choices=("macs", "latency"), default="macs",
                    help="cost for --target-ratio: MAC ratio (default) or measured onnxruntime latency ratio")
     p.add_argument("--quantize", choices=("int8",), default=None, help="also write model.int8.onnx (static QDQ)")
     p.add_argument("--int8-keep-fp32", choices=("none", "products", "quadratic"), default="none",
                    help="int8: keep x*x, r*g and their sum fp32 (products), also the x*x conv (quadratic)")
-    p.add_argument("--finetune-epochs", type=_nonneg_int, default=0, help="fine-tune with the run's recipe")
-    p.add_argument("--finetune-lr", type=_positive, default=None, help="fine-tuning LR (default: run's LR x 0.1)")
-    p.add_argument("--calib-samples", type=_pos_int, default=1024, help="calibration images (default 1024)")
-    p.add_argument("--align", type=_pos_int, default=None,
+    p.add_argument("--finetune-epochs", type=nonneg_int, default=0, help="fine-tune with the run's recipe")
+    p.add_argument("--finetune-lr", type=positive_float, default=None, help="fine-tuning LR (default: run's LR x 0.1)")
+    p.add_argument("--calib-samples", type=pos_int, default=1024, help="calibration images (default 1024)")
+    p.add_argument("--align", type=pos_int, default=None,
                    help="round quadratic channel counts of conv layers up to this (default: NCHWc block, 16 on "
                         "AVX-512, 8 otherwise)")
     p.add_argument("--split", choices=("conv", "slice"), default="conv",
@@ -103,9 +75,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-drop-branches", action="store_true", help="never drop a layer's whole b or g branch")
     p.add_argument("--twin", default=None, metavar="RUN_DIR", help="trained ReLU twin run (accuracy in the report)")
     p.add_argument("--no-bench", action="store_true", help="skip the latency measurement")
-    p.add_argument("--batches", type=_pos_int, nargs="+", default=[1, 64], help="latency batch sizes (default 1 64)")
-    p.add_argument("--threads", type=_pos_int, default=None, help="onnxruntime intra-op threads")
-    p.add_argument("--min-seconds", type=_positive, default=1.0, help="timed seconds per model and batch")
+    p.add_argument("--batches", type=pos_int, nargs="+", default=[1, 64], help="latency batch sizes (default 1 64)")
+    p.add_argument("--threads", type=pos_int, default=None, help="onnxruntime intra-op threads")
+    p.add_argument("--min-seconds", type=positive_float, default=1.0, help="timed seconds per model and batch")
     p.add_argument("--no-check", action="store_true", help="skip the onnxruntime parity check")
     p.add_argument("--data-dir", default=None, help="dataset location override")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")

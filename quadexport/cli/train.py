@@ -3,29 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import math
 import os
 
-
-def _finite_float(s: str) -> float:
-    v = float(s)
-    if not math.isfinite(v):
-        raise argparse.ArgumentTypeError(f"{s} is not a finite number")
-    return v
-
-
-def _nonneg_float(s: str) -> float:
-    v = _finite_float(s)
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"{s} must be >= 0")
-    return v
-
-
-def _pos_int(s: str) -> int:
-    v = int(s)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"{s} must be >= 1")
-    return v
+from quadexport.cli.argtypes import finite_float, nonneg_float, pos_int
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
@@ -36,31 +16,31 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--neuron", default="fan", help="neuron type (quadexport info neurons) or relu, default fan")
     p.add_argument("--dataset", default="digits", choices=list_datasets(), help="dataset, default digits")
     p.add_argument("--data-dir", default=None, help="dataset location override")
-    p.add_argument("--epochs", type=_pos_int, default=10)
-    p.add_argument("--batch-size", type=_pos_int, default=64)
-    p.add_argument("--lr", type=_finite_float, default=0.05, help="base learning rate")
+    p.add_argument("--epochs", type=pos_int, default=10)
+    p.add_argument("--batch-size", type=pos_int, default=64)
+    p.add_argument("--lr", type=finite_float, default=0.05, help="base learning rate")
     p.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd")
-    p.add_argument("--weight-decay", type=_nonneg_float, default=1e-4)
+    p.add_argument("--weight-decay", type=nonneg_float, default=1e-4)
     p.add_argument("--schedule", choices=("cosine", "constant"), default="cosine")
     p.add_argument("--relinear", choices=("none", "sg", "sw", "sg+sw"), default="sg",
                    help="ReLinear regulariser: sg = LR ratios for g/b, sw = penalty, none = plain training")
-    p.add_argument("--lr-ratio", type=_nonneg_float, default=1e-2,
+    p.add_argument("--lr-ratio", type=nonneg_float, default=1e-2,
                    help="sg: LR ratio of the g and b parameters (0 freezes them)")
-    p.add_argument("--lr-ratio-g", type=_nonneg_float, default=None, help="sg: ratio for g only")
-    p.add_argument("--lr-ratio-b", type=_nonneg_float, default=None, help="sg: ratio for b only")
+    p.add_argument("--lr-ratio-g", type=nonneg_float, default=None, help="sg: ratio for g only")
+    p.add_argument("--lr-ratio-b", type=nonneg_float, default=None, help="sg: ratio for b only")
     p.add_argument("--penalty", choices=("l1", "l2"), default="l2", help="sw: norm of the penalty")
-    p.add_argument("--alpha", type=_nonneg_float, default=1e-4, help="sw: coefficient on W_g")
-    p.add_argument("--beta", type=_nonneg_float, default=1e-4, help="sw: coefficient on W_b")
+    p.add_argument("--alpha", type=nonneg_float, default=1e-4, help="sw: coefficient on W_g")
+    p.add_argument("--beta", type=nonneg_float, default=1e-4, help="sw: coefficient on W_b")
     p.add_argument("--init", choices=("relinear", "kaiming"), default="relinear",
                    help="relinear (W_g=0,b_g=1,W_b=0,c=0) or kaiming on every branch (control)")
     p.add_argument("--warm-start", default=None, metavar="RUN_DIR", help="copy W_r/BN/stem/head from a ReLU run")
-    p.add_argument("--width", type=_pos_int, default=None, help="width of mlp/cnn")
-    p.add_argument("--train-subset", type=_pos_int, default=None, help="train on N samples (stratified)")
-    p.add_argument("--test-subset", type=_pos_int, default=None)
+    p.add_argument("--width", type=pos_int, default=None, help="width of mlp/cnn")
+    p.add_argument("--train-subset", type=pos_int, default=None, help="train on N samples (stratified)")
+    p.add_argument("--test-subset", type=pos_int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--amp", choices=("none", "bf16"), default="none", help="bf16 autocast (products stay fp32)")
-    p.add_argument("--grad-clip", type=_nonneg_float, default=0.0)
+    p.add_argument("--grad-clip", type=nonneg_float, default=0.0)
 
 
 def config_from_args(a: argparse.Namespace, out: str):
