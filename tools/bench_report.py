@@ -6,7 +6,7 @@ Usage (the command behind docs/benchmarks.md)::
     .venv/bin/python tools/bench_report.py --root reports/bench-docs --runs 2 --max-load 1.0 -- \\
         resnet8 resnet20 resnet56 --neuron fan --batch 1 64 --mode decomposed function fused torch --threads 2
 
-Writes ``ROOT/run<i>/`` (bench.json, bench.md, PNGs) and ``ROOT/compare.md``: every latency ratio (quadratic /
+Writes ``ROOT/run<i>/`` (bench.json, bench.md, PNGs), ``ROOT/ratios.png`` and ``ROOT/compare.md``: every latency ratio (quadratic /
 baseline), ORT/torch ratio and mode ratio of each run side by side with the relative spread between runs
 (|a - b| / mean), and the load average before and after each run. Exit code 1 when a ratio spreads by more than
 ``--tolerance`` (default 10%).
@@ -99,6 +99,45 @@ def compare(reports: list[dict], tolerance: float) -> tuple[str, float]:
     return "\n".join(lines) + "\n", worst
 
 
+def plot_ratios(reports: list[dict], path: Path) -> Path:
+    """One panel per batch size: quadratic / ReLU-twin p50 latency ratio of each run (one marker per run) per model
+    and export mode, with the MAC ratio (the physical bound) as a black bar. Returns ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    twin = [x for x in reports[0]["ratios"] if x["role"] == "twin"]
+    batches = sorted({x["batch"] for x in twin})
+    models = list(dict.fromkeys(x["quadratic"] for x in twin))
+    modes = list(dict.fromkeys(x["mode"] for x in twin))
+    keyed = [{(x["quadratic"], x["batch"], x["mode"]): x for x in r["ratios"] if x["role"] == "twin"}
+             for r in reports]
+    fig, axes = plt.subplots(1, len(batches), figsize=(6.2 * len(batches), 4.2), sharey=True)
+    axes = list(axes) if hasattr(axes, "__len__") else [axes]
+    w = 0.8 / len(modes)
+    for ax, b in zip(axes, batches):
+        for i, m in enumerate(models):
+            for j, mode in enumerate(modes):
+                xpos = i + (j - (len(modes) - 1) / 2) * w
+                vals = [k[(m, b, mode)]["latency_ratio"] for k in keyed if (m, b, mode) in k]
+                ax.scatter([xpos] * len(vals), vals, color=f"C{j}", s=22, zorder=3,
+                           label=mode if i == 0 else None)
+            mac = keyed[0][(m, b, modes[0])]["mac_ratio"] if (m, b, modes[0]) in keyed[0] else None
+            if mac:
+                ax.hlines(mac, i - 0.45, i + 0.45, color="k", lw=1.5, label="MAC ratio" if i == 0 else None)
+        ax.set_xticks(range(len(models)), models)
+        ax.set_title(f"batch {b}: quadratic / ReLU twin, {len(reports)} runs")
+        ax.grid(alpha=0.3, axis="y")
+        ax.set_ylim(0, None)
+    axes[0].set_ylabel("p50 latency ratio")
+    axes[0].legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 usage="%(prog)s [options] -- BENCH ARGS (as for `quadexport bench`, without --out)")
@@ -136,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     cmdline = reports[0]["config"].get("command", "")
     md = f"# Repeatability of `quadexport bench` ({a.runs} runs)\n\n```\n{cmdline}\n```\n\n" + md
     (root / "compare.md").write_text(md)
+    plot_ratios(reports, root / "ratios.png")
     print(md)
     return 0 if worst <= a.tolerance else 1
 
