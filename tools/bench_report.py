@@ -6,10 +6,10 @@ Usage (the command behind docs/benchmarks.md)::
     .venv/bin/python tools/bench_report.py --root reports/bench-docs --runs 2 --max-load 1.0 -- \\
         resnet8 resnet20 resnet56 --neuron fan --batch 1 64 --mode decomposed function fused torch --threads 2
 
-Writes ``ROOT/run<i>/`` (bench.json, bench.md, PNGs), ``ROOT/ratios.png`` and ``ROOT/compare.md``: every latency ratio (quadratic /
-baseline), ORT/torch ratio and mode ratio of each run side by side with the relative spread between runs
-(|a - b| / mean), and the load average before and after each run. Exit code 1 when a ratio spreads by more than
-``--tolerance`` (default 10%).
+Writes ``ROOT/run<i>/`` (bench.json, bench.md, PNGs), ``ROOT/ratios.png`` (quadratic / ReLU-twin ratio of every
+run vs the MAC ratio) and ``ROOT/compare.md``: every latency ratio (quadratic / baseline), ORT/torch ratio and mode
+ratio of each run side by side with the relative spread between runs (|a - b| / mean), and the load average
+before and after each run. Exit code 1 when a ratio spreads by more than ``--tolerance`` (default 10%).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""``quadexport pipeline RECIPE.toml``: train → export → check → bench → report, from a recipe in ``models/``."""
+"""``quadexport pipeline RECIPE.toml``: train → export → check → bench → report, from a ``models/`` recipe."""
 
 from __future__ import annotations
 
