@@ -214,7 +214,8 @@ def _plot(run_dir: Path, epochs: list[dict[str, Any]], title: str) -> None:
     os.replace(run_dir / "curves.png.tmp.png", run_dir / "curves.png")
 
 
-def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_after: int | None = None) -> dict[str, Any]:
+def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_after: int | None = None,
+          plot: bool = True) -> dict[str, Any]:
     """Train ``cfg.model`` on ``cfg.dataset`` and write the run dir ``cfg.out``.
 
     Args:
@@ -222,6 +223,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
         resume: continue from ``cfg.out/checkpoint.pt`` (its config must match ``cfg``).
         progress: show a progress bar per epoch (rank 0, terminals only).
         stop_after: end this call after that many epochs (the run stays resumable), e.g. to split a long run.
+        plot: draw ``curves.png`` at the end (matplotlib, ~2 s; off for many tiny runs).
 
     Returns:
         The metrics dict written to ``metrics.json``.
@@ -341,7 +343,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
             write_json(run_dir / "config.json", cfg.to_dict())
     if rank == 0:
         metrics = json.loads((run_dir / "metrics.json").read_text())
-        _plot(run_dir, metrics["epochs"], f"{cfg.model} / {cfg.neuron} on {cfg.dataset}")
+        if plot:
+            _plot(run_dir, metrics["epochs"], f"{cfg.model} / {cfg.neuron} on {cfg.dataset}")
     if world > 1:
         import torch.distributed as dist
 

@@ -171,3 +171,11 @@ def test_malicious_pickle_checkpoint_does_not_run_code(tmp_path):
     with pytest.raises(CheckpointError, match="not a safe"):
         q.load(run)
     assert not marker.exists()
+
+
+def test_plot_false_skips_curves_only(tmp_path):
+    out = tmp_path / "mlp"
+    m = train(TrainConfig(model="mlp", neuron="fan", dataset="digits", out=str(out), epochs=1), progress=False,
+              plot=False)
+    assert not (out / "curves.png").exists()
+    assert (out / "checkpoint.pt").is_file() and json.loads((out / "metrics.json").read_text()) == m

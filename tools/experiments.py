@@ -153,20 +153,6 @@ def _init_norms(cfg) -> dict[str, float]:
     return quadratic_norms(build_model(cfg, data.num_classes, data.input_shape))
 
 
-@contextlib.contextmanager
-def _no_run_plot():
-    """Skip the ``curves.png`` that ``train()`` draws at the end of every run (≈2 s of matplotlib per run, more than
-    a tiny run's training); the report draws its own figures from the metrics."""
-    import quadexport.train as qt
-
-    orig = qt._plot
-    qt._plot = lambda *a, **k: None
-    try:
-        yield
-    finally:
-        qt._plot = orig
-
-
 def run_train(task: dict[str, Any]) -> dict[str, Any]:
     """Train one configuration (``task["config"]``: TrainConfig fields) and return its result record.
 
@@ -187,8 +173,8 @@ def run_train(task: dict[str, Any]) -> dict[str, Any]:
     t0, c0 = time.perf_counter(), time.process_time()
     torch.manual_seed(cfg.seed)
     try:
-        with contextlib.redirect_stdout(log), _no_run_plot():
-            train(cfg, progress=False)
+        with contextlib.redirect_stdout(log):  # no curves.png per run: the report draws its own figures
+            train(cfg, progress=False, plot=False)
     except TrainingDiverged as e:
         status, error = "diverged", str(e)
     except (CheckpointError, ValueError) as e:
