@@ -73,6 +73,13 @@ def _train_sizes(rec: dict[str, Any]) -> str:
             f"{t['weight_decay']:g}, max_rollbacks={t['max_rollbacks']}")
 
 
+def _row_head(rec: dict[str, Any], row: list[dict[str, Any]], init: str, reg: str) -> str:
+    """``| init | regulariser |`` cells of a grid table row, bold when the row holds a key-comparison cell."""
+    key = any(c["key_cell"] for c in row)
+    label = rec["regularisers"][reg].get("label", reg)
+    return f"| {'**' + init + '**' if key else init} | {'**' + label + '**' if key else label} |"
+
+
 def trainability_md(env: dict[str, Any], docs: Path) -> tuple[str, list[str]]:
     rec, cells = env["recipe"], env["summary"]["cells"]
     lrs = rec["grid"]["lrs"]
@@ -101,9 +108,7 @@ def trainability_md(env: dict[str, Any], docs: Path) -> tuple[str, list[str]]:
             row = [c for c in cells if c["init"] == init and c["reg"] == reg]
             if not row:
                 continue
-            key = any(c["key_cell"] for c in row)
-            label = rec["regularisers"][reg].get("label", reg)
-            s = f"| {'**' + init + '**' if key else init} | {'**' + label + '**' if key else label} |"
+            s = _row_head(rec, row, init, reg)
             for lr in lrs:
                 c = next((c for c in row if c["lr"] == lr), None)
                 if c is None:
@@ -132,9 +137,7 @@ def trainability_md(env: dict[str, Any], docs: Path) -> tuple[str, list[str]]:
             row = [c for c in cells if c["init"] == init and c["reg"] == reg]
             if not row or any(c["alias_of"] for c in row):
                 continue
-            key = any(c["key_cell"] for c in row)
-            label = rec["regularisers"][reg].get("label", reg)
-            s = f"| {'**' + init + '**' if key else init} | {'**' + label + '**' if key else label} |"
+            s = _row_head(rec, row, init, reg)
             for lr in lrs:
                 c = next((c for c in row if c["lr"] == lr), None)
                 if c is None or "blowups" not in c:
