@@ -520,7 +520,8 @@ def _stats(times: list[float], batch: int, cpu: list[float] | None = None) -> di
     a = np.asarray(times, dtype=np.float64) * 1e3
     mean = float(a.mean())
     c = np.asarray(cpu if cpu else times, dtype=np.float64) * 1e3
-    return {"cpu_p50_ms": float(np.percentile(c, 50)), "cpu_mean_ms": float(c.mean()),"p50_ms": float(np.percentile(a, 50)), "p90_ms": float(np.percentile(a, 90)),
+    return {"cpu_p50_ms": float(np.percentile(c, 50)), "cpu_mean_ms": float(c.mean()),
+            "p50_ms": float(np.percentile(a, 50)), "p90_ms": float(np.percentile(a, 90)),
             "p99_ms": float(np.percentile(a, 99)), "mean_ms": mean, "stdev_ms": float(a.std(ddof=1)) if a.size > 1
             else 0.0, "min_ms": float(a.min()), "throughput": batch / (mean / 1e3), "iters": int(a.size),
             "timed_s": float(a.sum() / 1e3)}
@@ -950,8 +951,10 @@ def bench(models: Sequence[str | os.PathLike], *, neuron: str = "fan", mode: str
     batches = [int(b) for b in batches]
     if not batches or any(b < 1 for b in batches):
         raise BenchError(f"batch sizes must be >= 1, got {batches}")
-    if opt_level not in ("disable", "basic", "extended", "all"):
-        raise BenchError(f"unknown opt_level {opt_level!r}; choose disable, basic, extended or all")
+    from quadexport.export.session import OPT_LEVELS
+
+    if opt_level not in OPT_LEVELS:
+        raise BenchError(f"unknown opt_level {opt_level!r}; choose one of {', '.join(OPT_LEVELS)}")
     if threads is not None and int(threads) < 1:
         raise BenchError(f"threads must be >= 1, got {threads}")
     if warmup < 0 or min_iters < 1 or not (min_seconds >= 0 and math.isfinite(min_seconds)):

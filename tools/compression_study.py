@@ -282,50 +282,51 @@ def cmd_bench(a: argparse.Namespace) -> int:
     files = {}
     odir = OUT / "onnx"
     for e in entries:
+        zoo_model = None
+        if "zoo" in e:  # untrained architecture: ReLinear init + the bench's small perturbation
+            import torch
+
+            import quadexport.compress  # noqa: F401  (fan_pw / fan_dw)
+            from quadexport.bench import PERTURB_STD, _perturb
+            from quadexport.zoo import count_macs, create_model
+
+            name, neuron = e["zoo"].split("-", 1)
+            torch.manual_seed(0)
+            zoo_model = create_model(name, neuron, in_channels=1, input_size=28).eval()
+            _perturb(zoo_model, PERTURB_STD, torch.Generator().manual_seed(0))
+            if e.get("macs") is None:
+                e["macs"] = count_macs(zoo_model, (1, 28, 28))
         if "onnx" not in e:
             path = odir / f"{e['label']}.onnx"
             if not path.exists() or a.reexport:
-                if "zoo" in e:
-                    import quadexport.compress  # noqa: F401  (fan_pw / fan_dw)
-                    from quadexport.bench import PERTURB_STD, _perturb
-                    from quadexport.zoo import count_macs, create_model
-                    import torch
-
-                    name, neuron = e["zoo"].split("-", 1)
-                    torch.manual_seed(0)
-                    m = create_model(name, neuron, in_channels=1, input_size=28).eval()
-                    _perturb(m, PERTURB_STD, torch.Generator().manual_seed(0))
-                    export(m, path, input_shape=(1, 28, 28))
+                if zoo_model is not None:
+                    export(zoo_model, path, input_shape=(1, 28, 28))
                 else:
                     m = load(e["run"])
                     export(m, path, input_shape=tuple(m.quadexport_meta["input_shape"]))
             e["onnx"] = str(path)
-        if e.get("macs") is None and "zoo" in e:
-            import quadexport.compress  # noqa: F401
-            from quadexport.zoo import count_macs, create_model
-
-            name, neuron = e["zoo"].split("-", 1)
-            e["macs"] = count_macs(create_model(name, neuron, in_channels=1, input_size=28), (1, 28, 28))
         key = e["label"] + (" [int8]" if e["kind"] == "int8" else "")
         e["key"] = key
         files[key] = e["onnx"]
     relu = next((e for e in entries if e["label"] == "resnet20-relu"), None)
     if relu is not None:  # the exact 1x1-conv shortcut rewrite applied to the trained ReLU twin
+        from quadexport.compress.api import calibration_data
         from quadexport.compress.prune import conv_shortcuts
+        from quadexport.compress.quant import onnx_accuracy, quantize_int8
+        from quadexport.zoo import count_macs
 
+        relu_model = load(relu["run"])
+        meta = relu_model.quadexport_meta
+        convsc = conv_shortcuts(relu_model)
         path = odir / "resnet20-relu-convsc.onnx"
         if not path.exists() or a.reexport:
-            export(conv_shortcuts(load(relu["run"])), path, input_shape=(1, 28, 28))
+            export(convsc, path, input_shape=(1, 28, 28))
         key = "resnet20-relu [1x1-conv shortcuts]"
         files[key] = str(path)
         entries.append({"label": key, "key": key, "kind": "relu", "test_acc": relu["test_acc"],
-                        "macs": relu["macs"] + 2 * 100352, "onnx": str(path)})
+                        "macs": count_macs(convsc, tuple(meta["input_shape"])), "onnx": str(path)})
         # like-for-like for the int8 rows: the ReLU twin quantised the same way (static QDQ, same calibration)
-        from quadexport.compress.api import calibration_data
-        from quadexport.compress.quant import onnx_accuracy, quantize_int8
-
         q8 = odir / "resnet20-relu-int8.onnx"
-        meta = load(relu["run"]).quadexport_meta
         calib, ds = calibration_data(meta, 1024)
         if not q8.exists() or a.reexport:
             quantize_int8(relu["onnx"], q8, calib.numpy())

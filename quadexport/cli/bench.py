@@ -34,6 +34,8 @@ def run(a: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from quadexport.export.session import OPT_LEVELS
+
     p = sub.add_parser(
         "bench", help="latency of quadratic models vs their ReLU twin and MAC-matched ReLU model",
         description="Time quadratic models (zoo names, untrained: ReLinear init plus a small perturbation; or run "
@@ -51,7 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--provider", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--threads", type=pos_int, default=None,
                    help="intra-op threads of onnxruntime and torch (default: all usable cores)")
-    p.add_argument("--opt-level", choices=("disable", "basic", "extended", "all"), default="all",
+    p.add_argument("--opt-level", choices=OPT_LEVELS, default="all",
                    help="onnxruntime graph optimisation level (default all)")
     p.add_argument("--no-baselines", action="store_true", help="time only the given models (pairs among them)")
     p.add_argument("--no-torch-eager", action="store_true", help="skip the torch eager rows")

@@ -21,6 +21,8 @@ def run(a: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from quadexport.export.session import OPT_LEVELS
+
     p = sub.add_parser("check", help="check an exported ONNX model against its run (non-zero exit on a miss)",
                        description="Run random inputs (and the first 512 test images of the run's dataset) through "
                                    "onnxruntime and torch; print one line per opt level × batch; exit code 1 if "
@@ -34,7 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", default=None, help="dataset for the real-data check (default: the run's dataset)")
     p.add_argument("--data-dir", default=None, help="dataset directory")
     p.add_argument("--batches", type=pos_int, nargs="+", default=[1, 3, 5, 64], help="batch sizes (default 1 3 5 64)")
-    p.add_argument("--opt-levels", nargs="+", choices=("disable", "basic", "extended", "all"),
+    p.add_argument("--opt-levels", nargs="+", choices=OPT_LEVELS,
                    default=["disable", "all"], help="onnxruntime graph optimisation levels (default disable all)")
     p.add_argument("--kernel-library", choices=("auto", "always", "never"), default="auto",
                    help="quadexport-domain models: auto = function bodies and, if built, the kernel")
