@@ -23,7 +23,28 @@ BUILD="$ROOT/build"
 OUT="${QUADEXPORT_KERNEL_OUT:-$BUILD/kernels/libquadexport_ops.so}"
 CXX="${CXX:-g++}"
 DEB_PACKAGE=libonnxruntime-dev
-DEB_SOURCE="deb http://deb.debian.org/debian trixie main"
+DEB_SUITE=trixie
+
+# The mirror is the machine's own: the first "URIs:" of a deb822 source (or the first "deb" line of sources.list)
+# that serves Debian's main archive (not -security); only the suite differs.
+apt_mirror() {
+  local uri=""
+  shopt -s nullglob
+  for f in /etc/apt/sources.list.d/*.sources; do
+    uri="$(awk '/^URIs:/ {for (i = 2; i <= NF; i++) if ($i !~ /security/) {print $i; exit}}' "$f")"
+    [[ -n $uri ]] && break
+  done
+  if [[ -z $uri ]]; then
+    for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
+      [[ -f $f ]] || continue
+      uri="$(awk '$1 == "deb" {for (i = 2; i <= NF; i++) if ($i ~ /:\/\//) {if ($i !~ /security/) {print $i; exit}; break}}' "$f")"
+      [[ -n $uri ]] && break
+    done
+  fi
+  shopt -u nullglob
+  [[ -n $uri ]] || die "no Debian mirror found in /etc/apt/sources.list(.d); set QUADEXPORT_ORT_INCLUDE to onnxruntime headers"
+  echo "${uri%/}"
+}
 
 FORCE=0
 QUIET=0
@@ -46,7 +67,7 @@ fetch_headers() {
   command -v apt-get >/dev/null || die "apt-get not found; set QUADEXPORT_ORT_INCLUDE to onnxruntime headers (v1.21+)"
   command -v dpkg-deb >/dev/null || die "dpkg-deb not found; set QUADEXPORT_ORT_INCLUDE to onnxruntime headers"
   mkdir -p "$apt/etc/sources.list.d" "$apt/lists/partial" "$apt/cache/archives/partial" "$apt/debs"
-  echo "$DEB_SOURCE" > "$apt/etc/sources.list"
+  echo "deb $(apt_mirror) $DEB_SUITE main" > "$apt/etc/sources.list"
   local opts=(-o "Dir::Etc::SourceList=$apt/etc/sources.list" -o "Dir::Etc::SourceParts=$apt/etc/sources.list.d"
               -o "Dir::State::Lists=$apt/lists" -o "Dir::Cache=$apt/cache" -o "APT::Sandbox::User=$(id -un)")
   log "fetching $DEB_PACKAGE from Debian trixie (private apt config in $apt)"
