@@ -150,12 +150,12 @@ def parse_input_shape(values: Sequence[Any] | None) -> tuple[int, int, int] | No
 
 
 def _builder_default(name: str, arg: str) -> Any:
-    from quadexport.zoo.registry import _BUILDERS
+    from quadexport.zoo.registry import _REGISTRY
 
-    fn = _BUILDERS.get(name)
-    if fn is None:
+    info = _REGISTRY.get(name)
+    if info is None:
         return None
-    p = inspect.signature(fn).parameters.get(arg)
+    p = inspect.signature(info.builder).parameters.get(arg)
     return None if p is None or p.default is inspect.Parameter.empty else p.default
 
 

@@ -1,27 +1,79 @@
-"""Model registry (timm-style): ``create_model(name, neuron=...)`` and ``list_models()``."""
+"""Model registry (torchvision ``_api`` / timm style): ``create_model(name, neuron=...)``, ``list_models()``,
+``get_model_info(name)``. Registering a name twice raises."""
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from typing import Callable
 
 from torch import nn
 
-_BUILDERS: dict[str, Callable[..., nn.Module]] = {}
+from quadexport.errors import UsageError, did_you_mean
+
+__all__ = ["ModelInfo", "create_model", "get_model_info", "list_models", "register_model"]
 
 
-def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Decorator registering a model builder under ``name``."""
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the tools need to know about a registered model without building it.
+
+    Attributes:
+        name: registry name (``resnet20``).
+        family: models of one family differ only in depth or width (``resnet``); bench picks MAC-matched baselines
+            among a family's members.
+        depth: the member's depth within its family (``20``), ``None`` for single-member families.
+        input_shape: default ``(C, H, W)`` input.
+        width_arg: name of the builder's width keyword (``"width"``) when the family can be widened, else ``None``.
+        default_width: that keyword's default value.
+        builder: the function that builds the model.
+    """
+
+    name: str
+    family: str
+    builder: Callable[..., nn.Module]
+    depth: int | None = None
+    input_shape: tuple[int, int, int] = (1, 28, 28)
+    width_arg: str | None = None
+    default_width: int | None = None
+
+
+_REGISTRY: dict[str, ModelInfo] = {}
+
+
+def register_model(name: str, *, family: str | None = None, depth: int | None = None,
+                   input_shape: tuple[int, int, int] = (1, 28, 28), width_arg: str | None = None,
+                   default_width: int | None = None) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator registering a model builder under ``name``; a name registered twice raises ``ValueError``."""
 
     def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        _BUILDERS[name] = fn
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} is already registered (by {_REGISTRY[name].builder.__module__})")
+        _REGISTRY[name] = ModelInfo(name=name, family=family or name, builder=fn, depth=depth,
+                                    input_shape=tuple(input_shape), width_arg=width_arg, default_width=default_width)
         return fn
 
     return deco
 
 
-def list_models() -> list[str]:
-    """Names of the registered model builders."""
-    return sorted(_BUILDERS, key=lambda n: (n.rstrip("0123456789"), int(n[len(n.rstrip("0123456789")):] or 0)))
+def _sort_key(name: str) -> tuple[str, int]:
+    m = re.fullmatch(r"(.*?)(\d*)", name)
+    return (m.group(1), int(m.group(2) or 0))
+
+
+def list_models(family: str | None = None) -> list[str]:
+    """Names of the registered model builders (of one family when given), depth-ordered within a family."""
+    names = [n for n, i in _REGISTRY.items() if family is None or i.family == family]
+    return sorted(names, key=_sort_key)
+
+
+def get_model_info(name: str) -> ModelInfo:
+    """The :class:`ModelInfo` of a registered model; unknown names raise ``UsageError`` with a suggestion."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise UsageError(f"unknown model {name!r}{did_you_mean(name, _REGISTRY)}; known: "
+                         f"{', '.join(list_models())}") from None
 
 
 def create_model(name: str, neuron: str = "fan", num_classes: int = 10, in_channels: int = 1,
@@ -40,17 +92,16 @@ def create_model(name: str, neuron: str = "fan", num_classes: int = 10, in_chann
     """
     from quadexport.layers.neurons import get_neuron
 
-    if name not in _BUILDERS:
-        raise ValueError(f"unknown model {name!r}; known: {', '.join(list_models())}")
+    info = get_model_info(name)
     if neuron != "relu":
         get_neuron(neuron)
     size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
     compress = kwargs.pop("compress", None)  # compressed architecture (quadexport.compress); ignored for ReLU twins
-    model = _BUILDERS[name](neuron=neuron, num_classes=num_classes, in_channels=in_channels, input_size=size, **kwargs)
+    model = info.builder(neuron=neuron, num_classes=num_classes, in_channels=in_channels, input_size=size, **kwargs)
     model.quadexport_config = {"name": name, "neuron": neuron, "num_classes": num_classes,
                                "in_channels": in_channels, "input_size": list(size), **kwargs}
     if compress is not None and neuron != "relu":
-        from quadexport.compress.prune import apply_spec
+        from quadexport.compress.prune import apply_spec  # moves beside the builders (issue #11)
 
         apply_spec(model, compress)
         model.quadexport_config["compress"] = compress

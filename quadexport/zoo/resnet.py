@@ -87,4 +87,4 @@ def _make(depth: int):
 
 
 for _d in (8, 14, 20, 32, 44, 56, 110):
-    register_model(f"resnet{_d}")(_make(_d))
+    register_model(f"resnet{_d}", family="resnet", depth=_d, input_shape=(3, 32, 32))(_make(_d))

@@ -60,14 +60,14 @@ class SmallCNN(nn.Module):
         return self.fc(x.mean(dim=(2, 3)))
 
 
-@register_model("mlp")
+@register_model("mlp", input_shape=(1, 28, 28), width_arg="width", default_width=64)
 def mlp(neuron: str = "fan", num_classes: int = 10, in_channels: int = 1, input_size=(28, 28),
         width: int = 64) -> nn.Module:
     """Two-hidden-layer MLP on flattened inputs."""
     return MLP(in_channels * input_size[0] * input_size[1], num_classes, neuron, width)
 
 
-@register_model("cnn")
+@register_model("cnn", input_shape=(1, 28, 28), width_arg="width", default_width=16)
 def cnn(neuron: str = "fan", num_classes: int = 10, in_channels: int = 1, input_size=(28, 28),
         width: int = 16) -> nn.Module:
     """Small three-conv CNN."""
