@@ -1,18 +1,22 @@
-"""tools/experiments.py on the tiny budget: JSON schema, collapse detection, mean ± std, XOR demo, report."""
+"""quadexport.experiments (``tools/experiments.py``, ``make results``) on the tiny budget: JSON schema, collapse
+detection, mean ± std, XOR demo, report."""
 
 from __future__ import annotations
 
 import json
+import logging
 import math
-import sys
 from pathlib import Path
 
 import pytest
 
-TOOLS = Path(__file__).resolve().parents[1] / "tools"
-sys.path.insert(0, str(TOOLS))
-
-import experiments as E  # noqa: E402
+import quadexport.experiments as E
+from quadexport.cli.experiments import main
+from quadexport.experiments.accuracy import accuracy_tasks
+from quadexport.experiments.expressivity import accuracy, neuron_logit, train_neuron, xor_data
+from quadexport.experiments.runner import macs28, cost
+from quadexport.experiments.trainability import trainability_cells, trainability_tasks
+from quadexport.pipeline import deep_merge
 
 
 @pytest.fixture(scope="module")
@@ -20,20 +24,22 @@ def tiny(tmp_path_factory):
     """`all --budget tiny` in-process (one job): 2 trainability runs + ResNet8 pair × 2 seeds + warm start, all on
     digits for 1 epoch, the tiny expressivity demos, and the report."""
     out = tmp_path_factory.mktemp("exp")
-    assert E.main(["all", "--budget", "tiny", "--out", str(out), "--jobs", "1"]) == 0
+    assert main(["all", "--budget", "tiny", "--out", str(out), "--jobs", "1"]) == 0
     return out
 
 
 RUN_KEYS = {"schema", "exp", "key", "labels", "config", "status", "error", "epochs", "epochs_done", "final_acc",
             "skipped_steps", "rollbacks", "init_norms", "wall_s", "cpu_s", "run_dir", "collapsed", "collapse_reasons"}
 EPOCH_KEYS = {"epoch", "train_loss", "train_acc", "test_loss", "test_acc", "norm_wg", "norm_wb", "skipped_steps"}
-ENVELOPE_KEYS = {"schema", "exp", "budget", "recipe", "command", "summary", "runs", "n_runs", "cpu_s", "wall_s"}
+ENVELOPE_KEYS = {"schema", "exp", "budget", "recipe", "command", "summary", "runs", "n_runs", "cpu_s", "wall_s",
+                 "run_wall_s", "cpu_count", "finished"}
 
 
 def test_trainability_json_schema(tiny):
     env = json.loads((tiny / "trainability.json").read_text())
     assert ENVELOPE_KEYS <= set(env)
     assert env["exp"] == "trainability" and env["budget"] == "tiny" and env["schema"] == E.SCHEMA_VERSION
+    assert env["recipe"]["_path"] == "models/exp-trainability.toml" and env["recipe"]["_budget"] == "tiny"
     assert env["n_runs"] == 2  # the key comparison only: relinear+sg vs kaiming+none at one LR
     for run in env["runs"]:
         assert RUN_KEYS <= set(run)
@@ -45,6 +51,7 @@ def test_trainability_json_schema(tiny):
         for row in run["epochs"]:
             assert EPOCH_KEYS <= set(row)
         assert set(run["init_norms"]) == {"norm_wg", "norm_wb"}
+        assert "epoch 1/1" in (Path(run["run_dir"]) / "train.log").read_text()  # training output captured
     by_init = {r["labels"]["init"]: r for r in env["runs"]}
     assert by_init["relinear"]["init_norms"] == {"norm_wg": 0.0, "norm_wb": 0.0}  # ReLinear: W_g = W_b = 0
     assert by_init["kaiming"]["init_norms"]["norm_wg"] > 1.0
@@ -74,16 +81,28 @@ def test_accuracy_and_warmstart_json(tiny):
     assert warm_cfg["warm_start"].endswith("digits_resnet8-relu_s0")
 
 
-def test_cached_runs_are_reused(tiny, capsys):
-    E.main(["trainability", "--budget", "tiny", "--out", str(tiny), "--jobs", "1"])
-    assert "to do" not in capsys.readouterr().out  # nothing retrained
+def test_cached_runs_are_reused(tiny, caplog, capsys):
+    with caplog.at_level(logging.INFO, logger="quadexport.experiments"):
+        assert main(["trainability", "--budget", "tiny", "--out", str(tiny), "--jobs", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "== trainability (tiny)" in out  # the CLI prints the progress log
+    assert "to do" not in out  # nothing retrained
+
+
+def test_reaggregate_keeps_summaries(tiny):
+    before = json.loads((tiny / "accuracy.json").read_text())
+    E.reaggregate(tiny)
+    after = json.loads((tiny / "accuracy.json").read_text())
+    assert after["summary"] == before["summary"] and after["cpu_s"] == before["cpu_s"]
 
 
 def test_report_written(tiny):
     md = (tiny / "docs" / "results.md").read_text()
-    for section in ("## Compute", "## 1. Trainability", "## 2. Accuracy", "## 3. Expressivity", "## 4. Warm start"):
+    for section in ("## Compute", "## Findings (computed)", "## 1. Trainability", "## 2. Accuracy",
+                    "## 3. Expressivity", "## 4. Warm start"):
         assert section in md
-    assert "tools/experiments.py" in md and "CPU time" in md
+    assert "tools/experiments.py all --budget tiny" in md and "CPU time" in md
+    assert "(recipe `models/exp-accuracy.toml`)" in md
     for png in ("trainability_norms", "trainability_acc", "accuracy_vs_macs", "expressivity_boundaries",
                 "expressivity_regression", "warmstart_curves"):
         assert (tiny / "docs" / "img" / f"{png}.png").stat().st_size > 1000
@@ -100,18 +119,19 @@ def test_xor_demo_single_neuron(tiny):
 def test_xor_neuron_logit_matches_module():
     import torch
 
-    x, y = E._xor_data(40, 3)
-    fit = E.train_neuron("quadratic", x, y, 300, 0.05, 0)
+    x, y = xor_data(40, 3)
+    fit = train_neuron("quadratic", x, y, 300, 0.05, 0)
     with torch.no_grad():
         ref = fit["neuron"](x).squeeze(1).double().numpy()
-    assert E.neuron_logit("quadratic", fit["params"], x.numpy()) == pytest.approx(ref, rel=1e-4, abs=1e-4)
-    assert E._accuracy(fit["neuron"], x, y) == 1.0
+    assert neuron_logit("quadratic", fit["params"], x.numpy()) == pytest.approx(ref, rel=1e-4, abs=1e-4)
+    assert accuracy(fit["neuron"], x, y) == 1.0
 
 
 def test_forced_divergence_is_a_collapse(tmp_path):
     cfg = dict(model="resnet8", neuron="fan", dataset="digits", train_subset=100, test_subset=50, epochs=1,
                batch_size=32, lr=1e3, max_rollbacks=0, relinear={"mode": "none", "init": "kaiming"})
-    task = E._train_task("trainability", "forced", tmp_path, cfg, {"init": "kaiming", "reg": "none"}, 0.0)
+    task = E.train_task("trainability", "forced", tmp_path, cfg, {"init": "kaiming", "reg": "none"}, 0.0)
+    assert task.config["out"] == str(tmp_path / "rundirs" / "trainability" / "forced")
     res = E.run_train(task)
     assert res["collapsed"]
     assert res["status"] in ("diverged", "nonfinite") or "nan_steps" in res["collapse_reasons"]
@@ -147,30 +167,42 @@ def test_mean_std():
 
 
 def test_grid_aliases_and_budget_override():
-    small = E.load_recipe("trainability", "small")
-    cells = E.trainability_cells(small)
+    small = E.load_experiment_recipe("trainability", "small")
+    cells = trainability_cells(small)
     assert len(cells) == len(small["grid"]["lrs"]) * len(small["grid"]["inits"]) * len(small["grid"]["regularisers"])
     sg1 = next(c for c in cells if c["reg"] == "sg-1")
     assert sg1["source_reg"] == "none" and sg1["relinear"]["mode"] == "none"
     key = [c for c in cells if c["key_cell"]]
     assert all(len(c["seeds"]) >= 3 for c in key)
-    tasks = E.trainability_tasks(small, Path("/nonexistent"))
-    assert len({t["key"] for t in tasks}) == len(tasks)  # aliases share runs
-    tiny = E.load_recipe("trainability", "tiny")
+    tasks = trainability_tasks(small, Path("/nonexistent"))
+    assert len({t.key for t in tasks}) == len(tasks)  # aliases share runs
+    tiny = E.load_experiment_recipe("trainability", "tiny")
     assert tiny["train"]["dataset"] == "digits" and tiny["train"]["model"] == "resnet8"
-    assert E.deep_merge({"a": {"b": 1, "c": [1]}}, {"a": {"c": [2]}}) == {"a": {"b": 1, "c": [2]}}
-    with pytest.raises(ValueError):
-        E.load_recipe("trainability", "huge")
+    assert deep_merge({"a": {"b": 1, "c": [1]}}, {"a": {"c": [2]}}) == {"a": {"b": 1, "c": [2]}}
+    with pytest.raises(ValueError, match="budget"):
+        E.load_experiment_recipe("trainability", "huge")
+    with pytest.raises(ValueError, match="does not declare experiment 'trainability'"):
+        E.load_experiment_recipe("trainability", "small", path="models/exp-accuracy.toml")
+
+
+def test_accuracy_tasks_share_models_across_groups():
+    rec = E.load_experiment_recipe("accuracy", "small")
+    tasks = accuracy_tasks(rec, Path("/nonexistent"))
+    keys = [t.key for t in tasks]
+    assert len(keys) == len(set(keys))
+    # ResNet20 is both depth8's MAC-matched baseline and depth20's twin: trained once per dataset and seed
+    n_seeds = len(rec["run"]["seeds"])
+    assert sum(k.startswith("fashion-mnist_resnet20-relu_") for k in keys) == n_seeds
 
 
 def test_mac_matching_claims():
     """QResNet8 ≈ ResNet20 and QResNet20 ≈ ResNet56 in MACs at 28×28 (within 15 %)."""
     for quad, relu in (("resnet8", "resnet20"), ("resnet20", "resnet56")):
-        q, r = E._macs28(quad, "fan"), E._macs28(relu, "relu")
+        q, r = macs28(quad, "fan"), macs28(relu, "relu")
         assert abs(q / r - 1) < 0.15, (quad, relu, q, r)
 
 
 def test_cli_rejects_unknown_command():
     with pytest.raises(SystemExit):
-        E.main(["nope"])
-    assert math.isfinite(E._cost("resnet8", "fan", 100, 10, 1))
+        main(["nope"])
+    assert math.isfinite(cost("resnet8", "fan", 100, 10, 1))

@@ -6,21 +6,23 @@ import argparse
 
 
 def run(a: argparse.Namespace) -> int:
+    from quadexport.cli.experiments import echo_logs
     from quadexport.pipeline import run_pipeline
 
-    s = run_pipeline(a.recipe, out=a.out, resume=not a.fresh, skip_bench=a.skip_bench)
+    with echo_logs("quadexport.pipeline"):  # the stage lines ("== train ...") on stdout, as before
+        s = run_pipeline(a.recipe, out=a.out, resume=not a.fresh, skip_bench=a.skip_bench)
     print()
-    for m in s["models"]:
-        print(f"{m['model']:>10s} {m['neuron']:>6s}: test accuracy {100 * m['test_acc']:.2f}%")
-    if len(s["models"]) > 1:
-        q, r = s["models"][0], s["models"][1]
-        print(f"quadratic - ReLU twin: {100 * (q['test_acc'] - r['test_acc']):+.2f} pp")
-    for x in s.get("ratios", []):
+    for m in s.models:
+        print(f"{m.model:>10s} {m.neuron:>6s}: test accuracy {100 * m.test_acc:.2f}%")
+    if len(s.models) > 1:
+        q, r = s.models[0], s.models[1]
+        print(f"quadratic - ReLU twin: {100 * (q.test_acc - r.test_acc):+.2f} pp")
+    for x in s.ratios:
         print(f"latency {x['quadratic']} / {x['baseline']} ({x.get('mode', '?')}) at batch {x['batch']}: "
               f"{x['latency_ratio']:.2f}x "
               f"(MAC ratio {x['mac_ratio']:.2f}x)")
-    print(f"parity: {'passed' if s['parity_ok'] else 'FAILED'}; report: {s['report']}")
-    return 0 if s["parity_ok"] else 1
+    print(f"parity: {'passed' if s.parity_ok else 'FAILED'}; report: {s.report}")
+    return 0 if s.parity_ok else 1
 
 
 def register(sub: argparse._SubParsersAction) -> None:

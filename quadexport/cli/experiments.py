@@ -1,0 +1,86 @@
+"""``quadexport experiments {trainability,accuracy,expressivity,warmstart,all,report}``: the issue #6 experiments.
+
+Also the whole of ``tools/experiments.py`` (``make results``), through :func:`main`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import sys
+from typing import Iterator
+
+COMMANDS = ("trainability", "accuracy", "expressivity", "warmstart", "all", "report")
+
+
+@contextlib.contextmanager
+def echo_logs(*names: str) -> Iterator[None]:
+    """Print the INFO records of the loggers ``names`` on stdout, message only (the progress lines of a command)."""
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    loggers = [logging.getLogger(n) for n in names]
+    saved = [(lg.level, lg.propagate) for lg in loggers]
+    for lg in loggers:
+        lg.addHandler(handler)
+        lg.setLevel(logging.INFO)
+        lg.propagate = False
+    try:
+        yield
+    finally:
+        handler.flush()
+        for lg, (level, propagate) in zip(loggers, saved):
+            lg.removeHandler(handler)
+            lg.setLevel(level)
+            lg.propagate = propagate
+
+
+def run(a: argparse.Namespace) -> int:
+    from quadexport.experiments import EXPERIMENTS, ExperimentOptions, report, run_experiments
+
+    opts = ExperimentOptions(budget=a.budget, out=a.out, docs=a.docs, jobs=a.jobs, threads=a.threads)
+    with echo_logs("quadexport.experiments"):
+        if a.experiment == "all":
+            run_experiments(list(EXPERIMENTS), opts, f".venv/bin/python tools/experiments.py all --budget {a.budget}")
+            report(opts)
+        elif a.experiment == "report":
+            report(opts)
+        else:
+            run_experiments([a.experiment], opts)
+    return 0
+
+
+def _add_arguments(p: argparse.ArgumentParser) -> None:
+    from quadexport.experiments import BUDGETS
+
+    p.add_argument("experiment", choices=COMMANDS, help="one experiment, all of them (then report), or report")
+    p.add_argument("--budget", choices=BUDGETS, default="small",
+                   help="small: the documented results; tiny: seconds, for tests")
+    p.add_argument("--out", default=None, help="results folder (default reports/experiments/<budget>)")
+    p.add_argument("--docs", default=None,
+                   help="where report writes results.md and img/ (default docs/ for small, <out>/docs for tiny)")
+    p.add_argument("--jobs", type=int, default=2, help="training runs in parallel (processes)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    p.set_defaults(func=run)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("experiments", help="reproduce the paper's claims (trainability, accuracy, expressivity, "
+                       "warm start) from the models/exp-*.toml recipes")
+    _add_arguments(p)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``tools/experiments.py``: the same command without the ``quadexport`` prefix."""
+    p = argparse.ArgumentParser(prog="tools/experiments.py",
+                                description="Reproduce the paper's claims (issue #6): trainability (ReLinear), "
+                                "accuracy, expressivity, warm start.")
+    _add_arguments(p)
+    a = p.parse_args(argv)
+    from quadexport.errors import QuadexportError
+
+    try:
+        return a.func(a)
+    except QuadexportError as e:  # a user mistake: one line, exit 2 (as the quadexport CLI does)
+        print(f"tools/experiments.py: error: {e}", file=sys.stderr)
+        return 2
