@@ -1,4 +1,4 @@
-"""Experiment recipes: the ``models/exp-*.toml`` files, read with the pipeline's :func:`~quadexport.pipeline.load_recipe`.
+"""Experiment recipes: ``models/exp-*.toml``, read with the pipeline's :func:`~quadexport.pipeline.load_recipe`.
 
 An experiment recipe is an ordinary recipe that declares ``experiments = [...]`` (see :mod:`quadexport.pipeline` for
 its sections). The ``small`` budget is the recipe as written (the documented results); other budgets apply the

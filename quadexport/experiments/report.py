@@ -60,7 +60,8 @@ def _headline_accuracy(ac: dict[str, Any]) -> list[str]:
         noisy = [r["label"] for r in pair if (r["acc"]["std"] or 0) > 0.05]
         if noisy:
             verdict += f"; caution: {', '.join(noisy)} unstable across seeds (std > 5 pp)"
-        out.append(f"{d['dataset']}: {d['quadratic']} − {d['baseline']} ({'same depth' if d['role'] == 'twin' else 'MAC-matched'})"
+        kind = "same depth" if d["role"] == "twin" else "MAC-matched"
+        out.append(f"{d['dataset']}: {d['quadratic']} − {d['baseline']} ({kind})"
                    f" = {fmt_ms(d['delta'])} pp ({verdict}; Q better in {d['wins']}/{d['n']} seeds).")
     nrows = [r for r in ac["summary"]["rows"] if r["group"] == "neurons" and r["acc"]["mean"] is not None]
     if nrows:
