@@ -26,8 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+ROOT = Path(__file__).resolve().parents[1]  # the repository: recipe, reports/ and docs/ (quadexport is installed)
 
 RECIPE = ROOT / "models" / "qresnet20-fashion-mnist.toml"
 MAIN_RUNS = ROOT / "reports" / "qresnet20-fashion-mnist" / "runs"

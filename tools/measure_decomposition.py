@@ -33,11 +33,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from quadexport.export.decomposed import StackedQuadLinear, replace_modules  # noqa: E402
-from quadexport.layers.quad import QuadConv2d, QuadLayer, QuadLinear  # noqa: E402
-from quadexport.zoo import create_model  # noqa: E402
+from quadexport.export.decomposed import StackedQuadLinear, replace_modules
+from quadexport.layers.quad import QuadConv2d, QuadLayer, QuadLinear
+from quadexport.zoo import create_model
 
 
 class _StackedQuadConv2d(nn.Module):
