@@ -202,6 +202,17 @@ def test_mac_matching_claims():
         assert abs(q / r - 1) < 0.15, (quad, relu, q, r)
 
 
+def test_cli_subcommand_registers():
+    import argparse
+
+    from quadexport.cli import experiments as cli_experiments
+
+    sub = argparse.ArgumentParser(prog="quadexport").add_subparsers(dest="command")
+    cli_experiments.register(sub)
+    a = sub.choices["experiments"].parse_args(["accuracy", "--budget", "tiny", "--jobs", "1"])
+    assert (a.experiment, a.budget, a.jobs, a.threads, a.func) == ("accuracy", "tiny", 1, 1, cli_experiments.run)
+
+
 def test_cli_rejects_unknown_command():
     with pytest.raises(SystemExit):
         main(["nope"])
