@@ -65,6 +65,16 @@ def latency_figure(rep: Any, batch: int):
     return fig
 
 
+def _panel_rows(acc: list[Any], mode: str, batch: int) -> list[Any]:
+    """The rows of one runtime panel; a ReLU model (one ONNX graph, timed as ``decomposed``) is in every ONNX one."""
+    rows = [r for r in acc if r.batch == batch and r.mode == mode]
+    if mode != "torch":
+        have = {r.id for r in rows}
+        rows += [r for r in acc if r.batch == batch and r.mode == "decomposed" and r.neuron == "relu"
+                 and r.id not in have]
+    return rows
+
+
 def accuracy_latency_figure(rep: Any):
     """Test accuracy vs p50 latency at the smallest batch with accuracies: one panel per runtime (``onnxruntime
     <mode>``, ``torch eager``), log latency axis, one colour/marker per model explained in a shared legend.
@@ -79,7 +89,7 @@ def accuracy_latency_figure(rep: Any):
     style = {mid: (f"C{i % 10}", _MARKERS[i % len(_MARKERS)]) for i, mid in enumerate(ids)}
     fig, axes = plt.subplots(1, len(modes), figsize=(4.2 * len(modes) + 1.8, 4.0), sharey=True, squeeze=False)
     for ax, mode in zip(axes[0], modes):
-        for r in (r for r in acc if r.mode == mode and r.batch == batch):
+        for r in _panel_rows(acc, mode, batch):
             color, marker = style[r.id]
             ax.scatter([r.p50_ms], [100 * r.test_acc], color=color, marker=marker, s=40, label=r.id)
         ax.set_xscale("log")
