@@ -331,18 +331,27 @@ def test_accuracy_plot_has_log_latency_axis_per_runtime(report):
         plt.close(fig)
 
 
+def _zoo_bench_model(name):
+    return BenchModel(id=f"{name}-fan", label=name, name=name, neuron="fan", role="quadratic", module=None,
+                      input_shape=SHAPE, macs=_zoo_macs(name, "fan", SHAPE), params=1)
+
+
 def test_family_resolution_via_model_info():
-    gen = torch.Generator().manual_seed(0)
-    quad = _resolve_models(["resnet20"], "fan", SHAPE, False, gen)[0][0]
-    _, note = mac_matched_baseline(quad, gen)
+    built = []
+
+    def build(name, shape, **kw):  # records the choice instead of building the (untrained) ReLU model
+        built.append((name, kw))
+        return torch.nn.Identity()
+
     family = get_model_info("resnet20").family
+    _, note = mac_matched_baseline(_zoo_bench_model("resnet20"), build=build)
     assert f"among {', '.join(list_models(family=family))})" in note
-    cnn = _resolve_models(["cnn"], "fan", SHAPE, False, gen)[0][0]
-    info = get_model_info("cnn")
+    assert built == [("resnet56", {})] and get_model_info("resnet56").family == family
+    info = get_model_info("cnn")  # one-member family with a width knob: the twin is widened
     assert list_models(family=info.family) == ["cnn"] and info.width_arg
-    mm, note = mac_matched_baseline(cnn, gen)
+    _, note = mac_matched_baseline(_zoo_bench_model("cnn"), build=build)
     assert f"widened from {info.width_arg} {info.default_width}" in note
-    assert mm.quadexport_config[info.width_arg] > info.default_width
+    assert built[1][0] == "cnn" and built[1][1][info.width_arg] > info.default_width
 
 
 def test_time_sessions_api():

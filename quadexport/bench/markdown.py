@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from quadexport.bench.rows import fmt_ratio
+from quadexport.bench.rows import fmt_ratio, fmt_spread
 
 __all__ = ["MARKDOWN_HEAD", "render_markdown"]
 
@@ -41,7 +41,7 @@ def _rows(rep: Any) -> list[str]:
     for r in rep.rows:
         ref = rep._reference(r)
         cells = [r.model, r.neuron, r.role, r.mode, str(r.batch), f"{r.p50_ms:.3f}", f"{r.p90_ms:.3f}",
-                 f"{r.p99_ms:.3f}", f"{r.mean_ms:.3f} ± {r.stdev_ms:.3f}", f"{100 * r.spread:.0f}%",
+                 f"{r.p99_ms:.3f}", f"{r.mean_ms:.3f} ± {r.stdev_ms:.3f}", fmt_spread(r.spread),
                  f"{r.throughput:.0f}", f"{r.macs / 1e6:.2f}M", f"{r.params / 1e6:.3f}M",
                  f"{r.file_bytes / 1e6:.2f}" if r.file_bytes else "–", ref.id if ref else "–",
                  fmt_ratio(r.p50_ms / ref.p50_ms) if ref else "–", fmt_ratio(r.macs / ref.macs) if ref else "–",
@@ -60,7 +60,7 @@ def _ratio_sections(rep: Any) -> list[str]:
             flag = "" if x.trusted else " ⚠"
             lines.append(f"| {x.quadratic} | {x.baseline} | {x.role} | {x.batch} | {x.mode} | "
                          f"{fmt_ratio(x.latency_ratio)}{flag} | {fmt_ratio(x.mac_ratio)} | "
-                         f"{fmt_ratio(x.cpu_ratio) if x.cpu_ratio else '–'} | {100 * x.spread:.0f}% |")
+                         f"{fmt_ratio(x.cpu_ratio) if x.cpu_ratio else '–'} | {fmt_spread(x.spread)} |")
     if rep.ort_vs_torch:
         lines += ["", "## onnxruntime vs torch eager (p50 ORT / p50 torch; < 1: ORT faster)", "",
                   "| model | mode | batch | ORT ms | torch ms | ratio |", "|---|---|--:|--:|--:|--:|"]

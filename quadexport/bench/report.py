@@ -12,7 +12,7 @@ from typing import Any, Mapping
 
 from quadexport.bench.markdown import render_markdown
 from quadexport.bench.plots import save_plots
-from quadexport.bench.rows import BenchRow, ModeRatio, OrtTorchRatio, PairRatio, fmt_ratio
+from quadexport.bench.rows import BenchRow, ModeRatio, OrtTorchRatio, PairRatio, fmt_ratio, fmt_spread
 from quadexport.bench.timing import LOAD_WARN_PER_CORE, SPREAD_WARN
 
 __all__ = ["BenchReport", "TABLE_WIDTH"]
@@ -123,7 +123,7 @@ class BenchReport:
         for r in self.rows:
             ref = self._reference(r)
             out.append([r.id, r.role, r.mode, str(r.batch), f"{r.p50_ms:.4g}", f"{r.p99_ms:.4g}",
-                        f"{100 * r.spread:.0f}%", f"{r.macs / 1e6:.2f}M",
+                        fmt_spread(r.spread), f"{r.macs / 1e6:.2f}M",
                         fmt_ratio(r.p50_ms / ref.p50_ms) if ref else "–", fmt_ratio(r.macs / ref.macs) if ref else "–",
                         fmt_ratio(ovt.get((r.id, r.mode, r.batch)))])
         return out

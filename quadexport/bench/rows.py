@@ -13,11 +13,16 @@ from quadexport.bench.config import ONNX_MODES
 from quadexport.bench.timing import SPREAD_WARN
 
 __all__ = ["BenchRow", "ModeRatio", "OrtTorchRatio", "PairRatio", "RATIO_KEYS", "ROW_KEYS", "compute_ratios",
-           "fmt_ratio"]
+           "fmt_ratio", "fmt_spread"]
 
 ROW_KEYS = ("model", "neuron", "mode", "provider", "batch", "threads", "p50_ms", "p90_ms", "p99_ms", "mean_ms",
             "stdev_ms", "throughput", "macs", "params", "file_bytes", "role")
 RATIO_KEYS = ("quadratic", "baseline", "batch", "mode", "latency_ratio", "mac_ratio")
+
+
+def fmt_spread(x: float | None) -> str:
+    """A spread as a percentage (``–`` when unknown)."""
+    return "–" if x is None else f"{100 * x:.0f}%"
 
 
 def fmt_ratio(x: float | None) -> str:
@@ -41,7 +46,8 @@ class _Record:
 class BenchRow(_Record):
     """One measurement: a model in one mode at one batch size (times in ms, see :class:`TimingStats`).
 
-    ``spread`` is :attr:`TimingStats.spread` (relative spread between the row's chunks); ``cpu_*`` the process CPU
+    ``spread`` is :attr:`TimingStats.spread` (relative spread between the row's chunks; ``None`` in files
+    written before it was recorded); ``cpu_*`` the process CPU
     time per run; ``file_bytes``/``onnx``/``kernel`` are ``None`` for torch eager rows.
     """
 
@@ -72,12 +78,12 @@ class BenchRow(_Record):
     source: str = "zoo"
     onnx: str | None = None
     kernel: str | None = None
-    spread: float = 0.0
+    spread: float | None = None
 
     @property
     def trusted(self) -> bool:
         """Whether the row's timings are steady enough for ratios (``spread <= SPREAD_WARN``)."""
-        return self.spread <= SPREAD_WARN
+        return self.spread is None or self.spread <= SPREAD_WARN
 
 
 @dataclass
@@ -98,7 +104,7 @@ class PairRatio(_Record):
     baseline_p50_ms: float
     min_latency_ratio: float
     cpu_ratio: float | None
-    spread: float = 0.0
+    spread: float | None = None
     trusted: bool = True
 
 
@@ -133,7 +139,8 @@ def _pair(r: BenchRow, br: BenchRow, q: str, b: str, role: str, macs: Mapping[st
                      latency_ratio=r.p50_ms / br.p50_ms, mac_ratio=macs[q] / macs[b], quadratic_p50_ms=r.p50_ms,
                      baseline_p50_ms=br.p50_ms, min_latency_ratio=r.min_ms / br.min_ms,
                      cpu_ratio=r.cpu_p50_ms / br.cpu_p50_ms if br.cpu_p50_ms > 0 else None,
-                     spread=max(r.spread, br.spread), trusted=r.trusted and br.trusted)
+                     spread=max((x for x in (r.spread, br.spread) if x is not None), default=None),
+                     trusted=r.trusted and br.trusted)
 
 
 def compute_ratios(rows: list[BenchRow], macs: Mapping[str, int], pairs: Iterable[tuple[str, str, str]]

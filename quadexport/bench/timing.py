@@ -19,8 +19,8 @@ the warm-up and after every chunk; a ``False`` raises :class:`NonFiniteOutput`.
 :class:`TimingStats` (all times in milliseconds): ``p50_ms``, ``p90_ms``, ``p99_ms``, ``mean_ms``, ``stdev_ms``
 (sample standard deviation), ``min_ms``, ``cpu_p50_ms``/``cpu_mean_ms`` (process CPU time per run: with one thread,
 the run's compute without the time it was preempted), ``runs``, ``timed_s``, ``rounds`` (of the whole timing) and
-``spread``: the relative spread of the unit's timings, ``(max - min) / median`` of its chunk medians when it had two
-or more chunks, else ``(p90 - p10) / p50`` of its runs. A ratio of two p50s is untrustworthy when either spread is
+``spread``: the relative spread of the unit's timings, ``(p90 - p10) / p50`` of its chunk medians when it had two
+or more chunks (one preempted chunk among many does not count), else ``(p90 - p10) / p50`` of its runs. A ratio of two p50s is untrustworthy when either spread is
 large (see :data:`SPREAD_WARN`). Threads are not set here: make the sessions (and ``torch.set_num_threads``) first.
 """
 
@@ -121,8 +121,8 @@ class TimingStats:
 def _spread(a: np.ndarray, chunks: Sequence[int], p10: float, p50: float, p90: float) -> float:
     if len(chunks) >= 2 and sum(chunks) == a.size:
         meds = np.asarray([np.median(part) for part in np.split(a, np.cumsum(chunks)[:-1])])
-        mid = float(np.median(meds))
-        return float((meds.max() - meds.min()) / mid) if mid > 0 else 0.0
+        lo, mid, hi = np.percentile(meds, [10, 50, 90])
+        return float((hi - lo) / mid) if mid > 0 else 0.0
     return (p90 - p10) / p50 if p50 > 0 else 0.0
 
 
