@@ -83,6 +83,8 @@ def accuracy_latency_figure(rep: Any):
     if not acc:
         return None
     plt = _pyplot()
+    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
+
     batch = min(r.batch for r in acc)
     modes = [m for m in _modes(rep) if any(r.mode == m and r.batch == batch for r in acc)]
     ids = list(dict.fromkeys(r.id for r in acc))
@@ -93,6 +95,9 @@ def accuracy_latency_figure(rep: Any):
             color, marker = style[r.id]
             ax.scatter([r.p50_ms], [100 * r.test_acc], color=color, marker=marker, s=40, label=r.id)
         ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+        ax.xaxis.set_minor_formatter(NullFormatter())  # no crowded 3×10⁻¹-style minor labels
         ax.set_title("torch eager" if mode == "torch" else f"onnxruntime {mode}", fontsize=9)
         ax.set_xlabel(f"p50 latency at batch {batch} (ms, log)")
         ax.grid(alpha=0.3, which="both")

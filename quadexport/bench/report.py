@@ -13,7 +13,7 @@ from typing import Any, Mapping
 from quadexport.bench.markdown import render_markdown
 from quadexport.bench.plots import save_plots
 from quadexport.bench.rows import BenchRow, ModeRatio, OrtTorchRatio, PairRatio, fmt_ratio, fmt_spread
-from quadexport.bench.timing import LOAD_WARN_PER_CORE, SPREAD_WARN
+from quadexport.bench.timing import LOAD_WARN_PER_CORE
 
 __all__ = ["BenchReport", "TABLE_WIDTH"]
 
@@ -93,7 +93,7 @@ class BenchReport:
     def warnings(self) -> list[str]:
         """Why numbers of this report may not be trustworthy: a busy machine (1-minute load average above
         :data:`LOAD_WARN_PER_CORE` per usable core, before or after the run) and unsteady rows (spread between
-        chunks above :data:`SPREAD_WARN`; every ratio a such row enters is untrustworthy)."""
+        chunks above :data:`~quadexport.bench.timing.SPREAD_WARN`; every ratio such a row enters is untrustworthy)."""
         out = []
         cores = self.environment.get("usable_cores") or 1
         for key, when in (("load_average", "before"), ("load_average_after", "after")):
