@@ -5,6 +5,7 @@ No timing assertions: the numbers depend on the machine. Runs are kept tiny (min
 """
 
 import json
+import logging
 import math
 
 import pytest
@@ -81,7 +82,7 @@ def test_report_schema(report):
 
 def test_rows_cover_models_modes_and_batches(report):
     rep, _ = report
-    got = {(r["id"], r["mode"], r["batch"]) for r in rep.rows}
+    got = {(r.id, r.mode, r.batch) for r in rep.rows}  # typed rows (BenchRow)
     quad = "mlp-w8-fan"
     for b in (1, 3):
         for m in ("decomposed", "function", "torch"):
@@ -90,21 +91,22 @@ def test_rows_cover_models_modes_and_batches(report):
         for base in ("mlp-w8-relu",):
             assert (base, "decomposed", b) in got and (base, "torch", b) in got
             assert (base, "function", b) not in got
-    roles = {r["id"]: r["role"] for r in rep.rows}
+    roles = {r.id: r.role for r in rep.rows}
     assert roles["mlp-w8-fan"] == "quadratic" and roles["mlp-w8-relu"] == "twin"
     mm = [i for i, role in roles.items() if role == "mac_matched"]
     assert len(mm) == 1 and mm[0].startswith("mlp-w")
     # run dirs keep their accuracies; the built MAC-matched model has none
-    accs = {r["id"]: r["test_acc"] for r in rep.rows}
+    accs = {r.id: r.test_acc for r in rep.rows}
     assert accs["mlp-w8-fan"] == 0.91 and accs["mlp-w8-relu"] == 0.88 and accs[mm[0]] is None
 
 
 def test_ratios_consistent_with_rows(report):
     rep, _ = report
-    idx = {(r["id"], r["mode"], r["batch"]): r for r in rep.rows}
-    macs = {r["id"]: r["macs"] for r in rep.rows}
+    d = rep.to_dict()  # the bench.json keys of the typed rows and ratios
+    idx = {(r["id"], r["mode"], r["batch"]): r for r in d["rows"]}
+    macs = {r["id"]: r["macs"] for r in d["rows"]}
     seen = set()
-    for x in rep.ratios:
+    for x in d["ratios"]:
         qr = idx[(x["quadratic"], x["mode"], x["batch"])]
         br = idx[(x["baseline"], x["baseline_mode"], x["batch"])]
         assert x["latency_ratio"] == pytest.approx(qr["p50_ms"] / br["p50_ms"])
@@ -119,14 +121,14 @@ def test_ratios_consistent_with_rows(report):
             for b in (1, 3):
                 assert (role, m, b) in seen
     # Fan: three branches → MAC ratio vs the twin close to 3; the MAC-matched model is close to 1
-    twin = next(x for x in rep.ratios if x["role"] == "twin")
-    mm = next(x for x in rep.ratios if x["role"] == "mac_matched")
+    twin = next(x for x in d["ratios"] if x["role"] == "twin")
+    mm = next(x for x in d["ratios"] if x["role"] == "mac_matched")
     assert 2.5 < twin["mac_ratio"] < 3.1
     assert abs(mm["mac_ratio"] - 1) < abs(twin["mac_ratio"] - 1)
-    for x in rep.ort_vs_torch:
+    for x in d["ort_vs_torch"]:
         assert x["ratio"] == pytest.approx(idx[(x["model"], x["mode"], x["batch"])]["p50_ms"]
                                            / idx[(x["model"], "torch", x["batch"])]["p50_ms"])
-    assert {(x["model"], x["mode"]) for x in rep.mode_ratios} == {("mlp-w8-fan", "function")}
+    assert {(x["model"], x["mode"]) for x in d["mode_ratios"]} == {("mlp-w8-fan", "function")}
 
 
 def test_markdown_and_plots_written(report):
@@ -236,3 +238,156 @@ def test_bad_arguments():
         bench(["resnet21"])
     with pytest.raises(BenchError, match="batch"):
         bench(["mlp"], batches=(0,))
+
+
+# -- issue #16: threads, warnings, table width, plots, progress, CLI -------------------------------------------------
+
+from quadexport.bench import BenchConfig, BenchReport, BenchRow, TimingStats, mac_matched_baseline  # noqa: E402
+from quadexport.bench.plots import accuracy_latency_figure  # noqa: E402
+from quadexport.bench.rows import compute_ratios  # noqa: E402
+from quadexport.bench.timing import SPREAD_WARN, TimingConfig, TimingUnit, time_sessions  # noqa: E402
+from quadexport.cli import build_parser  # noqa: E402
+from quadexport.zoo import get_model_info, list_models  # noqa: E402
+
+
+def test_threads_default_to_one_and_progress_is_logged(runs, caplog):
+    assert BenchConfig().threads == 1
+    assert build_parser().parse_args(["bench", "mlp"]).threads == 1
+    before = torch.get_num_threads()
+    with caplog.at_level("INFO", logger="quadexport.bench"):
+        rep = bench([str(runs[0])], mode="torch", baselines=False, batches=(2,), warmup=1, min_iters=3,
+                    min_seconds=0.01)  # no threads given
+    assert {r.threads for r in rep.rows} == {1} and rep.config["threads"] == 1 and rep.environment["threads"] == 1
+    assert torch.get_num_threads() == before
+    msgs = [r.getMessage() for r in caplog.records if r.name.startswith("quadexport.bench")]
+    timing = [m for m in msgs if m.startswith("batch 2 (1/1): timing")]
+    assert timing and "mlp-w8-fan [torch]" in timing[0] and "ETA" in timing[0]
+
+
+def _row(model_id, mode, stats, macs, role):
+    return BenchRow(id=model_id, model=model_id.rsplit("-", 1)[0], neuron=model_id.rsplit("-", 1)[1], mode=mode,
+                    provider="cpu", batch=stats.batch, threads=1, p50_ms=stats.p50_ms, p90_ms=stats.p90_ms,
+                    p99_ms=stats.p99_ms, mean_ms=stats.mean_ms, stdev_ms=stats.stdev_ms,
+                    throughput=stats.throughput, macs=macs, params=1000, file_bytes=None, role=role,
+                    min_ms=stats.min_ms, cpu_p50_ms=stats.cpu_p50_ms, cpu_mean_ms=stats.cpu_mean_ms,
+                    iters=stats.runs, timed_s=stats.timed_s, rounds=stats.rounds, spread=stats.spread)
+
+
+def _report(quad_times, quad_chunks, base_times, load):
+    quad = TimingStats.from_times(quad_times, batch=1, rounds=2, chunks=quad_chunks)
+    base = TimingStats.from_times(base_times, batch=1, rounds=2, chunks=(len(base_times) // 2,) * 2)
+    rows = [_row("resnet20-fan", "torch", quad, 123_000_000, "quadratic"),
+            _row("resnet20-relu", "torch", base, 41_000_000, "twin")]
+    ratios, ovt, modes = compute_ratios(rows, {"resnet20-fan": 123_000_000, "resnet20-relu": 41_000_000},
+                                        [("resnet20-fan", "resnet20-relu", "twin")])
+    env = {"usable_cores": 2, "load_average": [load, 1.0, 1.0], "load_average_after": [load, 1.0, 1.0]}
+    return BenchReport(rows=rows, ratios=ratios, ort_vs_torch=ovt, mode_ratios=modes, config={"threads": 1},
+                       environment=env)
+
+
+def test_warnings_for_busy_machine_and_unsteady_rows():
+    # the case from issue #16: torch eager p50 of ~105 ms against 0.39 ms, the quadratic row's chunks far apart
+    unsteady = _report([0.0004] * 6 + [0.105] * 8, (6, 8), [0.105] * 8, load=5.0)
+    assert unsteady.rows[0].spread > SPREAD_WARN and not unsteady.ratios[0].trusted
+    w = unsteady.warnings
+    assert any(x.startswith("busy machine") and "5.00" in x for x in w)
+    assert any(x.startswith("unsteady timing: resnet20-fan [torch]") for x in w)
+    table, md = unsteady.table(), unsteady.to_markdown()
+    assert "WARNING: busy machine" in table and "WARNING: unsteady timing" in table and "untrustworthy" in table
+    assert "## Warnings" in md and "unsteady timing" in md
+    assert unsteady.to_dict()["warnings"] == w
+    # a steady pair on a quiet machine: no warning; a tiny ratio keeps its significant digits (never 0.00)
+    steady = _report([0.00039] * 8, (4, 4), [0.105] * 8, load=0.2)
+    assert steady.warnings == [] and steady.ratios[0].trusted
+    assert "0.00371" in steady.table() and "0.00371" in steady.to_markdown() and "0.00 " not in steady.table()
+
+
+def test_report_json_round_trip(report):
+    rep, out = report
+    back = BenchReport.load(out / "bench.json")
+    assert back.rows == rep.rows and back.ratios == rep.ratios and back.mode_ratios == rep.mode_ratios
+
+
+def test_table_fits_120_columns(report):
+    rep, _ = report
+    assert max(len(line) for line in rep.table().splitlines()) <= 120
+    long = _report([0.001] * 8, (4, 4), [0.001] * 8, load=9.0)
+    long.rows[0].id = "a-very-long-run-directory-name-of-a-compressed-quadratic-resnet110-model-fan"
+    long.notes.append("x " * 200)
+    assert max(len(line) for line in long.table().splitlines()) <= 120
+
+
+def test_accuracy_plot_has_log_latency_axis_per_runtime(report):
+    rep, _ = report
+    fig = accuracy_latency_figure(rep)
+    try:
+        axes = [ax for ax in fig.axes if ax.get_title()]
+        assert [ax.get_title() for ax in axes] == ["onnxruntime decomposed", "onnxruntime function", "torch eager"]
+        assert all(ax.get_xscale() == "log" for ax in axes)
+        assert all(len(ax.collections) == 2 for ax in axes)  # the two run dirs with accuracies, one point each
+    finally:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+
+
+def _zoo_bench_model(name):
+    return BenchModel(id=f"{name}-fan", label=name, name=name, neuron="fan", role="quadratic", module=None,
+                      input_shape=SHAPE, macs=_zoo_macs(name, "fan", SHAPE), params=1)
+
+
+def test_family_resolution_via_model_info():
+    built = []
+
+    def build(name, shape, **kw):  # records the choice instead of building the (untrained) ReLU model
+        built.append((name, kw))
+        return torch.nn.Identity()
+
+    family = get_model_info("resnet20").family
+    _, note = mac_matched_baseline(_zoo_bench_model("resnet20"), build=build)
+    assert f"among {', '.join(list_models(family=family))})" in note
+    assert built == [("resnet56", {})] and get_model_info("resnet56").family == family
+    info = get_model_info("cnn")  # one-member family with a width knob: the twin is widened
+    assert list_models(family=info.family) == ["cnn"] and info.width_arg
+    _, note = mac_matched_baseline(_zoo_bench_model("cnn"), build=build)
+    assert f"widened from {info.width_arg} {info.default_width}" in note
+    assert built[1][0] == "cnn" and built[1][1][info.width_arg] > info.default_width
+
+
+def test_time_sessions_api():
+    calls = {"a": 0, "b": 0}
+
+    def unit(key, n):
+        def run():
+            calls[key] += 1
+            return sum(range(n))
+        return TimingUnit(key, run, check=lambda out: out >= 0)
+
+    stats = time_sessions([unit("a", 100), unit("b", 20000)], TimingConfig(warmup=1, min_iters=5, min_seconds=0.005,
+                                                                          chunk_seconds=0.001, batch=4))
+    assert set(stats) == {"a", "b"} and stats["a"].runs >= 5 and stats["b"].runs >= 5
+    assert calls["a"] == stats["a"].runs + 1  # one warm-up run
+    assert stats["a"].p50_ms < stats["b"].p50_ms  # 200x more work
+    assert stats["b"].throughput == pytest.approx(4 / (stats["b"].mean_ms / 1e3))
+    with pytest.raises(ValueError, match="distinct keys"):
+        time_sessions([unit("a", 1), unit("a", 1)])
+
+
+def test_cli_help_shows_defaults_and_aliases(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["bench", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "--threads THREADS" in help_text and "(default: 1)" in help_text and "(default: all)" in help_text
+    a = build_parser().parse_args(["bench", "mlp", "--batches", "2", "4", "--opt-levels", "basic"])
+    assert a.batch == [2, 4] and a.opt_level == "basic"
+
+
+def test_torchvision_notice_is_filtered(caplog):
+    from quadexport.bench.run import _quiet_exporter
+
+    _quiet_exporter()
+    lg = logging.getLogger("torch.onnx._internal.exporter._registration")
+    with caplog.at_level("WARNING"):
+        lg.warning("torchvision is not installed. Skipping %s", "torchvision::nms")
+        lg.warning("another exporter warning")
+    assert "torchvision is not installed" not in caplog.text and "another exporter warning" in caplog.text

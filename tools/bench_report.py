@@ -25,6 +25,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def fmt_ratio(x: float) -> str:
+    """Three significant digits, as in bench.md (a ratio of 0.0037 never reads 0.00)."""
+    return f"{x:.3g}"
+
+
 def wait_quiet(max_load: float, timeout: float, poll: float = 10.0) -> tuple[float, float]:
     """Wait until the 1-minute load average is <= max_load (or timeout). Returns (load, seconds waited)."""
     t0 = time.monotonic()
@@ -67,17 +72,17 @@ def compare(reports: list[dict], tolerance: float) -> tuple[str, float]:
         worst = max(worst, s)
         flag = " ⚠" if s > tolerance else ""
         cvals = [k[key].get("cpu_ratio") for k in keyed]
-        cpu = (" | ".join(f"{v:.2f}" for v in cvals) + f" | {100 * _spread(cvals):.1f}%"
+        cpu = (" | ".join(fmt_ratio(v) for v in cvals) + f" | {100 * _spread(cvals):.1f}%"
                if all(isinstance(v, (int, float)) for v in cvals) else " | ".join("–" for _ in range(n + 1)))
-        lines.append(f"| {key[0]} | {key[1]} | {x['role']} | {key[2]} | {key[3]} | {x['mac_ratio']:.2f} | "
-                     + " | ".join(f"{v:.2f}" for v in vals) + f" | {100 * s:.1f}%{flag} | {cpu} |")
+        lines.append(f"| {key[0]} | {key[1]} | {x['role']} | {key[2]} | {key[3]} | {fmt_ratio(x['mac_ratio'])} | "
+                     + " | ".join(fmt_ratio(v) for v in vals) + f" | {100 * s:.1f}%{flag} | {cpu} |")
     lines += ["", "### onnxruntime / torch eager (p50; < 1: ORT faster)", "",
               f"| model | mode | batch | {runs} | spread |", "|---|---|--:|" + "--:|" * n + "--:|"]
     keyed = [{(x["model"], x["mode"], x["batch"]): x for x in r["ort_vs_torch"]} for r in reports]
     for key in keyed[0]:
         vals = [k[key]["ratio"] for k in keyed if key in k]
         if len(vals) == n:
-            lines.append(f"| {key[0]} | {key[1]} | {key[2]} | " + " | ".join(f"{v:.3g}" for v in vals)
+            lines.append(f"| {key[0]} | {key[1]} | {key[2]} | " + " | ".join(fmt_ratio(v) for v in vals)
                          + f" | {100 * _spread(vals):.1f}% |")
     keyed = [{(x["model"], x["mode"], x["batch"]): x for x in r["mode_ratios"]} for r in reports]
     if keyed[0]:
@@ -86,7 +91,7 @@ def compare(reports: list[dict], tolerance: float) -> tuple[str, float]:
         for key in keyed[0]:
             vals = [k[key]["ratio"] for k in keyed if key in k]
             if len(vals) == n:
-                lines.append(f"| {key[0]} | {key[1]} | {key[2]} | " + " | ".join(f"{v:.2f}" for v in vals)
+                lines.append(f"| {key[0]} | {key[1]} | {key[2]} | " + " | ".join(fmt_ratio(v) for v in vals)
                              + f" | {100 * _spread(vals):.1f}% |")
     lines += ["", "### p50 latency (ms)", "", f"| model | mode | batch | {runs} |", "|---|---|--:|" + "--:|" * n]
     keyed = [{(x["id"], x["mode"], x["batch"]): x for x in r["rows"]} for r in reports]
@@ -94,9 +99,18 @@ def compare(reports: list[dict], tolerance: float) -> tuple[str, float]:
         vals = [k[key]["p50_ms"] for k in keyed if key in k]
         if len(vals) == n:
             lines.append(f"| {key[0]} | {key[1]} | {key[2]} | " + " | ".join(f"{v:.3f}" for v in vals) + " |")
+    lines += _warnings(reports)
     lines += ["", f"Worst spread of a quadratic/baseline latency ratio between runs: {100 * worst:.1f}% "
                   f"(tolerance {100 * tolerance:.0f}%)."]
     return "\n".join(lines) + "\n", worst
+
+
+def _warnings(reports: list[dict]) -> list[str]:
+    """The warnings each run's bench.json carries (busy machine, unsteady rows; absent in older files)."""
+    lines = []
+    for i, r in enumerate(reports):
+        lines += [f"- run {i + 1}: ⚠ {w}" for w in r.get("warnings", [])]
+    return ["", "### Warnings of the runs", ""] + lines if lines else []
 
 
 def plot_ratios(reports: list[dict], path: Path) -> Path:
@@ -140,9 +154,10 @@ def plot_ratios(reports: list[dict], path: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                                 usage="%(prog)s [options] -- BENCH ARGS (as for `quadexport bench`, without --out)")
     p.add_argument("--root", default="reports/bench-docs", help="output folder (run<i>/ and compare.md)")
-    p.add_argument("--runs", type=int, default=2)
+    p.add_argument("--runs", type=int, default=2, help="number of benchmark runs")
     p.add_argument("--max-load", type=float, default=1.0, help="wait until the 1-min load average is <= this")
     p.add_argument("--wait", type=float, default=1800.0, help="give up waiting after this many seconds per run")
     p.add_argument("--tolerance", type=float, default=0.10, help="max relative spread of a ratio between runs")

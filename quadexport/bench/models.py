@@ -1,0 +1,238 @@
+"""Models to benchmark: zoo names (built untrained, ready for timing) and run dirs (trained weights).
+
+Untrained zoo models get the ReLinear initialisation plus a small perturbation of the quadratic branches
+(``W_g``, ``W_b`` += N(0, :data:`PERTURB_STD`²)) and BatchNorm statistics calibrated on N(0, 1) inputs, so the
+quadratic terms are live but the activations stay finite through depth (values do not change the work done, but
+NaN/Inf can take slow paths); run dirs are timed with their trained weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from quadexport.bench.config import DEFAULT_INPUT_SHAPE, PERTURB_STD, BenchError
+from quadexport.errors import UsageError, did_you_mean
+from quadexport.zoo import count_macs, count_params, create_model, get_model_info, list_models
+
+__all__ = ["BenchModel"]  # the helpers below are used by the bench package (and _perturb by tools/)
+
+
+@dataclass
+class BenchModel:
+    """One benchmarked model.
+
+    Attributes:
+        id: unique key, ``<label>-<neuron>`` (e.g. ``resnet20-fan``, ``mlp-w170-relu``).
+        label: model name, with ``-w<width>`` when the width is not the builder's default.
+        name: zoo builder name.
+        neuron: neuron type, ``"relu"`` for the ReLU models.
+        role: ``quadratic``, ``twin``, ``mac_matched`` or ``relu`` (a ReLU model given without a quadratic one).
+        module: the eval-mode torch model.
+        input_shape: one sample's shape ``(C, H, W)``.
+        macs: MACs of one sample (:func:`quadexport.count_macs`).
+        params: learnable parameters.
+        source: ``"zoo"`` (built here) or the run dir it was loaded from.
+        test_acc: test accuracy of a run dir (``None`` for zoo models).
+        note: how the model was chosen (baselines).
+    """
+
+    id: str
+    label: str
+    name: str
+    neuron: str
+    role: str
+    module: nn.Module
+    input_shape: tuple[int, ...]
+    macs: int
+    params: int
+    source: str = "zoo"
+    test_acc: float | None = None
+    note: str | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    perturb_std: float | None = None
+
+    @property
+    def is_quadratic(self) -> bool:
+        return self.neuron != "relu"
+
+    def info(self) -> dict[str, Any]:
+        return {"id": self.id, "model": self.label, "name": self.name, "neuron": self.neuron, "role": self.role,
+                "source": self.source, "input_shape": list(self.input_shape), "macs": self.macs,
+                "params": self.params, "test_acc": self.test_acc, "note": self.note, "config": self.config,
+                "weights": "trained" if self.source != "zoo" else (
+                    ("ReLinear init" + (f" + N(0, {self.perturb_std:g}²) on W_g/W_b" if self.perturb_std else "")
+                     if self.is_quadratic else "Kaiming init") + ", BN statistics calibrated on N(0, 1) inputs")}
+
+
+def _default_width(name: str) -> int | None:
+    try:
+        info = get_model_info(name)
+    except UsageError:
+        return None
+    return info.default_width if info.width_arg else None
+
+
+def _label(name: str, config: dict[str, Any]) -> str:
+    w = config.get("width")
+    if w is not None and w != _default_width(name):
+        return f"{name}-w{w}"
+    return name
+
+
+@contextlib.contextmanager
+def _one_thread():
+    """Single-threaded torch for the tiny probing forwards (MAC counts, shape checks): on a busy machine the
+    intra-op thread hand-offs of 2+ threads make a batch-1 ResNet forward 30× slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+@functools.lru_cache(maxsize=256)
+def _zoo_macs(name: str, neuron: str, shape: tuple[int, ...], kwargs: tuple[tuple[str, Any], ...] = ()) -> int:
+    """MACs of a zoo model (independent of its weights; cached, the MAC-matching search probes many models)."""
+    with torch.random.fork_rng(devices=[]), _one_thread():
+        m = create_model(name, neuron, in_channels=shape[0], input_size=tuple(shape[1:]), **dict(kwargs))
+        return count_macs(m, tuple(shape))
+
+
+@torch.no_grad()
+def _perturb(model: nn.Module, std: float, gen: torch.Generator) -> None:
+    """Add N(0, std²) to the quadratic-branch weights (``g``, ``b``) of every quadratic layer."""
+    from quadexport.layers.quad import QuadLayer
+
+    for m in model.modules():
+        if isinstance(m, QuadLayer):
+            for br in m.neuron_type.quadratic_branches:
+                w = getattr(m, br).weight
+                w.add_(torch.randn(w.shape, generator=gen, dtype=w.dtype) * std)
+
+
+@torch.no_grad()
+def _calibrate_bn(model: nn.Module, shape: tuple[int, ...], gen: torch.Generator, batches: int = 1,
+                  n: int = 16) -> None:
+    """Set BatchNorm running statistics from train-mode passes over N(0, 1) inputs (cumulative average), as a
+    trained model has them. Untrained zoo models otherwise keep mean 0 / var 1 and their activations grow through
+    depth (ReLU ResNet-56: ~5e4 at the logits); quadratic layers turn that growth into inf/NaN."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return
+    momenta = [b.momentum for b in bns]
+    for b in bns:
+        b.reset_running_stats()
+        b.momentum = None
+    model.train()
+    try:
+        for _ in range(batches):
+            model(torch.randn((n, *shape), generator=gen))
+    finally:
+        for b, mom in zip(bns, momenta):
+            b.momentum = mom
+        model.eval()
+
+
+@torch.no_grad()
+def _finite_on_random(model: nn.Module, shape: tuple[int, ...], seed: int = 12345, n: int = 16) -> bool:
+    x = torch.randn((n, *shape), generator=torch.Generator().manual_seed(seed))
+    return bool(torch.isfinite(model(x)).all())
+
+
+def _build(name: str, neuron: str, shape: tuple[int, ...], gen: torch.Generator, **kwargs: Any) -> nn.Module:
+    """A zoo model ready for timing: ReLinear init (+ a small perturbation of ``W_g``/``W_b`` for quadratic
+    neurons, reduced 4× at a time if the outputs on N(0, 1) inputs are not finite), BN statistics calibrated."""
+    std = PERTURB_STD
+    for _ in range(4):
+        model = create_model(name, neuron, in_channels=shape[0], input_size=tuple(shape[1:]), **kwargs)
+        if neuron != "relu":
+            _perturb(model, std, gen)
+        _calibrate_bn(model, tuple(shape), gen)
+        model.eval()
+        if neuron == "relu" or _finite_on_random(model, tuple(shape)):
+            model.quadexport_bench_perturb = std if neuron != "relu" else None
+            return model
+        std /= 4
+    raise BenchError(f"{name} ({neuron}) gives NaN/Inf outputs on N(0, 1) inputs even with W_g/W_b perturbed by "
+                     f"N(0, {4 * std:g}²); pass a trained run dir instead")
+
+
+def _make(module: nn.Module, role: str, shape: tuple[int, ...], source: str = "zoo",
+          note: str | None = None) -> BenchModel:
+    cfg = dict(getattr(module, "quadexport_config", {}))
+    name, neuron = cfg.get("name", type(module).__name__.lower()), cfg.get("neuron", "relu")
+    label = _label(name, cfg)
+    meta = getattr(module, "quadexport_meta", {}) or {}
+    acc = meta.get("test_acc")
+    kw = tuple(sorted((k, v) for k, v in cfg.items() if k not in ("name", "neuron", "in_channels", "input_size")))
+    try:
+        macs = _zoo_macs(name, neuron, tuple(shape), kw) if "name" in cfg else None
+    except TypeError:  # unhashable builder options
+        macs = None
+    if macs is None:
+        with _one_thread():
+            macs = count_macs(module, tuple(shape))
+    return BenchModel(id=f"{label}-{neuron}", label=label, name=name, neuron=neuron, role=role, module=module,
+                      input_shape=tuple(shape), macs=macs, params=count_params(module),
+                      source=source, test_acc=float(acc) if isinstance(acc, (int, float)) else None, note=note,
+                      config={k: v for k, v in cfg.items() if k != "name"},
+                      perturb_std=getattr(module, "quadexport_bench_perturb", None))
+
+
+def _check_forward(module: nn.Module, shape: tuple[int, ...], what: str) -> None:
+    cfg = getattr(module, "quadexport_config", {}) or {}
+    cin = cfg.get("in_channels")
+    if cin is not None and cin != shape[0]:
+        raise BenchError(f"{what} takes {cin} input channel(s), but the input shape is {' '.join(map(str, shape))} "
+                         f"({shape[0]} channel(s)); pass --input-shape {cin} H W")
+    try:
+        with torch.inference_mode(), _one_thread():
+            out = module(torch.randn((2, *shape), generator=torch.Generator().manual_seed(1)))
+    except Exception as e:  # shape errors surface as RuntimeError from torch
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise BenchError(f"{what} cannot take input shape {' '.join(map(str, shape))} (C H W): {msg}") from None
+    if not torch.isfinite(out).all():
+        raise BenchError(f"{what} produces NaN/Inf outputs on N(0, 1) inputs of shape {shape}; the timing would "
+                         f"be meaningless (NaN/Inf can take slow paths)")
+
+
+def _load_entry(entry: str, neuron: str, shape: tuple[int, ...] | None, gen: torch.Generator) -> BenchModel:
+    p = Path(entry)
+    if p.exists():
+        from quadexport.checkpoint import load
+
+        module = load(p)
+        meta = getattr(module, "quadexport_meta", {}) or {}
+        trained = meta.get("input_shape")
+        s = tuple(shape) if shape is not None else (tuple(int(v) for v in trained) if trained else
+                                                    DEFAULT_INPUT_SHAPE)
+        _check_forward(module, s, f"run dir {entry}")
+        cfg = module.quadexport_config
+        role = "quadratic" if cfg.get("neuron", "relu") != "relu" else "relu"
+        return _make(module, role, s, source=str(p))
+    if entry not in list_models():
+        raise BenchError(f"{entry!r} is neither a run dir nor a zoo model{did_you_mean(entry, list_models())}; zoo "
+                         f"models: {', '.join(list_models())}")
+    s = tuple(shape) if shape is not None else DEFAULT_INPUT_SHAPE
+    try:
+        module = _build(entry, neuron, s, gen)
+    except BenchError:
+        raise
+    except ValueError as e:
+        raise BenchError(f"cannot build {entry} for input shape {s}: {e}") from None
+    _check_forward(module, s, f"{entry} ({neuron})")
+    return _make(module, "quadratic" if neuron != "relu" else "relu", s)
+
+
+def _zoo_kwargs(m: BenchModel) -> dict[str, Any]:
+    return {k: v for k, v in m.config.items() if k not in ("neuron", "in_channels", "input_size")}
+
+
