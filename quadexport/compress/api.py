@@ -16,15 +16,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from quadexport.compress.prune import (Plan, channel_scores, collect_stats, compress_model, fold_mixed_bn, get_spec,
-                                       nchwc_block, plan)
+from quadexport.compress.plan import Plan, nchwc_block, plan
+from quadexport.compress.rewrite import compress_model, fold_mixed_bn
+from quadexport.compress.stats import channel_scores, collect_stats
+from quadexport.errors import QuadexportError
+from quadexport.zoo._prune import get_spec
 
 REPORT_JSON, REPORT_MD = "compress_report.json", "compress_report.md"
 FP32_ONNX, INT8_ONNX = "model.onnx", "model.int8.onnx"
 DEFAULT_THRESHOLD = 0.05
 
 
-class CompressError(ValueError):
+class CompressError(QuadexportError, ValueError):
     """A run dir that cannot be compressed, or contradictory options."""
 
 
@@ -235,7 +238,7 @@ def compress(run_dir: str | Path, out: str | Path, *, threshold: float | None = 
             cmodel, spec = compress_model(model, pl, scores, split, shortcut)
         changed = bool(spec["layers"]) and not already
         if bn_recalibrate and changed:
-            from quadexport.compress.prune import recalibrate_bn
+            from quadexport.compress.rewrite import recalibrate_bn
 
             recalibrate_bn(cmodel, calib)
         with torch.no_grad():
@@ -331,7 +334,7 @@ def compress(run_dir: str | Path, out: str | Path, *, threshold: float | None = 
             if quantize:
                 files["compressed_int8"] = out / INT8_ONNX
             if shortcut == "conv":
-                from quadexport.compress.prune import conv_shortcuts
+                from quadexport.compress.permute import conv_shortcuts
 
                 files["relu_twin_convsc"] = _export(conv_shortcuts(copy.deepcopy(twin_model)),
                                                     bdir / "relu_twin_convsc.onnx", shape)
@@ -351,13 +354,12 @@ def build_report(run_dir: Path, out: Path, model: nn.Module, cmodel: nn.Module, 
                  acc_pruned: float, acc_final: float, twin_acc: float | None, macs_orig: int, macs_c: int,
                  macs_twin: int, timing: dict | None, int8: dict | None, parity: dict | None,
                  ft_hist: list, trace: list, folded: list, rel: float, seconds: float) -> dict[str, Any]:
-    from quadexport.compress.prune import get_spec
     from quadexport.compress.timing import p50
 
     layers = []
     spec = get_spec(cmodel) or {}
     if pl is None:  # quantisation of an already compressed run
-        from quadexport.compress.layers import MixedQuad
+        from quadexport.layers.mixed import MixedQuad
         from quadexport.layers.quad import QuadLayer
 
         pdict = {"threshold": None, "align": None, "layers": [], "permuted_groups": [],

@@ -81,15 +81,17 @@ class ChannelShift(nn.Module):
 # Which branches take the scale and the shift
 # ---------------------------------------------------------------------------------------------------------------
 
-_PLAN_CACHE: dict[str, tuple[tuple[str, ...], str | None] | None] = {}
+_PLAN_CACHE: dict[NeuronType, tuple[tuple[str, ...], str | None] | None] = {}
+"""Keyed by the (frozen, hashable) neuron type itself, not its name: a type unregistered and redefined under the
+same name gets its own plan."""
 
 
 def fold_plan(nt: NeuronType) -> tuple[tuple[str, ...], str | None] | None:
     """``(scale branches, shift branch or None)`` for folding a per-channel affine map into neuron type ``nt``, or
     ``None`` if no set of branches scales the output homogeneously. Found by probing ``nt.combine``.
     """
-    if nt.name in _PLAN_CACHE:
-        return _PLAN_CACHE[nt.name]
+    if nt in _PLAN_CACHE:
+        return _PLAN_CACHE[nt]
     g = torch.Generator().manual_seed(1234)
     names = [b.name for b in nt.branches]
     quad = set(nt.quadratic_branches)
@@ -115,7 +117,7 @@ def fold_plan(nt: NeuronType) -> tuple[tuple[str, ...], str | None] | None:
                 shift = n
                 break
     plan = None if scale is None else (tuple(scale), shift)
-    _PLAN_CACHE[nt.name] = plan
+    _PLAN_CACHE[nt] = plan
     return plan
 
 
