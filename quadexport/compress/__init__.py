@@ -13,12 +13,14 @@
 See ``docs/compression.md``.
 """
 
-from quadexport.compress.api import (CompressError, DEFAULT_THRESHOLD, FP32_ONNX, INT8_ONNX, REPORT_JSON, REPORT_MD,
-                                     compress, render_report, twin_of)
+from quadexport.compress.api import (FP32_ONNX, INT8_ONNX, REPORT_JSON, REPORT_MD, compress, compress_run,
+                                     render_report, twin_of)
+from quadexport.compress.config import DEFAULT_THRESHOLD, CompressConfig, CompressError
 from quadexport.layers.mixed import MixedQuad, PermShortcut
 from quadexport.compress.prune import (apply_spec, channel_scores, collect_stats, compress_model, fold_mixed_bn,
                                        get_spec, nchwc_block, permute_model, plan)
 
-__all__ = ["CompressError", "DEFAULT_THRESHOLD", "FP32_ONNX", "INT8_ONNX", "MixedQuad", "PermShortcut", "REPORT_JSON",
-           "REPORT_MD", "apply_spec", "channel_scores", "collect_stats", "compress", "compress_model",
-           "fold_mixed_bn", "get_spec", "nchwc_block", "permute_model", "plan", "render_report", "twin_of"]
+__all__ = ["CompressConfig", "CompressError", "DEFAULT_THRESHOLD", "FP32_ONNX", "INT8_ONNX", "MixedQuad",
+           "PermShortcut", "REPORT_JSON", "REPORT_MD", "apply_spec", "channel_scores", "collect_stats", "compress",
+           "compress_model", "compress_run", "fold_mixed_bn", "get_spec", "nchwc_block", "permute_model", "plan",
+           "render_report", "twin_of"]

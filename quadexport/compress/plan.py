@@ -3,9 +3,10 @@ channel permutations that make them a block-aligned prefix of their group, and w
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -13,7 +14,9 @@ from torch import nn
 from quadexport.compress.stats import Fit, splittable
 from quadexport.compress.structure import Group, Structure, describe, permutable
 
-__all__ = ["LayerPlan", "Plan", "nchwc_block", "plan"]
+__all__ = ["LayerPlan", "Plan", "nchwc_block", "plan", "search_threshold"]
+
+_log = logging.getLogger(__name__)
 
 
 def nchwc_block() -> int:
@@ -187,3 +190,38 @@ def _perm_of(structure: Structure | None, perms: dict[str, list[int]], layer: st
             if any(p == layer for p, _ in g.producers):
                 return perms.get(g.name, list(range(g.channels)))
     return []  # filled by caller with identity
+
+
+def search_threshold(model: nn.Module, scores: dict, target: float, cost: Callable[[Plan], float], align: int,
+                     drop_branches: bool = True, max_steps: int = 40,
+                     log: Callable[[str], None] | None = None) -> tuple[float, list[dict[str, float]]]:
+    """Smallest threshold whose plan has ``cost(plan) <= target`` (cost falls as the threshold rises), by bisection
+    over the distinct channel scores. Returns ``(threshold, trace)``; each step goes to ``log`` (default: this
+    module's logger at INFO)."""
+    log = log or _log.info
+    vals = sorted({float(v) for sc in scores.values() for v in sc["lin"].score.tolist()})
+    cands = [0.0] + [math.nextafter(v, math.inf) for v in vals]
+    trace: list[dict[str, float]] = []
+    memo: dict[int, float] = {}
+
+    def c(i: int) -> float:
+        if i not in memo:
+            memo[i] = cost(plan(model, scores, cands[i], align, drop_branches))
+            trace.append({"threshold": cands[i], "cost": memo[i]})
+            log(f"  threshold {cands[i]:.4g}: cost {memo[i]:.3f}")
+        return memo[i]
+
+    if c(0) <= target:
+        return cands[0], trace
+    lo, hi = 0, len(cands) - 1
+    if c(hi) > target:
+        return cands[hi], trace
+    steps = 0
+    while hi - lo > 1 and steps < max_steps:
+        mid = (lo + hi) // 2
+        if c(mid) <= target:
+            hi = mid
+        else:
+            lo = mid
+        steps += 1
+    return cands[hi], trace

@@ -21,7 +21,7 @@ import copy
 import itertools
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import fx, nn

@@ -16,7 +16,7 @@ Branch roles follow Fan et al. (TNNLS 2023):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Mapping
 
 import torch
