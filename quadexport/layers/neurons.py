@@ -94,7 +94,9 @@ _REGISTRY: dict[str, NeuronType] = {}
 def register_neuron(neuron: NeuronType) -> NeuronType:
     """Add a neuron type to the registry and return it; a name registered twice raises ``ValueError`` (use
     :func:`unregister_neuron` first to redefine a type)."""
-    if neuron.name in _REGISTRY or neuron.name == "relu":
+    if neuron.name == "relu":
+        raise UsageError("the neuron name 'relu' is reserved for the ReLU twin; pick another name")
+    if neuron.name in _REGISTRY:
         raise UsageError(f"neuron type {neuron.name!r} is already registered; pick another name "
                          f"(or unregister_neuron({neuron.name!r}) first)")
     _REGISTRY[neuron.name] = neuron
