@@ -178,15 +178,16 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow  # ~10 s alone, up to ~30 s on the shared 2-core machine
 def test_every_run_kind_loads_in_a_fresh_interpreter(tmp_path):
     import quadexport.compress as qc
     from quadexport.train import TrainConfig, train
 
     runs = {}
-    for model, neuron in (("cnn", "fan"), ("cnn", "relu"), ("cnn", "t2"), ("cnn", "fan_pw"), ("mlp", "fan")):
+    for model, neuron in (("cnn", "fan"), ("cnn", "relu"), ("mlp", "t2"), ("cnn", "fan_pw")):
         out = tmp_path / f"{model}-{neuron}"
         train(TrainConfig(model=model, neuron=neuron, dataset="digits", out=str(out), epochs=1, width=8,
-                          train_subset=120, test_subset=40, batch_size=32), progress=False, plot=False)
+                          train_subset=100, test_subset=20, batch_size=50), progress=False, plot=False)
         runs[f"{model}-{neuron}"] = out
     comp = tmp_path / "cnn-fan-compressed"
     qc.compress(runs["cnn-fan"], comp, target_ratio=1.6, align=4, calib_samples=64, bench=False, check=False,
