@@ -8,13 +8,14 @@ Public API::
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
-from quadexport.layers import QuadConv1d, QuadConv2d, QuadLinear, get_neuron, list_neurons, register_neuron
+from quadexport._version import __version__
+from quadexport.layers import (QuadConv1d, QuadConv2d, QuadLinear, get_neuron, list_neurons, register_neuron,
+                               unregister_neuron)
 from quadexport.zoo import count_macs, count_params, create_model, list_models
 
 __all__ = ["QuadConv1d", "QuadConv2d", "QuadLinear", "__version__", "count_macs", "count_params", "create_model",
-           "export", "get_neuron", "list_models", "list_neurons", "load", "make_session", "register_neuron"]
+           "export", "get_neuron", "list_models", "list_neurons", "load", "make_session", "register_neuron",
+           "unregister_neuron"]
 
 
 def __getattr__(name: str):

@@ -77,7 +77,7 @@ def save_checkpoint(run_dir: str | os.PathLike, model: nn.Module, meta: dict[str
     Raises:
         CheckpointError: if the model has NaN/Inf parameters (a NaN checkpoint is never written).
     """
-    from quadexport import __version__
+    from quadexport._version import __version__
 
     config = getattr(model, "quadexport_config", None)
     if config is None:

@@ -1,8 +1,7 @@
 """ReLinear (Fan et al., TNNLS 2023): referenced linear initialisation and regularisation of quadratic terms.
 
-- :func:`relinear_init_layer` / :func:`relinear_init`: ``W_g = 0, b_g = 1, W_b = 0, c = 0``, ``W_r`` Kaiming-normal,
-  so a quadratic layer starts as its linear twin.
-- :func:`plain_init`: the control, Kaiming-normal on every branch (no ReLinear).
+- :func:`relinear_init_layer` / :func:`relinear_init` / :func:`plain_init`: re-exported from
+  :mod:`quadexport.layers.init` (the initialisation lives with the neuron types).
 - :func:`param_groups` (``sg``): optimizer groups with learning-rate ratios for the ``g`` and ``b`` parameters.
 - :func:`quadratic_penalty` (``sw``): L1 or L2 penalty on the quadratic weights with coefficients (α for g, β for b).
 - :func:`warm_start`: copy ``W_r`` (and BN, stem, head) from a trained ReLU twin.
@@ -13,10 +12,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 import torch
 from torch import nn
+
+from quadexport.errors import UsageError
+from quadexport.layers.init import plain_init, quad_layers, relinear_init, relinear_init_layer
 
 Tensor = torch.Tensor
 
@@ -49,15 +51,15 @@ class ReLinearConfig:
 
     def __post_init__(self) -> None:
         if self.mode not in ("none", "sg", "sw", "sg+sw"):
-            raise ValueError(f"relinear mode must be none, sg, sw or sg+sw, got {self.mode!r}")
+            raise UsageError(f"relinear mode must be none, sg, sw or sg+sw, got {self.mode!r}")
         if self.penalty not in ("l1", "l2"):
-            raise ValueError(f"penalty must be l1 or l2, got {self.penalty!r}")
+            raise UsageError(f"penalty must be l1 or l2, got {self.penalty!r}")
         if self.init not in ("relinear", "kaiming"):
-            raise ValueError(f"init must be relinear or kaiming, got {self.init!r}")
+            raise UsageError(f"init must be relinear or kaiming, got {self.init!r}")
         for k in ("lr_ratio_g", "lr_ratio_b", "alpha", "beta"):
             v = float(getattr(self, k))
             if not math.isfinite(v) or v < 0:
-                raise ValueError(f"{k} must be a finite number >= 0, got {v}")
+                raise UsageError(f"{k} must be a finite number >= 0, got {v}")
             setattr(self, k, v)
 
     @property
@@ -72,53 +74,9 @@ class ReLinearConfig:
         return asdict(self)
 
 
-def _quad_layers(model: nn.Module) -> Iterable[tuple[str, nn.Module]]:
-    from quadexport.layers.quad import QuadLayer
-
-    return ((n, m) for n, m in model.named_modules() if isinstance(m, QuadLayer))
-
-
-@torch.no_grad()
-def relinear_init_layer(layer: nn.Module) -> None:
-    """Apply the ReLinear initialisation to one quadratic layer (in place).
-
-    Args:
-        layer: a :class:`~quadexport.layers.QuadLayer`.
-    """
-    for br in layer.neuron_type.branches:
-        m = getattr(layer, br.name)
-        if br.init == "kaiming":
-            nn.init.kaiming_normal_(m.weight)
-            if m.bias is not None:
-                m.bias.zero_()
-        else:
-            m.weight.zero_()
-            if m.bias is not None:
-                m.bias.fill_(1.0 if br.init == "one" else 0.0)
-
-
-def relinear_init(model: nn.Module) -> nn.Module:
-    """ReLinear-initialise every quadratic layer of ``model`` (in place) and return it."""
-    for _, layer in _quad_layers(model):
-        relinear_init_layer(layer)
-    return model
-
-
-@torch.no_grad()
-def plain_init(model: nn.Module) -> nn.Module:
-    """Control init: Kaiming-normal weights and zero biases on *every* branch of every quadratic layer."""
-    for _, layer in _quad_layers(model):
-        for br in layer.neuron_type.branches:
-            m = getattr(layer, br.name)
-            nn.init.kaiming_normal_(m.weight)
-            if m.bias is not None:
-                m.bias.zero_()
-    return model
-
-
 def _branch_params(model: nn.Module, branches: tuple[str, ...]) -> list[tuple[str, nn.Parameter]]:
     out = []
-    for lname, layer in _quad_layers(model):
+    for lname, layer in quad_layers(model):
         for bname in branches:
             if bname in layer.neuron_type.quadratic_branches:
                 for pname, p in getattr(layer, bname).named_parameters():
@@ -211,9 +169,13 @@ def warm_start(quad_model: nn.Module, relu_state: Mapping[str, Tensor], strict: 
         qk = relu_to_quad_key(k, keys)
         if qk is None or qstate[qk].shape != v.shape:
             if strict:
-                raise ValueError(f"ReLU checkpoint key {k!r} (shape {tuple(v.shape)}) has no match in the quadratic "
+                raise UsageError(f"ReLU checkpoint key {k!r} (shape {tuple(v.shape)}) has no match in the quadratic "
                                  f"model; is it the twin architecture?")
             continue
         qstate[qk].copy_(v)
         filled.append(qk)
     return filled
+
+
+__all__ = ["GATE_BRANCHES", "POWER_BRANCHES", "ReLinearConfig", "param_groups", "plain_init", "quadratic_norms",
+           "quadratic_penalty", "relinear_init", "relinear_init_layer", "relu_to_quad_key", "warm_start"]

@@ -6,14 +6,27 @@ from torch import nn
 
 import quadexport as q
 from quadexport import QuadConv1d, QuadConv2d, QuadLinear
+from quadexport.errors import UsageError
 from quadexport.relinear import plain_init
 
 
 def test_public_imports_and_registry():
-    # the six named types are always there (compress registers cheap variants such as fan_pw on import)
-    assert {"fan", "compact", "t2", "t4", "quadralib", "qres"} <= set(q.list_neurons())
+    # every built-in type is registered by ``import quadexport`` (the cheap fan_pw / fan_dw included)
+    assert {"fan", "compact", "t2", "t4", "quadralib", "qres", "fan_pw", "fan_dw"} <= set(q.list_neurons())
     with pytest.raises(ValueError, match="unknown neuron"):
         QuadLinear(3, 4, neuron="cubic")
+    with pytest.raises(UsageError, match="did you mean 'fan_pw'"):
+        QuadLinear(3, 4, neuron="fan_px")
+
+
+def test_registering_a_neuron_name_twice_raises(pw_dw_neuron):
+    from quadexport.layers.neurons import get_neuron, register_neuron
+
+    with pytest.raises(ValueError, match="already registered"):
+        register_neuron(get_neuron("fan"))
+    with pytest.raises(UsageError, match="already registered"):
+        register_neuron(get_neuron(pw_dw_neuron))
+    assert get_neuron("fan").formula.startswith("(W_r x + b_r)")
 
 
 def _perturb(layer, std=0.3):
@@ -89,15 +102,22 @@ def test_square_uses_mul_not_pow():
     assert not any("pow" in t for t in targets)
 
 
-def test_pointwise_and_depthwise_branch_kinds():
-    from quadexport.layers.neurons import Branch, NeuronType, register_neuron
+@pytest.fixture
+def pw_dw_neuron():
+    """A temporary neuron type (pointwise gate, depthwise power branch), removed from the registry afterwards."""
+    from quadexport.layers.neurons import Branch, NeuronType, register_neuron, unregister_neuron
 
-    register_neuron(NeuronType("test_pw", "r*g1x1 + b1x1", (
+    nt = register_neuron(NeuronType("_test_pw_dw", "r*g1x1 + b_dw", (
         Branch("r"), Branch("g", quadratic=True, bias="always", init="one", kind="pointwise"),
         Branch("b", "x2", quadratic=True, init="zero", kind="depthwise")), lambda o: o["r"] * o["g"] + o["b"]))
-    layer = QuadConv2d(8, 16, 3, stride=2, padding=1, neuron="test_pw")
+    yield nt.name
+    unregister_neuron(nt.name)
+
+
+def test_pointwise_and_depthwise_branch_kinds(pw_dw_neuron):
+    layer = QuadConv2d(8, 16, 3, stride=2, padding=1, neuron=pw_dw_neuron)
     assert layer.g.kernel_size == (1, 1) and layer.b.groups == 8
     x = torch.randn(2, 8, 10, 10)
     assert torch.equal(layer(x), layer.r(x))
     with pytest.raises(ValueError, match="pointwise"):
-        QuadConv2d(8, 16, 3, padding=0, neuron="test_pw")
+        QuadConv2d(8, 16, 3, padding=0, neuron=pw_dw_neuron)

@@ -38,3 +38,33 @@ def test_compact_costs_two_branches():
     compact = q.count_macs(q.create_model("resnet8", "compact"), shape)
     fan = q.count_macs(q.create_model("resnet8", "fan"), shape)
     assert relu < compact < fan
+
+
+@pytest.mark.parametrize("name", ["resnet8", "mlp", "cnn"])
+@pytest.mark.parametrize("neuron", ["fan", "relu"])
+def test_models_describe_their_channel_groups(name, neuron):
+    from torch import nn
+
+    from quadexport.layers import QuadLayer
+
+    m = q.create_model(name, neuron, in_channels=1, input_size=8)
+    st = m.channel_groups()
+    mods = dict(m.named_modules())
+    seen = set()
+    for g in st.groups:
+        assert g.producers, g.name
+        for layer, bn in g.producers:
+            w = mods[layer].weight
+            assert w.shape[0] == g.channels, (g.name, layer)
+            assert bn is None or mods[bn].num_features == g.channels
+            assert layer not in seen
+            seen.add(layer)
+        for layer in g.consumers:
+            assert mods[layer].weight.shape[1] == g.channels, (g.name, layer)
+    # every hidden conv/linear of the model produces exactly one group (the head produces none)
+    layers = {n for n, x in mods.items() if isinstance(x, (nn.Conv2d, nn.Linear, QuadLayer))
+              and not n.endswith((".r", ".g", ".b"))}
+    assert seen == layers - {"fc", "head"}
+    for sc in st.shortcuts:
+        assert sc.out_channels - sc.in_channels == 2 * sc.pad and sc.stride == 2
+    assert len(st.shortcuts) == (2 if name == "resnet8" else 0)

@@ -3,6 +3,7 @@ learning-rate ratios for the quadratic branches), cosine schedule over the fine-
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from typing import Any, Callable
@@ -11,8 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from quadexport.compress.layers import MixedQuad
+from quadexport.layers.mixed import MixedQuad
 from quadexport.layers.quad import QuadLayer
+
+_log = logging.getLogger(__name__)
 
 
 def param_groups(model: nn.Module, lr: float, relinear: dict[str, Any], weight_decay: float) -> list[dict[str, Any]]:
@@ -43,7 +46,7 @@ def param_groups(model: nn.Module, lr: float, relinear: dict[str, Any], weight_d
 
 def finetune(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor,
              y_test: torch.Tensor, train_config: dict[str, Any], epochs: int, lr: float | None = None,
-             lr_scale: float = 0.1, seed: int = 0, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+             lr_scale: float = 0.1, seed: int = 0, log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
     """Train ``model`` in place for ``epochs`` epochs; returns per-epoch metrics.
 
     Args:
@@ -55,8 +58,9 @@ def finetune(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, x_t
         lr: base learning rate (default: the run's ``lr × lr_scale``).
         lr_scale: see ``lr``.
         seed: shuffling seed.
-        log: progress printer.
+        log: progress callback (default: this module's logger at INFO).
     """
+    log = log or _log.info
     from quadexport.train import evaluate
 
     tc = train_config or {}

@@ -26,6 +26,8 @@ from typing import Any, Iterator
 import numpy as np
 import onnx
 
+from quadexport.errors import UsageError
+
 KEEP_FP32 = ("none", "products", "quadratic")
 
 
@@ -59,7 +61,7 @@ def quadratic_nodes(model: onnx.ModelProto) -> dict[str, list[str]]:
 def nodes_to_keep_fp32(model: onnx.ModelProto, keep_fp32: str) -> list[str]:
     """The node names excluded from quantisation for a ``keep_fp32`` choice (see the module docstring)."""
     if keep_fp32 not in KEEP_FP32:
-        raise ValueError(f"keep_fp32 must be one of {KEEP_FP32}, got {keep_fp32!r}")
+        raise UsageError(f"keep_fp32 must be one of {KEEP_FP32}, got {keep_fp32!r}")
     if keep_fp32 == "none":
         return []
     q = quadratic_nodes(model)
@@ -120,7 +122,7 @@ def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, cal
     methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
                "entropy": CalibrationMethod.Entropy}
     if method not in methods:
-        raise ValueError(f"method must be one of {sorted(methods)}, got {method!r}")
+        raise UsageError(f"method must be one of {sorted(methods)}, got {method!r}")
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="quadexport-int8-") as tmp:

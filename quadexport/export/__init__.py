@@ -68,7 +68,7 @@ def _example_input(model: nn.Module, example_input: torch.Tensor | None,
 
 def _metadata(model: nn.Module, mode: str, opset: int, fp16: bool, extra: Mapping[str, Any] | None,
               notes: Mapping[str, Any]) -> dict[str, str]:
-    from quadexport import __version__
+    from quadexport._version import __version__
 
     cfg = dict(getattr(model, "quadexport_config", None) or {})
     meta = dict(getattr(model, "quadexport_meta", None) or {})

@@ -21,7 +21,7 @@ import copy
 import itertools
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import fx, nn
@@ -81,15 +81,17 @@ class ChannelShift(nn.Module):
 # Which branches take the scale and the shift
 # ---------------------------------------------------------------------------------------------------------------
 
-_PLAN_CACHE: dict[str, tuple[tuple[str, ...], str | None] | None] = {}
+_PLAN_CACHE: dict[NeuronType, tuple[tuple[str, ...], str | None] | None] = {}
+"""Keyed by the (frozen, hashable) neuron type itself, not its name: a type unregistered and redefined under the
+same name gets its own plan."""
 
 
 def fold_plan(nt: NeuronType) -> tuple[tuple[str, ...], str | None] | None:
     """``(scale branches, shift branch or None)`` for folding a per-channel affine map into neuron type ``nt``, or
     ``None`` if no set of branches scales the output homogeneously. Found by probing ``nt.combine``.
     """
-    if nt.name in _PLAN_CACHE:
-        return _PLAN_CACHE[nt.name]
+    if nt in _PLAN_CACHE:
+        return _PLAN_CACHE[nt]
     g = torch.Generator().manual_seed(1234)
     names = [b.name for b in nt.branches]
     quad = set(nt.quadratic_branches)
@@ -115,7 +117,7 @@ def fold_plan(nt: NeuronType) -> tuple[tuple[str, ...], str | None] | None:
                 shift = n
                 break
     plan = None if scale is None else (tuple(scale), shift)
-    _PLAN_CACHE[nt.name] = plan
+    _PLAN_CACHE[nt] = plan
     return plan
 
 
@@ -262,6 +264,35 @@ def _change(ref: Any, candidate: nn.Module, x: Tensor) -> float:
     return _rel(_run64(candidate, x), ref)
 
 
+def _finite_probe(model: nn.Module, example_input: Tensor) -> tuple[Any, Tensor]:
+    """``(float64 output, probe input)``: quadratic nets can overflow on a given input even in float64, so the probe
+    (the first sample) is shrunk until the output is finite (the last try is returned either way)."""
+    ref, x = None, example_input
+    for factor in (1.0, 1e-1, 1e-2, 1e-3):
+        x = example_input[:1] * factor
+        ref = _run64(model, x)
+        if _finite(ref):
+            break
+    return ref, x
+
+
+def _refold_verified(model: nn.Module, done: list[tuple[str, str, str | None]], ref: Any, x: Tensor,
+                     report: FoldReport) -> tuple[nn.Module, list[tuple[str, str, str | None]]]:
+    """Some pair was not a true "BN directly after the layer": redo them one at a time on a fresh copy, keeping the
+    folds that leave the output unchanged (the others go to ``report.skipped``)."""
+    work = copy.deepcopy(model).eval()
+    kept = []
+    for layer_name, bn_name, _ in done:
+        trial = copy.deepcopy(work)
+        res = _fold_one(trial, layer_name, bn_name)
+        if _change(ref, trial, x) <= FOLD_RTOL:
+            work = trial
+            kept.append((layer_name, bn_name, res))
+        else:
+            report.skipped.append((layer_name, bn_name, "folding changed the model output"))
+    return work, kept
+
+
 def fold_batchnorm(model: nn.Module, example_input: Tensor,
                    pairs: list[tuple[str, str]] | None = None) -> tuple[nn.Module, FoldReport]:
     """Fold BatchNorms that directly follow a quadratic, conv or linear layer. The input model is not modified.
@@ -289,13 +320,7 @@ def fold_batchnorm(model: nn.Module, example_input: Tensor,
             report.skipped.append((layer_name, bn_name, res[5:].strip()))
         else:
             done.append((layer_name, bn_name, res))
-    # Quadratic nets can overflow on a given input even in float64; shrink the probe until the output is finite.
-    ref, x = None, example_input
-    for factor in (1.0, 1e-1, 1e-2, 1e-3):
-        x = example_input[:1] * factor
-        ref = _run64(model, x)
-        if _finite(ref):
-            break
+    ref, x = _finite_probe(model, example_input)
     if not _finite(ref):
         if report.method == "fx":  # structural pairs: trust them, but say the check could not run
             report.folded = [(a, b) for a, b, _ in done]
@@ -309,18 +334,7 @@ def fold_batchnorm(model: nn.Module, example_input: Tensor,
     example_input = x
     change = _change(ref, work, example_input)
     if not change <= FOLD_RTOL:
-        # Some pair was not a true "BN directly after the layer": redo them one at a time, keeping what holds.
-        work = copy.deepcopy(model).eval()
-        kept = []
-        for layer_name, bn_name, _ in done:
-            trial = copy.deepcopy(work)
-            res = _fold_one(trial, layer_name, bn_name)
-            if _change(ref, trial, example_input) <= FOLD_RTOL:
-                work = trial
-                kept.append((layer_name, bn_name, res))
-            else:
-                report.skipped.append((layer_name, bn_name, "folding changed the model output"))
-        done = kept
+        work, done = _refold_verified(model, done, ref, example_input, report)
         change = _change(ref, work, example_input)
         warnings.warn(f"BatchNorm folding: {len(report.skipped)} pair(s) left unfolded after output verification",
                       RuntimeWarning, stacklevel=2)

@@ -1,7 +1,13 @@
-"""Quadratic layers and the neuron-type registry."""
+"""Quadratic layers, the neuron-type registry (every built-in type, ``fan_pw``/``fan_dw`` included, is registered
+on import), their initialisation, and the mixed/pruned layers of compressed models."""
 
-from quadexport.layers.neurons import Branch, NeuronType, get_neuron, list_neurons, register_neuron
+from quadexport.layers import cheap  # noqa: F401  (registers fan_pw / fan_dw)
+from quadexport.layers.init import plain_init, relinear_init, relinear_init_layer
+from quadexport.layers.mixed import MixedQuad, PermShortcut
+from quadexport.layers.neurons import (Branch, NeuronType, get_neuron, list_neurons, register_neuron,
+                                       unregister_neuron)
 from quadexport.layers.quad import QUAD_LAYERS, QuadConv1d, QuadConv2d, QuadLayer, QuadLinear
 
-__all__ = ["Branch", "NeuronType", "QUAD_LAYERS", "QuadConv1d", "QuadConv2d", "QuadLayer", "QuadLinear",
-           "get_neuron", "list_neurons", "register_neuron"]
+__all__ = ["Branch", "MixedQuad", "NeuronType", "PermShortcut", "QUAD_LAYERS", "QuadConv1d", "QuadConv2d",
+           "QuadLayer", "QuadLinear", "get_neuron", "list_neurons", "plain_init", "register_neuron",
+           "relinear_init", "relinear_init_layer", "unregister_neuron"]

@@ -14,7 +14,8 @@ Both keep the ReLinear initialisation (``W_g = 0, b_g = 1, W_b = 0, c = 0``): a 
 branch. MAC counts (:func:`quadexport.count_macs`) see the real branch shapes through their forward hooks. They
 export in every mode (decomposed: ``Conv``/``Mul``/``Add``; BatchNorm folds into ``g`` and ``b`` as for ``fan``).
 
-The types are registered when this module is imported (``quadexport.compress`` and the ``quadexport`` CLI import it).
+The types are registered when this module is imported, which :mod:`quadexport.layers` (so ``import quadexport``)
+does.
 """
 
 from __future__ import annotations

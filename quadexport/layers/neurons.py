@@ -16,10 +16,13 @@ Branch roles follow Fan et al. (TNNLS 2023):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Mapping
 
 import torch
+from torch import nn
+
+from quadexport.errors import UsageError, did_you_mean
 
 Tensor = torch.Tensor
 
@@ -89,22 +92,50 @@ _REGISTRY: dict[str, NeuronType] = {}
 
 
 def register_neuron(neuron: NeuronType) -> NeuronType:
-    """Add a neuron type to the registry (replacing one of the same name)."""
+    """Add a neuron type to the registry and return it; a name registered twice raises ``ValueError`` (use
+    :func:`unregister_neuron` first to redefine a type)."""
+    if neuron.name == "relu":
+        raise UsageError("the neuron name 'relu' is reserved for the ReLU twin; pick another name")
+    if neuron.name in _REGISTRY:
+        raise UsageError(f"neuron type {neuron.name!r} is already registered; pick another name "
+                         f"(or unregister_neuron({neuron.name!r}) first)")
     _REGISTRY[neuron.name] = neuron
     return neuron
 
 
+def unregister_neuron(name: str) -> NeuronType:
+    """Remove a registered neuron type (e.g. one a test or experiment defined) and return it."""
+    get_neuron(name)
+    return _REGISTRY.pop(name)
+
+
 def get_neuron(name: str) -> NeuronType:
-    """Look up a neuron type by name; unknown names raise ``ValueError`` listing the known ones."""
+    """Look up a neuron type by name; unknown names raise :class:`~quadexport.errors.UsageError` (a ``ValueError``)
+    with a suggestion and the known names."""
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise ValueError(f"unknown neuron type {name!r}; known: {', '.join(list_neurons())} (or 'relu' for the ReLU twin)") from None
+        raise UsageError(f"unknown neuron type {name!r}{did_you_mean(name, _REGISTRY)}; known: "
+                         f"{', '.join(list_neurons())} (or 'relu' for the ReLU twin)") from None
 
 
 def list_neurons() -> list[str]:
     """Names of the registered quadratic neuron types."""
     return sorted(_REGISTRY)
+
+
+@torch.no_grad()
+def init_branch(module: nn.Module, init: str) -> None:
+    """Initialise one branch's linear map in place: ``"kaiming"`` (weight Kaiming-normal, bias 0), ``"one"``
+    (weight 0, bias 1: the ReLinear gate) or ``"zero"`` (weight 0, bias 0: the ReLinear power branch)."""
+    if init == "kaiming":
+        nn.init.kaiming_normal_(module.weight)
+        if module.bias is not None:
+            module.bias.zero_()
+    else:
+        module.weight.zero_()
+        if module.bias is not None:
+            module.bias.fill_(1.0 if init == "one" else 0.0)
 
 
 def _fan(o: Mapping[str, Tensor]) -> Tensor:

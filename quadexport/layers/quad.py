@@ -12,7 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from quadexport.layers.neurons import Branch, NeuronType, get_neuron
+from quadexport.errors import UsageError
+from quadexport.layers.neurons import Branch, NeuronType, get_neuron, init_branch
 
 Tensor = torch.Tensor
 
@@ -55,10 +56,10 @@ class QuadLayer(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """ReLinear initialisation: ``r`` Kaiming-normal, gate ``W_g=0, b_g=1``, power branch ``W_b=0, c=0``."""
-        from quadexport.relinear import relinear_init_layer
-
-        relinear_init_layer(self)
+        """ReLinear initialisation: ``r`` Kaiming-normal, gate ``W_g=0, b_g=1``, power branch ``W_b=0, c=0`` (each
+        branch as its :attr:`Branch.init` says)."""
+        for br in self.neuron_type.branches:
+            init_branch(getattr(self, br.name), br.init)
 
     @property
     def weight(self) -> Tensor:
@@ -102,7 +103,7 @@ class QuadLinear(QuadLayer):
 
     def _make_branch(self, branch: Branch, bias: bool) -> nn.Module:
         if branch.kind not in ("full", "pointwise"):
-            raise ValueError(f"branch kind {branch.kind!r} is not defined for dense layers")
+            raise UsageError(f"branch kind {branch.kind!r} is not defined for dense layers")
         return nn.Linear(self.in_features, self.out_features, bias=bias, **self._factory)
 
     def extra_repr(self) -> str:
@@ -134,14 +135,14 @@ class _QuadConvNd(QuadLayer):
         if branch.kind == "pointwise":
             if self.padding != "same" and any(2 * p != d * (k - 1) for p, d, k in
                                               zip(self.padding, self.dilation, self.kernel_size)):
-                raise ValueError("a pointwise branch needs a 'same'-geometry main conv (2*padding == dilation*(k-1))")
+                raise UsageError("a pointwise branch needs a 'same'-geometry main conv (2*padding == dilation*(k-1))")
             return self._conv(self.in_channels, self.out_channels, 1, self.stride, 0, 1, self.groups, **common)
         if branch.kind == "depthwise":
             if self.out_channels % self.in_channels:
-                raise ValueError("a depthwise branch needs out_channels to be a multiple of in_channels")
+                raise UsageError("a depthwise branch needs out_channels to be a multiple of in_channels")
             return self._conv(self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
                               self.dilation, self.in_channels, **common)
-        raise ValueError(f"unknown branch kind {branch.kind!r}")
+        raise UsageError(f"unknown branch kind {branch.kind!r}")
 
     def extra_repr(self) -> str:
         s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "

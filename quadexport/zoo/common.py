@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from quadexport.layers.quad import QuadConv2d, QuadLinear
+from quadexport.layers.quad import QuadConv2d, QuadLayer, QuadLinear
 
 
 def conv(neuron: str, *args, **kwargs) -> nn.Module:
@@ -19,8 +19,6 @@ def linear(neuron: str, *args, **kwargs) -> nn.Module:
 
 def kaiming_init(model: nn.Module) -> nn.Module:
     """Kaiming-normal init of plain conv/linear layers outside quadratic layers (quadratic layers keep ReLinear)."""
-    from quadexport.layers.quad import QuadLayer
-
     inside = {id(m) for q in model.modules() if isinstance(q, QuadLayer) for m in q.modules()}
     for m in model.modules():
         if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear)) and id(m) not in inside:

@@ -10,6 +10,8 @@ from typing import Callable
 from torch import nn
 
 from quadexport.errors import UsageError, did_you_mean
+from quadexport.layers.neurons import get_neuron
+from quadexport.zoo._prune import apply_spec
 
 __all__ = ["ModelInfo", "create_model", "get_model_info", "list_models", "register_model"]
 
@@ -44,11 +46,12 @@ _REGISTRY: dict[str, ModelInfo] = {}
 def register_model(name: str, *, family: str | None = None, depth: int | None = None,
                    input_shape: tuple[int, int, int] = (1, 28, 28), width_arg: str | None = None,
                    default_width: int | None = None) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Decorator registering a model builder under ``name``; a name registered twice raises ``ValueError``."""
+    """Decorator registering a model builder under ``name``; a name registered twice raises ``UsageError`` (a
+    ``ValueError``)."""
 
     def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _REGISTRY:
-            raise ValueError(f"model {name!r} is already registered (by {_REGISTRY[name].builder.__module__})")
+            raise UsageError(f"model {name!r} is already registered (by {_REGISTRY[name].builder.__module__})")
         _REGISTRY[name] = ModelInfo(name=name, family=family or name, builder=fn, depth=depth,
                                     input_shape=tuple(input_shape), width_arg=width_arg, default_width=default_width)
         return fn
@@ -90,8 +93,6 @@ def create_model(name: str, neuron: str = "fan", num_classes: int = 10, in_chann
 
     The returned model carries ``model.quadexport_config`` (the arguments needed to rebuild it).
     """
-    from quadexport.layers.neurons import get_neuron
-
     info = get_model_info(name)
     if neuron != "relu":
         get_neuron(neuron)
@@ -101,8 +102,6 @@ def create_model(name: str, neuron: str = "fan", num_classes: int = 10, in_chann
     model.quadexport_config = {"name": name, "neuron": neuron, "num_classes": num_classes,
                                "in_channels": in_channels, "input_size": list(size), **kwargs}
     if compress is not None and neuron != "relu":
-        from quadexport.compress.prune import apply_spec  # moves beside the builders (issue #11)
-
         apply_spec(model, compress)
         model.quadexport_config["compress"] = compress
     return model

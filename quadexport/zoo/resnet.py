@@ -11,8 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from quadexport.layers.mixed import PermShortcut
 from quadexport.zoo.common import conv, kaiming_init
 from quadexport.zoo.registry import register_model
+from quadexport.zoo.structure import Group, Shortcut, Structure, out_channels
 
 
 class ShortcutA(nn.Module):
@@ -70,6 +72,35 @@ class CifarResNet(nn.Module):
         self.layer1, self.layer2, self.layer3 = stages
         self.fc = nn.Linear(64, num_classes)
         kaiming_init(self)
+
+    def channel_groups(self) -> Structure | None:
+        """The permutable channel groups (:mod:`quadexport.zoo.structure`): one per residual stream, one per block's
+        ``conv1`` output, plus the option-A shortcuts between streams (``None`` if a block was replaced by an
+        unknown module)."""
+        groups: list[Group] = []
+        shortcuts: list[Shortcut] = []
+        cur = Group("stream1", self.conv1.out_channels, [("conv1", "bn1")], [], stream=True)
+        for s, stage in enumerate((self.layer1, self.layer2, self.layer3), start=1):
+            for j, blk in enumerate(stage):
+                if not isinstance(blk, BasicBlock):
+                    return None
+                name = f"layer{s}.{j}"
+                cur.consumers.append(f"{name}.conv1")
+                if isinstance(blk.shortcut, (ShortcutA, PermShortcut)):
+                    planes = out_channels(blk.conv2)
+                    new = Group(f"stream{len(shortcuts) + 2}", planes, [], [], stream=True)
+                    pad = blk.shortcut.pad if isinstance(blk.shortcut, ShortcutA) else (planes - cur.channels) // 2
+                    shortcuts.append(Shortcut(f"{name}.shortcut", cur.name, new.name, cur.channels, planes, 2, pad))
+                    groups.append(cur)
+                    cur = new
+                elif not isinstance(blk.shortcut, nn.Identity):
+                    return None
+                groups.append(Group(f"{name}.conv1", out_channels(blk.conv1), [(f"{name}.conv1", f"{name}.bn1")],
+                                    [f"{name}.conv2"]))
+                cur.producers.append((f"{name}.conv2", f"{name}.bn2"))
+        cur.consumers.append("fc")
+        groups.append(cur)
+        return Structure(groups, shortcuts)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))

@@ -8,6 +8,7 @@ from torch import nn
 
 from quadexport.zoo.common import conv, kaiming_init, linear
 from quadexport.zoo.registry import register_model
+from quadexport.zoo.structure import Group, Structure, out_channels
 
 
 class MLP(nn.Module):
@@ -26,6 +27,11 @@ class MLP(nn.Module):
         self.fc2 = linear(neuron, width, width)
         self.head = nn.Linear(width, num_classes)
         kaiming_init(self)
+
+    def channel_groups(self) -> Structure:
+        """The permutable channel groups: each hidden layer's output (:mod:`quadexport.zoo.structure`)."""
+        return Structure([Group("fc1", out_channels(self.fc1), [("fc1", None)], ["fc2"]),
+                          Group("fc2", out_channels(self.fc2), [("fc2", None)], ["head"])])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.flatten(1)
@@ -52,6 +58,12 @@ class SmallCNN(nn.Module):
         self.bn3 = nn.BatchNorm2d(2 * width)
         self.fc = nn.Linear(2 * width, num_classes)
         kaiming_init(self)
+
+    def channel_groups(self) -> Structure:
+        """The permutable channel groups: each conv's output (:mod:`quadexport.zoo.structure`)."""
+        return Structure([Group("conv1", out_channels(self.conv1), [("conv1", "bn1")], ["conv2"]),
+                          Group("conv2", out_channels(self.conv2), [("conv2", "bn2")], ["conv3"]),
+                          Group("conv3", out_channels(self.conv3), [("conv3", "bn3")], ["fc"])])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(self.bn1(self.conv1(x)))
