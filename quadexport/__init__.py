@@ -4,6 +4,7 @@ Public API::
 
     from quadexport import QuadLinear, QuadConv1d, QuadConv2d, create_model, list_models, list_neurons, load
     quadexport.export(model, "m.onnx", mode="decomposed")
+    qmodel = quadexport.quadratize(trained_model, neuron="fan")  # exact at init, ready to fine-tune
 """
 
 from __future__ import annotations
@@ -11,11 +12,12 @@ from __future__ import annotations
 from quadexport._version import __version__
 from quadexport.layers import (QuadConv1d, QuadConv2d, QuadLinear, get_neuron, list_neurons, register_neuron,
                                unregister_neuron)
+from quadexport.quadratize import QuadratizeReport, quadratize
 from quadexport.zoo import count_macs, count_params, create_model, list_models
 
-__all__ = ["QuadConv1d", "QuadConv2d", "QuadLinear", "__version__", "count_macs", "count_params", "create_model",
-           "export", "get_neuron", "list_models", "list_neurons", "load", "make_session", "register_neuron",
-           "unregister_neuron"]
+__all__ = ["QuadConv1d", "QuadConv2d", "QuadLinear", "QuadratizeReport", "__version__", "count_macs", "count_params",
+           "create_model", "export", "get_neuron", "list_models", "list_neurons", "load", "make_session", "quadratize",
+           "register_neuron", "unregister_neuron"]
 
 
 def __getattr__(name: str):

@@ -76,31 +76,50 @@ def get_model_info(name: str) -> ModelInfo:
         return _REGISTRY[name]
     except KeyError:
         raise UsageError(f"unknown model {name!r}{did_you_mean(name, _REGISTRY)}; known: "
-                         f"{', '.join(list_models())}") from None
+                         f"{', '.join(list_models())} (or torchvision:<arch>, timm:<arch>)") from None
 
 
 def create_model(name: str, neuron: str = "fan", num_classes: int = 10, in_channels: int = 1,
                  input_size: tuple[int, int] | int = 28, **kwargs) -> nn.Module:
-    """Build a zoo model.
+    """Build a zoo model, or a foreign architecture by name.
 
     Args:
-        name: model name (``list_models()``), e.g. ``resnet20``, ``cnn``, ``mlp``.
+        name: model name (``list_models()``), e.g. ``resnet20``, ``cnn``, ``mlp``; or ``torchvision:<arch>`` /
+            ``timm:<arch>`` (:mod:`quadexport.zoo.foreign`: built untrained, stem and head adapted, quadratized
+            with the default selection unless ``neuron="relu"``).
         neuron: quadratic neuron type (``list_neurons()``) or ``"relu"`` for the ReLU twin (same builder).
         num_classes: classifier outputs.
         in_channels: input channels (1 for MNIST-family and digits, 3 for CIFAR-10).
         input_size: input height and width (int or pair); the MLP needs it, conv nets are size-agnostic.
-        **kwargs: builder-specific options (e.g. ``width`` for mlp/cnn).
+        **kwargs: builder-specific options (e.g. ``width`` for mlp/cnn, ``patch_size`` for a timm ViT);
+            ``quadratize`` (a spec recorded by :func:`quadexport.quadratize`) rebuilds a quadratized model.
 
     The returned model carries ``model.quadexport_config`` (the arguments needed to rebuild it).
     """
-    info = get_model_info(name)
+    spec = kwargs.pop("quadratize", None)
+    if spec is not None:  # a quadratized model: its source architecture, then the same layers converted again
+        from quadexport.zoo.convert import apply_spec
+
+        base = spec.get("base_neuron", "relu") if isinstance(spec, dict) else "relu"
+        model = apply_spec(create_model(name, base, num_classes, in_channels, input_size, **kwargs), spec)
+        model.quadexport_config.update(neuron=neuron, quadratize=spec)
+        return model
     if neuron != "relu":
         get_neuron(neuron)
     size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
+    config = {"name": name, "neuron": neuron, "num_classes": num_classes, "in_channels": in_channels,
+              "input_size": list(size)}
+    if ":" in name:
+        from quadexport.zoo.foreign import build_foreign, is_foreign
+
+        if is_foreign(name):
+            model = build_foreign(name, neuron, num_classes, in_channels, size, **kwargs)
+            model.quadexport_config = {**config, **kwargs}
+            return model
+    info = get_model_info(name)
     compress = kwargs.pop("compress", None)  # compressed architecture (quadexport.compress); ignored for ReLU twins
     model = info.builder(neuron=neuron, num_classes=num_classes, in_channels=in_channels, input_size=size, **kwargs)
-    model.quadexport_config = {"name": name, "neuron": neuron, "num_classes": num_classes,
-                               "in_channels": in_channels, "input_size": list(size), **kwargs}
+    model.quadexport_config = {**config, **kwargs}
     if compress is not None and neuron != "relu":
         apply_spec(model, compress)
         model.quadexport_config["compress"] = compress

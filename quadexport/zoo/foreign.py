@@ -1,0 +1,185 @@
+"""Foreign architectures by name: ``torchvision:<name>`` and ``timm:<name>`` in :func:`quadexport.create_model`.
+
+The architecture is built untrained (``weights=None`` / ``pretrained=False``: nothing is ever downloaded; load a
+state dict with ``--weights FILE`` / :func:`load_weights`), its head sized to ``num_classes`` and its stem to
+``in_channels``; the input size is passed to builders that take one (timm ``img_size``, torchvision ViT
+``image_size``) unless given. With a quadratic ``neuron`` the model is then quadratized with the default selection
+(every conv/linear layer except the stem and the classifier head, :mod:`quadexport.zoo.convert`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from quadexport._compat import import_timm, import_torchvision
+from quadexport.errors import QuadexportError, UsageError, did_you_mean
+from quadexport.layers.convert import primary_branch
+from quadexport.layers.quad import QuadLayer
+from quadexport.zoo._prune import set_module
+from quadexport.zoo.convert import convert_layers, linear_maps, select_layers
+
+log = logging.getLogger(__name__)
+
+SOURCES = ("torchvision", "timm")
+"""Prefixes of foreign model names (``torchvision:resnet18``, ``timm:vit_tiny_patch16_224``)."""
+_NO_DOWNLOAD = ("weights", "pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "checkpoint_path")
+
+__all__ = ["SOURCES", "WeightsError", "build_foreign", "is_foreign", "load_weights"]
+
+
+class WeightsError(QuadexportError, ValueError):
+    """A ``--weights`` state dict that does not fit the model."""
+
+
+def is_foreign(name: str) -> bool:
+    """Whether ``name`` names a foreign architecture (``<source>:<arch>``)."""
+    return isinstance(name, str) and name.partition(":")[0] in SOURCES and ":" in name
+
+
+def _call_with_size(fn: Callable[..., nn.Module], key: str, size: tuple[int, int], kwargs: dict[str, Any]
+                    ) -> nn.Module:
+    """``fn(**kwargs)`` with ``key=size`` added when the builder takes it (retried without on TypeError)."""
+    if key in kwargs:
+        return fn(**kwargs)
+    try:
+        return fn(**kwargs, **{key: size if size[0] != size[1] else size[0]})
+    except TypeError as e:
+        if key not in str(e):
+            raise
+    return fn(**kwargs)
+
+
+def _torchvision(arch: str, num_classes: int, in_channels: int, size: tuple[int, int], kwargs: dict[str, Any]
+                 ) -> nn.Module:
+    tv = import_torchvision()
+    known = tv.models.list_models()
+    if arch not in known:
+        raise UsageError(f"unknown torchvision model {arch!r}{did_you_mean(arch, known)} "
+                         f"(torchvision.models.list_models() names them)")
+    model = _call_with_size(lambda **kw: tv.models.get_model(arch, weights=None, num_classes=num_classes, **kw),
+                            "image_size", size, kwargs)
+    if in_channels != 3:
+        _adapt_stem(model, in_channels)
+    return model
+
+
+def _timm(arch: str, num_classes: int, in_channels: int, size: tuple[int, int], kwargs: dict[str, Any]
+          ) -> nn.Module:
+    timm = import_timm()
+    if not timm.is_model(arch):
+        raise UsageError(f"unknown timm model {arch!r}{did_you_mean(arch, timm.list_models())} "
+                         f"(timm.list_models() names them)")
+    return _call_with_size(lambda **kw: timm.create_model(arch, pretrained=False, num_classes=num_classes,
+                                                          in_chans=in_channels, **kw), "img_size", size, kwargs)
+
+
+def _adapt_stem(model: nn.Module, in_channels: int) -> None:
+    """Replace the first conv (registration order) by one taking ``in_channels`` inputs (fresh init)."""
+    name, conv = next(((n, m) for n, m in linear_maps(model) if isinstance(m, nn.modules.conv._ConvNd)),
+                      (None, None))
+    if conv is None or conv.groups != 1:
+        raise UsageError(f"cannot adapt {type(model).__name__}'s stem to in_channels={in_channels}")
+    new = type(conv)(in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+                     conv.groups, conv.bias is not None, conv.padding_mode)
+    set_module(model, name, new.to(conv.weight.device, conv.weight.dtype))
+
+
+def build_foreign(name: str, neuron: str, num_classes: int, in_channels: int, input_size: tuple[int, int],
+                  **kwargs: Any) -> nn.Module:
+    """Build ``torchvision:<arch>`` / ``timm:<arch>`` untrained, quadratized with ``neuron`` unless ``"relu"``.
+
+    Args:
+        name: ``<source>:<arch>``.
+        neuron: quadratic neuron type, or ``"relu"`` for the plain architecture.
+        num_classes: classifier outputs.
+        in_channels: input channels (the stem is adapted).
+        input_size: ``(H, W)``, passed as ``img_size`` / ``image_size`` to builders that take it.
+        **kwargs: builder options (``drop_path_rate=0.1``, ``patch_size=8``...); ``rank`` goes to the neuron.
+    """
+    source, _, arch = name.partition(":")
+    rank = kwargs.pop("rank", None)
+    bad = [k for k in _NO_DOWNLOAD if k in kwargs]
+    if bad:
+        raise UsageError(f"{name}: {bad[0]}= is not accepted (nothing is downloaded); build the model untrained "
+                         f"and load a state dict with --weights FILE")
+    build = _torchvision if source == "torchvision" else _timm
+    try:
+        model = build(arch, num_classes, in_channels, tuple(input_size), dict(kwargs))
+    except TypeError as e:
+        raise UsageError(f"{name} does not take these options ({e})") from None
+    if neuron != "relu":
+        sel = select_layers(model)
+        convert_layers(model, {n: {"neuron": neuron, "rank": rank} for n in sel.convert})
+        log.debug("%s: %d layers quadratic (%s), %d left alone", name, len(sel.convert), neuron, len(sel.skipped))
+    return model
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike, strict: bool = True) -> nn.Module:
+    """Load a state dict file into ``model`` (``torch.load(weights_only=True)``: no code runs, nothing downloads).
+
+    A checkpoint dict holding the state dict under ``state_dict`` / ``model`` is unwrapped. Keys of plain
+    conv/linear layers that the model holds as quadratic layers (``conv.weight`` → ``conv.r.weight``) are mapped,
+    so the weights of a plain network load into its quadratized form.
+
+    Raises:
+        WeightsError: unreadable file, or keys/shapes that do not fit (a few are named).
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # unpickling errors, truncated files
+        raise WeightsError(f"{path} is not a loadable state dict ({str(e).splitlines()[0] if str(e) else e!r})"
+                           ) from None
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsError(f"{path} does not hold a state dict (name -> tensor)")
+    own = model.state_dict()
+    prim = {n: _primary(m) for n, m in model.named_modules() if isinstance(m, QuadLayer)}
+    mapped, unexpected, wrong = {}, [], []
+    for k, v in state.items():
+        head, _, leaf = k.rpartition(".")
+        qk = k if k in own or head not in prim else ".".join(p for p in (head, prim[head], leaf) if p)
+        if qk not in own:
+            unexpected.append(k)
+        elif own[qk].shape != v.shape:
+            wrong.append(f"{k} {tuple(v.shape)} vs {tuple(own[qk].shape)}")
+        else:
+            mapped[qk] = v
+    extra = _quadratic_keys(model)
+    missing = [k for k in own if k not in mapped and k not in extra] if strict else []
+    if unexpected or wrong or missing:
+        parts = [f"{len(x)} {what}: {', '.join(x[:3])}{' ...' if len(x) > 3 else ''}"
+                 for x, what in ((missing, "missing"), (unexpected, "unexpected"), (wrong, "of another shape")) if x]
+        raise WeightsError(f"{path} does not fit the model ({'; '.join(parts)}); is it the same architecture, "
+                           f"num_classes and in_channels?")
+    model.load_state_dict(mapped, strict=False)
+    return model
+
+
+def _primary(layer: QuadLayer) -> str:
+    try:
+        return primary_branch(layer.neuron_type)
+    except UsageError:  # no branch carries plain weights (t2): keys keep their own names
+        return layer.neuron_type.branches[0].name
+
+
+def _quadratic_keys(model: nn.Module) -> set[str]:
+    """State-dict keys of the branches beside the primary one of every quadratic layer: a plain network's state
+    dict cannot hold them (they keep their ReLinear init)."""
+    out = set()
+    for lname, layer in model.named_modules():
+        if isinstance(layer, QuadLayer):
+            primary = _primary(layer)
+            for br in layer.neuron_type.branches:
+                if br.name != primary:
+                    out.update(f"{lname}.{br.name}.{k}" if lname else f"{br.name}.{k}"
+                               for k in getattr(layer, br.name).state_dict())
+    return out
