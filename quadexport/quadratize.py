@@ -13,10 +13,11 @@ model's output must equal the original's (max relative difference ≤ :data:`TOL
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -85,6 +86,18 @@ class QuadratizeReport:
         d = asdict(self)
         d["input_shape"] = list(self.input_shape) if self.input_shape else None
         return d
+
+
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """Single-threaded torch for the small probing forwards: on a busy machine the intra-op hand-offs of several
+    threads make a batch-2 forward of a small network many times slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
 
 
 def _input_shape(model: nn.Module, given: Any) -> tuple[int, ...] | None:
@@ -234,12 +247,14 @@ def quadratize(model: nn.Module, neuron: str = "fan", *, include: LayerSelector 
         p = next(work.parameters(), None)
         x = torch.randn((2, *shape), generator=torch.Generator().manual_seed(0)).to(
             p.device if p is not None else "cpu", p.dtype if p is not None and p.is_floating_point() else None)
-        report.input_shape, report.macs_before = shape, count_macs(work, shape)
-        reference, _ = _probe(work, x, {})
+        with _one_thread():
+            report.input_shape, report.macs_before = shape, count_macs(work, shape)
+            reference, _ = _probe(work, x, {})
     originals = convert_layers(work, {n: {"neuron": neuron, "rank": rank} for n in sel.convert})
     if x is not None:
-        _verify(work, x, reference, originals, report)
-        report.macs_after = count_macs(work, shape)
+        with _one_thread():
+            _verify(work, x, reference, originals, report)
+            report.macs_after = count_macs(work, shape)
     report.params_after = count_params(work)
     if report.converted:
         _retag(work, neuron, rank, report.converted)
