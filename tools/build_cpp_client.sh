@@ -42,7 +42,7 @@ die() { echo "[build_cpp_client] error: $*" >&2; exit 1; }
 # --- tools ---------------------------------------------------------------------------------------------------------
 missing=""
 command -v cmake >/dev/null || missing="cmake"
-command -v "$CXX" >/dev/null || missing="${missing:+$missing and }a C++ compiler ('$CXX')"
+command -v "$CXX" >/dev/null || missing="${missing:+$missing and no }C++ compiler '$CXX'"
 if [[ -n $missing ]]; then
   if [[ $IF_POSSIBLE == 1 ]]; then
     echo "[build_cpp_client] skipped: no $missing on this machine (install it to build the C++ client)" >&2
