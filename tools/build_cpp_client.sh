@@ -111,7 +111,11 @@ $HEADER_API: set QUADEXPORT_ORT_NODE_VERSION to 1.$HEADER_API.0 or newer"
 fi
 
 # --- build ---------------------------------------------------------------------------------------------------------
-# A cache from another checkout (build/ may be shared) or from other inputs is discarded.
+if command -v flock >/dev/null; then  # one build at a time in build/cpp-client (build/ may be shared by checkouts)
+  exec 7>"$BUILD/.cpp-client.lock"
+  flock 7
+fi
+# A cache from another checkout or from other inputs is discarded.
 if [[ -f "$OUT_DIR/CMakeCache.txt" ]]; then
   cached_src="$(sed -n 's/^CMAKE_HOME_DIRECTORY:INTERNAL=//p' "$OUT_DIR/CMakeCache.txt")"
   cached_lib="$(sed -n 's/^ORT_LIBRARY:FILEPATH=//p' "$OUT_DIR/CMakeCache.txt")"

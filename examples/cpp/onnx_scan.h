@@ -53,7 +53,8 @@ class Reader {
       case 5: skip(4); break;
       case 2: {
         uint64_t n = varint();
-        if (n > uint64_t(end_ - p_)) throw std::runtime_error("truncated ONNX file (field " + std::to_string(field) + ")");
+        if (n > uint64_t(end_ - p_))
+          throw std::runtime_error("truncated ONNX file (field " + std::to_string(field) + ")");
         payload = Reader(p_, p_ + n);
         p_ += n;
         break;

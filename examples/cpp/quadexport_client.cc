@@ -76,7 +76,8 @@ Options parse(int argc, char** argv) {
   }
   if (pos.size() != 3) usage("expected MODEL.onnx INPUT.npy OUTPUT.npy");
   o.model = pos[0], o.input = pos[1], o.output = pos[2];
-  if (o.kernel != "auto" && o.kernel != "always" && o.kernel != "never") usage("--kernel must be auto, always or never");
+  if (o.kernel != "auto" && o.kernel != "always" && o.kernel != "never")
+    usage("--kernel must be auto, always or never");
   if (o.kernel_lib.empty() && std::getenv("QUADEXPORT_KERNEL_LIB")) o.kernel_lib = std::getenv("QUADEXPORT_KERNEL_LIB");
   return o;
 }
@@ -94,7 +95,9 @@ bool file_exists(const std::string& path) { return std::ifstream(path).good(); }
 // The kernel library to register, or "" (same policy as quadexport.make_session(kernel_library="auto")).
 std::string choose_kernel(const Options& o, const onnx_scan::ModelScan& scan) {
   if (o.kernel == "never") {
-    if (scan.needs_kernel()) throw std::runtime_error("the model has quadexport nodes without function bodies: it needs the kernel library");
+    if (scan.needs_kernel())
+      throw std::runtime_error("the model has quadexport nodes without function bodies: it needs the kernel library "
+                               "(drop --kernel never)");
     return "";
   }
   auto rt = scan.metadata.find("quadexport.runtime");
@@ -163,7 +166,8 @@ int run(const Options& o) {
   if (session.GetInputCount() != 1) throw std::runtime_error("expected a model with one input");
   std::string in_name = session.GetInputNameAllocated(0, alloc).get();
   std::vector<std::string> out_names;
-  for (size_t i = 0; i < session.GetOutputCount(); ++i) out_names.push_back(session.GetOutputNameAllocated(i, alloc).get());
+  for (size_t i = 0; i < session.GetOutputCount(); ++i)
+    out_names.push_back(session.GetOutputNameAllocated(i, alloc).get());
   std::vector<const char*> out_ptrs;
   for (auto& n : out_names) out_ptrs.push_back(n.c_str());
   const char* in_ptr = in_name.c_str();
@@ -171,7 +175,9 @@ int run(const Options& o) {
   Ort::MemoryInfo mem = Ort::MemoryInfo::CreateCpu(OrtArenaAllocator, OrtMemTypeDefault);
   Ort::Value input = Ort::Value::CreateTensor<float>(mem, x.data.data(), x.data.size(), x.shape.data(), x.shape.size());
   std::cout << "input: " << in_name << " " << shape_str(x.shape) << " float32\n";
-  auto once = [&]() { return session.Run(Ort::RunOptions{nullptr}, &in_ptr, &input, 1, out_ptrs.data(), out_ptrs.size()); };
+  auto once = [&]() {
+    return session.Run(Ort::RunOptions{nullptr}, &in_ptr, &input, 1, out_ptrs.data(), out_ptrs.size());
+  };
 
   std::vector<Ort::Value> outs = once();
   for (size_t i = 0; i < outs.size(); ++i) {
