@@ -124,11 +124,16 @@ if [[ -f "$OUT_DIR/CMakeCache.txt" ]]; then
     rm -rf "$OUT_DIR"
   fi
 fi
-CMAKE_QUIET=()
-[[ $QUIET == 1 ]] && CMAKE_QUIET=(-Wno-dev --log-level=WARNING)
-cmake -S "$SRC" -B "$OUT_DIR" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_COMPILER="$(command -v "$CXX")" \
-  -DORT_INCLUDE_DIR="$INC" -DORT_LIBRARY="$LIB" "${CMAKE_QUIET[@]}" >&2
-cmake --build "$OUT_DIR" -j "$(nproc 2>/dev/null || echo 2)" >&2
+build() {
+  cmake -S "$SRC" -B "$OUT_DIR" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_COMPILER="$(command -v "$CXX")" \
+    -DORT_INCLUDE_DIR="$INC" -DORT_LIBRARY="$LIB" && cmake --build "$OUT_DIR" -j "$(nproc 2>/dev/null || echo 2)"
+}
+if [[ $QUIET == 1 ]]; then  # cmake's output only when it fails
+  mkdir -p "$OUT_DIR"
+  build >"$OUT_DIR/build.log" 2>&1 || { cat "$OUT_DIR/build.log" >&2; die "cmake build failed"; }
+else
+  build >&2 || die "cmake build failed"
+fi
 CLIENT="$OUT_DIR/quadexport_client"
 [[ -x $CLIENT ]] || die "the build did not produce $CLIENT"
 version="$("$CLIENT" --version)" || die "$CLIENT cannot run against $LIB: $version"
