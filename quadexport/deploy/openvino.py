@@ -82,8 +82,8 @@ def _refuse_custom_domain(onnx_path: Path) -> str:
     return info.metadata.get("quadexport.dtype", "float32")
 
 
-def _cases(onnx_path: Path, model: nn.Module | None, io_dir: str | os.PathLike | None, batches: Sequence[int],
-           seed: int, input_shape: Sequence[int]) -> list[tuple[np.ndarray, list[np.ndarray]]]:
+def _cases(model: nn.Module | None, io_dir: str | os.PathLike | None, batches: Sequence[int], seed: int,
+           input_shape: Sequence[int]) -> list[tuple[np.ndarray, list[np.ndarray]]]:
     """(input, torch outputs) pairs: the saved batch of ``io_dir``, else random batches through ``model``."""
     if io_dir is not None:
         from quadexport.deploy.saveio import load_io
@@ -142,7 +142,7 @@ def check_openvino(onnx_path: str | os.PathLike, model: nn.Module | None = None,
     ov = _import_openvino()
     core = ov.Core()
     ov_model = core.read_model(str(onnx_path))
-    cases = _cases(onnx_path, model, io_dir, batches, seed, _input_shape(ov_model, model) if io_dir is None else [])
+    cases = _cases(model, io_dir, batches, seed, _input_shape(ov_model, model) if io_dir is None else [])
     report = OpenVinoReport(str(onnx_path), ov.get_version())
     precisions = [("f32", tolerance(dtype) if rtol is None else rtol)]
     if bf16 and bf16_supported(core):

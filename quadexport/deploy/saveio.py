@@ -23,6 +23,7 @@ import onnx
 import torch
 from torch import nn
 
+from quadexport.checkpoint import write_json
 from quadexport.deploy.parity import ParityRow, parity_row, tolerance
 from quadexport.errors import QuadexportError, UsageError
 
@@ -177,8 +178,6 @@ def save_io(model: nn.Module, onnx_path: str | os.PathLike, out_dir: str | os.Pa
     np.save(out / INPUT_FILE, x)
     for f, e in zip(files, expected):
         np.save(out / f, e)
-    from quadexport.checkpoint import write_json
-
     write_json(out / JSON_FILE, saved.to_dict())
     log.info("saved %s batch %s (%s) and %d expected output(s) to %s", input_name, list(x.shape), source,
              len(files), out)
