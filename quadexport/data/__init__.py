@@ -9,10 +9,10 @@
 
 from __future__ import annotations
 
-from quadexport.data.builtin import (Dataset, DatasetNotFoundError, builtin_preprocessing, default_mnist_dir,
-                                     install_hint, list_datasets, load_dataset)
+from quadexport.data.builtin import (Dataset, DatasetNotFoundError, default_mnist_dir, install_hint, list_datasets,
+                                     load_dataset)
 from quadexport.data.source import DataOptions, DataSource
-from quadexport.data.spec import (DatasetSpec, Loaders, open_dataset, parse_dataset_spec, run_preprocessing,
+from quadexport.data.spec import (DatasetSpec, Loaders, builtin_preprocessing, open_dataset, parse_dataset_spec, run_preprocessing,
                                   training_loaders)
 from quadexport.preprocess import Preprocessing
 

@@ -45,10 +45,8 @@ import numpy as np
 import torch
 
 from quadexport.errors import QuadexportError
-from quadexport.preprocess import Preprocessing
 
-__all__ = ["Dataset", "DatasetNotFoundError", "builtin_preprocessing", "default_mnist_dir", "install_hint",
-           "list_datasets", "load_dataset"]
+__all__ = ["Dataset", "DatasetNotFoundError", "default_mnist_dir", "install_hint", "list_datasets", "load_dataset"]
 
 Raw = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # x_train (N,C,H,W) uint8, y_train, x_test, y_test
 
@@ -480,38 +478,3 @@ def _clear_caches() -> None:
     _read_cifar_cached.cache_clear()
     _digits_raw.cache_clear()
 
-
-# ---------------------------------------------------------------------------------------------- preprocessing
-
-_CLASS_NAMES: dict[str, tuple[str, ...]] = {
-    "cifar10": ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
-    "digits": tuple("0123456789"),
-    "fashion-mnist": ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
-                      "Ankle boot"),
-    "mnist": tuple("0123456789"),
-}
-_TEST_SPLITS = {
-    "cifar10": "the test_batch file",
-    "digits": "sklearn train_test_split(test_size=0.2, stratify=y, random_state=0) of load_digits",
-    "fashion-mnist": "the t10k IDX files",
-    "mnist": "the t10k IDX files",
-}
-
-
-def builtin_preprocessing(name: str, test_subset: int | None = None, seed: int = 0) -> Preprocessing:
-    """The full preprocessing of a built-in dataset: scale (``1/16`` digits, ``1/255`` others), mean, std, classes.
-
-    Args:
-        name: a name from :func:`list_datasets`.
-        test_subset: the run's ``test_subset`` (recorded in ``test_split``).
-        seed: the run's seed (the subset is drawn with it).
-    """
-    key = _canonical_name(name)
-    spec = _SPECS[key]
-    split = _TEST_SPLITS[key]
-    if test_subset is not None:
-        split += f"; stratified subset of at most {test_subset} (seed {seed})"
-    mean = spec.mean if isinstance(spec.mean, tuple) else (spec.mean,)
-    std = spec.std if isinstance(spec.std, tuple) else (spec.std,)
-    return Preprocessing(channels=spec.input_shape[0], size=spec.input_shape[1:], scale=1.0 / spec.scale, mean=mean,
-                         std=std, class_names=_CLASS_NAMES[key], test_split=split, source=key)

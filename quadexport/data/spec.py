@@ -12,14 +12,48 @@ from typing import Any, Mapping
 
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
-from quadexport.data.builtin import _canonical_name, _SPECS, builtin_preprocessing, list_datasets, load_dataset
+from quadexport.data.builtin import _SPECS, _canonical_name, list_datasets, load_dataset
 from quadexport.data.source import DataOptions, DataSource
 from quadexport.errors import UsageError, did_you_mean
 from quadexport.preprocess import Preprocessing
 
-__all__ = ["DatasetSpec", "Loaders", "open_dataset", "parse_dataset_spec", "run_preprocessing", "training_loaders"]
+__all__ = ["DatasetSpec", "Loaders", "builtin_preprocessing", "open_dataset", "parse_dataset_spec", "run_preprocessing",
+           "training_loaders"]
 
 KINDS = ("imagefolder", "npz")
+
+_CLASS_NAMES: dict[str, tuple[str, ...]] = {
+    "cifar10": ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
+    "digits": tuple("0123456789"),
+    "fashion-mnist": ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                      "Ankle boot"),
+    "mnist": tuple("0123456789"),
+}
+_TEST_SPLITS = {
+    "cifar10": "the test_batch file",
+    "digits": "sklearn train_test_split(test_size=0.2, stratify=y, random_state=0) of load_digits",
+    "fashion-mnist": "the t10k IDX files",
+    "mnist": "the t10k IDX files",
+}
+
+
+def builtin_preprocessing(name: str, test_subset: int | None = None, seed: int = 0) -> Preprocessing:
+    """The full preprocessing of a built-in dataset: scale (``1/16`` digits, ``1/255`` others), mean, std, classes.
+
+    Args:
+        name: a name from :func:`list_datasets`.
+        test_subset: the run's ``test_subset`` (recorded in ``test_split``).
+        seed: the run's seed (the subset is drawn with it).
+    """
+    key = _canonical_name(name)
+    spec = _SPECS[key]
+    split = _TEST_SPLITS[key]
+    if test_subset is not None:
+        split += f"; stratified subset of at most {test_subset} (seed {seed})"
+    mean = spec.mean if isinstance(spec.mean, tuple) else (spec.mean,)
+    std = spec.std if isinstance(spec.std, tuple) else (spec.std,)
+    return Preprocessing(channels=spec.input_shape[0], size=spec.input_shape[1:], scale=1.0 / spec.scale, mean=mean,
+                         std=std, class_names=_CLASS_NAMES[key], test_split=split, source=key)
 
 
 @dataclass(frozen=True)
@@ -40,7 +74,8 @@ def parse_dataset_spec(spec: str) -> DatasetSpec:
     kind, sep, target = text.partition(":")
     if sep and kind.lower() in KINDS:
         if not target:
-            raise UsageError(f"--dataset {text}: give a path after the colon, e.g. {kind.lower()}:/data/my-images")
+            raise UsageError(f"--dataset {text}: give a path after the colon, e.g. imagefolder:/data/my-images or "
+                             "npz:/data/arrays.npz")
         return DatasetSpec(kind.lower(), target)
     key = text.lower().replace("_", "-")
     if key in _SPECS:
