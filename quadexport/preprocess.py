@@ -95,6 +95,13 @@ class Preprocessing:
         """``(C, H, W)``."""
         return (self.channels, *self.size)
 
+    def normalization(self) -> dict[str, Any]:
+        """``{"scale", "mean", "std"}`` as a run's meta has always stored it (plain floats for one channel)."""
+        def one(v: tuple[float, ...]) -> float | list[float]:
+            return v[0] if len(v) == 1 else list(v)
+
+        return {"scale": self.scale, "mean": one(self.mean), "std": one(self.std)}
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly dict (lists for tuples); :meth:`from_dict` reads it back."""
         d = asdict(self)

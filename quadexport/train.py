@@ -288,9 +288,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     sampler, loader, prep = data.sampler, data.train, data.preprocessing
     meta = {"dataset": cfg.dataset, "input_shape": list(data.input_shape), "num_classes": data.num_classes,
-            "normalization": {"scale": prep.scale, **{k: v[0] if len(v) == 1 else list(v)
-                                                      for k, v in (("mean", prep.mean), ("std", prep.std))}},
-            "preprocessing": prep.to_dict(), "relinear": cfg.relinear.to_dict(), "train_config": cfg.to_dict()}
+            "normalization": prep.normalization(), "preprocessing": prep.to_dict(), "relinear": cfg.relinear.to_dict(), "train_config": cfg.to_dict()}
     good_state = (copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict()))
     epoch = start_epoch
     last = cfg.epochs if stop_after is None else min(cfg.epochs, start_epoch + stop_after)

@@ -12,8 +12,8 @@ from __future__ import annotations
 from quadexport.data.builtin import (Dataset, DatasetNotFoundError, default_mnist_dir, install_hint, list_datasets,
                                      load_dataset)
 from quadexport.data.source import DataOptions, DataSource
-from quadexport.data.spec import (DatasetSpec, Loaders, builtin_preprocessing, open_dataset, parse_dataset_spec, run_preprocessing,
-                                  training_loaders)
+from quadexport.data.spec import (DatasetSpec, Loaders, builtin_preprocessing, open_dataset, parse_dataset_spec,
+                                  run_preprocessing, training_loaders)
 from quadexport.preprocess import Preprocessing
 
 __all__ = ["DataOptions", "DataSource", "Dataset", "DatasetNotFoundError", "DatasetSpec", "Loaders",

@@ -83,7 +83,8 @@ def _scan(path: Path) -> tuple[_Split, _Split]:
         raise DatasetNotFoundError(f"imagefolder: {path} has no val/ (or test/) folder beside train/")
     train, test = _scan_split(path / "train"), _scan_split(test_dir)
     if train.classes != test.classes:
-        only_tr, only_te = sorted(set(train.classes) - set(test.classes)), sorted(set(test.classes) - set(train.classes))
+        only_tr = sorted(set(train.classes) - set(test.classes))
+        only_te = sorted(set(test.classes) - set(train.classes))
         raise UsageError(f"imagefolder: class folders differ between {train.root} and {test.root} (only in train: "
                          f"{only_tr or 'none'}; only in {test.root.name}: {only_te or 'none'}); make them match")
     return train, test

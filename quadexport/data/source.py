@@ -1,5 +1,6 @@
 """What every dataset kind (built-in, ``imagefolder:``, ``npz:``) hands to training: map-style train/test datasets of
-normalised ``(C, H, W)`` float32 images with ``int`` labels, plus the run's :class:`~quadexport.preprocess.Preprocessing`.
+normalised ``(C, H, W)`` float32 images with ``int`` labels, plus the run's
+:class:`~quadexport.preprocess.Preprocessing`.
 """
 
 from __future__ import annotations

@@ -100,8 +100,9 @@ def open_dataset(spec: str, opts: DataOptions | None = None) -> DataSource:
                          "fixed ones")
     d = load_dataset(ds.target, data_dir=opts.data_dir, train_subset=opts.train_subset,
                      test_subset=opts.test_subset, seed=opts.seed)
+    prep = builtin_preprocessing(d.name, opts.test_subset, opts.seed)
     return DataSource(name=d.name, train=TensorDataset(d.x_train, d.y_train), test=TensorDataset(d.x_test, d.y_test),
-                      num_classes=d.num_classes, preprocessing=builtin_preprocessing(d.name, opts.test_subset, opts.seed))
+                      num_classes=d.num_classes, preprocessing=prep)
 
 
 @dataclass
