@@ -102,3 +102,29 @@ def test_raw_input_onnx_reproduces_accuracy_from_png_files(folder_run, tmp_path)
     assert res["kind"] == "raw" and res["plain_kind"] == "normalized"
     assert abs(res["raw_acc"] - metrics["test_acc"]) <= 0.01  # at most one of 100 images flips
     assert res["plain_acc"] < metrics["test_acc"] - 0.2  # the bug this fixes: raw pixels into the plain model
+
+
+def test_cli_flags_reach_the_run(tmp_path, capsys):
+    from PIL import Image
+
+    from quadexport.cli import main
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for cls in ("cat", "dog"):
+            (tmp_path / "f" / split / cls).mkdir(parents=True)
+            for i in range(6):  # colour images of two sizes: --image-size is needed
+                size = (7, 5) if i % 2 else (9, 9)
+                px = rng.integers(0, 256, (*size, 3)).astype(np.uint8)
+                Image.fromarray(px, mode="RGB").save(tmp_path / "f" / split / cls / f"{i}.png")
+    args = ["train", "--model", "mlp", "--dataset", f"imagefolder:{tmp_path / 'f'}", "--epochs", "1",
+            "--out", str(tmp_path / "run")]
+    assert main(args) == 2 and "pass --image-size" in capsys.readouterr().err
+    assert main([*args, "--image-size", "6x4", "--mean", "0.5,0.5,0.5", "--std", "0.2"]) == 2
+    assert "--std needs 3 value(s)" in capsys.readouterr().err
+    assert main([*args, "--image-size", "6x4", "--mean", "0.5,0.4,0.3", "--std", "0.2,0.2,0.2"]) == 0
+    cfg = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert cfg["image_size"] == [6, 4] and cfg["mean"] == [0.5, 0.4, 0.3]
+    p = cfg["preprocessing"]
+    assert (p["channels"], p["size"], p["mean"], p["resize"]) == (3, [6, 4], [0.5, 0.4, 0.3], "PIL bilinear")
+    assert p["class_names"] == ["cat", "dog"] and "test/" in p["test_split"]
