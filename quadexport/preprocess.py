@@ -24,7 +24,7 @@ from torch import nn
 
 from quadexport.errors import UsageError
 
-__all__ = ["Preprocessing", "RawInput", "affine", "preprocessing_metadata"]
+__all__ = ["Preprocessing", "RawInput", "affine", "denormalise", "normalise", "preprocessing_metadata"]
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +135,15 @@ def normalise(raw: torch.Tensor, p: Preprocessing) -> torch.Tensor:
     """Float32 model input from raw pixels ``(..., C, H, W)`` (the arithmetic of :class:`RawInput`)."""
     a, b = affine(p)
     return raw.to(torch.float32).mul(a).sub(b)
+
+
+def denormalise(x: torch.Tensor, p: Preprocessing) -> torch.Tensor:
+    """Raw pixel values (float32) from model inputs: the inverse of :func:`normalise`, up to float32 rounding.
+
+    For feeding a :class:`RawInput` model the test split of a run whose data loaders yield normalised tensors.
+    """
+    a, b = affine(p)
+    return x.to(torch.float32).add(b).div(a)
 
 
 class RawInput(nn.Module):

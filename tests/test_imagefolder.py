@@ -128,3 +128,23 @@ def test_cli_flags_reach_the_run(tmp_path, capsys):
     p = cfg["preprocessing"]
     assert (p["channels"], p["size"], p["mean"], p["resize"]) == (3, [6, 4], [0.5, 0.4, 0.3], "PIL bilinear")
     assert p["class_names"] == ["cat", "dog"] and "test/" in p["test_split"]
+
+
+def test_open_run_dataset_reproduces_accuracy_in_torch(folder_run):
+    import torch
+
+    import quadexport
+    from quadexport.data import open_run_dataset, run_preprocessing
+    from quadexport.preprocess import RawInput, denormalise
+    from quadexport.train import evaluate_batches
+
+    _, run, metrics = folder_run
+    model = quadexport.load(run)
+    src = open_run_dataset(model.quadexport_meta, workers=0)
+    assert src.preprocessing == run_preprocessing(model.quadexport_meta)  # stored stats reused, not recomputed
+    assert evaluate_batches(model, src.loader("test", 64), torch.device("cpu"))[1] == metrics["test_acc"]
+    x = torch.stack([src.test[i][0] for i in range(len(src.test))])
+    raw = denormalise(x, src.preprocessing)
+    assert torch.allclose(raw, raw.round(), atol=1e-3) and 0 <= raw.min() and raw.max() <= 255
+    with torch.no_grad():
+        assert torch.equal(RawInput(model, src.preprocessing)(raw.round()).argmax(1), model(x).argmax(1))

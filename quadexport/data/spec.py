@@ -12,13 +12,15 @@ from typing import Any, Mapping
 
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
+from quadexport.data.arrays import open_npz
 from quadexport.data.builtin import _SPECS, _canonical_name, list_datasets, load_dataset
+from quadexport.data.folder import open_imagefolder
 from quadexport.data.source import DataOptions, DataSource
 from quadexport.errors import UsageError, did_you_mean
 from quadexport.preprocess import Preprocessing
 
-__all__ = ["DatasetSpec", "Loaders", "builtin_preprocessing", "open_dataset", "parse_dataset_spec", "run_preprocessing",
-           "training_loaders"]
+__all__ = ["DatasetSpec", "Loaders", "builtin_preprocessing", "open_dataset", "open_run_dataset", "parse_dataset_spec",
+           "run_preprocessing", "training_loaders"]
 
 KINDS = ("imagefolder", "npz")
 
@@ -86,9 +88,6 @@ def parse_dataset_spec(spec: str) -> DatasetSpec:
 
 def open_dataset(spec: str, opts: DataOptions | None = None) -> DataSource:
     """Open any dataset kind as a :class:`DataSource` (built-ins and ``npz:`` in memory, folders streamed)."""
-    from quadexport.data.arrays import open_npz
-    from quadexport.data.folder import open_imagefolder
-
     opts = opts or DataOptions()
     ds = parse_dataset_spec(spec)
     if ds.kind == "imagefolder":
@@ -154,3 +153,27 @@ def run_preprocessing(meta: Mapping[str, Any]) -> Preprocessing:
     if name is None or parse_dataset_spec(name).kind != "builtin":
         raise UsageError(f"this run records no preprocessing (dataset {name!r}); retrain it with this quadexport")
     return builtin_preprocessing(_canonical_name(name), tc.get("test_subset"), int(tc.get("seed", 0)))
+
+
+def open_run_dataset(meta: Mapping[str, Any], data_dir: str | None = None, workers: int | None = None) -> DataSource:
+    """The dataset a trained run used (same spec, subsets, seed, size and normalisation), e.g. to check accuracy.
+
+    The run's recorded mean/std are reused, so a folder's statistics are not recomputed.
+
+    Args:
+        meta: the run's ``quadexport_meta`` (checkpoint meta, with ``train_config``).
+        data_dir: overrides the run's ``data_dir`` (built-in datasets only).
+        workers: DataLoader workers for folders (default :func:`~quadexport.data.source.auto_workers`).
+    """
+    tc = meta.get("train_config") or {}
+    spec = meta.get("dataset") or tc.get("dataset")
+    if not spec:
+        raise UsageError("this run records no dataset; pass the data explicitly")
+    custom = parse_dataset_spec(spec).kind != "builtin"
+    prep = run_preprocessing(meta) if custom else None
+    size = tc.get("image_size")
+    opts = DataOptions(data_dir=data_dir or tc.get("data_dir"), train_subset=tc.get("train_subset"),
+                       test_subset=tc.get("test_subset"), seed=int(tc.get("seed", 0)),
+                       image_size=tuple(size) if size else None, mean=prep.mean if prep else None,
+                       std=prep.std if prep else None, workers=workers)
+    return open_dataset(spec, opts)
