@@ -78,7 +78,7 @@ def dataset_spec(s: str) -> str:
     try:
         parse_dataset_spec(s)
     except UsageError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+        raise argparse.ArgumentTypeError(f"invalid choice: {e}") from None
     return s
 
 
