@@ -13,7 +13,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from quadexport.bench.models import BenchModel, _build, _load_entry, _make, _zoo_kwargs, _zoo_macs
+from quadexport.bench.models import BenchModel, _build, _load_entry, _make, _source_run, _zoo_kwargs, _zoo_macs
 from quadexport.errors import UsageError
 from quadexport.zoo import ModelInfo, get_model_info, list_models
 
@@ -119,6 +119,19 @@ class _Models:
         return m
 
 
+def _twin(q: BenchModel, acc: _Models, build: Callable[..., nn.Module], gen: torch.Generator) -> BenchModel:
+    """The ReLU twin of ``q``: for a quadratized model the model it came from (its source run dir when recorded,
+    else its source architecture), for a zoo model the same builder and depth with ``neuron="relu"``."""
+    src = _source_run(q)
+    if src is not None:
+        m = _load_entry(src, "relu", q.input_shape, gen)
+        m.role, m.note = "twin", f"the run {q.id} was quadratized from"
+        return acc.add(m)
+    what = "source architecture" if "quadratize" in q.config else "ReLU twin"
+    tm = build(q.name, q.input_shape, **_zoo_kwargs(q))
+    return acc.add(_make(tm, "twin", q.input_shape, note=f"{what} of {q.id} (same builder and depth)"))
+
+
 def resolve_models(entries: Sequence[str], neuron: str, shape: tuple[int, ...] | None, baselines: bool,
                    gen: torch.Generator) -> tuple[list[BenchModel], list[Pair], list[str]]:
     """Load the given models, add baselines, pair them. Returns (models, pairs (quad id, base id, role), notes)."""
@@ -139,8 +152,7 @@ def resolve_models(entries: Sequence[str], neuron: str, shape: tuple[int, ...] |
     for q in (m for m in given if m.is_quadratic):
         twin = next((m for m in given if not m.is_quadratic and m.label == q.label), None)
         if twin is None and baselines:
-            tm = build(q.name, q.input_shape, **_zoo_kwargs(q))
-            twin = acc.add(_make(tm, "twin", q.input_shape, note=f"ReLU twin of {q.id} (same builder and depth)"))
+            twin = _twin(q, acc, build, gen)
         if twin is not None:
             pairs.append((q.id, twin.id, "twin"))
         others = [m for m in given if not m.is_quadratic and m.label != q.label]

@@ -20,6 +20,7 @@ from torch import nn
 from quadexport.bench.config import DEFAULT_INPUT_SHAPE, PERTURB_STD, BenchError
 from quadexport.errors import UsageError, did_you_mean
 from quadexport.zoo import count_macs, count_params, create_model, get_model_info, list_models
+from quadexport.zoo.foreign import is_foreign
 
 __all__ = ["BenchModel"]  # the helpers below are used by the bench package (and _perturb by tools/)
 
@@ -218,9 +219,9 @@ def _load_entry(entry: str, neuron: str, shape: tuple[int, ...] | None, gen: tor
         cfg = module.quadexport_config
         role = "quadratic" if cfg.get("neuron", "relu") != "relu" else "relu"
         return _make(module, role, s, source=str(p))
-    if entry not in list_models():
+    if entry not in list_models() and not is_foreign(entry):
         raise BenchError(f"{entry!r} is neither a run dir nor a zoo model{did_you_mean(entry, list_models())}; zoo "
-                         f"models: {', '.join(list_models())}")
+                         f"models: {', '.join(list_models())} (or torchvision:<arch>, timm:<arch>)")
     s = tuple(shape) if shape is not None else DEFAULT_INPUT_SHAPE
     try:
         module = _build(entry, neuron, s, gen)
@@ -233,6 +234,15 @@ def _load_entry(entry: str, neuron: str, shape: tuple[int, ...] | None, gen: tor
 
 
 def _zoo_kwargs(m: BenchModel) -> dict[str, Any]:
-    return {k: v for k, v in m.config.items() if k not in ("neuron", "in_channels", "input_size")}
+    """Builder options of ``m`` for its ReLU relatives (a quadratized model's layer list is not one)."""
+    return {k: v for k, v in m.config.items() if k not in ("neuron", "in_channels", "input_size", "quadratize")}
+
+
+def _source_run(m: BenchModel) -> str | None:
+    """The run dir a quadratized model came from (``quadexport quadratize`` records it), if it is still there."""
+    if "quadratize" not in m.config:
+        return None
+    src = ((getattr(m.module, "quadexport_meta", None) or {}).get("source") or {}).get("run")
+    return src if src and Path(src, "checkpoint.pt").exists() else None
 
 
