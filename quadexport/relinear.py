@@ -88,6 +88,7 @@ def param_groups(model: nn.Module, lr: float, cfg: ReLinearConfig, weight_decay:
     """Optimizer parameter groups: base parameters at ``lr``; gate and power-branch parameters at ``lr * ratio``
     when ``cfg`` uses ``sg`` (else everything at ``lr``). Groups carry a ``"name"`` key (``base``, ``g``, ``b``)
     and the ``"lr_ratio"`` they were given. The quadratic groups are found by module type, not by name matching.
+    Frozen parameters (``requires_grad=False``, e.g. ``--train-only quadratic``) are left out.
 
     Args:
         model: the model (may be wrapped, e.g. in DDP: parameters are matched by identity).
@@ -95,10 +96,10 @@ def param_groups(model: nn.Module, lr: float, cfg: ReLinearConfig, weight_decay:
         cfg: ReLinear settings.
         weight_decay: weight decay applied to all groups.
     """
-    g = [p for _, p in _branch_params(model, GATE_BRANCHES)]
-    b = [p for _, p in _branch_params(model, POWER_BRANCHES)]
+    g = [p for _, p in _branch_params(model, GATE_BRANCHES) if p.requires_grad]
+    b = [p for _, p in _branch_params(model, POWER_BRANCHES) if p.requires_grad]
     special = {id(p) for p in g + b}
-    base = [p for p in model.parameters() if id(p) not in special]
+    base = [p for p in model.parameters() if id(p) not in special and p.requires_grad]
     rg = cfg.lr_ratio_g if cfg.uses_sg else 1.0
     rb = cfg.lr_ratio_b if cfg.uses_sg else 1.0
     groups = [{"params": base, "lr": lr, "lr_ratio": 1.0, "name": "base", "weight_decay": weight_decay}]
