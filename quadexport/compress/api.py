@@ -151,6 +151,7 @@ def compress(run_dir: str | Path, out: str | Path, *, threshold: float | None = 
         The report dict (also written to ``out``).
     """
     from quadexport.checkpoint import build_from_checkpoint, read_checkpoint, save_checkpoint, write_json
+    from quadexport.rundir import holds_run, open_run
 
     log = print if verbose else (lambda *a, **k: None)
     t_start = time.perf_counter()
@@ -169,10 +170,8 @@ def compress(run_dir: str | Path, out: str | Path, *, threshold: float | None = 
         raise CompressError("finetune epochs must be >= 0 and calib samples >= 1")
     if out.resolve() == run_dir.resolve():
         raise CompressError("--out must be a new run dir, not the input run dir")
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise CompressError(f"{out} exists and is not empty (pass overwrite=True / --overwrite)")
-        shutil.rmtree(out)
+    if holds_run(out) and not overwrite:  # fail fast; open_run below checks again under the lock
+        raise CompressError(f"{out} already holds a run; pass --overwrite to replace it")
     if threshold is None and target_ratio is None:
         threshold = 0.0 if quantize else DEFAULT_THRESHOLD
     ckpt = read_checkpoint(run_dir)
@@ -206,6 +205,9 @@ def compress(run_dir: str | Path, out: str | Path, *, threshold: float | None = 
     macs_twin = _macs(twin_model, shape)
     macs_orig = _macs(model, shape)
     trace: list[dict[str, float]] = []
+    # One writer; written into a staging dir that replaces `out` (atomically) only once complete.
+    run = open_run(out, "overwrite" if overwrite else "new", resumable=False)
+    out, final_out = run.path, out
     tmp = Path(tempfile.mkdtemp(prefix="quadexport-compress-"))
     try:
         if target_ratio is not None:
@@ -279,15 +281,16 @@ def compress(run_dir: str | Path, out: str | Path, *, threshold: float | None = 
                                   "source_compression": meta.get("compression")})
         if quantize:
             cmeta["int8_onnx"] = INT8_ONNX
-        save_checkpoint(out, cmodel, cmeta, None, int(ckpt.get("epoch", 0)), {"compressed": True})
+        save_checkpoint(out, cmodel, cmeta, None, int(ckpt.get("epoch", 0)), {"compressed": True},
+                        run_id=run.run_id)
         cmodel.quadexport_meta = cmeta
-        write_json(out / "config.json", {"compression": cmeta["compression"], "source": str(run_dir),
-                                         "train_config": meta.get("train_config")})
-        write_json(out / "metrics.json", {"model": cmodel.quadexport_config.get("name"),
+        write_json(out / "config.json", run.stamp({"compression": cmeta["compression"], "source": str(run_dir),
+                                                   "train_config": meta.get("train_config")}))
+        write_json(out / "metrics.json", run.stamp({"model": cmodel.quadexport_config.get("name"),
                                           "neuron": cmodel.quadexport_config.get("neuron"),
                                           "dataset": meta["dataset"], "test_acc": acc_final,
                                           "uncompressed_test_acc": acc_orig, "pruned_test_acc": acc_pruned,
-                                          "finetune": ft_hist, "epochs": []})
+                                          "finetune": ft_hist, "epochs": []}))
         fp32_path = _export(cmodel, out / FP32_ONNX, shape)
         parity = None
         if check:
@@ -295,6 +298,7 @@ def compress(run_dir: str | Path, out: str | Path, *, threshold: float | None = 
 
             rep = run_check(fp32_path, cmodel, batches=(1, 3, 64), verbose=False, dataset=meta["dataset"],
                             data_dir=data_dir)
+            rep.onnx_path = str(final_out / FP32_ONNX)  # where it will be once the staged run is in place
             rep.save(out / "parity.json")
             parity = {"ok": rep.ok, "worst_rel_l2": rep.worst_rel_l2}
             log(f"== parity of {fp32_path}: {'ok' if rep.ok else 'FAILED'} (worst rel_l2 {rep.worst_rel_l2:.1e})")
@@ -336,14 +340,19 @@ def compress(run_dir: str | Path, out: str | Path, *, threshold: float | None = 
                 files["relu_twin_convsc"] = _export(conv_shortcuts(copy.deepcopy(twin_model)),
                                                     bdir / "relu_twin_convsc.onnx", shape)
             timing = time_onnx(files, shape, batches, threads, min_seconds=min_seconds)
-        report = build_report(run_dir, out, model, cmodel, pl, acc_orig, acc_pruned, acc_final, twin_acc, macs_orig,
-                              macs_c, macs_twin, timing, int8, parity, ft_hist, trace, folded, rel,
+        report = build_report(run_dir, final_out, model, cmodel, pl, acc_orig, acc_pruned, acc_final, twin_acc,
+                              macs_orig, macs_c, macs_twin, timing, int8, parity, ft_hist, trace, folded, rel,
                               time.perf_counter() - t_start)
+    except BaseException:
+        run.close()  # the staging dir goes; an old `out` stays as it was
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     write_json(out / REPORT_JSON, report)
     (out / REPORT_MD).write_text(render_report(report))
-    log(f"== wrote {out} ({REPORT_MD})")
+    with run:
+        run.commit()
+    log(f"== wrote {final_out} ({REPORT_MD})")
     return report
 
 
