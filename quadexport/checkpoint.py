@@ -8,6 +8,7 @@ refused) and are written atomically (temporary file + rename), so a crash never 
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -95,7 +96,9 @@ def save_checkpoint(run_dir: str | os.PathLike, model: nn.Module, meta: dict[str
                "optimizer": optimizer_state, "extra": extra or {}}
     if run_id is not None:
         payload["run_id"] = run_id
-    return atomic_write(Path(run_dir) / CHECKPOINT, lambda f: torch.save(payload, f))
+    buf = io.BytesIO()  # serialise first: a full disk then fails as a plain OSError, not inside torch's zip writer
+    torch.save(payload, buf)
+    return atomic_write(Path(run_dir) / CHECKPOINT, lambda f: f.write(buf.getbuffer()))
 
 
 def read_checkpoint(run_dir: str | os.PathLike) -> dict[str, Any]:
