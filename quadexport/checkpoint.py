@@ -19,7 +19,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from quadexport.rundir import file_mode, read_consistent
+from quadexport.atomicfile import file_mode
+from quadexport.rundir import read_consistent
 
 CHECKPOINT = "checkpoint.pt"
 FORMAT = "quadexport-run"

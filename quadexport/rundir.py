@@ -30,8 +30,9 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterator
 
+from quadexport.atomicfile import current_umask, fsync_dir
 from quadexport.errors import QuadexportError
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,6 @@ MODES = ("new", "resume", "overwrite")
 CHECKPOINT = "checkpoint.pt"
 CONFIG = "config.json"
 METRICS = "metrics.json"
-T = TypeVar("T")
 
 
 class RunDirError(QuadexportError, ValueError):
@@ -53,24 +53,6 @@ class RunDirLocked(RunDirError):
     def __init__(self, message: str, pid: int | None) -> None:
         super().__init__(message)
         self.pid = pid
-
-
-def current_umask() -> int:
-    """The process umask (read from /proc where possible; else set-and-restore)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def file_mode() -> int:
-    """Mode a plain ``open()`` would give a new file: ``0o666 & ~umask`` (mkstemp gives 0600)."""
-    return 0o666 & ~current_umask()
 
 
 def lock_path(path: str | os.PathLike) -> Path:
@@ -173,19 +155,6 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(err, os.strerror(err), str(b))
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _clean_leftovers(final: Path) -> None:
     """Under the lock: remove staging dirs of dead writers; put back a run whose swap was cut short."""
     for p in final.parent.glob(f".{final.name}.staging-*"):
@@ -239,7 +208,7 @@ class RunDir:
                 shutil.rmtree(old, ignore_errors=True)
         else:
             os.rename(stage, final)  # rename(2) replaces an empty directory
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
         self.path, self.committed = final, True
 
     @contextmanager
@@ -411,43 +380,5 @@ def merge_resume_config(saved: dict[str, Any], given: dict[str, tuple[str, Any]]
     return merged
 
 
-@dataclass
-class StagedFile:
-    """A file written under a temporary sibling name and renamed into place only when accepted::
-
-        with StagedFile(out) as f:
-            write(f.path)
-            if not good:
-                f.discard()        # nothing at ``out``; an older file there stays untouched
-    """
-
-    final: Path
-    path: Path = field(init=False)
-    discarded: bool = False
-
-    def __post_init__(self) -> None:
-        self.final = Path(self.final)
-        self.path = self.final.parent / f".{self.final.name}.{uuid.uuid4().hex[:8]}.tmp"
-
-    def discard(self) -> None:
-        self.discarded = True
-
-    def __enter__(self) -> StagedFile:
-        self.final.parent.mkdir(parents=True, exist_ok=True)
-        return self
-
-    def __exit__(self, exc_type: object, *exc: object) -> None:
-        if exc_type is None and not self.discarded and self.path.exists():
-            fd = os.open(self.path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(self.path, self.final)
-            _fsync_dir(self.final.parent)
-        else:
-            self.path.unlink(missing_ok=True)
-
-
-__all__ = ["RunDir", "RunDirError", "RunDirLocked", "StagedFile", "current_umask", "disagreement", "file_mode",
-           "holds_run", "merge_resume_config", "open_run", "read_consistent", "run_id_of", "writer_alive"]
+__all__ = ["RunDir", "RunDirError", "RunDirLocked", "disagreement", "holds_run", "merge_resume_config", "open_run",
+           "read_consistent", "run_id_of", "writer_alive"]

@@ -18,7 +18,8 @@ import torch
 import quadexport as q
 from quadexport.checkpoint import atomic_write, read_checkpoint
 from quadexport.cli import main
-from quadexport.rundir import RunDirError, RunDirLocked, StagedFile, lock_path, open_run
+from quadexport.atomicfile import StagedFile
+from quadexport.rundir import RunDirError, RunDirLocked, lock_path, open_run
 from quadexport.train import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]

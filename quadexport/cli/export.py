@@ -37,7 +37,7 @@ def run(a: argparse.Namespace) -> int:
 
     from quadexport.checkpoint import load
     from quadexport.export import export
-    from quadexport.rundir import StagedFile
+    from quadexport.atomicfile import StagedFile
 
     model = load(a.run_dir)
     calib = _calibration(model, a.data_dir) if a.fp16 else None
