@@ -21,8 +21,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from quadexport.checkpoint import CHECKPOINT, read_checkpoint, save_checkpoint, write_json
+from quadexport.errors import UsageError
 from quadexport.relinear import (ReLinearConfig, param_groups, plain_init, quadratic_norms, quadratic_penalty,
                                  warm_start)
+from quadexport.rundir import RunDir, RunDirError, disagreement, open_run
 
 
 class TrainingDiverged(RuntimeError):
@@ -231,12 +233,16 @@ def _plot(run_dir: Path, epochs: list[dict[str, Any]], title: str) -> None:
 
 
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_after: int | None = None,
-          plot: bool = True) -> dict[str, Any]:
+          plot: bool = True, overwrite: bool = False) -> dict[str, Any]:
     """Train ``cfg.model`` on ``cfg.dataset`` and write the run dir ``cfg.out``.
+
+    A dir that already holds a run is refused unless ``resume`` or ``overwrite``; one process writes a run dir at a
+    time (``quadexport.rundir``; under torchrun only rank 0 locks and writes).
 
     Args:
         cfg: the training configuration.
         resume: continue from ``cfg.out/checkpoint.pt`` (its config must match ``cfg``).
+        overwrite: replace the run in ``cfg.out``; the old run stays intact until the new one's first checkpoint.
         progress: show a progress bar per epoch (rank 0, terminals only).
         stop_after: end this call after that many epochs (the run stays resumable), e.g. to split a long run.
         plot: draw ``curves.png`` at the end (matplotlib, ~2 s; off for many tiny runs).
@@ -244,6 +250,16 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
     Returns:
         The metrics dict written to ``metrics.json``.
     """
+    if resume and overwrite:
+        raise UsageError("give --resume or --overwrite, not both")
+    mode = "resume" if resume else "overwrite" if overwrite else "new"
+    with open_run(cfg.out, mode, writer=int(os.environ.get("RANK", "0")) == 0) as run:
+        return _train(cfg, run, resume, progress, stop_after, plot)
+
+
+def _train(cfg: TrainConfig, run: RunDir, resume: bool, progress: bool, stop_after: int | None,
+           plot: bool) -> dict[str, Any]:
+    """The body of :func:`train` inside its open run dir (``run.path``: where rank 0 writes)."""
     from tqdm import tqdm
 
     from quadexport.data import DataOptions, training_loaders
@@ -265,6 +281,12 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
     start_epoch, lr_mult, rollbacks = 0, 1.0, 0
     if resume:
         ckpt = read_checkpoint(run_dir)
+        bad = disagreement(run_dir, ckpt.get("run_id"), None)  # metrics ahead of the checkpoint: cut back below
+        if bad:
+            raise RunDirError(bad.message)
+        if int(ckpt["epoch"]) > cfg.epochs:
+            raise UsageError(f"--resume: {run_dir} has done {ckpt['epoch']} epochs; --epochs {cfg.epochs} cannot undo "
+                             f"them (give --epochs >= {ckpt['epoch']})")
         saved = ckpt["meta"].get("train_config", {})
         mine = cfg.to_dict()
         diff = [k for k in mine if k not in ("epochs", "out") and saved.get(k) != mine[k]]
@@ -280,8 +302,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
         if metrics_path.exists():
             history = [m for m in json.loads(metrics_path.read_text())["epochs"] if m["epoch"] <= start_epoch]
     elif rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if not os.access(run_dir, os.W_OK):
+        run.path.mkdir(parents=True, exist_ok=True)
+        if not os.access(run.path, os.W_OK):
             raise PermissionError(f"output dir {run_dir} is not writable")
     net: nn.Module = model
     if world > 1:
@@ -348,12 +370,14 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
                   f"test_acc {100 * test_acc:.2f}% |W_g| {norms['norm_wg']:.3g} |W_b| {norms['norm_wb']:.3g} "
                   f"{seconds:.1f}s", flush=True)
             meta.update(test_acc=test_acc, epochs_done=epoch)
-            save_checkpoint(run_dir, model, meta, opt.state_dict(), epoch,
-                            {"lr_mult": lr_mult, "rollbacks": rollbacks})
             metrics = {"model": cfg.model, "neuron": cfg.neuron, "dataset": cfg.dataset, "epochs": history,
                        "test_acc": test_acc}
-            write_json(run_dir / "metrics.json", metrics)
-            write_json(run_dir / "config.json", {**cfg.to_dict(), "preprocessing": prep.to_dict()})
+            with run.saving():  # metrics, config, then the checkpoint (the commit point); a staged run swaps in
+                write_json(run.path / "metrics.json", run.stamp(metrics))
+                write_json(run.path / "config.json", run.stamp({**cfg.to_dict(), "preprocessing": prep.to_dict()}))
+                save_checkpoint(run.path, model, meta, opt.state_dict(), epoch,
+                                {"lr_mult": lr_mult, "rollbacks": rollbacks}, run_id=run.run_id)
+                run.commit()
     if rank == 0:
         metrics = json.loads((run_dir / "metrics.json").read_text())
         if plot:

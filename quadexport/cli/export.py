@@ -37,21 +37,30 @@ def run(a: argparse.Namespace) -> int:
 
     from quadexport.checkpoint import load
     from quadexport.export import export
+    from quadexport.atomicfile import StagedFile
 
     model = load(a.run_dir)
     calib = _calibration(model, a.data_dir) if a.fp16 else None
-    path = export(model, a.out, mode=a.mode, opset=a.opset, fold_bn=not a.no_fold_bn, fp16=a.fp16,
-                  calibration_data=calib)
-    proto = onnx.load(str(path), load_external_data=False)
-    ops = collections.Counter(f"{n.domain + '::' if n.domain else ''}{n.op_type}" for n in proto.graph.node)
-    print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB, mode {a.mode}, opset {a.opset}"
-          f"{', fp16' if a.fp16 else ''}): " + ", ".join(f"{k} {v}" for k, v in ops.most_common()))
-    if a.no_check:
-        return 0
-    from quadexport.check import check
+    # Written under a temporary name and renamed to a.out only once the parity check passed (or --no-check).
+    with StagedFile(a.out) as staged:
+        path = export(model, staged.path, mode=a.mode, opset=a.opset, fold_bn=not a.no_fold_bn, fp16=a.fp16,
+                      calibration_data=calib)
+        proto = onnx.load(str(path), load_external_data=False)
+        ops = collections.Counter(f"{n.domain + '::' if n.domain else ''}{n.op_type}" for n in proto.graph.node)
+        print(f"exported {a.out} ({path.stat().st_size / 1e6:.2f} MB, mode {a.mode}, opset {a.opset}"
+              f"{', fp16' if a.fp16 else ''}): " + ", ".join(f"{k} {v}" for k, v in ops.most_common()))
+        if a.no_check:
+            print(f"wrote {a.out} (not checked)")
+            return 0
+        from quadexport.check import check
 
-    report = check(path, model, batches=(1, 3, 5), opt_levels=("disable", "all"), dataset=False, verbose=True)
-    return 0 if report.ok else 1
+        report = check(path, model, batches=(1, 3, 5), opt_levels=("disable", "all"), dataset=False, verbose=True)
+        if not report.ok:
+            staged.discard()
+            print(f"parity check failed: {a.out} not written", file=sys.stderr)
+            return 1
+    print(f"wrote {a.out} (parity checked)")
+    return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
