@@ -9,7 +9,8 @@
 
 ``all`` (the default) trains everything. ``quadratic+bn+head`` is what ``--train-only`` alone means. ReLinear's
 ``sg`` learning-rate ratios and ``sw`` penalty apply to the quadratic terms as before
-(:func:`quadexport.relinear.param_groups` leaves frozen parameters out of the optimizer).
+(:func:`quadexport.relinear.param_groups` leaves frozen parameters out of the optimizer). BatchNorm running
+statistics still follow the data in train mode, also when ``bn`` is frozen.
 """
 
 from __future__ import annotations

@@ -32,9 +32,10 @@ log = logging.getLogger(__name__)
 
 TOLERANCE = 1e-6
 """Max relative difference (``max|new − old| / max|old|``) between the outputs before and after quadratizing."""
-OUTCOME_KEYS = ("test_acc", "test_loss", "relinear", "train_config", "epochs_done", "run_id")
-"""``quadexport_meta`` entries that describe the *source* model's training: moved under ``meta["source"]`` so the
-quadratized model (and its ONNX export) does not claim them."""
+OUTCOME_KEYS = ("test_acc", "test_loss", "relinear", "epochs_done", "run_id")
+"""``quadexport_meta`` entries that describe the *source* model's training outcome: moved under ``meta["source"]`` so
+the quadratized model (and its ONNX export) does not claim them. The data recipe (``dataset``, ``input_shape``,
+``normalization``, ``preprocessing``, ``train_config``) stays: it is the data the quadratized model takes."""
 
 __all__ = ["OUTCOME_KEYS", "QuadratizeError", "QuadratizeReport", "SkippedLayer", "TOLERANCE", "quadratize"]
 

@@ -12,7 +12,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from quadexport.adapter import parse_train_only, set_trainable
 from quadexport.checkpoint import CHECKPOINT, read_checkpoint, save_checkpoint, write_json
 from quadexport.errors import UsageError
 from quadexport.relinear import (ReLinearConfig, param_groups, plain_init, quadratic_norms, quadratic_penalty,
@@ -60,6 +61,14 @@ class TrainConfig:
         image_size: ``(height, width)`` to resize ``imagefolder:`` images to (default: their common size).
         mean: per-channel normalisation mean for ``imagefolder:``/``npz:`` (default: computed on the train split).
         std: per-channel normalisation std, given together with ``mean``.
+        train_only: ``"all"`` or what stays trainable, ``+``-joined parts of ``quadratic``, ``bn``, ``head``
+            (:mod:`quadexport.adapter`; ``"quadratic+bn+head"``: adapter-only fine-tuning).
+        from_run: start from this run dir's trained model (any run: zoo, foreign, quadratized) with a fresh
+            schedule; ``model``/``neuron``/``width`` are then taken from it (the data settings are as given here:
+            the CLI fills them from the source run).
+        weights: a state dict file loaded into the freshly built model (``torch.load(weights_only=True)``; plain
+            conv/linear keys land in the ``r`` branch of quadratic layers).
+        model_args: further builder options (``{"patch_size": 4}`` for a timm ViT on small images).
     """
 
     model: str = "cnn"
@@ -86,6 +95,10 @@ class TrainConfig:
     image_size: tuple[int, int] | None = None
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
+    train_only: str = "all"
+    from_run: str | None = None
+    weights: str | None = None
+    model_args: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if isinstance(self.relinear, dict):
@@ -105,6 +118,12 @@ class TrainConfig:
         for ok, msg in checks:
             if not ok:
                 raise ValueError(msg)
+        parse_train_only(self.train_only)
+        starts = [f for f, v in (("--from", self.from_run), ("--warm-start", self.warm_start),
+                                 ("--weights", self.weights)) if v]
+        if len(starts) > 1:
+            raise UsageError(f"give one of {' / '.join(starts)}: each sets the starting weights")
+        self.model_args = dict(self.model_args or {})
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -126,23 +145,62 @@ def _dist() -> tuple[int, int]:
 
 
 def build_model(cfg: TrainConfig, num_classes: int, input_shape: tuple[int, int, int]) -> nn.Module:
-    """Create the model of ``cfg`` for a dataset (seeded), with its init and optional warm start."""
+    """Create the model of ``cfg`` for a dataset (seeded): its init, or the weights of ``--from`` /
+    ``--warm-start`` / ``--weights``; then freeze what ``--train-only`` leaves out."""
     from quadexport.checkpoint import read_checkpoint
     from quadexport.zoo import create_model
+    from quadexport.zoo.foreign import load_weights
 
     torch.manual_seed(cfg.seed)
-    kw = {"width": cfg.width} if cfg.width else {}
-    model = create_model(cfg.model, neuron=cfg.neuron, num_classes=num_classes, in_channels=input_shape[0],
-                         input_size=tuple(input_shape[1:]), **kw)
-    if cfg.relinear.init == "kaiming":
-        plain_init(model)
+    if cfg.from_run:
+        model = _from_run(cfg.from_run, num_classes, input_shape)
+    else:
+        kw = {"width": cfg.width} if cfg.width else {}
+        model = create_model(cfg.model, neuron=cfg.neuron, num_classes=num_classes, in_channels=input_shape[0],
+                             input_size=tuple(input_shape[1:]), **kw, **cfg.model_args)
+        if cfg.relinear.init == "kaiming":
+            plain_init(model)
     if cfg.warm_start:
         src = read_checkpoint(cfg.warm_start)
         if src["config"].get("neuron") != "relu":
             raise ValueError(f"--warm-start expects a ReLU run dir, {cfg.warm_start} has neuron "
                              f"{src['config'].get('neuron')!r}")
         warm_start(model, src["model"])
+    if cfg.weights:
+        load_weights(model, cfg.weights)
+    set_trainable(model, cfg.train_only)
     return model
+
+
+def _from_run(path: str, num_classes: int, input_shape: tuple[int, int, int]) -> nn.Module:
+    """The trained model of run dir ``path`` (``--from``), checked against the dataset."""
+    from quadexport.checkpoint import build_from_checkpoint
+
+    model = build_from_checkpoint(read_checkpoint(path))
+    cfg = model.quadexport_config
+    if cfg.get("num_classes") != num_classes or cfg.get("in_channels") != input_shape[0]:
+        raise UsageError(f"--from {path}: its model takes {cfg.get('in_channels')} channel(s) and has "
+                         f"{cfg.get('num_classes')} classes, the dataset {input_shape[0]} and {num_classes}; "
+                         f"train --from on the source run's data (drop --dataset)")
+    return model
+
+
+def resolve_from(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with ``model``, ``neuron``, ``width`` and ``model_args`` of its ``--from`` run (unchanged without)."""
+    if not cfg.from_run:
+        return cfg
+    src = dict(read_checkpoint(cfg.from_run)["config"])
+    known = {"name", "neuron", "num_classes", "in_channels", "input_size", "width", "quadratize", "compress"}
+    return replace(cfg, model=src["name"], neuron=src.get("neuron", "relu"), width=src.get("width"),
+                   model_args={k: v for k, v in src.items() if k not in known})
+
+
+def _source_meta(cfg: TrainConfig) -> dict[str, Any]:
+    """``meta["source"]`` of a ``--from`` run: the run it started from, its model and test accuracy."""
+    if not cfg.from_run:
+        return {}
+    src = read_checkpoint(cfg.from_run)
+    return {"source": {"run": str(cfg.from_run), "config": src["config"], "test_acc": src["meta"].get("test_acc")}}
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -253,6 +311,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
     if resume and overwrite:
         raise UsageError("give --resume or --overwrite, not both")
     mode = "resume" if resume else "overwrite" if overwrite else "new"
+    cfg = resolve_from(cfg)
     with open_run(cfg.out, mode, writer=int(os.environ.get("RANK", "0")) == 0) as run:
         return _train(cfg, run, resume, progress, stop_after, plot)
 
@@ -288,8 +347,8 @@ def _train(cfg: TrainConfig, run: RunDir, resume: bool, progress: bool, stop_aft
             raise UsageError(f"--resume: {run_dir} has done {ckpt['epoch']} epochs; --epochs {cfg.epochs} cannot undo "
                              f"them (give --epochs >= {ckpt['epoch']})")
         saved = ckpt["meta"].get("train_config", {})
-        mine = cfg.to_dict()
-        diff = [k for k in mine if k not in ("epochs", "out") and saved.get(k) != mine[k]]
+        mine, defaults = cfg.to_dict(), TrainConfig().to_dict()  # keys newer than the run: their defaults
+        diff = [k for k in mine if k not in ("epochs", "out") and saved.get(k, defaults.get(k)) != mine[k]]
         if diff:
             raise ValueError(f"--resume: {run_dir} was trained with other settings ({', '.join(diff)})")
         model.load_state_dict(ckpt["model"])
@@ -310,7 +369,8 @@ def _train(cfg: TrainConfig, run: RunDir, resume: bool, progress: bool, stop_aft
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     sampler, loader, prep = data.sampler, data.train, data.preprocessing
     meta = {"dataset": cfg.dataset, "input_shape": list(data.input_shape), "num_classes": data.num_classes,
-            "normalization": prep.normalization(), "preprocessing": prep.to_dict(), "relinear": cfg.relinear.to_dict(), "train_config": cfg.to_dict()}
+            "normalization": prep.normalization(), "preprocessing": prep.to_dict(), "relinear": cfg.relinear.to_dict(),
+            "train_config": cfg.to_dict(), **_source_meta(cfg)}
     good_state = (copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict()))
     epoch = start_epoch
     last = cfg.epochs if stop_after is None else min(cfg.epochs, start_epoch + stop_after)

@@ -9,7 +9,7 @@ import importlib
 import sys
 
 # Command modules, in the order shown by --help.
-COMMANDS = ("train", "export", "check", "bench", "compress", "pipeline", "experiments", "info")
+COMMANDS = ("train", "quadratize", "export", "check", "bench", "compress", "pipeline", "experiments", "info")
 
 
 class CLIError(Exception):

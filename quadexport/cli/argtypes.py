@@ -82,5 +82,18 @@ def dataset_spec(s: str) -> str:
     return s
 
 
-__all__ = ["dataset_spec", "finite_float", "float_list", "image_size", "nonneg_float", "nonneg_int", "pos_int",
-           "positive_float"]
+def model_arg(s: str) -> tuple[str, object]:
+    """``KEY=VALUE`` with VALUE read as JSON when it parses (``4``, ``0.1``, ``[1,1,2]``, ``true``), else text."""
+    import json
+
+    key, eq, val = s.partition("=")
+    if not eq or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"{s} must be KEY=VALUE (e.g. patch_size=4)")
+    try:
+        return key, json.loads(val)
+    except ValueError:
+        return key, val
+
+
+__all__ = ["dataset_spec", "finite_float", "float_list", "image_size", "model_arg", "nonneg_float", "nonneg_int",
+           "pos_int", "positive_float"]

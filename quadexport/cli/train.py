@@ -9,14 +9,19 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from quadexport.cli.argtypes import dataset_spec, finite_float, float_list, image_size, nonneg_float, pos_int
+from quadexport.cli.argtypes import (dataset_spec, finite_float, float_list, image_size, model_arg, nonneg_float,
+                                     pos_int)
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     """The training flags (shared with ``compress --finetune-epochs`` and the pipeline)."""
+    from quadexport.adapter import ADAPTER_DEFAULT
     from quadexport.data import list_datasets
 
-    p.add_argument("--model", default="cnn", help="zoo model (quadexport info models), default cnn")
+    p.add_argument("--model", default="cnn",
+                   help="zoo model (quadexport info models), torchvision:<arch> or timm:<arch>; default cnn")
+    p.add_argument("--model-arg", action="append", type=model_arg, default=None, metavar="KEY=VALUE",
+                   help="builder option, repeatable (e.g. patch_size=4 for a timm ViT on small images)")
     p.add_argument("--neuron", default="fan", help="neuron type (quadexport info neurons) or relu, default fan")
     p.add_argument("--dataset", default="digits", type=dataset_spec, metavar="DATASET",
                    help=f"{', '.join(list_datasets())} (default digits), imagefolder:PATH (PATH/train/<class>/*.png "
@@ -45,6 +50,14 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--init", choices=("relinear", "kaiming"), default="relinear",
                    help="relinear (W_g=0,b_g=1,W_b=0,c=0) or kaiming on every branch (control)")
     p.add_argument("--warm-start", default=None, metavar="RUN_DIR", help="copy W_r/BN/stem/head from a ReLU run")
+    p.add_argument("--from", dest="from_run", default=None, metavar="RUN_DIR",
+                   help="fine-tune the trained model of any run (zoo, foreign, quadratized) with a fresh schedule; "
+                        "data and preprocessing default to that run's")
+    p.add_argument("--weights", default=None, metavar="FILE",
+                   help="load a state dict file into the new model (weights-only load; nothing is downloaded)")
+    p.add_argument("--train-only", nargs="?", const=ADAPTER_DEFAULT, default="all", metavar="PARTS",
+                   help=f"train only these '+'-joined parts of quadratic, bn, head (alone: {ADAPTER_DEFAULT}; "
+                        "the primary weights stay frozen: adapter-only fine-tuning); default all")
     p.add_argument("--width", type=pos_int, default=None, help="width of mlp/cnn")
     p.add_argument("--train-subset", type=pos_int, default=None, help="train on N samples (stratified)")
     p.add_argument("--test-subset", type=pos_int, default=None)
@@ -67,7 +80,32 @@ def config_from_args(a: argparse.Namespace, out: str):
                        schedule=a.schedule, relinear=rl, seed=a.seed, data_dir=a.data_dir,
                        train_subset=a.train_subset, test_subset=a.test_subset, warm_start=a.warm_start,
                        width=a.width, device=a.device, amp=a.amp, grad_clip=a.grad_clip,
-                       image_size=a.image_size, mean=a.mean, std=a.std)
+                       image_size=a.image_size, mean=a.mean, std=a.std, train_only=a.train_only,
+                       from_run=a.from_run, weights=a.weights, model_args=dict(a.model_arg or []))
+
+
+_DATA_FLAGS = ("dataset", "data_dir", "train_subset", "test_subset", "image_size", "mean", "std")
+"""What ``--from`` takes from the source run unless given."""
+
+
+def _from_defaults(a: argparse.Namespace, given: dict[str, Any]) -> None:
+    """``--from RUN``: the data flags not typed come from RUN; the model is RUN's (model flags are refused)."""
+    from quadexport.checkpoint import read_checkpoint
+    from quadexport.data import parse_dataset_spec, run_preprocessing
+    from quadexport.errors import UsageError
+
+    clash = [f"--{d.replace('_', '-')}" for d in ("model", "neuron", "width", "model_arg", "init") if d in given]
+    if clash:
+        raise UsageError(f"--from takes the model of {a.from_run}; drop {', '.join(clash)}")
+    meta = read_checkpoint(a.from_run)["meta"]
+    tc = meta.get("train_config") or {}
+    spec = meta.get("dataset") or tc.get("dataset")
+    prep = run_preprocessing(meta) if spec and parse_dataset_spec(spec).kind != "builtin" else None
+    src = {**{d: tc.get(d) for d in _DATA_FLAGS}, "dataset": spec,
+           "mean": prep.mean if prep else None, "std": prep.std if prep else None}
+    for dest in _DATA_FLAGS:
+        if dest not in given and src.get(dest) is not None:
+            setattr(a, dest, tuple(src[dest]) if isinstance(src[dest], list) else src[dest])
 
 
 _UNSET: Any = object()  # default of every training flag, so run() can tell the flags a user typed
@@ -127,6 +165,8 @@ def run(a: argparse.Namespace) -> int:
     from quadexport.train import TrainingDiverged, train
 
     given = _given_flags(a)
+    if a.from_run and not a.resume:
+        _from_defaults(a, given)
     cfg = _resume_config(a, given) if a.resume else config_from_args(a, a.out)
     rank0 = int(os.environ.get("RANK", "0")) == 0
     previous_id = run_id_of(a.out)
