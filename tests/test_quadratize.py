@@ -4,6 +4,7 @@ architectures (torchvision:/timm:), export parity, the CLI round trip."""
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
@@ -282,3 +283,80 @@ def test_foreign_export_parity(name: str, kw: dict, mode: str, tmp_path) -> None
     rep = check(path, q, batches=(2,), dataset=False, opt_levels=("disable", "all"), verbose=False, threads=1)
     assert rep.ok, rep.summary()
     assert rep.worst_rel_l2 <= 1e-5
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# adapter-only fine-tuning, the CLI round trip, bench pairing
+# ------------------------------------------------------------------------------------------------------------------
+
+def test_train_only_parts() -> None:
+    from quadexport.adapter import parse_train_only, set_trainable
+    from quadexport.relinear import ReLinearConfig, param_groups
+
+    m = quadratize(create_model("cnn", neuron="relu", width=4))
+    s = set_trainable(m, "quadratic")
+    assert not m.conv2.r.weight.requires_grad and m.conv2.g.weight.requires_grad and m.conv2.b.weight.requires_grad
+    assert not m.bn2.weight.requires_grad and not m.fc.weight.requires_grad and not m.conv1.weight.requires_grad
+    assert s.trainable == sum(p.numel() for p in m.parameters() if p.requires_grad) and s.frozen > 0
+    groups = {g["name"]: g for g in param_groups(m, 0.1, ReLinearConfig())}
+    assert groups["base"]["params"] == [] and groups["g"]["lr"] == pytest.approx(1e-3)  # sg ratios still apply
+    set_trainable(m, "quadratic+bn+head")
+    assert m.bn2.weight.requires_grad and m.fc.bias.requires_grad and not m.conv3.r.weight.requires_grad
+    set_trainable(m, "all")
+    assert all(p.requires_grad for p in m.parameters())
+    with pytest.raises(UsageError, match="including 'quadratic'"):
+        parse_train_only("bn+head")
+    with pytest.raises(UsageError, match="quadratize it first"):
+        set_trainable(create_model("cnn", neuron="relu"), "quadratic")
+
+
+def _cli(*argv) -> None:
+    from quadexport.cli import main
+
+    assert main([str(a) for a in argv]) == 0, argv
+
+
+def _state(run) -> dict:
+    return torch.load(run / "checkpoint.pt", weights_only=True)
+
+
+def test_cli_round_trip(tmp_path, capsys) -> None:
+    """train relu → quadratize → train --from --train-only quadratic → export → check → bench pairs the source."""
+    relu, q, ft = tmp_path / "relu", tmp_path / "q", tmp_path / "ft"
+    _cli("train", "--model", "cnn", "--width", "8", "--neuron", "relu", "--dataset", "digits", "--epochs", "1",
+         "--train-subset", "300", "--out", relu)
+    _cli("quadratize", relu, "--out", q, "--neuron", "fan")
+    assert "2 layer(s) quadratic" in capsys.readouterr().out
+    src_model, q_model = quadexport.load(relu), quadexport.load(q)
+    x = torch.randn(4, 1, 8, 8)
+    assert torch.equal(src_model(x), q_model(x))
+    assert q_model.quadexport_config["neuron"] == "fan" and "test_acc" not in q_model.quadexport_meta
+    assert q_model.quadexport_meta["source"]["run"] == str(relu)
+    assert json.loads((q / "metrics.json").read_text())["source"]["test_acc"] == _state(relu)["meta"]["test_acc"]
+    _cli("train", "--from", q, "--epochs", "1", "--train-only", "quadratic", "--lr", "0.5", "--relinear", "none",
+         "--out", ft)
+    a, b = _state(q), _state(ft)
+    assert b["meta"]["train_config"]["train_subset"] == 300  # the source's data settings
+    assert torch.equal(a["model"]["conv2.r.weight"], b["model"]["conv2.r.weight"])  # primary weights frozen
+    assert torch.equal(a["model"]["fc.weight"], b["model"]["fc.weight"])
+    assert not torch.equal(a["model"]["conv2.g.weight"], b["model"]["conv2.g.weight"])  # quadratic terms trained
+    _cli("export", ft, tmp_path / "ft.onnx", "--mode", "function")
+    _cli("check", tmp_path / "ft.onnx", ft)
+    from quadexport.bench.baselines import resolve_models
+
+    models, pairs, _ = resolve_models([str(ft)], "fan", None, True, torch.Generator().manual_seed(0))
+    twin = next(m for m in models if m.role == "twin")
+    assert twin.source == str(relu) and (models[0].id, twin.id, "twin") in pairs
+
+
+def test_cli_errors(tmp_path) -> None:
+    from quadexport.cli import main
+
+    run = tmp_path / "relu"
+    _cli("train", "--model", "mlp", "--width", "8", "--neuron", "relu", "--epochs", "1", "--train-subset", "100",
+         "--out", run)
+    assert main(["quadratize", str(run), "--out", str(tmp_path / "q"), "--include", "fx1"]) == 2
+    assert main(["quadratize", str(run), "--out", str(tmp_path / "q"), "--exclude", "fc2"]) == 2  # nothing left
+    assert main(["train", "--from", str(run), "--model", "cnn", "--out", str(tmp_path / "x")]) == 2
+    assert main(["train", "--from", str(run), "--weights", "w.pt", "--out", str(tmp_path / "x")]) == 2
+    assert not (tmp_path / "q").exists() and not (tmp_path / "x").exists()

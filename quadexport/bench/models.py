@@ -238,11 +238,25 @@ def _zoo_kwargs(m: BenchModel) -> dict[str, Any]:
     return {k: v for k, v in m.config.items() if k not in ("neuron", "in_channels", "input_size", "quadratize")}
 
 
-def _source_run(m: BenchModel) -> str | None:
-    """The run dir a quadratized model came from (``quadexport quadratize`` records it), if it is still there."""
+def _source_run(m: BenchModel, max_hops: int = 8) -> str | None:
+    """The ReLU run dir a quadratized model came from, if it is still there: ``quadexport quadratize`` and
+    ``train --from`` record their source run in ``meta["source"]["run"]``; the chain is followed to a ReLU run."""
     if "quadratize" not in m.config:
         return None
-    src = ((getattr(m.module, "quadexport_meta", None) or {}).get("source") or {}).get("run")
-    return src if src and Path(src, "checkpoint.pt").exists() else None
+    from quadexport.checkpoint import CheckpointError, read_checkpoint
+
+    meta = getattr(m.module, "quadexport_meta", None) or {}
+    for _ in range(max_hops):
+        src = (meta.get("source") or {}).get("run")
+        if not src or not Path(src, "checkpoint.pt").exists():
+            return None
+        try:
+            ckpt = read_checkpoint(src)
+        except CheckpointError:
+            return None
+        if ckpt["config"].get("neuron") == "relu":
+            return src
+        meta = ckpt["meta"]
+    return None
 
 
