@@ -571,7 +571,7 @@ def environment(provider: str = "cpu", threads: int | None = None, opt_level: st
         "load_average": _loadavg(),
     }
     try:
-        from quadexport.export.session import find_kernel_library
+        from quadexport.exporter.session import find_kernel_library
 
         lib = find_kernel_library()
     except Exception:  # noqa: BLE001 - the environment record must never fail a benchmark
@@ -892,7 +892,7 @@ def _modes(mode: str | Iterable[str], torch_eager: bool) -> list[str]:
 
 
 def _export(bm: BenchModel, mode: str, folder: Path, opset: int) -> Path:
-    from quadexport.export import export
+    from quadexport.exporter import export
 
     path = folder / f"{bm.id.replace('#', '_')}-{mode}.onnx"
     export(bm.module, path, mode=mode, opset=opset, input_shape=tuple(bm.input_shape))
@@ -951,7 +951,7 @@ def bench(models: Sequence[str | os.PathLike], *, neuron: str = "fan", mode: str
     batches = [int(b) for b in batches]
     if not batches or any(b < 1 for b in batches):
         raise BenchError(f"batch sizes must be >= 1, got {batches}")
-    from quadexport.export.session import OPT_LEVELS
+    from quadexport.exporter.session import OPT_LEVELS
 
     if opt_level not in OPT_LEVELS:
         raise BenchError(f"unknown opt_level {opt_level!r}; choose one of {', '.join(OPT_LEVELS)}")
@@ -994,7 +994,7 @@ def bench(models: Sequence[str | os.PathLike], *, neuron: str = "fan", mode: str
             folder = Path(tmp.name)
 
         # -- runners: one ONNX export + session per (model, ONNX mode), reused across batch sizes ----------------
-        from quadexport.export.session import make_session
+        from quadexport.exporter.session import make_session
 
         onnx_modes = [m for m in modes if m in ONNX_MODES]
         plan: list[tuple[BenchModel, str]] = []

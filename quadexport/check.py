@@ -211,7 +211,7 @@ def check(onnx_path: str | os.PathLike, model: nn.Module, *, provider: str = "cp
     import onnx
     import onnxruntime as ort
 
-    from quadexport.export.session import find_kernel_library, make_session, model_info
+    from quadexport.exporter.session import find_kernel_library, make_session, model_info
 
     info = model_info(onnx_path)
     dtype = info.metadata.get("quadexport.dtype", "float32")

@@ -113,7 +113,7 @@ def run_pipeline(recipe_path: str | Path, out: str | Path | None = None, resume:
     summary["stages"]["train_s"] = time.perf_counter() - t_start
 
     from quadexport.check import check
-    from quadexport.export import export
+    from quadexport.exporter import export
 
     exp = recipe.get("export", {})
     chk = recipe.get("check", {})

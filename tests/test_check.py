@@ -14,7 +14,7 @@ import torch
 
 from quadexport.check import TOLERANCES, check, compare
 from quadexport.checkpoint import save_checkpoint
-from quadexport.export import export, strip_functions
+from quadexport.exporter import export, strip_functions
 
 from test_export import cached_export, cached_model, kernel_lib, make_model  # noqa: F401  (tests/ is on sys.path)
 
@@ -71,7 +71,7 @@ def test_check_runs_function_models_both_ways(out_dir, kernel_lib):
 
 def test_check_reports_missing_kernel_as_failure(out_dir, monkeypatch):
     import quadexport.check  # noqa: F401
-    import quadexport.export.session as session
+    import quadexport.exporter.session as session
 
     path = cached_export(out_dir, "mlp", "fan", "fused")
     bare = out_dir / "mlp-bare.onnx"

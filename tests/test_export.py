@@ -27,10 +27,10 @@ from torch import nn
 
 import quadexport as q
 from quadexport.check import check
-from quadexport.export import export, lower_functions, make_session, strip_functions
-from quadexport.export import ops
-from quadexport.export.fold import ChannelShift, fold_batchnorm, fold_plan
-from quadexport.export.session import KernelLibraryNotFound
+from quadexport.exporter import export, lower_functions, make_session, strip_functions
+from quadexport.exporter import ops
+from quadexport.exporter.fold import ChannelShift, fold_batchnorm, fold_plan
+from quadexport.exporter.session import KernelLibraryNotFound
 from quadexport.layers import QuadConv1d, QuadConv2d, QuadLayer, QuadLinear
 
 PERTURB_STD = {"resnet14": 0.005, "resnet20": 0.005, "resnet32": 0.005, "resnet56": 0.005, "resnet110": 0.002}
@@ -127,12 +127,12 @@ def out_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def kernel_lib() -> Path:
     """The built kernel library; tries to build it once; skips the test if that is impossible."""
-    from quadexport.export.session import find_kernel_library
+    from quadexport.exporter.session import find_kernel_library
 
     lib = find_kernel_library()
     if lib is None:
         try:
-            from quadexport.export.kernel_lib import build_library
+            from quadexport.exporter.kernel_lib import build_library
 
             lib = build_library()
         except Exception as e:  # noqa: BLE001 - no compiler, no headers, no network...
@@ -216,7 +216,7 @@ def test_fused_mode_registers_kernel(out_dir, kernel_lib):
 
 
 def test_missing_kernel_library_errors(out_dir, monkeypatch):
-    import quadexport.export.session as session
+    import quadexport.exporter.session as session
 
     path = cached_export(out_dir, "mlp", "fan", "fused")
     bare = out_dir / "mlp-bare.onnx"
@@ -585,7 +585,7 @@ def test_fp16_only_decomposed(out_dir):
 
 def test_public_api(out_dir):
     """``quadexport.export`` is callable although it is also a subpackage; ``make_session`` is top-level."""
-    import quadexport.export.fold  # noqa: F401  (imports the subpackage, which then shadows the lazy attribute)
+    import quadexport.exporter.fold  # noqa: F401  (imports the subpackage, which then shadows the lazy attribute)
 
     assert callable(q.export) and q.make_session is make_session
     path = q.export(cached_model("mlp"), out_dir / "api.onnx")

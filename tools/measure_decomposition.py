@@ -35,7 +35,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from quadexport.export.decomposed import StackedQuadLinear, replace_modules  # noqa: E402
+from quadexport.exporter.decomposed import StackedQuadLinear, replace_modules  # noqa: E402
 from quadexport.layers.quad import QuadConv2d, QuadLayer, QuadLinear  # noqa: E402
 from quadexport.zoo import create_model  # noqa: E402
 
@@ -134,7 +134,7 @@ def _bench_torch(model: nn.Module, x: np.ndarray, rounds: int, reps: int, thread
 
 def modes(args: argparse.Namespace, rounds: int, reps: int) -> list[dict]:
     """torch eager vs decomposed vs function (bodies) vs fused (kernel)."""
-    from quadexport.export import export, make_session
+    from quadexport.exporter import export, make_session
 
     shape = (3, 32, 32) if args.model.startswith("resnet") else (1, 28, 28)
     model = _perturb(create_model(args.model, in_channels=shape[0], input_size=shape[1]), shape,

@@ -36,7 +36,7 @@ def run(a: argparse.Namespace) -> int:
     import onnx
 
     from quadexport.checkpoint import load
-    from quadexport.export import export
+    from quadexport.exporter import export
 
     model = load(a.run_dir)
     calib = _calibration(model, a.data_dir) if a.fp16 else None

@@ -99,7 +99,7 @@ def search_threshold(model: nn.Module, scores: dict, target: float, cost: Callab
 
 
 def _export(model: nn.Module, path: Path, shape: Sequence[int]) -> Path:
-    from quadexport.export import export
+    from quadexport.exporter import export
 
     return export(model, path, mode="decomposed", input_shape=tuple(shape))
 

@@ -563,7 +563,7 @@ def fold_mixed_bn(model: nn.Module, spec: dict[str, Any]) -> list[str]:
     structure = describe(model)
     if structure is None:
         return []
-    from quadexport.export.fold import _bn_affine
+    from quadexport.exporter.fold import _bn_affine
 
     done = []
     for layer, (grp, bn_name) in structure.group_of_producer().items():
