@@ -9,6 +9,7 @@ refused) and are written atomically (temporary file + rename), so a crash never 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import tempfile
@@ -18,12 +19,16 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from quadexport.errors import QuadexportError
+
+log = logging.getLogger(__name__)
+
 CHECKPOINT = "checkpoint.pt"
 FORMAT = "quadexport-run"
 FORMAT_VERSION = 1
 
 
-class CheckpointError(ValueError):
+class CheckpointError(QuadexportError, ValueError):
     """A checkpoint or run dir that cannot be used (missing, corrupt, unsafe or from another format/version)."""
 
 
@@ -88,7 +93,9 @@ def save_checkpoint(run_dir: str | os.PathLike, model: nn.Module, meta: dict[str
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "quadexport_version": __version__,
                "config": config, "meta": meta, "model": state, "epoch": int(epoch),
                "optimizer": optimizer_state, "extra": extra or {}}
-    return atomic_write(Path(run_dir) / CHECKPOINT, lambda f: torch.save(payload, f))
+    path = atomic_write(Path(run_dir) / CHECKPOINT, lambda f: torch.save(payload, f))
+    log.debug("saved %s (epoch %d)", path, epoch)
+    return path
 
 
 def read_checkpoint(run_dir: str | os.PathLike) -> dict[str, Any]:

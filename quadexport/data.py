@@ -44,6 +44,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from quadexport.errors import QuadexportError, UsageError, did_you_mean
+
 __all__ = ["Dataset", "DatasetNotFoundError", "default_mnist_dir", "install_hint", "list_datasets", "load_dataset"]
 
 Raw = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # x_train (N,C,H,W) uint8, y_train, x_test, y_test
@@ -80,7 +82,7 @@ class Dataset:
                 f"num_classes={self.num_classes}, input_shape={self.input_shape}, mean={self.mean}, std={self.std})")
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(QuadexportError, FileNotFoundError):
     """The files of a dataset are not on disk; the message says how to install them."""
 
 
@@ -168,7 +170,7 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, train_sub
 def _canonical_name(name: str) -> str:
     key = str(name).strip().lower().replace("_", "-")
     if key not in _SPECS:
-        raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(list_datasets())}")
+        raise UsageError(f"unknown dataset {name!r}{did_you_mean(key, _SPECS)}; known: {', '.join(list_datasets())}")
     return key
 
 
@@ -455,7 +457,7 @@ def _subset(x: np.ndarray, y: np.ndarray, n: int | None, seed: int, stream: int)
     if n is None:
         return x, y
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise ValueError(f"subset size must be a positive integer, got {n!r}")
+        raise UsageError(f"subset size must be a positive integer, got {n!r}")
     if n >= len(y):  # "at most n": a recipe's train_subset may exceed a small dataset
         return x, y
     idx = _stratified_indices(y, int(n), seed, stream)

@@ -14,7 +14,8 @@ def run(a: argparse.Namespace) -> int:
     model = load(a.run_dir)
     report = check(a.onnx, model, provider=a.provider, atol=a.atol, rtol=a.rtol, dataset=a.data,
                    data_dir=a.data_dir, batches=tuple(a.batches), opt_levels=tuple(a.opt_levels),
-                   kernel_library=a.kernel_library, seed=a.seed, json_path=a.json)
+                   kernel_library=a.kernel_library, seed=a.seed, json_path=a.json, verbose=False)
+    print(report.format())
     if a.json:
         print(f"report: {a.json}")
     return 0 if report.ok else 1

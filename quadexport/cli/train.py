@@ -59,14 +59,10 @@ def config_from_args(a: argparse.Namespace, out: str):
 
 
 def run(a: argparse.Namespace) -> int:
-    from quadexport.cli import CLIError
-    from quadexport.train import TrainingDiverged, train
+    from quadexport.train import train
 
     cfg = config_from_args(a, a.out)
-    try:
-        metrics = train(cfg, resume=a.resume)
-    except TrainingDiverged as e:
-        raise CLIError(str(e)) from None
+    metrics = train(cfg, resume=a.resume)  # TrainingDiverged, UsageError...: QuadexportErrors, one line, exit 2
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"{cfg.model} ({cfg.neuron}) on {cfg.dataset}: test accuracy {100 * metrics['test_acc']:.2f}% "
               f"-> {cfg.out}")

@@ -12,11 +12,23 @@
 
 from __future__ import annotations
 
-from quadexport.exporter.api import export
-from quadexport.exporter.function import lower_functions, strip_functions
-from quadexport.exporter.session import make_session
-from quadexport.exporter.targets import (DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, ExportTarget, check_opset,
-                                         get_export_target, list_export_targets, register_export_target)
+import importlib
+from typing import Any
 
-__all__ = ["DEFAULT_OPSET", "MAX_OPSET", "MIN_OPSET", "ExportTarget", "check_opset", "export", "get_export_target",
-           "list_export_targets", "lower_functions", "make_session", "register_export_target", "strip_functions"]
+# Public names → defining module; loaded on first use, so importing the registry (the CLI does, to list the modes)
+# does not pull in onnx and the exporter.
+_LAZY = {"export": "api", "lower_functions": "function", "strip_functions": "function", "make_session": "session",
+         **{n: "targets" for n in ("DEFAULT_OPSET", "MAX_OPSET", "MIN_OPSET", "ExportTarget", "check_opset",
+                                   "get_export_target", "list_export_targets", "register_export_target")}}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

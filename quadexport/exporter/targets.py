@@ -26,12 +26,13 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable
-
-import onnx
-from torch import nn
+from typing import TYPE_CHECKING, Any, Callable
 
 from quadexport.errors import UsageError, did_you_mean
+
+if TYPE_CHECKING:  # onnx and torch load with the exporter, not with the registry (the CLI lists the modes)
+    import onnx
+    from torch import nn
 
 log = logging.getLogger(__name__)
 
