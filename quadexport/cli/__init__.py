@@ -4,7 +4,7 @@ exit code).
 
 Output: results go to stdout (printed by the commands); progress and warnings go to stderr through ``logging`` (the
 ``quadexport`` logger, INFO by default; ``-q`` shows warnings only, ``-v`` adds debug messages, ``--debug`` also
-shows the traceback of every error).
+shows the traceback of every error). The global options may come before or after the command.
 
 Errors, in one place (:func:`main`): a :class:`~quadexport.errors.QuadexportError` or an ``OSError`` is a user or
 environment error, printed as one line ``quadexport <command>: error: ...`` with exit code 2; ``KeyboardInterrupt``
@@ -72,9 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _log_level(args: argparse.Namespace) -> int:
-    if args.debug or args.log_verbose:
+    """``--debug``: DEBUG; else each ``-v`` counts one step up and each ``-q`` one down from INFO (``-vv``/``-qq``
+    stack, ``-v -q`` cancel)."""
+    if args.debug:
         return logging.DEBUG
-    return logging.WARNING if args.log_quiet else logging.INFO
+    steps = (args.log_verbose or 0) - (args.log_quiet or 0)
+    return logging.DEBUG if steps > 0 else logging.WARNING if steps < 0 else logging.INFO
 
 
 def _setup_logging(args: argparse.Namespace) -> tuple[logging.Logger, logging.Handler, int, bool]:
