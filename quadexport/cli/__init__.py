@@ -108,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
+        if args.debug:
+            traceback.print_exc()
         print(f"quadexport {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except (QuadexportError, OSError) as e:  # user and environment errors: one line (traceback with --debug)
