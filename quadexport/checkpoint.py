@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import math
 import os
 import tempfile
@@ -21,13 +22,16 @@ from torch import nn
 
 from quadexport.atomicfile import file_mode
 from quadexport.rundir import read_consistent
+from quadexport.errors import QuadexportError
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
 FORMAT = "quadexport-run"
 FORMAT_VERSION = 1
 
 
-class CheckpointError(ValueError):
+class CheckpointError(QuadexportError, ValueError):
     """A checkpoint or run dir that cannot be used (missing, corrupt, unsafe or from another format/version)."""
 
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import math
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -22,13 +24,18 @@ from torch import nn
 
 from quadexport.adapter import parse_train_only, set_trainable
 from quadexport.checkpoint import CHECKPOINT, read_checkpoint, save_checkpoint, write_json
-from quadexport.errors import UsageError
+from quadexport.errors import QuadexportError, UsageError, did_you_mean
 from quadexport.relinear import (ReLinearConfig, param_groups, plain_init, quadratic_norms, quadratic_penalty,
                                  warm_start)
 from quadexport.rundir import RunDir, RunDirError, disagreement, open_run
 
+log = logging.getLogger(__name__)
 
-class TrainingDiverged(RuntimeError):
+LOG_EVERY_STEPS = 50
+"""Without a terminal (no progress bar), a progress line every this many steps."""
+
+
+class TrainingDiverged(QuadexportError, RuntimeError):
     """Loss or weights went NaN/Inf and rolling back with a lower learning rate did not help."""
 
 
@@ -117,13 +124,25 @@ class TrainConfig:
                   (self.test_subset is None or self.test_subset >= 1, "test subset must be >= 1")]
         for ok, msg in checks:
             if not ok:
-                raise ValueError(msg)
+                raise UsageError(msg)
         parse_train_only(self.train_only)
         starts = [f for f, v in (("--from", self.from_run), ("--warm-start", self.warm_start),
                                  ("--weights", self.weights)) if v]
         if len(starts) > 1:
             raise UsageError(f"give one of {' / '.join(starts)}: each sets the starting weights")
         self.model_args = dict(self.model_args or {})
+        self._check_names()
+
+    def _check_names(self) -> None:
+        """Unknown model or neuron names fail here, before any data is loaded."""
+        from quadexport.layers import list_neurons
+        from quadexport.zoo import check_model_name
+
+        check_model_name(self.model)
+        known = [*list_neurons(), "relu"]
+        if self.neuron not in known:
+            raise UsageError(f"unknown neuron type {self.neuron!r}{did_you_mean(self.neuron, known)}; known: "
+                             f"{', '.join(known)}")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -163,7 +182,7 @@ def build_model(cfg: TrainConfig, num_classes: int, input_shape: tuple[int, int,
     if cfg.warm_start:
         src = read_checkpoint(cfg.warm_start)
         if src["config"].get("neuron") != "relu":
-            raise ValueError(f"--warm-start expects a ReLU run dir, {cfg.warm_start} has neuron "
+            raise UsageError(f"--warm-start expects a ReLU run dir, {cfg.warm_start} has neuron "
                              f"{src['config'].get('neuron')!r}")
         warm_start(model, src["model"])
     if cfg.weights:
@@ -290,6 +309,41 @@ def _plot(run_dir: Path, epochs: list[dict[str, Any]], title: str) -> None:
     os.replace(run_dir / "curves.png.tmp.png", run_dir / "curves.png")
 
 
+class _Progress:
+    """Per-epoch progress: a tqdm bar on stderr when it is a terminal (log lines are routed around the bar), else a
+    log line every :data:`LOG_EVERY_STEPS` steps; nothing when disabled (``progress=False``, rank > 0, or the
+    ``quadexport`` logger above INFO, e.g. ``quadexport -q``)."""
+
+    def __init__(self, loader: Any, desc: str, enabled: bool) -> None:
+        self.loader, self.desc, self.loss = loader, desc, float("nan")
+        self.enabled = enabled and log.isEnabledFor(logging.INFO)
+        self.bar = None
+        if self.enabled and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(loader, desc=desc, leave=False, file=sys.stderr)
+
+    def __iter__(self) -> Any:
+        if self.bar is not None:
+            from tqdm.contrib.logging import logging_redirect_tqdm
+
+            try:
+                with logging_redirect_tqdm(loggers=[logging.getLogger("quadexport")]):
+                    yield from self.bar
+            finally:
+                self.bar.close()
+            return
+        for step, batch in enumerate(self.loader, 1):
+            yield batch
+            if self.enabled and step % LOG_EVERY_STEPS == 0:
+                log.info("%s step %d/%d loss %.4f", self.desc, step, len(self.loader), self.loss)
+
+    def update(self, loss: float) -> None:
+        self.loss = loss
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{loss:.4f}")
+
+
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_after: int | None = None,
           plot: bool = True, overwrite: bool = False) -> dict[str, Any]:
     """Train ``cfg.model`` on ``cfg.dataset`` and write the run dir ``cfg.out``.
@@ -301,7 +355,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
         cfg: the training configuration.
         resume: continue from ``cfg.out/checkpoint.pt`` (its config must match ``cfg``).
         overwrite: replace the run in ``cfg.out``; the old run stays intact until the new one's first checkpoint.
-        progress: show a progress bar per epoch (rank 0, terminals only).
+        progress: show per-epoch progress (rank 0, logging at INFO): a tqdm bar on a terminal, else a log line
+            every :data:`LOG_EVERY_STEPS` steps. Epoch lines are logged (INFO) either way.
         stop_after: end this call after that many epochs (the run stays resumable), e.g. to split a long run.
         plot: draw ``curves.png`` at the end (matplotlib, ~2 s; off for many tiny runs).
 
@@ -319,7 +374,6 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
 def _train(cfg: TrainConfig, run: RunDir, resume: bool, progress: bool, stop_after: int | None,
            plot: bool) -> dict[str, Any]:
     """The body of :func:`train` inside its open run dir (``run.path``: where rank 0 writes)."""
-    from tqdm import tqdm
 
     from quadexport.data import DataOptions, training_loaders
 
@@ -327,7 +381,7 @@ def _train(cfg: TrainConfig, run: RunDir, resume: bool, progress: bool, stop_aft
     device = torch.device(cfg.device if cfg.device == "cpu" else (f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
                                                                    if cfg.device == "cuda" else cfg.device))
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda asked for, but torch sees no CUDA device")
+        raise UsageError("--device cuda asked for, but torch sees no CUDA device; use --device cpu")
     run_dir = Path(cfg.out)
     data = training_loaders(cfg.dataset, DataOptions(data_dir=cfg.data_dir, train_subset=cfg.train_subset,
                                                      test_subset=cfg.test_subset, seed=cfg.seed,
@@ -350,7 +404,7 @@ def _train(cfg: TrainConfig, run: RunDir, resume: bool, progress: bool, stop_aft
         mine, defaults = cfg.to_dict(), TrainConfig().to_dict()  # keys newer than the run: their defaults
         diff = [k for k in mine if k not in ("epochs", "out") and saved.get(k, defaults.get(k)) != mine[k]]
         if diff:
-            raise ValueError(f"--resume: {run_dir} was trained with other settings ({', '.join(diff)})")
+            raise UsageError(f"--resume: {run_dir} was trained with other settings ({', '.join(diff)})")
         model.load_state_dict(ckpt["model"])
         if ckpt["optimizer"]:
             opt.load_state_dict(ckpt["optimizer"])
@@ -380,8 +434,7 @@ def _train(cfg: TrainConfig, run: RunDir, resume: bool, progress: bool, stop_aft
             g["lr"] = lr0 * lr_factor(cfg, epoch) * lr_mult
         net.train()
         t0, loss_sum, seen, correct, bad_steps, diverged = time.perf_counter(), 0.0, 0, 0, 0, False
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
-                   disable=not progress or rank != 0 or None)
+        bar = _Progress(loader, f"epoch {epoch + 1}/{cfg.epochs}", progress and rank == 0)
         for xb, yb in bar:
             xb, yb = xb.to(device), yb.to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp == "bf16"):
@@ -402,7 +455,7 @@ def _train(cfg: TrainConfig, run: RunDir, resume: bool, progress: bool, stop_aft
             loss_sum += float(loss.detach()) * len(xb)
             seen += len(xb)
             correct += int((out.argmax(1) == yb).sum())
-            bar.set_postfix(loss=f"{loss_sum / max(seen, 1):.4f}")
+            bar.update(loss_sum / max(seen, 1))
         seconds = time.perf_counter() - t0
         test_loss, test_acc = (math.nan, 0.0) if diverged else evaluate_batches(model, data.test, device)
         if diverged or not _all_finite(model) or not math.isfinite(test_loss) or not math.isfinite(loss_sum):
@@ -414,8 +467,8 @@ def _train(cfg: TrainConfig, run: RunDir, resume: bool, progress: bool, stop_aft
             model.load_state_dict(good_state[0])
             opt.load_state_dict(good_state[1])
             if rank == 0:
-                print(f"epoch {epoch + 1}: NaN/Inf loss, weights or outputs; rolled back to the last good state, "
-                      f"LR multiplier now {lr_mult:g}")
+                log.warning("epoch %d: NaN/Inf loss, weights or outputs; rolled back to the last good state, LR "
+                            "multiplier now %g", epoch + 1, lr_mult)
             continue
         loss_sum, seen, correct = _sum_over_ranks((loss_sum, seen, correct), world, device)
         norms = quadratic_norms(model)
@@ -426,9 +479,9 @@ def _train(cfg: TrainConfig, run: RunDir, resume: bool, progress: bool, stop_aft
         epoch += 1
         good_state = (copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict()))
         if rank == 0:
-            print(f"epoch {epoch}/{cfg.epochs} train_loss {row['train_loss']:.4f} test_loss {test_loss:.4f} "
-                  f"test_acc {100 * test_acc:.2f}% |W_g| {norms['norm_wg']:.3g} |W_b| {norms['norm_wb']:.3g} "
-                  f"{seconds:.1f}s", flush=True)
+            log.info(f"epoch {epoch}/{cfg.epochs} train_loss {row['train_loss']:.4f} test_loss {test_loss:.4f} "
+                     f"test_acc {100 * test_acc:.2f}% |W_g| {norms['norm_wg']:.3g} |W_b| {norms['norm_wb']:.3g} "
+                     f"{seconds:.1f}s")
             meta.update(test_acc=test_acc, epochs_done=epoch)
             metrics = {"model": cfg.model, "neuron": cfg.neuron, "dataset": cfg.dataset, "epochs": history,
                        "test_acc": test_acc}

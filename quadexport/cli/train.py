@@ -160,9 +160,8 @@ def _interrupted(out: str, overwrite: bool, previous_id: str | None) -> str:
 
 
 def run(a: argparse.Namespace) -> int:
-    from quadexport.cli import CLIError
     from quadexport.rundir import run_id_of
-    from quadexport.train import TrainingDiverged, train
+    from quadexport.train import train
 
     given = _given_flags(a)
     if a.from_run and not a.resume:
@@ -170,17 +169,15 @@ def run(a: argparse.Namespace) -> int:
     cfg = _resume_config(a, given) if a.resume else config_from_args(a, a.out)
     rank0 = int(os.environ.get("RANK", "0")) == 0
     previous_id = run_id_of(a.out)
-    try:
+    try:  # TrainingDiverged, UsageError...: QuadexportErrors, one line, exit 2
         metrics = train(cfg, resume=a.resume, overwrite=a.overwrite)
-    except TrainingDiverged as e:
-        raise CLIError(str(e)) from None
     except KeyboardInterrupt:
         if rank0:
             print(_interrupted(a.out, a.overwrite, previous_id), file=sys.stderr)
         return 130
     if int(os.environ.get("RANK", "0")) == 0:
-        print(f"{cfg.model} ({cfg.neuron}) on {cfg.dataset}: test accuracy {100 * metrics['test_acc']:.2f}% "
-              f"-> {cfg.out}")
+        print(f"{metrics['model']} ({metrics['neuron']}) on {cfg.dataset}: test accuracy "
+              f"{100 * metrics['test_acc']:.2f}% -> {cfg.out}")
     return 0
 
 

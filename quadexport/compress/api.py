@@ -68,7 +68,7 @@ def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def _export(model: nn.Module, path: Path, shape: Sequence[int]) -> Path:
-    from quadexport.export import export
+    from quadexport.exporter import export
 
     return export(model, path, mode="decomposed", input_shape=tuple(shape))
 

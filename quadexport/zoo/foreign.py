@@ -29,7 +29,7 @@ SOURCES = ("torchvision", "timm")
 """Prefixes of foreign model names (``torchvision:resnet18``, ``timm:vit_tiny_patch16_224``)."""
 _NO_DOWNLOAD = ("weights", "pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "checkpoint_path")
 
-__all__ = ["SOURCES", "WeightsError", "build_foreign", "is_foreign", "load_weights"]
+__all__ = ["SOURCES", "WeightsError", "build_foreign", "check_foreign_name", "is_foreign", "load_weights"]
 
 
 class WeightsError(QuadexportError, ValueError):
@@ -54,13 +54,25 @@ def _call_with_size(fn: Callable[..., nn.Module], key: str, size: tuple[int, int
     return fn(**kwargs)
 
 
+def check_foreign_name(name: str) -> None:
+    """Raise ``UsageError`` (with a suggestion) unless ``<source>:<arch>`` names an architecture the source has."""
+    source, _, arch = name.partition(":")
+    if source == "torchvision":
+        known = import_torchvision().models.list_models()
+        ok = arch in known
+    else:
+        timm = import_timm()
+        ok, known = timm.is_model(arch), None
+    if not ok:
+        known = known if known is not None else timm.list_models()
+        raise UsageError(f"unknown {source} model {arch!r}{did_you_mean(arch, known)} "
+                         f"({source}{'.models' if source == 'torchvision' else ''}.list_models() names them)")
+
+
 def _torchvision(arch: str, num_classes: int, in_channels: int, size: tuple[int, int], kwargs: dict[str, Any]
                  ) -> nn.Module:
     tv = import_torchvision()
-    known = tv.models.list_models()
-    if arch not in known:
-        raise UsageError(f"unknown torchvision model {arch!r}{did_you_mean(arch, known)} "
-                         f"(torchvision.models.list_models() names them)")
+    check_foreign_name(f"torchvision:{arch}")
     model = _call_with_size(lambda **kw: tv.models.get_model(arch, weights=None, num_classes=num_classes, **kw),
                             "image_size", size, kwargs)
     if in_channels != 3:
@@ -71,9 +83,7 @@ def _torchvision(arch: str, num_classes: int, in_channels: int, size: tuple[int,
 def _timm(arch: str, num_classes: int, in_channels: int, size: tuple[int, int], kwargs: dict[str, Any]
           ) -> nn.Module:
     timm = import_timm()
-    if not timm.is_model(arch):
-        raise UsageError(f"unknown timm model {arch!r}{did_you_mean(arch, timm.list_models())} "
-                         f"(timm.list_models() names them)")
+    check_foreign_name(f"timm:{arch}")
     return _call_with_size(lambda **kw: timm.create_model(arch, pretrained=False, num_classes=num_classes,
                                                           in_chans=in_channels, **kw), "img_size", size, kwargs)
 

@@ -13,7 +13,7 @@ from quadexport.errors import UsageError, did_you_mean
 from quadexport.layers.neurons import get_neuron
 from quadexport.zoo._prune import apply_spec
 
-__all__ = ["ModelInfo", "create_model", "get_model_info", "list_models", "register_model"]
+__all__ = ["ModelInfo", "check_model_name", "create_model", "get_model_info", "list_models", "register_model"]
 
 
 @dataclass(frozen=True)
@@ -77,6 +77,18 @@ def get_model_info(name: str) -> ModelInfo:
     except KeyError:
         raise UsageError(f"unknown model {name!r}{did_you_mean(name, _REGISTRY)}; known: "
                          f"{', '.join(list_models())} (or torchvision:<arch>, timm:<arch>)") from None
+
+
+def check_model_name(name: str) -> None:
+    """Raise ``UsageError`` (with a suggestion) unless ``name`` is a zoo model or a known ``torchvision:<arch>`` /
+    ``timm:<arch>``."""
+    if ":" in name:
+        from quadexport.zoo.foreign import check_foreign_name, is_foreign
+
+        if is_foreign(name):
+            check_foreign_name(name)
+            return
+    get_model_info(name)
 
 
 def create_model(name: str, neuron: str = "fan", num_classes: int = 10, in_channels: int = 1,
