@@ -230,7 +230,7 @@ def quadratize(model: nn.Module, neuron: str = "fan", *, include: LayerSelector 
         The quadratized model (same device and dtype; ``quadexport_config["neuron"]`` is ``neuron`` and
         ``quadexport_config["quadratize"]`` lists the converted layers, so :func:`quadexport.create_model` rebuilds
         it; the source's test accuracy and training settings move to ``quadexport_meta["source"]``), or
-        ``(model, report)`` with ``return_report=True``. A one-line summary is logged at INFO.
+        ``(model, report)`` with ``return_report=True``. A one-line summary is logged at DEBUG (the CLI prints it).
 
     Raises:
         UsageError: unknown neuron, a neuron without a linear branch (``t2``), a glob that matches nothing.
@@ -261,5 +261,5 @@ def quadratize(model: nn.Module, neuron: str = "fan", *, include: LayerSelector 
         _retag(work, neuron, rank, report.converted)
     else:
         log.warning("quadratize: no layer was converted (%d conv/linear layers left alone)", len(report.skipped))
-    log.info("%s", report.summary())
+    log.debug("%s", report.summary())
     return (work, report) if return_report else work

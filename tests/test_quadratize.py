@@ -157,7 +157,7 @@ def test_default_selection_report_and_exactness(caplog) -> None:
     torch.manual_seed(0)
     net = _Net().eval()
     x = torch.randn(2, 3, 6, 6)
-    with caplog.at_level("INFO", logger="quadexport.quadratize"):
+    with caplog.at_level("DEBUG", logger="quadexport.quadratize"):
         q, rep = quadratize(net, "fan", input_shape=(3, 6, 6), return_report=True)
     assert rep.converted == ["dw", "pw", "mlp.0", "mlp.2"]
     reasons = {s.name: s.reason for s in rep.skipped}
@@ -360,3 +360,13 @@ def test_cli_errors(tmp_path) -> None:
     assert main(["train", "--from", str(run), "--model", "cnn", "--out", str(tmp_path / "x")]) == 2
     assert main(["train", "--from", str(run), "--weights", "w.pt", "--out", str(tmp_path / "x")]) == 2
     assert not (tmp_path / "q").exists() and not (tmp_path / "x").exists()
+    # weights trained elsewhere: SOURCE is a model name, the data comes from --dataset
+    torch.save(quadexport.load(run).state_dict(), tmp_path / "w.pt")
+    assert main(["quadratize", "mlp", "--weights", str(tmp_path / "w.pt"), "--out", str(tmp_path / "q")]) == 2
+    _cli("quadratize", "mlp", "--model-arg", "width=8", "--weights", tmp_path / "w.pt", "--dataset", "digits",
+         "--out", tmp_path / "q", "--include", "fc1", "fc2")
+    q = quadexport.load(tmp_path / "q")
+    x = torch.randn(3, 1, 8, 8)
+    assert torch.equal(q(x), quadexport.load(run)(x)) and isinstance(q.fc1, QuadLinear)
+    assert q.quadexport_meta["source"]["weights"] == str(tmp_path / "w.pt")
+    assert q.quadexport_meta["train_config"]["dataset"] == "digits"

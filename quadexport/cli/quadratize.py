@@ -7,15 +7,17 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from quadexport.cli.argtypes import pos_int
+from quadexport.cli.argtypes import dataset_spec, image_size, model_arg, pos_int
 
 
-def _run_files(src: Path, q: Any, report: Any) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+def _run_files(src: Path, q: Any, report: Any, weights: str | None
+               ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """(checkpoint meta, config.json, metrics.json) of the quadratized run; the source's are kept as ``source``."""
     from quadexport.rundir import CONFIG, METRICS, read_json
 
     meta = dict(q.quadexport_meta)
-    meta["source"] = {**meta.get("source", {}), "run": str(src)}
+    origin = {"run": str(src)} if src.exists() else {"model": str(src)}
+    meta["source"] = {**meta.get("source", {}), **origin, **({"weights": str(weights)} if weights else {})}
     meta["quadratize"] = report.to_dict()
     src_config = {k: v for k, v in (read_json(src / CONFIG) or {}).items() if k != "run_id"}
     src_metrics = {k: v for k, v in (read_json(src / METRICS) or {}).items() if k != "run_id"}
@@ -27,19 +29,53 @@ def _run_files(src: Path, q: Any, report: Any) -> tuple[dict[str, Any], dict[str
     return meta, config, metrics
 
 
+def _from_name(a: argparse.Namespace) -> Any:
+    """SOURCE given as a model name: build it (ReLU) for ``--dataset``, load ``--weights``; meta as a run has it."""
+    from quadexport.data import DataOptions, open_dataset
+    from quadexport.errors import UsageError
+    from quadexport.train import TrainConfig
+    from quadexport.zoo import create_model
+    from quadexport.zoo.foreign import load_weights
+
+    if a.dataset is None:
+        raise UsageError(f"{a.source} is not a run dir; building the model needs --dataset (and --weights FILE "
+                         f"for its trained weights)")
+    data = open_dataset(a.dataset, DataOptions(data_dir=a.data_dir, image_size=a.image_size))
+    shape, kw = data.input_shape, dict(a.model_arg or [])
+    model = create_model(a.source, neuron="relu", num_classes=data.num_classes, in_channels=shape[0],
+                         input_size=tuple(shape[1:]), **kw)
+    if a.weights:
+        load_weights(model, a.weights)
+    tc = TrainConfig(model=a.source, neuron="relu", dataset=a.dataset, out=str(a.out), data_dir=a.data_dir,
+                     image_size=a.image_size, weights=a.weights, model_args=kw)
+    prep = data.preprocessing
+    model.quadexport_meta = {"dataset": a.dataset, "input_shape": list(shape), "num_classes": data.num_classes,
+                             "normalization": prep.normalization(), "preprocessing": prep.to_dict(),
+                             "train_config": tc.to_dict()}
+    return model
+
+
 def run(a: argparse.Namespace) -> int:
     from quadexport.checkpoint import load, save_checkpoint, write_json
     from quadexport.errors import UsageError
     from quadexport.quadratize import quadratize
     from quadexport.rundir import CONFIG, METRICS, open_run
+    from quadexport.zoo.foreign import load_weights
 
-    src = Path(a.run_dir)
-    model = load(src)
+    src = Path(a.source)
+    if src.exists():
+        if a.dataset is not None:
+            raise UsageError(f"{src} is a run dir: it brings its own data; drop --dataset")
+        model = load(src)
+        if a.weights:
+            load_weights(model, a.weights)
+    else:
+        model = _from_name(a)
     q, report = quadratize(model, a.neuron, include=a.include, exclude=a.exclude, rank=a.rank, return_report=True)
     if not report.converted:
         raise UsageError(f"no layer of {src} was quadratized ({len(report.skipped)} conv/linear layers left alone); "
                          f"name some with --include")
-    meta, config, metrics = _run_files(src, q, report)
+    meta, config, metrics = _run_files(src, q, report, a.weights)
     with open_run(a.out, "overwrite" if a.overwrite else "new", resumable=False) as out:
         with out.saving():
             write_json(out.path / METRICS, out.stamp(metrics))
@@ -47,8 +83,12 @@ def run(a: argparse.Namespace) -> int:
             save_checkpoint(out.path, q, meta, None, 0, {}, run_id=out.run_id)
             out.commit()
     print(report.summary())
+    unselected = [s for s in report.skipped if s.reason in ("not selected by include", "excluded")]
     for s in report.skipped:
-        print(f"  kept {s.name} ({s.kind}): {s.reason}")
+        if s not in unselected:
+            print(f"  kept {s.name} ({s.kind}): {s.reason}")
+    if unselected:
+        print(f"  kept {len(unselected)} layer(s) not selected by --include/--exclude")
     print(f"{src} -> {a.out}; fine-tune with: quadexport train --from {a.out} --epochs E --out RUN3")
     return 0
 
@@ -59,8 +99,21 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "that compute exactly the same function (trained weights in the linear branch, quadratic "
                        "terms at zero; stem and classifier head stay conventional unless --include names them). "
                        "Example: quadexport quadratize runs/r18 --out runs/r18-fan && quadexport train --from "
-                       "runs/r18-fan --epochs 5 --train-only --out runs/r18-fan-ft")
-    p.add_argument("run_dir", metavar="RUN_DIR", help="the trained run (any model: zoo, torchvision:, timm:)")
+                       "runs/r18-fan --epochs 5 --train-only --out runs/r18-fan-ft. Weights trained elsewhere: "
+                       "quadexport quadratize torchvision:resnet18 --weights r18.pt --dataset imagefolder:data "
+                       "--out runs/r18-fan")
+    p.add_argument("source", metavar="SOURCE",
+                   help="a trained run dir (any model: zoo, torchvision:, timm:), or a model name with --dataset "
+                        "and --weights FILE")
+    p.add_argument("--weights", default=None, metavar="FILE",
+                   help="state dict file with the trained weights (weights-only load; nothing is downloaded)")
+    p.add_argument("--dataset", default=None, type=dataset_spec, metavar="DATASET",
+                   help="for a model name: the data it was trained on (digits, imagefolder:PATH, npz:FILE)")
+    p.add_argument("--data-dir", default=None, help="for a model name: dataset location override")
+    p.add_argument("--image-size", type=image_size, default=None, metavar="H[xW]",
+                   help="for a model name on imagefolder: data: the input size")
+    p.add_argument("--model-arg", action="append", type=model_arg, default=None, metavar="KEY=VALUE",
+                   help="for a model name: builder option, repeatable")
     p.add_argument("--out", required=True, help="run directory to write")
     p.add_argument("--neuron", default="fan", help="quadratic neuron type (default fan; quadexport info neurons)")
     p.add_argument("--rank", type=pos_int, default=None, help="rank of the quadratic terms (neuron lowrank)")

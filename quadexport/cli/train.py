@@ -13,6 +13,15 @@ from quadexport.cli.argtypes import (dataset_spec, finite_float, float_list, ima
                                      pos_int)
 
 
+class _Append(argparse.Action):
+    """``action="append"`` that starts a new list over any non-list default (the train parser's unset marker)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        items = getattr(namespace, self.dest, None)
+        setattr(namespace, self.dest, [*(items if isinstance(items, list) else []), values])
+
+
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     """The training flags (shared with ``compress --finetune-epochs`` and the pipeline)."""
     from quadexport.adapter import ADAPTER_DEFAULT
@@ -20,7 +29,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--model", default="cnn",
                    help="zoo model (quadexport info models), torchvision:<arch> or timm:<arch>; default cnn")
-    p.add_argument("--model-arg", action="append", type=model_arg, default=None, metavar="KEY=VALUE",
+    p.add_argument("--model-arg", action=_Append, type=model_arg, default=None, metavar="KEY=VALUE",
                    help="builder option, repeatable (e.g. patch_size=4 for a timm ViT on small images)")
     p.add_argument("--neuron", default="fan", help="neuron type (quadexport info neurons) or relu, default fan")
     p.add_argument("--dataset", default="digits", type=dataset_spec, metavar="DATASET",
