@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from quadexport.adapter import parse_train_only, set_trainable
+from quadexport.startfrom import from_run_model, from_run_overrides, source_meta
 from quadexport.checkpoint import CHECKPOINT, read_checkpoint, save_checkpoint, write_json
 from quadexport.errors import QuadexportError, UsageError, did_you_mean
 from quadexport.relinear import (ReLinearConfig, param_groups, plain_init, quadratic_norms, quadratic_penalty,
@@ -172,7 +173,7 @@ def build_model(cfg: TrainConfig, num_classes: int, input_shape: tuple[int, int,
 
     torch.manual_seed(cfg.seed)
     if cfg.from_run:
-        model = _from_run(cfg.from_run, num_classes, input_shape)
+        model = from_run_model(cfg.from_run, num_classes, input_shape)
     else:
         kw = {"width": cfg.width} if cfg.width else {}
         model = create_model(cfg.model, neuron=cfg.neuron, num_classes=num_classes, in_channels=input_shape[0],
@@ -189,37 +190,6 @@ def build_model(cfg: TrainConfig, num_classes: int, input_shape: tuple[int, int,
         load_weights(model, cfg.weights)
     set_trainable(model, cfg.train_only)
     return model
-
-
-def _from_run(path: str, num_classes: int, input_shape: tuple[int, int, int]) -> nn.Module:
-    """The trained model of run dir ``path`` (``--from``), checked against the dataset."""
-    from quadexport.checkpoint import build_from_checkpoint
-
-    model = build_from_checkpoint(read_checkpoint(path))
-    cfg = model.quadexport_config
-    if cfg.get("num_classes") != num_classes or cfg.get("in_channels") != input_shape[0]:
-        raise UsageError(f"--from {path}: its model takes {cfg.get('in_channels')} channel(s) and has "
-                         f"{cfg.get('num_classes')} classes, the dataset {input_shape[0]} and {num_classes}; "
-                         f"train --from on the source run's data (drop --dataset)")
-    return model
-
-
-def resolve_from(cfg: TrainConfig) -> TrainConfig:
-    """``cfg`` with ``model``, ``neuron``, ``width`` and ``model_args`` of its ``--from`` run (unchanged without)."""
-    if not cfg.from_run:
-        return cfg
-    src = dict(read_checkpoint(cfg.from_run)["config"])
-    known = {"name", "neuron", "num_classes", "in_channels", "input_size", "width", "quadratize", "compress"}
-    return replace(cfg, model=src["name"], neuron=src.get("neuron", "relu"), width=src.get("width"),
-                   model_args={k: v for k, v in src.items() if k not in known})
-
-
-def _source_meta(cfg: TrainConfig) -> dict[str, Any]:
-    """``meta["source"]`` of a ``--from`` run: the run it started from, its model and test accuracy."""
-    if not cfg.from_run:
-        return {}
-    src = read_checkpoint(cfg.from_run)
-    return {"source": {"run": str(cfg.from_run), "config": src["config"], "test_acc": src["meta"].get("test_acc")}}
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -366,7 +336,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
     if resume and overwrite:
         raise UsageError("give --resume or --overwrite, not both")
     mode = "resume" if resume else "overwrite" if overwrite else "new"
-    cfg = resolve_from(cfg)
+    if cfg.from_run:  # the model of the --from run
+        cfg = replace(cfg, **from_run_overrides(cfg.from_run))
     with open_run(cfg.out, mode, writer=int(os.environ.get("RANK", "0")) == 0) as run:
         return _train(cfg, run, resume, progress, stop_after, plot)
 
@@ -424,7 +395,7 @@ def _train(cfg: TrainConfig, run: RunDir, resume: bool, progress: bool, stop_aft
     sampler, loader, prep = data.sampler, data.train, data.preprocessing
     meta = {"dataset": cfg.dataset, "input_shape": list(data.input_shape), "num_classes": data.num_classes,
             "normalization": prep.normalization(), "preprocessing": prep.to_dict(), "relinear": cfg.relinear.to_dict(),
-            "train_config": cfg.to_dict(), **_source_meta(cfg)}
+            "train_config": cfg.to_dict(), **source_meta(cfg.from_run)}
     good_state = (copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict()))
     epoch = start_epoch
     last = cfg.epochs if stop_after is None else min(cfg.epochs, start_epoch + stop_after)

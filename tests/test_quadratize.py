@@ -39,7 +39,7 @@ def _calibrate_bn(model: nn.Module, shape: tuple[int, ...]) -> None:
         b.momentum = None
     model.train()
     with torch.no_grad():
-        model(torch.randn((16, *shape), generator=torch.Generator().manual_seed(1)))
+        model(torch.randn((64, *shape), generator=torch.Generator().manual_seed(1)))
     model.eval()
 
 
@@ -236,7 +236,8 @@ def test_weights_file_maps_plain_keys_and_names_mismatches(tmp_path) -> None:
 # ------------------------------------------------------------------------------------------------------------------
 
 FOREIGN = [("torchvision:resnet18", {}), ("torchvision:mobilenet_v3_small", {}),
-           ("timm:vit_tiny_patch16_224", {"patch_size": 8, "depth": 2}), ("timm:convnext_atto", {"depths": [1, 1, 1, 1]})]
+           ("timm:vit_tiny_patch16_224", {"patch_size": 8, "depth": 2}),
+           ("timm:convnext_atto", {"depths": [1, 1, 1, 1]})]
 
 
 @pytest.mark.parametrize("name,kw", FOREIGN, ids=[n for n, _ in FOREIGN])
@@ -280,9 +281,13 @@ def test_foreign_export_parity(name: str, kw: dict, mode: str, tmp_path) -> None
         moved = float((q(x) - relu(x)).norm() / relu(x).norm())
     assert 1e-3 < moved and torch.isfinite(q(x)).all()  # the quadratic terms matter, the outputs stay finite
     path = quadexport.export(q, tmp_path / "q.onnx", mode=mode)
-    rep = check(path, q, batches=(2,), dataset=False, opt_levels=("disable", "all"), verbose=False, threads=1)
-    assert rep.ok, rep.summary()
-    assert rep.worst_rel_l2 <= 1e-5
+    rep = check(path, q, batches=(2,), dataset=False, opt_levels=("disable", "all"), verbose=False, threads=1,
+                rtol=3e-5)
+    assert rep.ok and not rep.errors, rep.summary()
+    # stock onnxruntime (decomposed graph, or the function bodies inlined): <= 1e-5. The optional fused kernel sums
+    # in another order; on the untrained ResNet-18 (ReLU twin alone: 4e-6) it measures ~1e-5, so it gets 3e-5.
+    stock = [ln.rel_l2 for ln in rep.lines if ln.runtime != "kernel"]
+    assert stock and max(stock) <= 1e-5, rep.summary()
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -321,7 +326,7 @@ def _state(run) -> dict:
 
 
 def test_cli_round_trip(tmp_path, capsys) -> None:
-    """train relu → quadratize → train --from --train-only quadratic → export → check → bench pairs the source."""
+    """train relu → quadratize → train --from --train-only quadratic → export → check; bench pairs the source."""
     relu, q, ft = tmp_path / "relu", tmp_path / "q", tmp_path / "ft"
     _cli("train", "--model", "cnn", "--width", "8", "--neuron", "relu", "--dataset", "digits", "--epochs", "1",
          "--train-subset", "300", "--out", relu)
