@@ -194,6 +194,10 @@ def test_every_run_kind_loads_in_a_fresh_interpreter(tmp_path):
     qc.compress(runs["cnn-fan"], comp, target_ratio=1.6, align=4, calib_samples=64, bench=False, check=False,
                 verbose=False)
     runs["compressed"] = comp
+    from quadexport.cli import main as cli_main
+
+    runs["quadratized"] = tmp_path / "cnn-relu-quadratized"
+    assert cli_main(["quadratize", str(runs["cnn-relu"]), "--out", str(runs["quadratized"]), "-q"]) == 0
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.run([sys.executable, "-c", _LOAD_ALL, *map(str, runs.values())], capture_output=True,
                           text=True, env=env, cwd=tmp_path, timeout=300)
@@ -206,3 +210,4 @@ def test_every_run_kind_loads_in_a_fresh_interpreter(tmp_path):
     assert "QuadConv2d" in res[str(runs["cnn-fan_pw"])]["layers"]
     assert "QuadConv2d" not in res[str(runs["cnn-relu"])]["layers"]
     assert "MixedQuad" in res[str(comp)]["layers"] and "QuadConv2d" not in res[str(comp)]["layers"]
+    assert "QuadConv2d" in res[str(runs["quadratized"])]["layers"]
