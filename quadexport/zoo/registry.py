@@ -110,10 +110,10 @@ def create_model(name: str, neuron: str = "fan", num_classes: int = 10, in_chann
     """
     spec = kwargs.pop("quadratize", None)
     if spec is not None:  # a quadratized model: its source architecture, then the same layers converted again
-        from quadexport.zoo.convert import apply_spec
+        from quadexport.zoo.convert import apply_spec as quadratize_again
 
         base = spec.get("base_neuron", "relu") if isinstance(spec, dict) else "relu"
-        model = apply_spec(create_model(name, base, num_classes, in_channels, input_size, **kwargs), spec)
+        model = quadratize_again(create_model(name, base, num_classes, in_channels, input_size, **kwargs), spec)
         model.quadexport_config.update(neuron=neuron, quadratize=spec)
         return model
     if neuron != "relu":
