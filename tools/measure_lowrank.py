@@ -3,12 +3,13 @@
 Three studies, each timed with the shared interleaved timer (:func:`quadexport.bench.timing.time_sessions`),
 onnxruntime CPU, ``ORT_ENABLE_ALL``, 1 intra-op and 1 inter-op thread, every model exported in decomposed mode:
 
-- ``structure``: ResNet20 (1×28×28), rank 4, the op structure of the layer, one design choice at a time:
-  ``proto`` (the issue's crude prototype: gate ``Add(1, U_g(V_g x))``, power ``U_b(V_b(x*x))`` through its own
+- ``structure`` (ResNet20, 1×28×28, rank 4) and ``structure18`` (ResNet-18, first of ``--ranks18``): the op
+  structure of the layer, one design choice at a time (:data:`DESIGNS`): ``proto`` (the issue's crude prototype:
+  gate ``Add(1, U_g(V_g x))`` with ``V_g`` of the layer's kernel, power ``U_b(V_b(x*x))`` through its own
   bottleneck, BatchNorm not folded), ``+fold`` (BN folded: scale into ``r`` and ``U_b``, shift into ``U_b``'s
   bias), ``+bias1`` (the gate's ``1`` in ``U_g``'s bias, no ``Add``), ``+shared`` (power ``U_b((V x)^2)``
-  through the gate's bottleneck: the ``lowrank`` layer as shipped), and ``gate-only`` (no power term: a floor),
-  against the ReLU twin and ``fan``.
+  through the gate's bottleneck), ``+1x1 V`` (``V`` pointwise: the ``lowrank`` layer as shipped), and
+  ``gate-only`` (no power term: a floor), against the linear model and ``fan``.
 - ``ranks``: ResNet20 (1×28×28): ReLU twin, ``fan``, ``lowrank`` k = 1, 4, 8.
 - ``resnet18``: torchvision ResNet-18 at 3×224×224 (random weights), every conv made quadratic carrying its
   weights (``quadexport.quadratize`` when present, else :func:`quadratize_convs` here): original, ``fan``,
@@ -40,6 +41,7 @@ import torch
 from torch import nn
 
 import quadexport
+from quadexport._compat import import_torchvision
 from quadexport.bench.timing import TimingConfig, TimingUnit, loadavg, time_sessions
 from quadexport.layers import QuadConv2d, QuadLayer
 from quadexport.zoo import create_model
@@ -77,9 +79,10 @@ class Row:
 class Variant(nn.Module):
     """A low-rank layer with one op structure (measurement only), built from a (BN-folded or not) ``lowrank``
     QuadConv2d: ``shared`` power through the gate's ``V`` (else its own ``V_b`` on ``x*x``), the gate's ``1`` in
-    ``U_g``'s bias (``one_in_bias``) or as its own ``Add``, or no power term (``power=False``)."""
+    ``U_g``'s bias (``one_in_bias``) or as its own ``Add``, ``V`` with the layer's kernel (``v_full``) or 1×1 as
+    shipped, or no power term (``power=False``)."""
 
-    def __init__(self, layer: QuadLayer, shared: bool, one_in_bias: bool, power: bool = True) -> None:
+    def __init__(self, layer: QuadLayer, shared: bool, one_in_bias: bool, v_full: bool, power: bool = True) -> None:
         super().__init__()
         self.r, self.v, self.u_b = layer.r, layer.g.v, layer.b
         self.u_g = copy.deepcopy(layer.g.u)
@@ -87,7 +90,12 @@ class Variant(nn.Module):
         with torch.no_grad():
             if not one_in_bias:
                 self.u_g.bias -= 1.0
-            self.v_b = None if shared else copy.deepcopy(layer.g.v)
+            if v_full:  # V with the layer's own geometry (what the issue's prototype and first design used)
+                r = layer.r
+                self.v = nn.Conv2d(r.in_channels, self.v.out_channels, r.kernel_size, r.stride, r.padding,
+                                   r.dilation, r.groups, bias=False)
+                nn.init.kaiming_normal_(self.v.weight)
+            self.v_b = None if shared else copy.deepcopy(self.v)
             if self.v_b is not None:
                 self.v_b.weight.mul_(0.1)
 
@@ -101,6 +109,25 @@ class Variant(nn.Module):
             return y
         p = self.u_b(z * z) if self.shared else self.u_b(self.v_b(x * x))
         return y + p
+
+
+DESIGNS = {  # name: (shared, one_in_bias, v_full, power, fold BN)
+    "proto": (False, False, True, True, False), "+fold": (False, False, True, True, True),
+    "+bias1": (False, True, True, True, True), "+shared": (True, True, True, True, True),
+    "+1x1 V (lowrank)": (True, True, False, True, True), "gate-only": (True, True, False, False, True)}
+"""The op-structure study, one design choice at a time (``proto``: the issue's crude prototype)."""
+
+
+def structure_models(base: nn.Module, shape: tuple[int, ...]) -> dict[str, tuple[nn.Module, bool]]:
+    """:data:`DESIGNS` variants of a ``lowrank`` model (BN folded first where the design says so)."""
+    folded, _ = fold_batchnorm(base, torch.randn(2, *shape))
+    out = {}
+    for name, (shared, bias1, v_full, power, fold) in DESIGNS.items():
+        m = copy.deepcopy(folded if fold else base)
+        replace_modules(m, lambda _, mod: (Variant(mod, shared, bias1, v_full, power) if isinstance(mod, QuadLayer)
+                                           else None))
+        out[name] = (m, fold)
+    return out
 
 
 @torch.no_grad()
@@ -152,30 +179,26 @@ def resnet20_models(rank: int = 4, structure: bool = False) -> dict[str, tuple[n
         for k in (1, 4, 8):
             out[f"lowrank k={k}"] = (zoo(f"lowrank:{k}"), True)
         return out
-    base = zoo(f"lowrank:{rank}")
-    folded, _ = fold_batchnorm(base, torch.randn(2, *shape))
-    designs = {"proto": (base, False, False, True, False), "+fold": (folded, False, False, True, True),
-               "+bias1": (folded, False, True, True, True), "+shared (lowrank)": (folded, True, True, True, True),
-               "gate-only": (folded, True, True, False, True)}
-    for name, (src, shared, bias1, power, fold) in designs.items():
-        m = copy.deepcopy(src)
-        replace_modules(m, lambda _, mod: Variant(mod, shared, bias1, power) if isinstance(mod, QuadLayer) else None)
-        out[name] = (m, fold)
-    return out
+    return {**out, **structure_models(zoo(f"lowrank:{rank}"), shape)}
 
 
-def resnet18_models(ranks: tuple[int, ...]) -> dict[str, tuple[nn.Module, bool]]:
-    """torchvision ResNet-18 (random weights, 1000 classes) and its quadratic versions."""
-    tv = quadexport._compat.import_torchvision()
+def resnet18_models(ranks: tuple[int, ...], structure: bool = False) -> dict[str, tuple[nn.Module, bool]]:
+    """torchvision ResNet-18 (random weights, 1000 classes) and its quadratic versions (``structure``: the
+    :data:`DESIGNS` of ``lowrank`` at the first rank instead of the ranks)."""
+    tv = import_torchvision()
     shape = (3, 224, 224)
-    out = {}
-    for name, neuron in [("original", None), ("fan", "fan")] + [(f"lowrank k={k}", f"lowrank:{k}") for k in ranks]:
+
+    def build(neuron: str | None) -> nn.Module:
         torch.manual_seed(0)
         m = tv.models.resnet18(weights=None)
         if neuron is not None:
             quadratize_convs(m, neuron)
-        out[name] = (perturb(m, shape, std=0.005), True)
-    return out
+        return perturb(m, shape, std=0.005)
+
+    out = {"original": (build(None), True), "fan": (build("fan"), True)}
+    if structure:
+        return {**out, **structure_models(build(f"lowrank:{ranks[0]}"), shape)}
+    return {**out, **{f"lowrank k={k}": (build(f"lowrank:{k}"), True) for k in ranks}}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -242,8 +265,8 @@ def markdown(rows: list[Row]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--study", nargs="+", default=["structure", "ranks", "resnet18"],
-                    choices=["structure", "ranks", "resnet18"])
+    ap.add_argument("--study", nargs="+", default=["structure", "ranks", "structure18", "resnet18"],
+                    choices=["structure", "ranks", "structure18", "resnet18"])
     ap.add_argument("--batches", nargs="+", type=int, default=[1, 64])
     ap.add_argument("--ranks18", nargs="+", type=int, default=[4, 16], help="lowrank ranks for ResNet-18")
     ap.add_argument("--min-seconds", type=float, default=1.0, help="timed seconds per model (small models)")
@@ -258,6 +281,9 @@ def main(argv: list[str] | None = None) -> int:
         rows += time_study("structure", resnet20_models(structure=True), (1, 28, 28), a.batches, cfg)
     if "ranks" in a.study:
         rows += time_study("ranks", resnet20_models(), (1, 28, 28), a.batches, cfg)
+    if "structure18" in a.study:
+        rows += time_study("structure18", resnet18_models(tuple(a.ranks18), structure=True), (3, 224, 224),
+                           a.batches, cfg, big=True)
     if "resnet18" in a.study:
         rows += time_study("resnet18", resnet18_models(tuple(a.ranks18)), (3, 224, 224), a.batches, cfg, big=True)
     print(markdown(rows))

@@ -2,16 +2,19 @@
 
 ::
 
-    z = V x                                  (V: in → k, the layer's kernel/stride/padding, no bias)
+    z = V x                                  (V: in → k, 1×1 with the layer's stride, no bias)
     y = (W_r x + b_r) * (U_g z + b_g) + U_b (z*z) + c
 
-``W_r`` is the full linear map (the linear twin's weights); ``V`` is a map ``in → k`` with the layer's own
-geometry; ``U_g`` and ``U_b`` are pointwise ``k → out`` maps (1×1 convs, or ``Linear(k, out)``). The bottleneck
-``z`` is *shared* by gate and power, and the power term squares ``z`` (``k`` channels) rather than the input, so
-the quadratic part costs about ``k·(in·K + 2·out)`` MACs per output position against ``in·out·K`` for the linear
-twin: ``1 + O(k/C)`` (``K`` = kernel size). In ONNX a layer is ``Conv(r), Conv(V), Conv(U_g)`` with the gate's
-``1`` in ``U_g``'s bias, ``Mul(z, z)``, ``Conv(U_b)`` (BatchNorm shift in its bias), ``Mul``, ``Add``: 7 ops, no
-full-size ``x*x`` (the design choices are measured in ``docs/quadratize.md``, "Cost of the low-rank neuron").
+``W_r`` is the full linear map (the linear twin's weights); ``V`` is a map ``in → k``, ``U_g`` and ``U_b`` are
+``k → out`` (1×1 convs, or ``Linear``). ``V`` is pointwise (1×1, the layer's stride) when the conv has 'same'
+geometry (``2·padding == dilation·(kernel-1)``: every ResNet/VGG conv); otherwise it takes the layer's kernel,
+padding and dilation so the output positions match. The bottleneck ``z`` is *shared* by gate and power, and the
+power term squares ``z`` (``k`` channels) rather than the input, so the quadratic part costs ``k·(in + 2·out)``
+MACs per output position against ``in·out·K`` for the linear twin (``K`` = kernel size): ``1 + O(k/(K·C))``. In
+ONNX a layer is ``Conv(r), Conv(V), Conv(U_g)`` with the gate's ``1`` in ``U_g``'s bias, ``Mul(z, z)``,
+``Conv(U_b)`` (BatchNorm shift in its bias), ``Mul``, ``Add``: 7 ops, no full-size ``x*x``. Every one of these
+choices (shared ``V``, pointwise ``V``, the ``1`` in a bias, BN folded) was measured: ``docs/quadratize.md``,
+"Cost of the low-rank neuron" (a 3×3 ``V`` cost ResNet-18 ×1.20 of the original, the 1×1 ``V`` ×1.09).
 
 ReLinear: ``U_g = 0, b_g = 1, U_b = 0, c = 0`` and ``V`` Kaiming-normal (it must not be zero, or ``U_g`` and
 ``U_b`` would get no gradient), so a fresh layer computes exactly its ``r`` branch. ``V`` lives inside the gate
@@ -41,7 +44,7 @@ Tensor = torch.Tensor
 DEFAULT_RANK = 4
 """Rank of ``neuron="lowrank"`` when none is given."""
 
-__all__ = ["DEFAULT_RANK", "LOWRANK", "LowRankGate", "LowRankNeuronType"]
+__all__ = ["DEFAULT_RANK", "LOWRANK", "LowRankGate", "LowRankNeuronType", "same_geometry"]
 
 
 class LowRankGate(nn.Module):
@@ -69,11 +72,25 @@ class LowRankGate(nn.Module):
         return self.u(self.v(x))
 
 
+def same_geometry(layer: Any) -> bool:
+    """The conv keeps the spatial size up to its stride (``2·padding == dilation·(kernel-1)``, or ``'same'``), so a
+    1×1 conv with its stride gives the same output positions."""
+    if layer.padding == "same":
+        return True
+    if layer.padding == "valid":
+        return all(k == 1 for k in layer.kernel_size)
+    return all(2 * p == d * (k - 1) for p, d, k in zip(layer.padding, layer.dilation, layer.kernel_size))
+
+
 def _conv_maps(layer: Any, rank: int, bias: bool) -> tuple[nn.Module, nn.Module]:
-    """``(V, U)`` for a quadratic conv layer: ``V`` with the layer's geometry, ``U`` 1×1, both grouped."""
+    """``(V, U)`` for a quadratic conv layer: ``V`` 1×1 with the layer's stride (the layer's own kernel and padding
+    when its geometry is not 'same'), ``U`` 1×1; both grouped."""
     g = layer.groups
-    v = layer._conv(layer.in_channels, rank * g, layer.kernel_size, layer.stride, layer.padding, layer.dilation, g,
-                    bias=False, padding_mode=layer.padding_mode, **layer._factory)
+    if same_geometry(layer):
+        v = layer._conv(layer.in_channels, rank * g, 1, layer.stride, 0, 1, g, bias=False, **layer._factory)
+    else:
+        v = layer._conv(layer.in_channels, rank * g, layer.kernel_size, layer.stride, layer.padding,
+                        layer.dilation, g, bias=False, padding_mode=layer.padding_mode, **layer._factory)
     return v, _conv_u(layer, rank, bias)
 
 
