@@ -4,17 +4,23 @@ refusal, and the checkpoint round trip of a zoo model."""
 
 from __future__ import annotations
 
+import collections
+
 import numpy as np
+import onnx
 import pytest
 import torch
 from torch import nn
 
 import quadexport as q
+from quadexport.check import check
 from quadexport.checkpoint import load, save_checkpoint
+from quadexport.export import lower_functions, lowrank_ops, make_session
+from quadexport.export.fold import fold_batchnorm, fold_plan
 from quadexport.errors import UsageError
 from quadexport.layers import QuadConv1d, QuadConv2d, QuadLinear
 from quadexport.relinear import ReLinearConfig, param_groups, warm_start
-from test_export import op_counts, perturb, rel_l2  # noqa: F401  (tests/ is on sys.path)
+from test_export import op_counts, perturb, rel_l2, torch_out  # noqa: F401  (tests/ is on sys.path)
 
 TWINS = [
     (lambda: QuadConv2d(6, 10, 3, padding=1, neuron="lowrank", rank=3),
@@ -99,3 +105,62 @@ def test_checkpoint_round_trip(tmp_path):
     x = torch.randn(3, 1, 28, 28)
     with torch.no_grad():
         assert torch.equal(back(x), model(x))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# BatchNorm folding and export
+# ---------------------------------------------------------------------------------------------------------------
+
+def _model(neuron: str = "lowrank:3", name: str = "resnet8") -> nn.Module:
+    m = perturb(q.create_model(name, neuron=neuron, in_channels=3), 0.05, 0, (3, 32, 32))
+    m.quadexport_meta = {"input_shape": [3, 32, 32], "dataset": None}
+    return m
+
+
+def test_bn_folds_exactly_into_primary_and_power():
+    model = _model()
+    assert fold_plan(q.get_neuron("lowrank")) == (("r", "b"), "b")
+    x = torch.randn(4, 3, 32, 32)
+    folded, rep = fold_batchnorm(model, x)
+    assert rep.method == "fx" and len(rep.folded) == 7 and not rep.shifted and not rep.skipped
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    before, after = model.layer1[0].conv2, folded.layer1[0].conv2
+    assert torch.equal(before.g.u.bias, after.g.u.bias) and torch.equal(before.g.v.weight, after.g.v.weight)
+    assert after.b.bias is not None and before.b.bias is None  # the shift went into c
+    with torch.no_grad():  # exact up to rounding the folded weights to float32 (a wrong fold is O(1) off)
+        err = rel_l2(folded.double()(x.double()).numpy(), model.double()(x.double()).numpy())
+    assert err < 1e-6, err
+
+
+def _parity(path, model) -> None:
+    rep = check(path, model, batches=(1, 3), opt_levels=("disable", "all"), verbose=False)
+    assert rep.ok, "\n".join([line.format() for line in rep.lines if not line.ok] + rep.errors)
+
+
+def test_export_decomposed_and_function_parity(tmp_path):
+    model = _model()
+    dec = q.export(model, tmp_path / "d.onnx")
+    ops_d = op_counts(dec)
+    assert set(ops_d) <= {"Conv", "Mul", "Add", "Relu", "Slice", "Pad", "ReduceMean", "Gemm"}
+    assert ops_d["Conv"] == 1 + 4 * 6 and ops_d["Mul"] == 2 * 6  # stem; r, V, U_g, U_b and z*z, r*g per layer
+    _parity(dec, model)
+    fn = q.export(model, tmp_path / "f.onnx", mode="function")
+    assert op_counts(fn)[f"{lowrank_ops.DOMAIN}::QuadLowRankConv2d"] == 6
+    _parity(fn, model)
+    lowered = lower_functions(onnx.load(str(fn)))  # the body is the decomposed graph
+    assert collections.Counter(n.op_type for n in lowered.graph.node) == op_counts(dec)
+    assert not lowered.functions and all(o.domain == "" for o in lowered.opset_import)
+
+
+def test_fp16_export(tmp_path):
+    model = _model()
+    path = q.export(model, tmp_path / "h.onnx", fp16=True)
+    x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    got = make_session(path).run(None, {"input": x})[0]
+    assert np.isfinite(got).all() and rel_l2(got, torch_out(model, x)) < 1e-2
+
+
+def test_fused_target_refuses_lowrank(tmp_path):
+    with pytest.raises(UsageError, match="fan") as e:
+        q.export(_model(), tmp_path / "k.onnx", mode="fused")
+    assert "lowrank" in str(e.value) and "\n" not in str(e.value)
