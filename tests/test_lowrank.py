@@ -15,8 +15,8 @@ from torch import nn
 import quadexport as q
 from quadexport.check import check
 from quadexport.checkpoint import load, save_checkpoint
-from quadexport.export import lower_functions, lowrank_ops, make_session
-from quadexport.export.fold import fold_batchnorm, fold_plan
+from quadexport.exporter import lower_functions, lowrank_ops, make_session
+from quadexport.exporter.fold import fold_batchnorm, fold_plan
 from quadexport.errors import UsageError
 from quadexport.layers import QuadConv1d, QuadConv2d, QuadLinear
 from quadexport.relinear import ReLinearConfig, param_groups, warm_start

@@ -162,7 +162,7 @@ def cmd_latsweep(a: argparse.Namespace) -> int:
     from quadexport.compress.api import calibration_data
     from quadexport.compress.prune import conv_shortcuts, get_spec
     from quadexport.compress.timing import time_onnx
-    from quadexport.export import export
+    from quadexport.exporter import export
     from quadexport.zoo import count_macs
 
     torch.set_num_threads(a.threads)
@@ -275,7 +275,7 @@ def _entries() -> list[dict]:
 def cmd_bench(a: argparse.Namespace) -> int:
     from quadexport.checkpoint import load
     from quadexport.compress.timing import time_onnx
-    from quadexport.export import export
+    from quadexport.exporter import export
 
     entries = _entries()
     files = {}

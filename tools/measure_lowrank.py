@@ -46,12 +46,8 @@ from quadexport.bench.timing import TimingConfig, TimingUnit, loadavg, time_sess
 from quadexport.layers import QuadConv2d, QuadLayer
 from quadexport.zoo import create_model
 
-try:
-    from quadexport.exporter.decomposed import replace_modules
-    from quadexport.exporter.fold import fold_batchnorm
-except ImportError:  # before the export -> exporter rename
-    from quadexport.export.decomposed import replace_modules
-    from quadexport.export.fold import fold_batchnorm
+from quadexport.exporter.decomposed import replace_modules
+from quadexport.exporter.fold import fold_batchnorm
 
 log = logging.getLogger("measure_lowrank")
 

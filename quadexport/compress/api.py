@@ -68,7 +68,7 @@ def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def _export(model: nn.Module, path: Path, shape: Sequence[int]) -> Path:
-    from quadexport.export import export
+    from quadexport.exporter import export
 
     return export(model, path, mode="decomposed", input_shape=tuple(shape))
 
@@ -146,6 +146,12 @@ class _Job:
     scores: dict[str, Any] = field(default_factory=dict)
     spec: dict[str, Any] | None = None
     changed: bool = False
+    run: Any = None  # quadexport.rundir.RunDir: the locked staging dir that becomes ``o.out`` once complete
+
+    @property
+    def dir(self) -> Path:
+        """Where the new run's files are written now (the staging dir; ``o.out`` once committed)."""
+        return self.run.path if self.run is not None else self.o.out
 
     def say(self, msg: str) -> None:
         log.log(logging.INFO if self.cfg.verbose else logging.DEBUG, msg)
@@ -154,7 +160,12 @@ class _Job:
 def compress_run(run_dir: str | Path, out: str | Path, cfg: CompressConfig) -> dict[str, Any]:
     """:func:`compress` with its options as a :class:`~quadexport.compress.config.CompressConfig`."""
     t_start = time.perf_counter()
+    from quadexport.checkpoint import write_json
+    from quadexport.rundir import open_run
+
     job = _open(Path(run_dir), Path(out), cfg)
+    # One writer; written into a staging dir that replaces `out` (atomically) only once complete.
+    job.run = open_run(job.o.out, "overwrite" if cfg.overwrite else "new", resumable=False)
     tmp = Path(tempfile.mkdtemp(prefix="quadexport-compress-"))
     try:
         _calibrate(job)
@@ -171,27 +182,28 @@ def compress_run(run_dir: str | Path, out: str | Path, cfg: CompressConfig) -> d
             _bench(job, fp32_path)
         job.o.seconds = time.perf_counter() - t_start
         report = build_report(job.o)
+        write_json(job.dir / REPORT_JSON, report)
+        (job.dir / REPORT_MD).write_text(render_report(report))
+    except BaseException:
+        job.run.close()  # the staging dir goes; an old `out` stays as it was
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    from quadexport.checkpoint import write_json
-
-    out = job.o.out
-    write_json(out / REPORT_JSON, report)
-    (out / REPORT_MD).write_text(render_report(report))
-    job.say(f"== wrote {out} ({REPORT_MD})")
+    with job.run:
+        job.run.commit()
+    job.say(f"== wrote {job.o.out} ({REPORT_MD})")
     return report
 
 
 def _open(run_dir: Path, out: Path, cfg: CompressConfig) -> _Job:
     """Check the paths, load the source run."""
     from quadexport.checkpoint import build_from_checkpoint, read_checkpoint
+    from quadexport.rundir import holds_run
 
     if out.resolve() == run_dir.resolve():
         raise CompressError("--out must be a new run dir, not the input run dir")
-    if out.exists() and any(out.iterdir()):
-        if not cfg.overwrite:
-            raise CompressError(f"{out} exists and is not empty (pass overwrite=True / --overwrite)")
-        shutil.rmtree(out)
+    if holds_run(out) and not cfg.overwrite:  # fail fast; open_run checks again under the lock
+        raise CompressError(f"{out} already holds a run; pass --overwrite to replace it")
     ckpt = read_checkpoint(run_dir)
     model = build_from_checkpoint(ckpt).eval()
     already = get_spec(model) is not None
@@ -306,7 +318,7 @@ def _write_run(job: _Job) -> Path:
     """The new run dir: checkpoint, config, metrics and the fp32 ONNX export (returned)."""
     from quadexport.checkpoint import save_checkpoint, write_json
 
-    cfg, o, meta, out = job.cfg, job.o, job.meta, job.o.out
+    cfg, o, meta, out = job.cfg, job.o, job.meta, job.dir
     out.mkdir(parents=True, exist_ok=True)
     cmeta = dict(meta)
     cmeta.update(test_acc=o.acc_final, compressed_from=str(o.run_dir), uncompressed_test_acc=o.acc_orig,
@@ -318,15 +330,17 @@ def _write_run(job: _Job) -> Path:
                               "source_compression": meta.get("compression")})
     if cfg.quantize:
         cmeta["int8_onnx"] = INT8_ONNX
-    save_checkpoint(out, o.cmodel, cmeta, None, int(job.ckpt.get("epoch", 0)), {"compressed": True})
+    rid = job.run.run_id if job.run is not None else None
+    save_checkpoint(out, o.cmodel, cmeta, None, int(job.ckpt.get("epoch", 0)), {"compressed": True}, run_id=rid)
+    stamp = job.run.stamp if job.run is not None else (lambda d: d)
     o.cmodel.quadexport_meta = cmeta
-    write_json(out / "config.json", {"compression": cmeta["compression"], "source": str(o.run_dir),
-                                     "train_config": meta.get("train_config")})
-    write_json(out / "metrics.json", {"model": o.cmodel.quadexport_config.get("name"),
-                                      "neuron": o.cmodel.quadexport_config.get("neuron"),
-                                      "dataset": meta["dataset"], "test_acc": o.acc_final,
-                                      "uncompressed_test_acc": o.acc_orig, "pruned_test_acc": o.acc_pruned,
-                                      "finetune": o.ft_hist, "epochs": []})
+    write_json(out / "config.json", stamp({"compression": cmeta["compression"], "source": str(o.run_dir),
+                                           "train_config": meta.get("train_config")}))
+    write_json(out / "metrics.json", stamp({"model": o.cmodel.quadexport_config.get("name"),
+                                            "neuron": o.cmodel.quadexport_config.get("neuron"),
+                                            "dataset": meta["dataset"], "test_acc": o.acc_final,
+                                            "uncompressed_test_acc": o.acc_orig, "pruned_test_acc": o.acc_pruned,
+                                            "finetune": o.ft_hist, "epochs": []}))
     return _export(o.cmodel, out / FP32_ONNX, job.shape)
 
 
@@ -335,7 +349,8 @@ def _parity(job: _Job, fp32_path: Path) -> None:
 
     rep = run_check(fp32_path, job.o.cmodel, batches=(1, 3, 64), verbose=False, dataset=job.meta["dataset"],
                     data_dir=job.cfg.data_dir)
-    rep.save(job.o.out / "parity.json")
+    rep.onnx_path = str(job.o.out / FP32_ONNX)  # where it will be once the staged run is in place
+    rep.save(job.dir / "parity.json")
     job.o.parity = {"ok": rep.ok, "worst_rel_l2": rep.worst_rel_l2}
     job.say(f"== parity of {fp32_path}: {'ok' if rep.ok else 'FAILED'} (worst rel_l2 {rep.worst_rel_l2:.1e})")
 
@@ -343,7 +358,7 @@ def _parity(job: _Job, fp32_path: Path) -> None:
 def _int8(job: _Job, fp32_path: Path) -> None:
     from quadexport.compress.quant import onnx_accuracy, quantize_int8
 
-    cfg, out, ds = job.cfg, job.o.out, job.ds
+    cfg, out, ds = job.cfg, job.dir, job.ds
     job.say(f"== int8 static quantisation (keep fp32: {cfg.keep_fp32})")
     info = quantize_int8(fp32_path, out / INT8_ONNX, job.calib.numpy(), keep_fp32=cfg.keep_fp32)
     acc8, logits8 = onnx_accuracy(out / INT8_ONNX, ds.x_test.numpy(), ds.y_test.numpy(), threads=cfg.threads)
@@ -369,11 +384,11 @@ def _bench(job: _Job, fp32_path: Path) -> None:
 
     cfg, shape = job.cfg, job.shape
     job.say(f"== latency (onnxruntime CPU, interleaved, batches {list(cfg.batches)})")
-    bdir = job.o.out / "bench"
+    bdir = job.dir / "bench"
     files = {"original": _export(job.o.model, bdir / "original.onnx", shape),
              "compressed": fp32_path, "relu_twin": _export(job.twin_model, bdir / "relu_twin.onnx", shape)}
     if cfg.quantize:
-        files["compressed_int8"] = job.o.out / INT8_ONNX
+        files["compressed_int8"] = job.dir / INT8_ONNX
     if cfg.shortcut == "conv":
         from quadexport.compress.permute import conv_shortcuts
 

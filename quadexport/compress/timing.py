@@ -41,7 +41,7 @@ def time_onnx(models: Mapping[str, str | os.PathLike], input_shape: Sequence[int
         seed: seed of the random inputs.
         opt_level: onnxruntime graph optimisation level.
     """
-    from quadexport.export.session import make_session
+    from quadexport.exporter.session import make_session
 
     sessions = {k: make_session(str(Path(p)), "cpu", opt_level=opt_level, threads=threads) for k, p in models.items()}
     rng = np.random.default_rng(seed)

@@ -9,7 +9,7 @@ low-rank kernel, so these nodes always run their function body). Ops ``QuadLowRa
 
 where ⊛ is ``X W^T`` (dense) or an ONNX ``Conv`` (``U_g``, ``U_b`` are 1×1 with ``group``). The model-local
 function body is exactly the decomposed graph (``Conv``/``Gemm``, ``Mul``, ``Add``). Like
-:mod:`quadexport.export.ops` this module holds the schemas, the bodies, the ``torch.library`` custom ops with fake
+:mod:`quadexport.exporter.ops` this module holds the schemas, the bodies, the ``torch.library`` custom ops with fake
 kernels and the ``custom_translation_table`` entries; :class:`FunctionLowRank` is the layer's export form.
 """
 
@@ -176,7 +176,7 @@ class FunctionLowRank(nn.Module):
 
     Args:
         layer: the quadratic layer (its tensors are copied).
-        pads: the layer's explicit ONNX pads (conv layers; ``quadexport.export.function.conv_pads``).
+        pads: the layer's explicit ONNX pads (conv layers; ``quadexport.exporter.function.conv_pads``).
     """
 
     def __init__(self, layer: nn.Module, pads: list[int] | None = None) -> None:

@@ -7,7 +7,7 @@ tensors: compact → ``W_g=0, B_g=1``; T4/QRes → ``W_b=0, C=0``; QRes → ``B_
 exporter maps those ops to ``QuadLinear``/``QuadConv1d``/``QuadConv2d`` nodes; because it inlines every
 model-local function, :func:`attach_functions` appends the bodies *after* export. Layers without a Fan form
 (QuadraLib) or with ``padding_mode != "zeros"`` stay decomposed, with a warning. ``lowrank`` layers become one
-``quadexport.lowrank`` node each (:mod:`quadexport.export.lowrank_ops`; its body is the decomposed graph).
+``quadexport.lowrank`` node each (:mod:`quadexport.exporter.lowrank_ops`; its body is the decomposed graph).
 
 :func:`lower_functions` inlines the bodies, giving a standard-op model; :func:`strip_functions` drops them, giving a
 kernel-only model (needs the kernel library at run time).
@@ -22,9 +22,10 @@ import onnx
 import torch
 from torch import nn
 
-from quadexport.export import lowrank_ops, ops
-from quadexport.export.lowrank_ops import FunctionLowRank
-from quadexport.export.decomposed import replace_modules
+from quadexport.errors import UsageError
+from quadexport.exporter import lowrank_ops, ops
+from quadexport.exporter.decomposed import replace_modules
+from quadexport.exporter.lowrank_ops import FunctionLowRank
 from quadexport.layers.quad import QuadLayer, QuadLinear, _QuadConvNd
 
 Tensor = torch.Tensor
@@ -36,7 +37,7 @@ __all__ = ["FunctionQuadConv", "FunctionQuadLinear", "attach_functions", "fan_te
 def unsupported_reason(layer: QuadLayer) -> str | None:
     """Why ``layer`` cannot become one ``quadexport`` node (``None`` if it can)."""
     nt = layer.neuron_type
-    lowrank = hasattr(nt, "rank")  # its own op: quadexport.export.lowrank_ops
+    lowrank = hasattr(nt, "rank")  # its own op: quadexport.exporter.lowrank_ops
     if nt.fan_form is None and not lowrank:
         return f"neuron {layer.neuron!r} has no Fan form"
     if any(b.kind != "full" for b in nt.branches) and not lowrank:
@@ -172,7 +173,7 @@ def _ai_onnx_opset(model: onnx.ModelProto) -> int:
     for o in model.opset_import:
         if o.domain in ("", "ai.onnx"):
             return int(o.version)
-    raise ValueError("model has no ai.onnx opset import")
+    raise UsageError("model has no ai.onnx opset import")
 
 
 def quadexport_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
@@ -210,7 +211,7 @@ def lower_functions(model: onnx.ModelProto) -> onnx.ModelProto:
     The input is not modified.
 
     Raises:
-        ValueError: a ``quadexport`` node has no function body (e.g. after :func:`strip_functions`): the bodies are
+        UsageError: a ``quadexport`` node has no function body (e.g. after :func:`strip_functions`): the bodies are
             re-attached first, so this only happens for unknown op types.
     """
     import onnx.inliner
@@ -220,7 +221,7 @@ def lower_functions(model: onnx.ModelProto) -> onnx.ModelProto:
     domains = (ops.DOMAIN, lowrank_ops.DOMAIN)
     left = [n.op_type for n in lowered.graph.node if n.domain in domains]
     if left:
-        raise ValueError(f"cannot lower {ops.DOMAIN} nodes without a function body: {sorted(set(left))}")
+        raise UsageError(f"cannot lower {ops.DOMAIN} nodes without a function body: {sorted(set(left))}")
     keep = [f for f in lowered.functions if f.domain not in domains]
     del lowered.functions[:]
     lowered.functions.extend(keep)
