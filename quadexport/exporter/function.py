@@ -26,18 +26,41 @@ from quadexport.errors import UsageError
 from quadexport.exporter import lowrank_ops, ops
 from quadexport.exporter.decomposed import replace_modules
 from quadexport.exporter.lowrank_ops import FunctionLowRank
+from quadexport.layers.neurons import get_neuron, list_neurons
 from quadexport.layers.quad import QuadLayer, QuadLinear, _QuadConvNd
 
 Tensor = torch.Tensor
 
-__all__ = ["FunctionQuadConv", "FunctionQuadLinear", "attach_functions", "fan_tensors", "lower_functions",
-           "prepare_function", "quadexport_nodes", "strip_functions", "unsupported_reason"]
+__all__ = ["FunctionQuadConv", "FunctionQuadLinear", "attach_functions", "fan_tensors", "fused_neurons",
+           "has_lowrank_op", "lower_functions", "prepare_function", "quadexport_nodes", "refuse_unfused",
+           "strip_functions", "unsupported_reason"]
+
+
+def has_lowrank_op(layer: QuadLayer) -> bool:
+    """The layer's neuron type is low-rank (``lowrank``): it exports as one ``quadexport.lowrank`` node, which has a
+    function body but no fused kernel."""
+    return hasattr(layer.neuron_type, "rank")
+
+
+def fused_neurons() -> list[str]:
+    """Neuron types the fused kernel library runs (a Fan form and full-size branches)."""
+    return [n for n in list_neurons() if get_neuron(n).fan_form is not None
+            and all(b.kind == "full" for b in get_neuron(n).branches)]
+
+
+def refuse_unfused(model: nn.Module) -> None:
+    """Raise :class:`UsageError` (one line) if ``model`` has a layer the fused target cannot run (low-rank)."""
+    bad = [(name, m.neuron) for name, m in model.named_modules() if isinstance(m, QuadLayer) and has_lowrank_op(m)]
+    if bad:
+        raise UsageError(f"mode='fused': neuron {bad[0][1]!r} has no fused kernel ({len(bad)} layer(s), first "
+                         f"{bad[0][0]!r}); the kernel library runs {', '.join(fused_neurons())}: export with "
+                         f"mode='function' or 'decomposed'")
 
 
 def unsupported_reason(layer: QuadLayer) -> str | None:
     """Why ``layer`` cannot become one ``quadexport`` node (``None`` if it can)."""
     nt = layer.neuron_type
-    lowrank = hasattr(nt, "rank")  # its own op: quadexport.exporter.lowrank_ops
+    lowrank = has_lowrank_op(layer)  # its own op: quadexport.exporter.lowrank_ops
     if nt.fan_form is None and not lowrank:
         return f"neuron {layer.neuron!r} has no Fan form"
     if any(b.kind != "full" for b in nt.branches) and not lowrank:
@@ -154,7 +177,7 @@ def prepare_function(model: nn.Module) -> list[tuple[str, str]]:
         if reason is not None:
             kept.append((name, reason))
             return m
-        if hasattr(m.neuron_type, "rank"):
+        if has_lowrank_op(m):
             return FunctionLowRank(m, None if isinstance(m, QuadLinear) else conv_pads(m))
         return FunctionQuadLinear(m) if isinstance(m, QuadLinear) else FunctionQuadConv(m)
 
