@@ -1,5 +1,5 @@
-"""Quadratic layers, the neuron-type registry (every built-in type, ``fan_pw``/``fan_dw`` and ``lowrank`` included, is registered
-on import), their initialisation, and the mixed/pruned layers of compressed models."""
+"""Quadratic layers, the neuron-type registry (every built-in type, ``fan_pw``/``fan_dw`` and ``lowrank``
+included, is registered on import), their initialisation, and the mixed/pruned layers of compressed models."""
 
 from quadexport.layers import cheap  # noqa: F401  (registers fan_pw / fan_dw)
 from quadexport.layers import lowrank  # noqa: F401  (registers lowrank)
