@@ -239,7 +239,7 @@ def time_study(study: str, models: dict[str, tuple[nn.Module, bool]], shape: tup
             units = [TimingUnit(n, (lambda s=s: s.run(None, feed)), lambda out: bool(np.isfinite(out[0]).all()))
                      for n, s in sessions.items()]
             c = cfg if not (big and batch > 1) else TimingConfig(warmup=1, min_iters=3, min_seconds=0.0,
-                                                                   chunk_seconds=0.0, batch=batch)
+                                                                   chunk_seconds=1e-3, batch=batch)
             stats = time_sessions(units, TimingConfig(**{**asdict(c), "batch": batch}))
             ref = stats[next(iter(sessions))]
             for n, st in stats.items():
