@@ -128,8 +128,6 @@ class LowRankNeuronType(NeuronType):
         if branch.kind == "full":
             return layer._make_branch(branch, bias)
         dense = hasattr(layer, "in_features")
-        if not dense and layer.groups > 1 and layer.in_channels % layer.groups:
-            raise UsageError("in_channels must be divisible by groups")
         if branch.kind == "lowrank":
             if dense:
                 gate = LowRankGate(nn.Linear(layer.in_features, self.rank, bias=False, **layer._factory),
