@@ -23,12 +23,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from quadexport.adapter import parse_train_only, set_trainable
-from quadexport.startfrom import from_run_model, from_run_overrides, source_meta
 from quadexport.checkpoint import CHECKPOINT, read_checkpoint, save_checkpoint, write_json
-from quadexport.errors import QuadexportError, UsageError, did_you_mean
+from quadexport.errors import QuadexportError, UsageError
 from quadexport.relinear import (ReLinearConfig, param_groups, plain_init, quadratic_norms, quadratic_penalty,
                                  warm_start)
 from quadexport.rundir import RunDir, RunDirError, disagreement, open_run
+from quadexport.startfrom import from_run_model, from_run_overrides, source_meta
 
 log = logging.getLogger(__name__)
 
@@ -136,14 +136,12 @@ class TrainConfig:
 
     def _check_names(self) -> None:
         """Unknown model or neuron names fail here, before any data is loaded."""
-        from quadexport.layers import list_neurons
+        from quadexport.layers import get_neuron
         from quadexport.zoo import check_model_name
 
         check_model_name(self.model)
-        known = [*list_neurons(), "relu"]
-        if self.neuron not in known:
-            raise UsageError(f"unknown neuron type {self.neuron!r}{did_you_mean(self.neuron, known)}; known: "
-                             f"{', '.join(known)}")
+        if self.neuron != "relu":
+            get_neuron(self.neuron)  # UsageError with a suggestion; "lowrank:8" style arguments are checked too
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
