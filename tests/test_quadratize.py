@@ -59,7 +59,7 @@ CONV_CASES = [
      for mode in ("zeros", "reflect", "replicate", "circular")]
 
 
-@pytest.mark.parametrize("neuron", ["fan", "compact", "qres"])
+@pytest.mark.parametrize("neuron", ["fan", "compact", "qres", "lowrank:2"])
 @pytest.mark.parametrize("case,kw", CONV_CASES, ids=[c for c, _ in CONV_CASES])
 def test_conv2d_exact(case: str, kw: dict, neuron: str) -> None:
     torch.manual_seed(0)
@@ -118,9 +118,8 @@ def test_neuron_and_rank_errors() -> None:
         to_quadratic(nn.Linear(3, 3), "t2")
     with pytest.raises(UsageError, match="unknown neuron type"):
         to_quadratic(nn.Linear(3, 3), "fna")
-    if "lowrank" not in quadexport.list_neurons():
-        with pytest.raises(UsageError, match="takes no rank"):
-            to_quadratic(nn.Linear(3, 3), "fan", rank=2)
+    with pytest.raises(UsageError, match="rank"):
+        to_quadratic(nn.Linear(3, 3), "fan", rank=2)
     with pytest.raises(UsageError, match="rank must be"):
         quadratize(nn.Sequential(nn.Linear(3, 3)), rank=0)
 
@@ -180,6 +179,17 @@ def test_include_exclude_globs_and_predicate() -> None:
     assert rep2.converted == ["mlp.0", "mlp.2", "head"]  # an explicit include may take the head
     with pytest.raises(UsageError, match="matches no conv/linear layer; did you mean 'stem'"):
         quadratize(net, include=["stme"])
+
+
+def test_lowrank_rank_flows_through() -> None:
+    net = _Net().eval()
+    q, rep = quadratize(net, "lowrank", rank=2, input_shape=(3, 6, 6), return_report=True)
+    assert rep.max_rel_diff == 0.0 and q.pw.rank == 2 and q.mlp[0].rank == 2
+    r8 = quadratize(create_model("resnet8", neuron="relu"), "lowrank", rank=3)
+    assert r8.quadexport_config["quadratize"]["layers"]["layer1.0.conv1"] == {"neuron": "lowrank", "rank": 3}
+    rebuilt = create_model(**copy.deepcopy(r8.quadexport_config))
+    rebuilt.load_state_dict(r8.state_dict())
+    assert rebuilt.layer1[0].conv1.rank == 3
 
 
 def test_inplace_keeps_device_dtype_and_mode() -> None:
