@@ -229,7 +229,9 @@ def quadratize(model: nn.Module, neuron: str = "fan", *, include: LayerSelector 
     Returns:
         The quadratized model (same device and dtype; ``quadexport_config["neuron"]`` is ``neuron`` and
         ``quadexport_config["quadratize"]`` lists the converted layers, so :func:`quadexport.create_model` rebuilds
-        it; the source's test accuracy and training settings move to ``quadexport_meta["source"]``), or
+        it; a model of your own, without a ``quadexport_config``, gets one without ``name``: keep its class and
+        ``state_dict()`` yourself; the source's test accuracy and ReLinear settings move to
+        ``quadexport_meta["source"]``), or
         ``(model, report)`` with ``return_report=True``. A one-line summary is logged at DEBUG (the CLI prints it).
 
     Raises:
