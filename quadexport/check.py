@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+import types
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -340,3 +342,14 @@ def _finish(report: CheckReport, json_path: str | os.PathLike | None) -> CheckRe
     if json_path is not None:
         report.save(json_path)
     return report
+
+
+class _CallableModule(types.ModuleType):
+    """``quadexport.check`` is this module and, once anything imported it, also the package attribute of the same
+    name: calling the module calls :func:`check`, so ``quadexport.check(path, model)`` works either way."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> CheckReport:
+        return check(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -22,7 +22,7 @@ def run(a: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from quadexport.exporter.session import OPT_LEVELS
+    from quadexport.cli.argtypes import OPT_LEVELS
 
     p = sub.add_parser("check", help="check an exported ONNX model against its run (non-zero exit on a miss)",
                        description="Run random inputs (and the first 512 test images of the run's dataset) through "

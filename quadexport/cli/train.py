@@ -9,17 +9,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from quadexport.cli.argtypes import dataset_spec, finite_float, float_list, image_size, nonneg_float, pos_int
+from quadexport.cli.argtypes import BUILTIN_DATASETS, dataset_spec, finite_float, float_list, image_size, nonneg_float, pos_int
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     """The training flags (shared with ``compress --finetune-epochs`` and the pipeline)."""
-    from quadexport.data import list_datasets
-
     p.add_argument("--model", default="cnn", help="zoo model (quadexport info models), default cnn")
     p.add_argument("--neuron", default="fan", help="neuron type (quadexport info neurons) or relu, default fan")
     p.add_argument("--dataset", default="digits", type=dataset_spec, metavar="DATASET",
-                   help=f"{', '.join(list_datasets())} (default digits), imagefolder:PATH (PATH/train/<class>/*.png "
+                   help=f"{', '.join(BUILTIN_DATASETS)} (default digits), imagefolder:PATH (PATH/train/<class>/*.png "
                    "and PATH/val/) or npz:FILE (x_train, y_train, x_test, y_test)")
     p.add_argument("--image-size", type=image_size, default=None, metavar="H[xW]",
                    help="imagefolder: resize images to this size (default: their common size)")
