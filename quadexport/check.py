@@ -34,10 +34,12 @@ log = logging.getLogger(__name__)
 TOLERANCES = {"float32": 1e-5, "float16": 1e-2}
 """Default ``rtol`` (max relative L2 error) per exported dtype."""
 DATASET_SAMPLES = 512
+QDQ_TOP1 = 95.0
+"""Int8 QDQ files: default minimum top-1 agreement with torch on real data, in percent."""
 LEVEL_NAMES = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
                "all": "ORT_ENABLE_ALL"}
 
-__all__ = ["CheckLine", "CheckReport", "DATASET_SAMPLES", "TOLERANCES", "check", "compare"]
+__all__ = ["CheckLine", "CheckReport", "DATASET_SAMPLES", "QDQ_TOP1", "TOLERANCES", "check", "compare", "is_qdq"]
 
 
 @dataclass
@@ -187,20 +189,54 @@ def _torch_outputs(model: nn.Module, x: np.ndarray) -> list[np.ndarray]:
     return [o.detach().float().cpu().numpy() for o in outs]
 
 
-def _load_dataset(name: str, data_dir: str | os.PathLike | None) -> tuple[np.ndarray, np.ndarray]:
-    from quadexport.data import load_dataset
+def _load_dataset(spec: str, meta: dict[str, Any], data_dir: str | os.PathLike | None,
+                  n: int = DATASET_SAMPLES) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``n`` test samples (normalised model inputs, labels) of ``spec``: the run's own data (same subsets,
+    size and normalisation, any dataset kind) when ``spec`` is the run's dataset, else the named dataset."""
+    from quadexport.data import DataOptions, open_dataset, open_run_dataset
 
-    ds = load_dataset(name, data_dir=data_dir)
-    return (ds.x_test[:DATASET_SAMPLES].float().numpy().copy(),
-            ds.y_test[:DATASET_SAMPLES].numpy().copy())
+    own = meta.get("dataset") or (meta.get("train_config") or {}).get("dataset")
+    src = open_run_dataset(meta, None if data_dir is None else str(data_dir), workers=0) if spec == own else \
+        open_dataset(spec, DataOptions(data_dir=data_dir, workers=0))
+    xs, ys, seen = [], [], 0
+    for xb, yb in src.loader("test", n):
+        xs.append(xb.float().numpy())
+        ys.append(yb.numpy())
+        seen += len(xb)
+        if seen >= n:
+            break
+    return np.concatenate(xs)[:n].copy(), np.concatenate(ys)[:n].copy()
+
+
+def _pairing_error(info: Any, model: nn.Module) -> str | None:
+    """Why the ONNX file was not exported from ``model`` (model name or neuron differ), or None."""
+    cfg = getattr(model, "quadexport_config", None) or {}
+    pairs = [("model", info.metadata.get("quadexport.model"), cfg.get("name")),
+             ("neuron", info.metadata.get("quadexport.neuron"), cfg.get("neuron"))]
+    diff = [(k, f, r) for k, f, r in pairs if f and r and f != r]
+    if not diff:
+        return None
+    said = lambda i: "/".join(str(d[i]) for d in diff)  # noqa: E731
+    return (f"the ONNX file is a {said(1)} model but the run is {said(2)} ({', '.join(d[0] for d in diff)} "
+            "differ): check a file against the run it was exported from")
+
+
+def is_qdq(proto: Any) -> bool:
+    """The graph is int8-quantised in QDQ form (QuantizeLinear/DequantizeLinear pairs)."""
+    return any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in proto.graph.node)
 
 
 def check(onnx_path: str | os.PathLike, model: nn.Module, *, provider: str = "cpu", atol: float | None = None,
           rtol: float | None = None, batches: Sequence[int] = (1, 3, 5, 64), dataset: str | bool | None = None,
           data_dir: str | os.PathLike | None = None, seed: int = 0, opt_levels: Sequence[str] = ("disable", "all"),
           kernel_library: str = "auto", threads: int | None = None, verbose: bool = True,
-          json_path: str | os.PathLike | None = None) -> CheckReport:
+          json_path: str | os.PathLike | None = None, qdq_top1: float = QDQ_TOP1) -> CheckReport:
     """Compare an exported model with its torch model under onnxruntime; fail hard on any miss.
+
+    Files exported with ``input="raw"`` (metadata ``quadexport.input = raw``) are fed raw pixels (the same inputs,
+    denormalised) and compared with the model behind its preprocessing (:class:`~quadexport.preprocess.RawInput`).
+    Int8 QDQ files are not expected to match float outputs: they are checked on the dataset only, each line
+    passing when the top-1 class agrees with torch on at least ``qdq_top1`` percent of the images.
 
     Args:
         onnx_path: the ``.onnx`` file.
@@ -209,8 +245,9 @@ def check(onnx_path: str | os.PathLike, model: nn.Module, *, provider: str = "cp
         atol: max abs difference per output (``None``: not checked; rel_l2 is the criterion).
         rtol: max relative L2 error (``None``: 1e-5 for float32 models, 1e-2 for float16 ones).
         batches: batch sizes of the random-input checks (the dynamic batch axis is exercised).
-        dataset: dataset of the real-data check (default: ``model.quadexport_meta["dataset"]``; ``False``: none);
-            the first 512 test images, in batches of ``max(batches)``.
+        dataset: dataset of the real-data check (default: the model's own, ``quadexport_meta["dataset"]``, with
+            its subsets and normalisation; ``False``: none); the first 512 test images, in batches of
+            ``max(batches)``.
         data_dir: dataset directory (see :func:`quadexport.data.load_dataset`).
         seed: seed of the random inputs.
         opt_levels: onnxruntime graph optimisation levels to check (``disable``, ``basic``, ``extended``, ``all``).
@@ -220,6 +257,11 @@ def check(onnx_path: str | os.PathLike, model: nn.Module, *, provider: str = "cp
         verbose: log each line as it is produced (``logging`` INFO on ``quadexport.check``);
             :meth:`CheckReport.format` gives the whole report as text.
         json_path: also write the report there as JSON.
+        qdq_top1: QDQ files: the minimum top-1 agreement with torch, in percent.
+
+    Raises:
+        UsageError: the file was exported from another model or neuron than ``model``, or the dataset's inputs do
+            not have the shape the file takes.
     """
     import onnx
     import onnxruntime as ort
@@ -227,27 +269,62 @@ def check(onnx_path: str | os.PathLike, model: nn.Module, *, provider: str = "cp
     from quadexport.exporter.session import find_kernel_library, model_info
 
     info = model_info(onnx_path)
+    pairing = _pairing_error(info, model)
+    if pairing:
+        raise UsageError(f"{onnx_path}: {pairing}")
     dtype = info.metadata.get("quadexport.dtype", "float32")
     tol = TOLERANCES.get(dtype, TOLERANCES["float32"]) if rtol is None else float(rtol)
     lib = find_kernel_library()
     report = CheckReport(onnx_path=str(onnx_path), provider=provider, rtol=tol, atol=atol)
+    qdq = is_qdq(onnx.load(str(onnx_path), load_external_data=False))
     report.env = {"onnxruntime": ort.__version__, "onnx": onnx.__version__, "torch": torch.__version__,
                   "kernel_library": str(lib) if lib else None, "export_mode": info.mode or None, "dtype": dtype,
-                  "opset": info.metadata.get("quadexport.opset")}
+                  "opset": info.metadata.get("quadexport.opset"), "input": info.metadata.get("quadexport.input"),
+                  "qdq": qdq}
     say: Callable[[str], None] = log.info if verbose else (lambda msg: None)
     runtimes = _runtimes(info, kernel_library, lib is not None, provider, report)
+    ref, prep = _reference(model, info.metadata.get("quadexport.input") == "raw")
     was_training = model.training
-    model.eval()
+    ref.eval()
     try:
         sessions = _open_sessions(onnx_path, provider, opt_levels, runtimes, threads, report, say)
         if sessions:
             shape = _input_shape(next(iter(sessions.values())), model)
-            sets = _input_sets(model, shape, batches, seed, dataset, data_dir, report, say)
-            _compare_all(sessions, sets, model, report, say)
+            sets = _input_sets(model, shape, batches, seed, dataset, data_dir, report, say, prep)
+            if qdq:
+                sets = _qdq_sets(sets, report, qdq_top1, say)
+            _compare_all(sessions, sets, ref, report, say, qdq_top1 if qdq else None)
         say(report.summary())
     finally:
         model.train(was_training)
     return _finish(report, json_path)
+
+
+def _reference(model: nn.Module, raw: bool) -> tuple[nn.Module, Any]:
+    """The torch model to compare with and, for raw-input files, the preprocessing that maps inputs to raw pixels
+    (None otherwise). A model that already is a :class:`~quadexport.preprocess.RawInput` is used as it is."""
+    if not raw:
+        return model, None
+    from quadexport.data import run_preprocessing
+    from quadexport.preprocess import RawInput
+
+    if isinstance(model, RawInput):
+        return model, model.preprocessing
+    prep = run_preprocessing(getattr(model, "quadexport_meta", None) or {})
+    return RawInput(model, prep), prep
+
+
+def _qdq_sets(sets: list[_InputSet], report: CheckReport, top1: float, say: Callable[[str], None]) -> list[_InputSet]:
+    """An int8 QDQ file: keep the real-data set (random inputs would "fail" rel_l2 by design)."""
+    real = [s for s in sets if s.labels is not None]
+    if not real:
+        report.errors.append("int8 QDQ file: it is checked on real data (top-1 agreement) but no dataset is "
+                             "available; pass --dataset")
+        say(f"-[✗] {report.errors[-1]}")
+    else:
+        report.notes.append(f"int8 QDQ file: checked by top-1 agreement with torch (>= {top1:g}%) on real data, "
+                            "not by rel_l2 on random inputs")
+    return real
 
 
 def _runtimes(info: Any, kernel_library: str, have_lib: bool, provider: str,
@@ -293,34 +370,44 @@ class _InputSet:
 
 def _input_sets(model: nn.Module, shape: tuple[int, ...], batches: Sequence[int], seed: int,
                 dataset: str | bool | None, data_dir: str | os.PathLike | None, report: CheckReport,
-                say: Callable[[str], None]) -> list[_InputSet]:
-    """Random batches of every size, then the dataset's first test images (when known and loadable)."""
+                say: Callable[[str], None], prep: Any = None) -> list[_InputSet]:
+    """Random batches of every size, then the dataset's first test images (when known and loadable); with ``prep``
+    (a raw-input file) both denormalised to raw pixel values."""
     rng = np.random.default_rng(seed)
     sets = [_InputSet("random", int(b), [rng.standard_normal((int(b), *shape)).astype(np.float32)]) for b in batches]
-    ds_name = None if dataset is False else (dataset or (getattr(model, "quadexport_meta", None) or {}).get(
-        "dataset"))
-    if not ds_name:
-        return sets
-    try:
-        xs, ys = _load_dataset(ds_name, data_dir)
-    except Exception as e:  # noqa: BLE001 - reported (a failure only when the dataset was asked for)
-        if dataset:
-            report.errors.append(f"dataset {dataset}: {e}")
-            say(f"-[✗] dataset {dataset}: {e}")
+    meta = getattr(model, "quadexport_meta", None) or {}
+    ds_name = None if dataset is False else (dataset or meta.get("dataset"))
+    if ds_name:
+        try:
+            xs, ys = _load_dataset(ds_name, meta, data_dir)
+        except Exception as e:  # noqa: BLE001 - reported (a failure only when the dataset was asked for)
+            if dataset:
+                report.errors.append(f"dataset {dataset}: {e}")
+                say(f"-[✗] dataset {dataset}: {e}")
+            else:
+                report.notes.append(f"dataset {ds_name} (from the model metadata) not checked: {e}")
+                say(f"-[!] dataset {ds_name} not checked: {e}")
         else:
-            report.notes.append(f"dataset {ds_name} (from the model metadata) not checked: {e}")
-            say(f"-[!] dataset {ds_name} not checked: {e}")
-        return sets
-    bs = max(int(b) for b in batches)
-    return sets + [_InputSet(f"{ds_name}[{len(xs)}]", bs, [xs[i:i + bs] for i in range(0, len(xs), bs)], ys)]
+            if tuple(xs.shape[1:]) != tuple(shape):
+                raise UsageError(f"dataset {ds_name} has {'x'.join(map(str, xs.shape[1:]))} inputs but the model "
+                                 f"takes {'x'.join(map(str, shape))}; pass the run's own dataset "
+                                 f"({meta.get('dataset', '?')}) or none")
+            bs = max(int(b) for b in batches)
+            sets.append(_InputSet(f"{ds_name}[{len(xs)}]", bs, [xs[i:i + bs] for i in range(0, len(xs), bs)], ys))
+    if prep is not None:
+        from quadexport.preprocess import denormalise
+
+        for s in sets:
+            s.chunks = [denormalise(torch.from_numpy(x), prep).numpy() for x in s.chunks]
+    return sets
 
 
 def _compare_all(sessions: dict[tuple[str, str], Any], sets: list[_InputSet], model: nn.Module,
-                 report: CheckReport, say: Callable[[str], None]) -> None:
+                 report: CheckReport, say: Callable[[str], None], qdq_top1: float | None = None) -> None:
     refs = [[_torch_outputs(model, x) for x in s.chunks] for s in sets]
     out_names = [o.name for o in next(iter(sessions.values())).get_outputs()]
-    n_ref = len(refs[0][0])
-    if n_ref != len(out_names):
+    n_ref = len(refs[0][0]) if refs else 0
+    if refs and n_ref != len(out_names):
         report.errors.append(f"onnx model has {len(out_names)} outputs {out_names}, torch model {n_ref}")
         say(f"-[✗] {report.errors[-1]}")
     for (level, label), sess in sessions.items():
@@ -330,6 +417,9 @@ def _compare_all(sessions: dict[tuple[str, str], Any], sets: list[_InputSet], mo
                 o = np.concatenate([c[k] for c in outs])
                 r = np.concatenate([c[k] for c in ref_chunks])
                 m = compare(o, r, report.rtol, report.atol)
+                if qdq_top1 is not None and m["top1"] is not None:  # int8: judged by top-1 agreement only
+                    m["ok"] = m["top1"] >= qdq_top1
+                    m["reason"] = "" if m["ok"] else f"top1 < {qdq_top1:g}%"
                 acc = None
                 if s.labels is not None and o.ndim == 2 and o.shape[0] == len(s.labels):
                     acc = float((o.argmax(1) == s.labels).mean() * 100)
