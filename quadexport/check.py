@@ -338,7 +338,9 @@ def _runtimes(info: Any, kernel_library: str, have_lib: bool, provider: str,
     if (have_lib and provider == "cpu") or info.needs_kernel:
         runtimes.append(("kernel", "always"))  # without the library, make_session raises the clear error
     else:
-        report.notes.append("kernel library not built: checked with the function bodies only")
+        never = "; the fused kernel never ran" if info.mode == "fused" or info.runtime == "fused" else ""
+        report.notes.append(f"kernel library not built{never}: checked with the function bodies only (build it "
+                            "with `make kernels`)")
     return runtimes
 
 

@@ -12,7 +12,13 @@ USAGE = "quadexport check MODEL.onnx RUN_DIR"
 
 def _openvino(a: argparse.Namespace, onnx_path, model) -> int:
     from quadexport.deploy.openvino import check_openvino
+    from quadexport.errors import UsageError
+    from quadexport.exporter.session import model_info
 
+    info = model_info(onnx_path)
+    if info.uses_domain:  # the library's refusal speaks API (mode='decomposed'); this one speaks CLI
+        raise UsageError(f"{onnx_path} is a {info.mode or 'function'}-mode file (quadexport custom ops), which "
+                         f"OpenVINO cannot run; re-export it with --mode decomposed")
     report = check_openvino(onnx_path, model, batches=tuple(a.batch or (1, 4)), seed=a.seed)
     print(report.format())
     return 0 if report.ok else 1

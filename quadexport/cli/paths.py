@@ -42,7 +42,8 @@ def output_file(s: str, source: Path, usage: str) -> Path:
     """``s`` as the ONNX file to write: not a directory, not the source run."""
     p = Path(s)
     if p.is_dir():
-        hint = _swapped(usage) if p.resolve() == source.resolve() or (p / "checkpoint.pt").exists() else \
+        same = p.resolve() == source.resolve()
+        hint = _swapped(usage) if not same and (p / "checkpoint.pt").exists() else \
             f"give the file to write, e.g. {p / 'model.onnx'}"
         raise UsageError(f"{p} is a directory, not an output .onnx file; {hint}")
     return p
