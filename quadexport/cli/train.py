@@ -119,11 +119,39 @@ def _interrupted(out: str, overwrite: bool, previous_id: str | None) -> str:
     return f"interrupted; resume with: quadexport train --out {shlex.quote(out)} --resume"
 
 
+_SG_FLAGS, _SW_FLAGS = ("lr_ratio", "lr_ratio_g", "lr_ratio_b"), ("penalty", "alpha", "beta")
+
+
+def _flag(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
+def _refuse_conflicts(a: argparse.Namespace, given: dict[str, Any]) -> None:
+    """Flags that would not apply are refused rather than recorded as if they did."""
+    from quadexport.errors import UsageError
+
+    if a.neuron == "relu":
+        moot = [d for d in ("relinear", *_SG_FLAGS, *_SW_FLAGS) if d in given and not
+                (d == "relinear" and given[d] == "none")]
+        if moot:
+            raise UsageError(f"--neuron relu has no quadratic parameters, so {', '.join(map(_flag, moot))} would "
+                             "not apply; drop them (or pick a quadratic --neuron)")
+        return
+    unused = {"none": _SG_FLAGS + _SW_FLAGS, "sg": _SW_FLAGS, "sw": _SG_FLAGS}.get(a.relinear, ())
+    moot = [d for d in unused if d in given]
+    if moot:
+        needs = "sg" if moot[0] in _SG_FLAGS else "sw"
+        raise UsageError(f"{', '.join(map(_flag, moot))} only apply with --relinear {needs} (or sg+sw), not "
+                         f"--relinear {a.relinear}; drop them or change --relinear")
+
+
 def run(a: argparse.Namespace) -> int:
     from quadexport.rundir import run_id_of
     from quadexport.train import train
 
     given = _given_flags(a)
+    if not a.resume:
+        _refuse_conflicts(a, given)
     cfg = _resume_config(a, given) if a.resume else config_from_args(a, a.out)
     rank0 = int(os.environ.get("RANK", "0")) == 0
     previous_id = run_id_of(a.out)
