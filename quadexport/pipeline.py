@@ -295,9 +295,12 @@ def _bench(recipe: dict[str, Any], report: Path, summary: PipelineSummary) -> No
     from quadexport.bench import bench
 
     b, mode = recipe.get("bench", {}), recipe.get("export", {}).get("mode", "decomposed")
-    log.info("== bench")
-    br = bench([m.run_dir for m in summary.models], mode=mode, batches=tuple(b.get("batches", (1, 64))),
-               threads=b.get("threads"), min_seconds=float(b.get("min_seconds", 1.0)), out=report / "bench",
+    batches, min_s = tuple(b.get("batches", (1, 64))), float(b.get("min_seconds", 1.0))
+    # at least min_seconds per model and batch, plus warm-up and exports: say so before the long quiet part
+    log.info("== bench %d models x batches %s (%s, >= %.0f s each: about %.0f s)", len(summary.models),
+             "/".join(map(str, batches)), mode, min_s, len(summary.models) * len(batches) * min_s * 1.5)
+    br = bench([m.run_dir for m in summary.models], mode=mode, batches=batches,
+               threads=b.get("threads"), min_seconds=min_s, out=report / "bench",
                baselines=False)
     summary.bench = str(report / "bench" / "bench.json")
     summary.ratios = br.to_dict().get("ratios", [])

@@ -90,5 +90,19 @@ def dataset_spec(s: str) -> str:
     return s
 
 
+def show_defaults(p: argparse.ArgumentParser) -> None:
+    """End every option's help with its default (one rule for all commands; a help that already names its default
+    is kept). Switches (``store_true``) and options without a default say nothing."""
+    for action in p._actions:
+        default = action.default
+        if action.help == argparse.SUPPRESS or not action.option_strings or isinstance(default, bool) \
+                or not isinstance(default, (int, float, str, list, tuple)):
+            continue
+        if action.help and "default" in action.help:
+            continue
+        shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else str(default)
+        action.help = f"{action.help} (default: {shown})" if action.help else f"default: {shown}"
+
+
 __all__ = ["BUDGETS", "BUILTIN_DATASETS", "OPT_LEVELS", "dataset_spec", "finite_float", "float_list", "image_size", "nonneg_float", "nonneg_int", "pos_int",
-           "positive_float"]
+           "positive_float", "show_defaults"]

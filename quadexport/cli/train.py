@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from quadexport.cli.argtypes import BUILTIN_DATASETS, dataset_spec, finite_float, float_list, image_size, nonneg_float, pos_int
+from quadexport.cli.argtypes import (BUILTIN_DATASETS, dataset_spec, finite_float, float_list, image_size, nonneg_float,
+                                     pos_int, show_defaults)
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
@@ -172,6 +173,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Train a zoo model with ReLinear. Example: quadexport train --model resnet20 "
                        "--neuron fan --dataset fashion-mnist --epochs 10 --relinear sg --lr-ratio 1e-2 --out runs/x")
     add_train_arguments(p)
+    show_defaults(p)  # before the defaults become _UNSET
     p.set_defaults(**{dest: _UNSET for dest in _train_defaults()})
     p.add_argument("--out", required=True, help="run directory to write")
     g = p.add_mutually_exclusive_group()
