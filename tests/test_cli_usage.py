@@ -236,3 +236,28 @@ def test_qdq_file_is_checked_by_top1_on_real_data(runs, tmp_path):
     assert report.ok == all(ln.top1 >= 95.0 for ln in report.lines)
     strict = q.check(qdq, q.load(runs["fan"]), batches=(1, 64), opt_levels=("all",), verbose=False, qdq_top1=100.1)
     assert not strict.ok and "top1 < 100.1%" in strict.lines[0].reason
+
+
+def _readme_block(lang: str, after: str) -> str:
+    text = (ROOT / "README.md").read_text()
+    start = text.index(f"```{lang}\n", text.index(after)) + len(lang) + 4
+    return text[start:text.index("```", start)]
+
+
+@pytest.mark.slow  # a short training, a raw export (subprocess) and the README's client code
+def test_readme_deploy_snippet_runs_verbatim_on_a_digits_demo_model(tmp_path):
+    from quadexport.train import TrainConfig, train
+
+    run = tmp_path / "reports" / "digits-demo" / "runs" / "cnn-fan"  # the path the README's command uses
+    metrics = train(TrainConfig(model="cnn", neuron="fan", width=8, dataset="digits", epochs=2, out=str(run)),
+                    progress=False, plot=False)
+    command = _readme_block("bash", "On the demo model").strip().split()
+    assert command[:2] == ["quadexport", "export"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    r = subprocess.run([sys.executable, "-m", "quadexport", *command[1:]], capture_output=True, text=True,
+                       cwd=tmp_path, timeout=300, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    snippet = _readme_block("python", "On the demo model")
+    r = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == f"test accuracy {100 * metrics['test_acc']:.2f}%"
