@@ -16,6 +16,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import sys
+import types
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator
 
@@ -265,3 +267,14 @@ def quadratize(model: nn.Module, neuron: str = "fan", *, include: LayerSelector 
         log.warning("quadratize: no layer was converted (%d conv/linear layers left alone)", len(report.skipped))
     log.debug("%s", report.summary())
     return (work, report) if return_report else work
+
+
+class _CallableModule(types.ModuleType):
+    """``quadexport.quadratize`` is this module and, once anything imported it, also the package attribute of the
+    same name: calling the module calls :func:`quadratize`, so ``quadexport.quadratize(model)`` works either way."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return quadratize(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
