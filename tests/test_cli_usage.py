@@ -77,6 +77,10 @@ def test_cli_copies_of_library_names_agree():
 
     assert list(BUILTIN_DATASETS) == list_datasets()
     assert tuple(OPT_LEVELS) == tuple(LIB_OPT_LEVELS) and tuple(BUDGETS) == tuple(LIB_BUDGETS)
+    from quadexport.adapter import ADAPTER_DEFAULT as LIB_ADAPTER_DEFAULT
+    from quadexport.cli.argtypes import ADAPTER_DEFAULT
+
+    assert ADAPTER_DEFAULT == LIB_ADAPTER_DEFAULT
 
 
 def test_python_api_names(runs):
