@@ -161,7 +161,7 @@ def cmd_latsweep(a: argparse.Namespace) -> int:
     from quadexport.compress import channel_scores, collect_stats, compress_model, fold_mixed_bn, plan, twin_of
     from quadexport.compress.api import calibration_data
     from quadexport.compress.prune import conv_shortcuts, get_spec
-    from quadexport.compress.timing import time_onnx
+    from quadexport.compress.latency import time_onnx
     from quadexport.export import export
     from quadexport.zoo import count_macs
 
@@ -274,7 +274,7 @@ def _entries() -> list[dict]:
 
 def cmd_bench(a: argparse.Namespace) -> int:
     from quadexport.checkpoint import load
-    from quadexport.compress.timing import time_onnx
+    from quadexport.compress.latency import time_onnx
     from quadexport.export import export
 
     entries = _entries()
@@ -336,12 +336,12 @@ def cmd_bench(a: argparse.Namespace) -> int:
                         "macs": relu["macs"], "onnx": str(q8)})
     print(f"== timing {len(files)} models, batches {a.batches}, threads {a.threads}; load {os.getloadavg()}",
           flush=True)
-    t = time_onnx(files, (1, 28, 28), a.batches, a.threads, min_seconds=a.min_seconds, chunk_seconds=0.05)
+    t = time_onnx(files, (1, 28, 28), a.batches, a.threads, min_seconds=a.min_seconds)
     t["entries"] = [{k: v for k, v in e.items() if k != "report"} for e in entries]
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / f"timing-t{a.threads}.json").write_text(json.dumps(t, indent=2))
     for r in t["rows"]:
-        print(f"{r['model']:40s} b={r['batch']:3d} p50 {r['p50_ms']:8.3f} ms ({r['iters']} runs)")
+        print(f"{r['model']:40s} b={r['batch']:3d} p50 {r['p50_ms']:8.3f} ms ({r['runs']} runs)")
     print(f"load {t['load_before']} -> {t['load_after']}")
     return 0
 

@@ -146,6 +146,8 @@ class _Job:
     scores: dict[str, Any] = field(default_factory=dict)
     spec: dict[str, Any] | None = None
     changed: bool = False
+    structure: Any = None
+    unresolved: list[str] = field(default_factory=list)
 
     def say(self, msg: str) -> None:
         log.log(logging.INFO if self.cfg.verbose else logging.DEBUG, msg)
@@ -223,6 +225,12 @@ def _calibrate(job: _Job) -> dict[str, Any]:
         raise CompressError(f"{o.run_dir}: no Fan-form quadratic layer to prune "
                             f"(neuron {o.model.quadexport_config.get('neuron')!r})")
     job.say(f"   original test accuracy {100 * o.acc_orig:.2f}% ({time.perf_counter() - t0:.0f} s)")
+    if not job.already:
+        from quadexport.compress.permute import verify_permutations
+        from quadexport.compress.structure import describe
+
+        job.structure = describe(o.model, job.shape)
+        job.unresolved = verify_permutations(o.model, job.structure, job.calib[:4])
     job.twin_model = twin_of(o.model)
     o.macs_twin = _macs(job.twin_model, job.shape)
     o.macs_orig = _macs(o.model, job.shape)
@@ -239,16 +247,16 @@ def _search(job: _Job, tmp: Path) -> None:
         cm, _ = compress_model(o.model, p, job.scores, cfg.split, cfg.shortcut)
         if cfg.cost == "macs":
             return _macs(cm, shape) / o.macs_twin
-        from quadexport.compress.timing import p50, time_onnx
+        from quadexport.compress.latency import p50, time_onnx
 
-        fold_mixed_bn(cm, json.loads(cm.quadexport_config["compress"]))
+        fold_mixed_bn(cm, json.loads(cm.quadexport_config["compress"]), p.structure)
         path = _export(cm, tmp / "cand.onnx", shape)
         t = time_onnx({"c": path, "t": twin_onnx}, shape, cfg.batches, cfg.threads, min_seconds=0.5)
         return max(p50(t, "c", b) / p50(t, "t", b) for b in cfg.batches)
 
     job.threshold, o.trace = search_threshold(o.model, job.scores, float(cfg.target_ratio), cost_fn, job.align,
                                               cfg.drop_branches, max_steps=40 if cfg.cost == "macs" else 7,
-                                              log=job.say)
+                                              log=job.say, structure=job.structure)
 
 
 def _prune(job: _Job, tmp: Path) -> None:
@@ -259,7 +267,7 @@ def _prune(job: _Job, tmp: Path) -> None:
     if job.already:  # int8 of a compressed run: the model as it is
         o.plan, o.cmodel, job.spec = None, copy.deepcopy(o.model), get_spec(o.model)
     else:
-        o.plan = plan(o.model, job.scores, float(job.threshold), job.align, cfg.drop_branches)
+        o.plan = plan(o.model, job.scores, float(job.threshold), job.align, cfg.drop_branches, job.structure)
         o.cmodel, job.spec = compress_model(o.model, o.plan, job.scores, cfg.split, cfg.shortcut)
     job.changed = bool(job.spec["layers"]) and not job.already
     if cfg.bn_recalibrate and job.changed:
@@ -289,7 +297,7 @@ def _finetune_and_fold(job: _Job) -> None:
         tc = job.meta.get("train_config") or {}
         o.ft_hist = finetune(o.cmodel, ds.x_train, ds.y_train, ds.x_test, ds.y_test, tc, cfg.finetune_epochs,
                              lr=cfg.finetune_lr, seed=int(tc.get("seed", 0)), log=job.say)
-    o.folded = fold_mixed_bn(o.cmodel, job.spec) if not job.already else []
+    o.folded = fold_mixed_bn(o.cmodel, job.spec, job.structure) if not job.already else []
     o.cmodel.eval()
     if job.changed or cfg.finetune_epochs:
         o.acc_final = _accuracy(o.cmodel, ds.x_test, ds.y_test)
@@ -365,7 +373,7 @@ def _trained_twin(job: _Job) -> None:
 
 
 def _bench(job: _Job, fp32_path: Path) -> None:
-    from quadexport.compress.timing import time_onnx
+    from quadexport.compress.latency import time_onnx
 
     cfg, shape = job.cfg, job.shape
     job.say(f"== latency (onnxruntime CPU, interleaved, batches {list(cfg.batches)})")
@@ -377,7 +385,10 @@ def _bench(job: _Job, fp32_path: Path) -> None:
     if cfg.shortcut == "conv":
         from quadexport.compress.permute import conv_shortcuts
 
-        files["relu_twin_convsc"] = _export(conv_shortcuts(copy.deepcopy(job.twin_model)),
+        from quadexport.compress.structure import describe
+
+        files["relu_twin_convsc"] = _export(conv_shortcuts(copy.deepcopy(job.twin_model),
+                                                           describe(job.twin_model, shape)),
                                             bdir / "relu_twin_convsc.onnx", shape)
     job.o.timing = time_onnx(files, shape, cfg.batches, cfg.threads, min_seconds=cfg.min_seconds)
 

@@ -10,7 +10,7 @@ from typing import Any
 from torch import nn
 
 from quadexport.compress.plan import Plan
-from quadexport.compress.timing import p50
+from quadexport.compress.latency import p50
 from quadexport.layers.mixed import MixedQuad
 from quadexport.layers.quad import QuadLayer
 from quadexport.zoo._prune import get_spec
