@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: setup demo test test-fast kernels data results bench clean
+.PHONY: setup demo test test-fast kernels cpp data results bench clean
 
 setup: $(VENV)/.installed
 
@@ -17,13 +17,18 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 kernels: setup
 	bash tools/build_kernels.sh
 
+# The C++ onnxruntime client (examples/cpp): says why and skips where cmake or a C++ compiler is missing (no
+# prerequisite: the script fetches the headers through tools/build_kernels.sh when they are missing).
+cpp:
+	bash tools/build_cpp_client.sh --if-possible
+
 data:
 	bash tools/get-data.sh
 
 demo: setup
 	$(PY) -m quadexport pipeline models/digits-demo.toml
 
-test: setup data kernels
+test: setup data kernels cpp
 	$(PY) -m pytest -q
 
 test-fast: setup

@@ -36,7 +36,7 @@ class TrainConfig:
     Args:
         model: zoo model name.
         neuron: neuron type or ``"relu"``.
-        dataset: dataset name (``quadexport.data.list_datasets()``).
+        dataset: a built-in name (``quadexport.data.list_datasets()``), ``imagefolder:PATH`` or ``npz:FILE``.
         out: run directory.
         epochs: number of epochs.
         batch_size: global batch size (split across DDP processes).
@@ -55,6 +55,9 @@ class TrainConfig:
         amp: ``"bf16"`` autocast (CUDA; quadratic products stay in fp32) or ``"none"``.
         grad_clip: max gradient norm (0 = off).
         max_rollbacks: NaN rollbacks (each halves the LR) before giving up.
+        image_size: ``(height, width)`` to resize ``imagefolder:`` images to (default: their common size).
+        mean: per-channel normalisation mean for ``imagefolder:``/``npz:`` (default: computed on the train split).
+        std: per-channel normalisation std, given together with ``mean``.
     """
 
     model: str = "cnn"
@@ -78,10 +81,16 @@ class TrainConfig:
     amp: str = "none"
     grad_clip: float = 0.0
     max_rollbacks: int = 3
+    image_size: tuple[int, int] | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.relinear, dict):
             self.relinear = ReLinearConfig(**self.relinear)
+        for k in ("image_size", "mean", "std"):  # JSON gives lists
+            if getattr(self, k) is not None:
+                setattr(self, k, tuple(getattr(self, k)))
         checks = [(self.epochs >= 1, "epochs must be >= 1"), (self.batch_size >= 1, "batch size must be >= 1"),
                   (math.isfinite(self.lr) and self.lr > 0, "lr must be a finite number > 0"),
                   (self.optimizer in ("sgd", "adam"), "optimizer must be sgd or adam"),
@@ -149,18 +158,25 @@ def lr_factor(cfg: TrainConfig, epoch: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * epoch / cfg.epochs))
 
 
-@torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device,
              batch_size: int = 512) -> tuple[float, float]:
     """(mean cross-entropy, accuracy) of ``model`` on tensors ``x, y``; NaN loss if outputs are not finite."""
+    return evaluate_batches(model, ((x[i:i + batch_size], y[i:i + batch_size])
+                                    for i in range(0, len(x), batch_size)), device)
+
+
+@torch.no_grad()
+def evaluate_batches(model: nn.Module, batches, device: torch.device) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) over an iterable of ``(x, y)`` batches (e.g. a DataLoader)."""
     model.eval()
-    loss_sum, correct = 0.0, 0
-    for i in range(0, len(x), batch_size):
-        xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
+    loss_sum, correct, n = 0.0, 0, 0
+    for xb, yb in batches:
+        xb, yb = xb.to(device), yb.to(device)
         out = model(xb).float()
         loss_sum += float(F.cross_entropy(out, yb, reduction="sum"))
         correct += int((out.argmax(1) == yb).sum())
-    return loss_sum / len(x), correct / len(x)
+        n += len(yb)
+    return loss_sum / n, correct / n
 
 
 def _agree_finite(loss: torch.Tensor, world: int) -> bool:
@@ -228,10 +244,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
     Returns:
         The metrics dict written to ``metrics.json``.
     """
-    from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
     from tqdm import tqdm
 
-    from quadexport.data import load_dataset
+    from quadexport.data import DataOptions, training_loaders
 
     rank, world = _dist()
     device = torch.device(cfg.device if cfg.device == "cpu" else (f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
@@ -239,8 +254,10 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda asked for, but torch sees no CUDA device")
     run_dir = Path(cfg.out)
-    data = load_dataset(cfg.dataset, data_dir=cfg.data_dir, train_subset=cfg.train_subset,
-                        test_subset=cfg.test_subset, seed=cfg.seed)
+    data = training_loaders(cfg.dataset, DataOptions(data_dir=cfg.data_dir, train_subset=cfg.train_subset,
+                                                     test_subset=cfg.test_subset, seed=cfg.seed,
+                                                     image_size=cfg.image_size, mean=cfg.mean, std=cfg.std),
+                            cfg.batch_size, rank, world)
     model = build_model(cfg, data.num_classes, data.input_shape).to(device)
     opt = make_optimizer(model, cfg)
     base_lrs = [g["lr"] for g in opt.param_groups]  # before a resumed state overwrites them with scheduled values
@@ -269,13 +286,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
     net: nn.Module = model
     if world > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    sampler = DistributedSampler(TensorDataset(data.x_train, data.y_train), num_replicas=world, rank=rank,
-                                 shuffle=True, seed=cfg.seed, drop_last=False)
-    loader = DataLoader(TensorDataset(data.x_train, data.y_train), batch_size=max(1, cfg.batch_size // world),
-                        sampler=sampler)
+    sampler, loader, prep = data.sampler, data.train, data.preprocessing
     meta = {"dataset": cfg.dataset, "input_shape": list(data.input_shape), "num_classes": data.num_classes,
-            "normalization": {"mean": data.mean, "std": data.std}, "relinear": cfg.relinear.to_dict(),
-            "train_config": cfg.to_dict()}
+            "normalization": prep.normalization(), "preprocessing": prep.to_dict(), "relinear": cfg.relinear.to_dict(), "train_config": cfg.to_dict()}
     good_state = (copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict()))
     epoch = start_epoch
     last = cfg.epochs if stop_after is None else min(cfg.epochs, start_epoch + stop_after)
@@ -309,7 +322,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
             correct += int((out.argmax(1) == yb).sum())
             bar.set_postfix(loss=f"{loss_sum / max(seen, 1):.4f}")
         seconds = time.perf_counter() - t0
-        test_loss, test_acc = (math.nan, 0.0) if diverged else evaluate(model, data.x_test, data.y_test, device)
+        test_loss, test_acc = (math.nan, 0.0) if diverged else evaluate_batches(model, data.test, device)
         if diverged or not _all_finite(model) or not math.isfinite(test_loss) or not math.isfinite(loss_sum):
             rollbacks += 1
             if rollbacks > cfg.max_rollbacks:
@@ -340,7 +353,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
             metrics = {"model": cfg.model, "neuron": cfg.neuron, "dataset": cfg.dataset, "epochs": history,
                        "test_acc": test_acc}
             write_json(run_dir / "metrics.json", metrics)
-            write_json(run_dir / "config.json", cfg.to_dict())
+            write_json(run_dir / "config.json", {**cfg.to_dict(), "preprocessing": prep.to_dict()})
     if rank == 0:
         metrics = json.loads((run_dir / "metrics.json").read_text())
         if plot:
@@ -353,4 +366,4 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
     return metrics
 
 
-__all__ = ["CHECKPOINT", "TrainConfig", "TrainingDiverged", "evaluate", "train"]
+__all__ = ["CHECKPOINT", "TrainConfig", "TrainingDiverged", "evaluate", "evaluate_batches", "train"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import pickle
 import shutil
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from quadexport import data as qd
+from quadexport.data import builtin as qd
 from quadexport.data import Dataset, DatasetNotFoundError, install_hint, list_datasets, load_dataset
 
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
@@ -398,3 +399,169 @@ def test_cifar_missing_batch(tmp_path):
     (d / "data_batch_5").unlink()
     with pytest.raises(DatasetNotFoundError, match="data_batch_5 not found"):
         load_dataset("cifar10", data_dir=d)
+
+
+# ---------------------------------------------------------------------------------------------- preprocessing
+
+
+@pytest.mark.parametrize("name, scale", [("digits", 1 / 16), ("mnist", 1 / 255), ("fashion-mnist", 1 / 255),
+                                         ("cifar10", 1 / 255)])
+def test_builtin_preprocessing_declares_scale(name, scale):
+    from quadexport.data import builtin_preprocessing
+    from quadexport.preprocess import preprocessing_metadata
+
+    p = builtin_preprocessing(name)
+    assert p.scale == scale and len(p.mean) == len(p.std) == p.channels and len(p.class_names) == 10
+    props = preprocessing_metadata(p)
+    assert float(props["quadexport.input_scale"]) == scale and props["quadexport.input"] == "normalized"
+    assert json.loads(props["quadexport.preprocessing"])["scale"] == scale
+    assert all(isinstance(v, str) for v in props.values())
+
+
+def test_raw_input_is_bitwise_the_training_normalisation():
+    from quadexport.data import builtin_preprocessing
+    from quadexport.preprocess import RawInput
+
+    x_raw = qd._digits_raw()[2]
+    d = load_dataset("digits")
+    wrapped = RawInput(torch.nn.Identity(), builtin_preprocessing("digits"))
+    assert torch.equal(wrapped(torch.from_numpy(x_raw.copy())), d.x_test)  # uint8 in
+    assert torch.equal(wrapped(torch.from_numpy(x_raw.astype(np.float32))), d.x_test)  # float 0-16 in
+    assert wrapped.quadexport_meta["input"] == "raw"
+
+
+def test_preprocessing_round_trips_and_validates():
+    from quadexport.errors import QuadexportError, UsageError
+    from quadexport.preprocess import Preprocessing
+
+    p = Preprocessing(channels=3, size=(4, 5), scale=1 / 255, mean=(0.1, 0.2, 0.3), std=(0.4, 0.5, 0.6),
+                      class_names=("a", "b"), test_split="val/", resize="PIL bilinear")
+    assert Preprocessing.from_dict(json.loads(json.dumps(p.to_dict()))) == p
+    assert p.input_shape == (3, 4, 5) and p.color_mode == "RGB"
+    with pytest.raises(UsageError, match="--mean needs 3 value"):
+        Preprocessing(channels=3, size=(4, 4), scale=1.0, mean=(0.5,), std=(1, 1, 1))
+    with pytest.raises(QuadexportError, match="--std values must be > 0"):
+        Preprocessing(channels=1, size=(4, 4), scale=1.0, mean=0.5, std=0.0)
+
+
+def test_run_preprocessing_of_an_old_run_uses_the_builtin():
+    from quadexport.data import parse_dataset_spec, run_preprocessing
+    from quadexport.errors import UsageError
+
+    p = run_preprocessing({"dataset": "fashion-mnist", "train_config": {"test_subset": 100, "seed": 3}})
+    assert p.scale == 1 / 255 and p.class_names[0] == "T-shirt/top" and "at most 100 (seed 3)" in p.test_split
+    assert run_preprocessing({"preprocessing": p.to_dict()}) == p
+    assert parse_dataset_spec("Fashion_MNIST").target == "fashion-mnist"
+    assert parse_dataset_spec("npz:/a:b.npz").target == "/a:b.npz"
+    with pytest.raises(UsageError, match="did you mean 'digits'"):
+        parse_dataset_spec("digit")
+
+
+# ---------------------------------------------------------------------------------------------- imagefolder: / npz:
+
+
+def _png_folder(root: Path, splits=("train", "val"), classes=("a", "b"), n: int = 3, size=(6, 5),
+                mode: str = "L") -> Path:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in splits:
+        for c, cls in enumerate(classes):
+            (root / split / cls).mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                shape = (size[0], size[1]) if mode == "L" else (size[0], size[1], 3)
+                px = rng.integers(0, 120, shape) + 100 * c
+                Image.fromarray(px.astype(np.uint8), mode=mode).save(root / split / cls / f"{i}.png")
+    return root
+
+
+def test_imagefolder_streams_normalised_images(tmp_path):
+    from quadexport.data import DataOptions, open_dataset
+    from quadexport.preprocess import normalise
+
+    root = _png_folder(tmp_path / "f")
+    src = open_dataset(f"imagefolder:{root}", DataOptions(workers=0))
+    p = src.preprocessing
+    assert (src.num_classes, len(src.train), len(src.test), src.input_shape) == (2, 6, 6, (1, 6, 5))
+    assert p.class_names == ("a", "b") and p.resize is None
+    x = torch.stack([src.train[i][0] for i in range(len(src.train))])
+    assert x.mean().item() == pytest.approx(0, abs=1e-5) and x.std(unbiased=False).item() == pytest.approx(1, 1e-4)
+    from PIL import Image
+
+    raw = torch.from_numpy(np.asarray(Image.open(root / "val" / "b" / "2.png"), dtype=np.uint8).copy())[None]
+    assert torch.equal(src.test[5][0], normalise(raw, p)) and src.test[5][1] == 1
+
+
+def test_imagefolder_colour_resize_and_given_constants(tmp_path):
+    from quadexport.data import DataOptions, open_dataset
+
+    root = _png_folder(tmp_path / "f", mode="RGB")
+    from PIL import Image
+
+    Image.new("RGB", (9, 7)).save(root / "train" / "a" / "odd.png")  # another size
+    with pytest.raises(ValueError, match="2 different sizes .* pass --image-size"):
+        open_dataset(f"imagefolder:{root}", DataOptions(workers=0))
+    opts = DataOptions(workers=0, image_size=(4, 4), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    src = open_dataset(f"imagefolder:{root}", opts)
+    assert src.input_shape == (3, 4, 4) and src.preprocessing.resize == "PIL bilinear"
+    assert src.train[0][0].shape == (3, 4, 4) and src.preprocessing.mean == (0.5, 0.5, 0.5)
+
+
+def test_imagefolder_errors(tmp_path):
+    from quadexport.data import DataOptions, open_dataset
+    from quadexport.errors import QuadexportError, UsageError
+
+    opts = DataOptions(workers=0)
+    with pytest.raises(DatasetNotFoundError, match="no train/ folder"):
+        open_dataset(f"imagefolder:{tmp_path}", opts)
+    empty = _png_folder(tmp_path / "empty")
+    (empty / "train" / "c").mkdir()
+    with pytest.raises(UsageError, match=r"class folder .*train/c has no images"):
+        open_dataset(f"imagefolder:{empty}", opts)
+    mismatch = _png_folder(tmp_path / "mismatch")
+    _png_folder(tmp_path / "mismatch", splits=("train",), classes=("z",))
+    with pytest.raises(UsageError, match=r"class folders differ .*only in train: \['z'\]; only in val: none"):
+        open_dataset(f"imagefolder:{mismatch}", opts)
+    bad = _png_folder(tmp_path / "bad")
+    (bad / "val" / "b" / "broken.png").write_bytes(b"not a png at all")
+    with pytest.raises(UsageError, match=r"val/b/broken.png: not a readable image"):
+        open_dataset(f"imagefolder:{bad}", opts)
+    assert issubclass(DatasetNotFoundError, QuadexportError) and issubclass(DatasetNotFoundError, FileNotFoundError)
+
+
+@pytest.mark.parametrize("layout", ["NHWC", "NCHW", "NHW"])
+def test_npz_layouts_give_the_same_data(tmp_path, layout):
+    from quadexport.data import DataOptions, open_dataset
+
+    rng = np.random.default_rng(0)
+    x_nchw = {s: rng.integers(0, 256, (n, 1, 5, 6), dtype=np.uint8) for s, n in (("train", 20), ("test", 8))}
+    conv = {"NCHW": lambda a: a, "NHWC": lambda a: a.transpose(0, 2, 3, 1), "NHW": lambda a: a[:, 0]}[layout]
+    np.savez(tmp_path / "d.npz", x_train=conv(x_nchw["train"]), y_train=np.arange(20) % 4,
+             x_test=conv(x_nchw["test"]), y_test=np.arange(8) % 4)
+    src = open_dataset(f"npz:{tmp_path / 'd.npz'}", DataOptions(train_subset=12, seed=1))
+    p = src.preprocessing
+    assert src.input_shape == (1, 5, 6) and src.num_classes == 4 and len(src.train) == 12 and len(src.test) == 8
+    assert p.scale == 1 / 255 and p.mean[0] == pytest.approx(x_nchw["train"].mean() / 255)
+    expected = (torch.from_numpy(x_nchw["test"]).float() / 255 - p.mean[0]) / p.std[0]
+    got = torch.stack([src.test[i][0] for i in range(8)])
+    assert torch.allclose(got, expected, atol=1e-5)
+
+
+def test_npz_float_images_and_errors(tmp_path):
+    from quadexport.data import DataOptions, open_dataset
+    from quadexport.errors import UsageError
+
+    x = np.random.default_rng(0).normal(size=(10, 3, 4, 4)).astype(np.float32)
+    np.savez(tmp_path / "f.npz", x_train=x, y_train=np.arange(10) % 2, x_test=x[:4], y_test=np.arange(4) % 2,
+             class_names=np.array(["cat", "dog"]))
+    p = open_dataset(f"npz:{tmp_path / 'f.npz'}", DataOptions()).preprocessing
+    assert p.scale == 1.0 and p.channels == 3 and p.class_names == ("cat", "dog")
+    np.savez(tmp_path / "amb.npz", x_train=np.zeros((4, 3, 5, 3), np.uint8), y_train=np.zeros(4, int),
+             x_test=np.zeros((2, 3, 5, 3), np.uint8), y_test=np.zeros(2, int))
+    with pytest.raises(UsageError, match="NHWC and NCHW cannot be told apart"):
+        open_dataset(f"npz:{tmp_path / 'amb.npz'}")
+    np.savez(tmp_path / "part.npz", x_train=x)
+    with pytest.raises(UsageError, match="lacks y_train, x_test, y_test"):
+        open_dataset(f"npz:{tmp_path / 'part.npz'}")
+    with pytest.raises(DatasetNotFoundError, match="no file"):
+        open_dataset(f"npz:{tmp_path / 'none.npz'}")

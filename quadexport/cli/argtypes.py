@@ -49,4 +49,38 @@ def nonneg_int(s: str) -> int:
     return _checked(v, v >= 0, s, ">= 0")
 
 
-__all__ = ["finite_float", "nonneg_float", "nonneg_int", "pos_int", "positive_float"]
+def image_size(s: str) -> tuple[int, int]:
+    """``H`` or ``HxW`` (integers >= 1) as ``(height, width)``."""
+    parts = s.lower().split("x")
+    try:
+        hw = [int(v) for v in parts]
+    except ValueError:
+        hw = []
+    if len(hw) not in (1, 2) or min(hw) < 1:
+        raise argparse.ArgumentTypeError(f"{s} must be H or HxW, e.g. 32 or 32x48")
+    return (hw[0], hw[-1])
+
+
+def float_list(s: str) -> tuple[float, ...]:
+    """Comma-separated finite floats (one per channel), e.g. ``0.5`` or ``0.49,0.48,0.45``."""
+    try:
+        return tuple(finite_float(v) for v in s.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s} must be one number or comma-separated numbers, one per channel") \
+            from None
+
+
+def dataset_spec(s: str) -> str:
+    """A built-in dataset name, ``imagefolder:PATH`` or ``npz:FILE`` (checked; the string is returned as given)."""
+    from quadexport.data import parse_dataset_spec
+    from quadexport.errors import UsageError
+
+    try:
+        parse_dataset_spec(s)
+    except UsageError as e:
+        raise argparse.ArgumentTypeError(f"invalid choice: {e}") from None
+    return s
+
+
+__all__ = ["dataset_spec", "finite_float", "float_list", "image_size", "nonneg_float", "nonneg_int", "pos_int",
+           "positive_float"]

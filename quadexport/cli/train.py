@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from quadexport.cli.argtypes import finite_float, nonneg_float, pos_int
+from quadexport.cli.argtypes import dataset_spec, finite_float, float_list, image_size, nonneg_float, pos_int
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
@@ -14,7 +14,14 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--model", default="cnn", help="zoo model (quadexport info models), default cnn")
     p.add_argument("--neuron", default="fan", help="neuron type (quadexport info neurons) or relu, default fan")
-    p.add_argument("--dataset", default="digits", choices=list_datasets(), help="dataset, default digits")
+    p.add_argument("--dataset", default="digits", type=dataset_spec, metavar="DATASET",
+                   help=f"{', '.join(list_datasets())} (default digits), imagefolder:PATH (PATH/train/<class>/*.png "
+                   "and PATH/val/) or npz:FILE (x_train, y_train, x_test, y_test)")
+    p.add_argument("--image-size", type=image_size, default=None, metavar="H[xW]",
+                   help="imagefolder: resize images to this size (default: their common size)")
+    p.add_argument("--mean", type=float_list, default=None, metavar="M[,M,M]",
+                   help="imagefolder:/npz: per-channel mean on the 0-1 scale (default: computed on the train split)")
+    p.add_argument("--std", type=float_list, default=None, metavar="S[,S,S]", help="per-channel std, with --mean")
     p.add_argument("--data-dir", default=None, help="dataset location override")
     p.add_argument("--epochs", type=pos_int, default=10)
     p.add_argument("--batch-size", type=pos_int, default=64)
@@ -55,7 +62,8 @@ def config_from_args(a: argparse.Namespace, out: str):
                        batch_size=a.batch_size, lr=a.lr, optimizer=a.optimizer, weight_decay=a.weight_decay,
                        schedule=a.schedule, relinear=rl, seed=a.seed, data_dir=a.data_dir,
                        train_subset=a.train_subset, test_subset=a.test_subset, warm_start=a.warm_start,
-                       width=a.width, device=a.device, amp=a.amp, grad_clip=a.grad_clip)
+                       width=a.width, device=a.device, amp=a.amp, grad_clip=a.grad_clip,
+                       image_size=a.image_size, mean=a.mean, std=a.std)
 
 
 def run(a: argparse.Namespace) -> int:

@@ -44,6 +44,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from quadexport.errors import QuadexportError
+
 __all__ = ["Dataset", "DatasetNotFoundError", "default_mnist_dir", "install_hint", "list_datasets", "load_dataset"]
 
 Raw = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # x_train (N,C,H,W) uint8, y_train, x_test, y_test
@@ -80,7 +82,7 @@ class Dataset:
                 f"num_classes={self.num_classes}, input_shape={self.input_shape}, mean={self.mean}, std={self.std})")
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(QuadexportError, FileNotFoundError):
     """The files of a dataset are not on disk; the message says how to install them."""
 
 
@@ -475,3 +477,4 @@ def _clear_caches() -> None:
     _read_idx_cached.cache_clear()
     _read_cifar_cached.cache_clear()
     _digits_raw.cache_clear()
+
