@@ -16,10 +16,12 @@ from quadexport.zoo.registry import _REGISTRY, register_model
 
 
 def quadratize_convs(model: nn.Module, neuron: str) -> nn.Module:
-    """Replace every ungrouped ``nn.Conv2d`` by a ``QuadConv2d`` of the same configuration (r = the conv)."""
+    """Replace every ungrouped ``nn.Conv2d`` but the stem by a ``QuadConv2d`` of the same configuration (r = the
+    conv), as the zoo's QResNets keep their stem conventional."""
+    stem = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
     for name, m in list(model.named_modules()):
         for cname, c in list(m.named_children()):
-            if type(c) is nn.Conv2d and c.groups == 1:
+            if type(c) is nn.Conv2d and c.groups == 1 and c is not stem:
                 q = QuadConv2d(c.in_channels, c.out_channels, c.kernel_size, c.stride, c.padding, c.dilation,
                                c.groups, c.bias is not None, neuron=neuron)
                 with torch.no_grad():
@@ -91,7 +93,7 @@ def give_quadratic_terms(model: nn.Module, x: torch.Tensor, seed: int = 0) -> nn
     for mod in model.modules():
         if isinstance(mod, QuadLayer):
             c = mod.r.weight.shape[0]
-            mag = torch.rand(c, generator=g) ** 4 * 0.2
+            mag = torch.rand(c, generator=g) ** 4 * 0.1 * float(mod.r.weight.std())  # relative to the linear weights
             for br in ("g", "b"):
                 w = getattr(mod, br).weight
                 w.add_(torch.randn(w.shape, generator=g) * mag.reshape((-1,) + (1,) * (w.dim() - 1)))

@@ -18,6 +18,7 @@ import torch
 
 import quadexport.compress as qc
 from quadexport.checkpoint import save_checkpoint
+from quadexport.data import load_dataset
 from quadexport.compress.structure import describe, permutable
 from quadexport.zoo import create_model
 
@@ -71,7 +72,7 @@ def test_graph_plan_identical_to_zoo_plan_on_resnet():
 def _run_dir(tmp: Path, name: str, train_subset: int = 100) -> Path:
     torch.manual_seed(0)
     m = create_model(name, "fan", in_channels=1, input_size=8)
-    compress_models.give_quadratic_terms(m, torch.randn(64, *SHAPE))
+    compress_models.give_quadratic_terms(m, load_dataset("digits", train_subset=train_subset).x_train)
     meta = {"dataset": "digits", "input_shape": list(SHAPE), "num_classes": 10, "test_acc": 0.1,
             "train_config": {"model": name, "neuron": "fan", "dataset": "digits", "train_subset": train_subset,
                              "batch_size": 64, "lr": 0.01, "seed": 0}}
@@ -82,7 +83,7 @@ def _run_dir(tmp: Path, name: str, train_subset: int = 100) -> Path:
 FRESH = """
 import sys, json, numpy as np, torch
 sys.path.insert(0, sys.argv[1])
-import compress_models, quadexport
+import compress_models, quadexport, quadexport.compress
 from quadexport.export import make_session
 m = quadexport.load(sys.argv[2])
 x = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(0))

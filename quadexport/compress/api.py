@@ -144,6 +144,10 @@ def _calibrate(job: Job) -> None:
     keep[val] = False
     job.x_fit, job.y_fit = job.ds.x_train[keep], job.ds.y_train[keep]
     job.x_val, job.y_val = job.ds.x_train[val], job.ds.y_train[val]
+    with torch.no_grad():
+        if not bool(torch.isfinite(o.model(job.calib[:256])).all()):
+            raise CompressError(f"{o.run_dir}: the model's outputs on its own training images are NaN/Inf; "
+                                f"retrain the run (e.g. with --relinear sg) before compressing it")
     t0 = time.perf_counter()
     tc = meta.get("train_config") or {}
     if isinstance(meta.get("test_acc"), float) and tc and tc.get("test_subset") is None and not cfg.data_dir:
