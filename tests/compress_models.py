@@ -16,12 +16,13 @@ from quadexport.zoo.registry import _REGISTRY, register_model
 
 
 def quadratize_convs(model: nn.Module, neuron: str) -> nn.Module:
-    """Replace every ungrouped ``nn.Conv2d`` but the stem by a ``QuadConv2d`` of the same configuration (r = the
-    conv), as the zoo's QResNets keep their stem conventional."""
+    """Replace every ungrouped, bias-free ``nn.Conv2d`` but the stem by a ``QuadConv2d`` of the same configuration
+    (r = the conv), as the zoo's QResNets keep their stem conventional (MobileNet's squeeze-excitation convs, which
+    have biases, stay conventional too)."""
     stem = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
     for name, m in list(model.named_modules()):
         for cname, c in list(m.named_children()):
-            if type(c) is nn.Conv2d and c.groups == 1 and c is not stem:
+            if type(c) is nn.Conv2d and c.groups == 1 and c is not stem and c.bias is None:
                 q = QuadConv2d(c.in_channels, c.out_channels, c.kernel_size, c.stride, c.padding, c.dilation,
                                c.groups, c.bias is not None, neuron=neuron)
                 with torch.no_grad():
@@ -86,14 +87,14 @@ _register()
 
 
 @torch.no_grad()
-def give_quadratic_terms(model: nn.Module, x: torch.Tensor, seed: int = 0) -> nn.Module:
+def give_quadratic_terms(model: nn.Module, x: torch.Tensor, seed: int = 0, scale: float = 0.1) -> nn.Module:
     """Quadratic terms of very different sizes per channel (some negligible, some large) and BN statistics from
     ``x``: like a ReLinear-trained model, some channels prune and some do not."""
     g = torch.Generator().manual_seed(seed)
     for mod in model.modules():
         if isinstance(mod, QuadLayer):
             c = mod.r.weight.shape[0]
-            mag = torch.rand(c, generator=g) ** 4 * 0.1 * float(mod.r.weight.std())  # relative to the linear weights
+            mag = torch.rand(c, generator=g) ** 4 * scale * float(mod.r.weight.std())  # relative to the linear weights
             for br in ("g", "b"):
                 w = getattr(mod, br).weight
                 w.add_(torch.randn(w.shape, generator=g) * mag.reshape((-1,) + (1,) * (w.dim() - 1)))
