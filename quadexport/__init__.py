@@ -25,11 +25,11 @@ def __getattr__(name: str):
 
         return load
     if name == "export":
-        from quadexport.export import export
+        from quadexport.exporter.api import export
 
         return export
     if name == "make_session":
-        from quadexport.export.session import make_session
+        from quadexport.exporter.session import make_session
 
         return make_session
     raise AttributeError(f"module 'quadexport' has no attribute {name!r}")

@@ -15,15 +15,19 @@ built, with the kernel too. :attr:`CheckReport.ok` is true only if every line pa
 
 from __future__ import annotations
 
-import json
+import logging
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 from torch import nn
+
+from quadexport.errors import UsageError
+
+log = logging.getLogger(__name__)
 
 TOLERANCES = {"float32": 1e-5, "float16": 1e-2}
 """Default ``rtol`` (max relative L2 error) per exported dtype."""
@@ -105,6 +109,12 @@ class CheckReport:
                     f"rtol {self.rtol:g})")
         return f"-[✗] {failed} of {len(self.lines) + len(self.errors)} checks failed (rtol {self.rtol:g})"
 
+    def format(self) -> str:
+        """The whole report as text: hard failures, one line per comparison, notes, then the summary."""
+        out = [f"-[✗] {e}" for e in self.errors] + [line.format() for line in self.lines]
+        out += [f"-[!] {n}" for n in self.notes]
+        return "\n".join(out + [self.summary()])
+
     def to_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "onnx_path": self.onnx_path, "provider": self.provider, "rtol": self.rtol,
                 "atol": self.atol, "worst_rel_l2": _json_float(self.worst_rel_l2), "errors": self.errors,
@@ -164,7 +174,7 @@ def _input_shape(sess: Any, model: nn.Module) -> tuple[int, ...]:
     meta = getattr(model, "quadexport_meta", None) or {}
     if meta.get("input_shape"):
         return tuple(int(d) for d in meta["input_shape"])
-    raise ValueError(f"cannot tell the per-sample input shape (onnx input dims {dims}); the model has no "
+    raise UsageError(f"cannot tell the per-sample input shape (onnx input dims {dims}); the model has no "
                      f"quadexport_meta['input_shape']")
 
 
@@ -205,13 +215,14 @@ def check(onnx_path: str | os.PathLike, model: nn.Module, *, provider: str = "cp
         kernel_library: for models with ``quadexport`` nodes: ``"auto"`` checks with the function bodies and, if the
             kernel library is built, with the kernel; ``"never"`` / ``"always"`` check one way only.
         threads: onnxruntime intra-op threads.
-        verbose: print each line as it is produced.
+        verbose: log each line as it is produced (``logging`` INFO on ``quadexport.check``);
+            :meth:`CheckReport.format` gives the whole report as text.
         json_path: also write the report there as JSON.
     """
     import onnx
     import onnxruntime as ort
 
-    from quadexport.export.session import find_kernel_library, make_session, model_info
+    from quadexport.exporter.session import find_kernel_library, model_info
 
     info = model_info(onnx_path)
     dtype = info.metadata.get("quadexport.dtype", "float32")
@@ -221,81 +232,108 @@ def check(onnx_path: str | os.PathLike, model: nn.Module, *, provider: str = "cp
     report.env = {"onnxruntime": ort.__version__, "onnx": onnx.__version__, "torch": torch.__version__,
                   "kernel_library": str(lib) if lib else None, "export_mode": info.mode or None, "dtype": dtype,
                   "opset": info.metadata.get("quadexport.opset")}
-    say = print if verbose else (lambda *a, **k: None)
-    if info.uses_domain:
-        if kernel_library == "auto":
-            runtimes = [] if info.needs_kernel else [("bodies", "never")]
-            if lib is not None and provider == "cpu":
-                runtimes.append(("kernel", "always"))
-            elif info.needs_kernel:
-                runtimes.append(("kernel", "always"))  # make_session raises the clear error below
-            else:
-                report.notes.append("kernel library not built: checked with the function bodies only")
-        else:
-            runtimes = [("kernel" if kernel_library in ("always", True) else "bodies", kernel_library)]
-    else:
-        runtimes = [("", "auto")]
-
+    say: Callable[[str], None] = log.info if verbose else (lambda msg: None)
+    runtimes = _runtimes(info, kernel_library, lib is not None, provider, report)
     was_training = model.training
     model.eval()
     try:
-        rng = np.random.default_rng(seed)
-        sets: list[tuple[str, int, list[np.ndarray], np.ndarray | None]] = []  # (source, batch, inputs, labels)
-        sessions: dict[tuple[str, str], Any] = {}
-        for level in opt_levels:
-            for label, kl in runtimes:
-                try:
-                    sessions[(level, label)] = make_session(onnx_path, provider, opt_level=level, threads=threads,
-                                                            kernel_library=kl)
-                except Exception as e:  # noqa: BLE001 - any failure to create a session is a hard failure
-                    where = LEVEL_NAMES.get(level, level) + (f" [{label}]" if label else "")
-                    msg = f"{where}: {type(e).__name__}: {e}"
-                    report.errors.append(msg)
-                    say(f"-[✗] {msg}")
-        if not sessions:
-            say(report.summary())
-            return _finish(report, json_path)
-        first = next(iter(sessions.values()))
-        shape = _input_shape(first, model)
-        for b in batches:
-            sets.append(("random", int(b), [rng.standard_normal((int(b), *shape)).astype(np.float32)], None))
-        ds_name = None if dataset is False else (dataset or (getattr(model, "quadexport_meta", None) or {}).get(
-            "dataset"))
-        if ds_name:
-            try:
-                xs, ys = _load_dataset(ds_name, data_dir)
-                bs = max(int(b) for b in batches)
-                sets.append((f"{ds_name}[{len(xs)}]", bs, [xs[i:i + bs] for i in range(0, len(xs), bs)], ys))
-            except Exception as e:  # noqa: BLE001
-                if dataset:  # asked for explicitly: a failure
-                    report.errors.append(f"dataset {dataset}: {e}")
-                    say(f"-[✗] dataset {dataset}: {e}")
-                else:
-                    report.notes.append(f"dataset {ds_name} (from the model metadata) not checked: {e}")
-                    say(f"-[!] dataset {ds_name} not checked: {e}")
-        refs = [[_torch_outputs(model, x) for x in chunks] for _, _, chunks, _ in sets]
-        out_names = [o.name for o in first.get_outputs()]
-        n_ref = len(refs[0][0])
-        if n_ref != len(out_names):
-            report.errors.append(f"onnx model has {len(out_names)} outputs {out_names}, torch model {n_ref}")
-            say(f"-[✗] {report.errors[-1]}")
-        for (level, label), sess in sessions.items():
-            for (source, batch, chunks, labels), ref_chunks in zip(sets, refs):
-                outs = [sess.run(None, {sess.get_inputs()[0].name: x}) for x in chunks]
-                for k, name in enumerate(out_names[:n_ref]):
-                    o = np.concatenate([c[k] for c in outs])
-                    r = np.concatenate([c[k] for c in ref_chunks])
-                    m = compare(o, r, tol, atol)
-                    acc = None
-                    if labels is not None and o.ndim == 2 and o.shape[0] == len(labels):
-                        acc = float((o.argmax(1) == labels).mean() * 100)
-                    line = CheckLine(level, label, batch, source, name, accuracy=acc, **m)
-                    report.lines.append(line)
-                    say(line.format())
+        sessions = _open_sessions(onnx_path, provider, opt_levels, runtimes, threads, report, say)
+        if sessions:
+            shape = _input_shape(next(iter(sessions.values())), model)
+            sets = _input_sets(model, shape, batches, seed, dataset, data_dir, report, say)
+            _compare_all(sessions, sets, model, report, say)
         say(report.summary())
     finally:
         model.train(was_training)
     return _finish(report, json_path)
+
+
+def _runtimes(info: Any, kernel_library: str, have_lib: bool, provider: str,
+              report: CheckReport) -> list[tuple[str, str]]:
+    """``(label, kernel_library policy)`` of each way the model is run."""
+    if not info.uses_domain:
+        return [("", "auto")]
+    if kernel_library != "auto":
+        return [("kernel" if kernel_library in ("always", True) else "bodies", kernel_library)]
+    runtimes = [] if info.needs_kernel else [("bodies", "never")]
+    if (have_lib and provider == "cpu") or info.needs_kernel:
+        runtimes.append(("kernel", "always"))  # without the library, make_session raises the clear error
+    else:
+        report.notes.append("kernel library not built: checked with the function bodies only")
+    return runtimes
+
+
+def _open_sessions(onnx_path: str | os.PathLike, provider: str, opt_levels: Sequence[str],
+                   runtimes: list[tuple[str, str]], threads: int | None, report: CheckReport,
+                   say: Callable[[str], None]) -> dict[tuple[str, str], Any]:
+    from quadexport.exporter.session import make_session
+
+    sessions: dict[tuple[str, str], Any] = {}
+    for level in opt_levels:
+        for label, kl in runtimes:
+            try:
+                sessions[(level, label)] = make_session(onnx_path, provider, opt_level=level, threads=threads,
+                                                        kernel_library=kl)
+            except Exception as e:  # noqa: BLE001 - any failure to create a session is a hard failure
+                where = LEVEL_NAMES.get(level, level) + (f" [{label}]" if label else "")
+                report.errors.append(f"{where}: {type(e).__name__}: {e}")
+                say(f"-[✗] {report.errors[-1]}")
+    return sessions
+
+
+@dataclass
+class _InputSet:
+    source: str
+    batch: int
+    chunks: list[np.ndarray]
+    labels: np.ndarray | None = None
+
+
+def _input_sets(model: nn.Module, shape: tuple[int, ...], batches: Sequence[int], seed: int,
+                dataset: str | bool | None, data_dir: str | os.PathLike | None, report: CheckReport,
+                say: Callable[[str], None]) -> list[_InputSet]:
+    """Random batches of every size, then the dataset's first test images (when known and loadable)."""
+    rng = np.random.default_rng(seed)
+    sets = [_InputSet("random", int(b), [rng.standard_normal((int(b), *shape)).astype(np.float32)]) for b in batches]
+    ds_name = None if dataset is False else (dataset or (getattr(model, "quadexport_meta", None) or {}).get(
+        "dataset"))
+    if not ds_name:
+        return sets
+    try:
+        xs, ys = _load_dataset(ds_name, data_dir)
+    except Exception as e:  # noqa: BLE001 - reported (a failure only when the dataset was asked for)
+        if dataset:
+            report.errors.append(f"dataset {dataset}: {e}")
+            say(f"-[✗] dataset {dataset}: {e}")
+        else:
+            report.notes.append(f"dataset {ds_name} (from the model metadata) not checked: {e}")
+            say(f"-[!] dataset {ds_name} not checked: {e}")
+        return sets
+    bs = max(int(b) for b in batches)
+    return sets + [_InputSet(f"{ds_name}[{len(xs)}]", bs, [xs[i:i + bs] for i in range(0, len(xs), bs)], ys)]
+
+
+def _compare_all(sessions: dict[tuple[str, str], Any], sets: list[_InputSet], model: nn.Module,
+                 report: CheckReport, say: Callable[[str], None]) -> None:
+    refs = [[_torch_outputs(model, x) for x in s.chunks] for s in sets]
+    out_names = [o.name for o in next(iter(sessions.values())).get_outputs()]
+    n_ref = len(refs[0][0])
+    if n_ref != len(out_names):
+        report.errors.append(f"onnx model has {len(out_names)} outputs {out_names}, torch model {n_ref}")
+        say(f"-[✗] {report.errors[-1]}")
+    for (level, label), sess in sessions.items():
+        for s, ref_chunks in zip(sets, refs):
+            outs = [sess.run(None, {sess.get_inputs()[0].name: x}) for x in s.chunks]
+            for k, name in enumerate(out_names[:n_ref]):
+                o = np.concatenate([c[k] for c in outs])
+                r = np.concatenate([c[k] for c in ref_chunks])
+                m = compare(o, r, report.rtol, report.atol)
+                acc = None
+                if s.labels is not None and o.ndim == 2 and o.shape[0] == len(s.labels):
+                    acc = float((o.argmax(1) == s.labels).mean() * 100)
+                line = CheckLine(level, label, s.batch, s.source, name, accuracy=acc, **m)
+                report.lines.append(line)
+                say(line.format())
 
 
 def _finish(report: CheckReport, json_path: str | os.PathLike | None) -> CheckReport:

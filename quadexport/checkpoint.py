@@ -8,7 +8,9 @@ refused) and are written atomically (temporary file + rename), so a crash never 
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import math
 import os
 import tempfile
@@ -18,12 +20,18 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from quadexport.atomicfile import file_mode
+from quadexport.rundir import read_consistent
+from quadexport.errors import QuadexportError
+
+log = logging.getLogger(__name__)
+
 CHECKPOINT = "checkpoint.pt"
 FORMAT = "quadexport-run"
 FORMAT_VERSION = 1
 
 
-class CheckpointError(ValueError):
+class CheckpointError(QuadexportError, ValueError):
     """A checkpoint or run dir that cannot be used (missing, corrupt, unsafe or from another format/version)."""
 
 
@@ -39,6 +47,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: st
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, file_mode())  # mkstemp makes 0600; the file gets what open() would give (the user's umask)
         with os.fdopen(fd, mode) as f:
             write(f)
             f.flush()
@@ -63,7 +72,8 @@ def _finite_state(state: dict[str, torch.Tensor]) -> bool:
 
 
 def save_checkpoint(run_dir: str | os.PathLike, model: nn.Module, meta: dict[str, Any],
-                    optimizer_state: dict | None = None, epoch: int = 0, extra: dict | None = None) -> Path:
+                    optimizer_state: dict | None = None, epoch: int = 0, extra: dict | None = None,
+                    run_id: str | None = None) -> Path:
     """Save a model (and optionally the optimizer) to ``run_dir/checkpoint.pt`` atomically.
 
     Args:
@@ -73,6 +83,7 @@ def save_checkpoint(run_dir: str | os.PathLike, model: nn.Module, meta: dict[str
         optimizer_state: ``optimizer.state_dict()`` for ``--resume``.
         epoch: number of completed epochs.
         extra: further plain values (e.g. the LR multiplier after a rollback).
+        run_id: the run's id (``quadexport.rundir``); config.json and metrics.json carry the same one.
 
     Raises:
         CheckpointError: if the model has NaN/Inf parameters (a NaN checkpoint is never written).
@@ -88,7 +99,11 @@ def save_checkpoint(run_dir: str | os.PathLike, model: nn.Module, meta: dict[str
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "quadexport_version": __version__,
                "config": config, "meta": meta, "model": state, "epoch": int(epoch),
                "optimizer": optimizer_state, "extra": extra or {}}
-    return atomic_write(Path(run_dir) / CHECKPOINT, lambda f: torch.save(payload, f))
+    if run_id is not None:
+        payload["run_id"] = run_id
+    buf = io.BytesIO()  # serialise first: a full disk then fails as a plain OSError, not inside torch's zip writer
+    torch.save(payload, buf)
+    return atomic_write(Path(run_dir) / CHECKPOINT, lambda f: f.write(buf.getbuffer()))
 
 
 def read_checkpoint(run_dir: str | os.PathLike) -> dict[str, Any]:
@@ -149,9 +164,17 @@ def load(run_dir: str | os.PathLike) -> nn.Module:
 
     Args:
         run_dir: a run directory made by ``quadexport train`` (or its ``checkpoint.pt``).
+
+    Raises:
+        RunDirError: the run dir's config.json / metrics.json belong to another run than its checkpoint.
     """
-    model = build_from_checkpoint(read_checkpoint(run_dir))
+    model = build_from_checkpoint(read_run(run_dir))
     return model.eval()
+
+
+def read_run(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """:func:`read_checkpoint` of a run dir whose parts are verified to be one run (``rundir.read_consistent``)."""
+    return read_consistent(run_dir, read_checkpoint)
 
 
 def metric_is_finite(x: float) -> bool:

@@ -251,7 +251,7 @@ def _train_all(recipe: dict[str, Any], report: Path, resume: bool) -> list[Model
 def _export_and_check(recipe: dict[str, Any], report: Path, quad_run: Path, summary: PipelineSummary) -> None:
     from quadexport.check import check
     from quadexport.checkpoint import load
-    from quadexport.export import export
+    from quadexport.exporter import export
 
     exp, chk = recipe.get("export", {}), recipe.get("check", {})
     model = load(quad_run)

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import math
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,11 +23,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from quadexport.checkpoint import CHECKPOINT, read_checkpoint, save_checkpoint, write_json
+from quadexport.errors import QuadexportError, UsageError, did_you_mean
 from quadexport.relinear import (ReLinearConfig, param_groups, plain_init, quadratic_norms, quadratic_penalty,
                                  warm_start)
+from quadexport.rundir import RunDir, RunDirError, disagreement, open_run
+
+log = logging.getLogger(__name__)
+
+LOG_EVERY_STEPS = 50
+"""Without a terminal (no progress bar), a progress line every this many steps."""
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(QuadexportError, RuntimeError):
     """Loss or weights went NaN/Inf and rolling back with a lower learning rate did not help."""
 
 
@@ -102,7 +111,19 @@ class TrainConfig:
                   (self.test_subset is None or self.test_subset >= 1, "test subset must be >= 1")]
         for ok, msg in checks:
             if not ok:
-                raise ValueError(msg)
+                raise UsageError(msg)
+        self._check_names()
+
+    def _check_names(self) -> None:
+        """Unknown model or neuron names fail here, before any data is loaded."""
+        from quadexport.layers import list_neurons
+        from quadexport.zoo import get_model_info
+
+        get_model_info(self.model)
+        known = [*list_neurons(), "relu"]
+        if self.neuron not in known:
+            raise UsageError(f"unknown neuron type {self.neuron!r}{did_you_mean(self.neuron, known)}; known: "
+                             f"{', '.join(known)}")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -137,7 +158,7 @@ def build_model(cfg: TrainConfig, num_classes: int, input_shape: tuple[int, int,
     if cfg.warm_start:
         src = read_checkpoint(cfg.warm_start)
         if src["config"].get("neuron") != "relu":
-            raise ValueError(f"--warm-start expects a ReLU run dir, {cfg.warm_start} has neuron "
+            raise UsageError(f"--warm-start expects a ReLU run dir, {cfg.warm_start} has neuron "
                              f"{src['config'].get('neuron')!r}")
         warm_start(model, src["model"])
     return model
@@ -230,21 +251,70 @@ def _plot(run_dir: Path, epochs: list[dict[str, Any]], title: str) -> None:
     os.replace(run_dir / "curves.png.tmp.png", run_dir / "curves.png")
 
 
+class _Progress:
+    """Per-epoch progress: a tqdm bar on stderr when it is a terminal (log lines are routed around the bar), else a
+    log line every :data:`LOG_EVERY_STEPS` steps; nothing when disabled (``progress=False``, rank > 0, or the
+    ``quadexport`` logger above INFO, e.g. ``quadexport -q``)."""
+
+    def __init__(self, loader: Any, desc: str, enabled: bool) -> None:
+        self.loader, self.desc, self.loss = loader, desc, float("nan")
+        self.enabled = enabled and log.isEnabledFor(logging.INFO)
+        self.bar = None
+        if self.enabled and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(loader, desc=desc, leave=False, file=sys.stderr)
+
+    def __iter__(self) -> Any:
+        if self.bar is not None:
+            from tqdm.contrib.logging import logging_redirect_tqdm
+
+            try:
+                with logging_redirect_tqdm(loggers=[logging.getLogger("quadexport")]):
+                    yield from self.bar
+            finally:
+                self.bar.close()
+            return
+        for step, batch in enumerate(self.loader, 1):
+            yield batch
+            if self.enabled and step % LOG_EVERY_STEPS == 0:
+                log.info("%s step %d/%d loss %.4f", self.desc, step, len(self.loader), self.loss)
+
+    def update(self, loss: float) -> None:
+        self.loss = loss
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{loss:.4f}")
+
+
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_after: int | None = None,
-          plot: bool = True) -> dict[str, Any]:
+          plot: bool = True, overwrite: bool = False) -> dict[str, Any]:
     """Train ``cfg.model`` on ``cfg.dataset`` and write the run dir ``cfg.out``.
+
+    A dir that already holds a run is refused unless ``resume`` or ``overwrite``; one process writes a run dir at a
+    time (``quadexport.rundir``; under torchrun only rank 0 locks and writes).
 
     Args:
         cfg: the training configuration.
         resume: continue from ``cfg.out/checkpoint.pt`` (its config must match ``cfg``).
-        progress: show a progress bar per epoch (rank 0, terminals only).
+        overwrite: replace the run in ``cfg.out``; the old run stays intact until the new one's first checkpoint.
+        progress: show per-epoch progress (rank 0, logging at INFO): a tqdm bar on a terminal, else a log line
+            every :data:`LOG_EVERY_STEPS` steps. Epoch lines are logged (INFO) either way.
         stop_after: end this call after that many epochs (the run stays resumable), e.g. to split a long run.
         plot: draw ``curves.png`` at the end (matplotlib, ~2 s; off for many tiny runs).
 
     Returns:
         The metrics dict written to ``metrics.json``.
     """
-    from tqdm import tqdm
+    if resume and overwrite:
+        raise UsageError("give --resume or --overwrite, not both")
+    mode = "resume" if resume else "overwrite" if overwrite else "new"
+    with open_run(cfg.out, mode, writer=int(os.environ.get("RANK", "0")) == 0) as run:
+        return _train(cfg, run, resume, progress, stop_after, plot)
+
+
+def _train(cfg: TrainConfig, run: RunDir, resume: bool, progress: bool, stop_after: int | None,
+           plot: bool) -> dict[str, Any]:
+    """The body of :func:`train` inside its open run dir (``run.path``: where rank 0 writes)."""
 
     from quadexport.data import DataOptions, training_loaders
 
@@ -252,7 +322,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
     device = torch.device(cfg.device if cfg.device == "cpu" else (f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
                                                                    if cfg.device == "cuda" else cfg.device))
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda asked for, but torch sees no CUDA device")
+        raise UsageError("--device cuda asked for, but torch sees no CUDA device; use --device cpu")
     run_dir = Path(cfg.out)
     data = training_loaders(cfg.dataset, DataOptions(data_dir=cfg.data_dir, train_subset=cfg.train_subset,
                                                      test_subset=cfg.test_subset, seed=cfg.seed,
@@ -265,11 +335,17 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
     start_epoch, lr_mult, rollbacks = 0, 1.0, 0
     if resume:
         ckpt = read_checkpoint(run_dir)
+        bad = disagreement(run_dir, ckpt.get("run_id"), None)  # metrics ahead of the checkpoint: cut back below
+        if bad:
+            raise RunDirError(bad.message)
+        if int(ckpt["epoch"]) > cfg.epochs:
+            raise UsageError(f"--resume: {run_dir} has done {ckpt['epoch']} epochs; --epochs {cfg.epochs} cannot undo "
+                             f"them (give --epochs >= {ckpt['epoch']})")
         saved = ckpt["meta"].get("train_config", {})
         mine = cfg.to_dict()
         diff = [k for k in mine if k not in ("epochs", "out") and saved.get(k) != mine[k]]
         if diff:
-            raise ValueError(f"--resume: {run_dir} was trained with other settings ({', '.join(diff)})")
+            raise UsageError(f"--resume: {run_dir} was trained with other settings ({', '.join(diff)})")
         model.load_state_dict(ckpt["model"])
         if ckpt["optimizer"]:
             opt.load_state_dict(ckpt["optimizer"])
@@ -280,8 +356,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
         if metrics_path.exists():
             history = [m for m in json.loads(metrics_path.read_text())["epochs"] if m["epoch"] <= start_epoch]
     elif rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if not os.access(run_dir, os.W_OK):
+        run.path.mkdir(parents=True, exist_ok=True)
+        if not os.access(run.path, os.W_OK):
             raise PermissionError(f"output dir {run_dir} is not writable")
     net: nn.Module = model
     if world > 1:
@@ -298,8 +374,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
             g["lr"] = lr0 * lr_factor(cfg, epoch) * lr_mult
         net.train()
         t0, loss_sum, seen, correct, bad_steps, diverged = time.perf_counter(), 0.0, 0, 0, 0, False
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
-                   disable=not progress or rank != 0 or None)
+        bar = _Progress(loader, f"epoch {epoch + 1}/{cfg.epochs}", progress and rank == 0)
         for xb, yb in bar:
             xb, yb = xb.to(device), yb.to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp == "bf16"):
@@ -320,7 +395,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
             loss_sum += float(loss.detach()) * len(xb)
             seen += len(xb)
             correct += int((out.argmax(1) == yb).sum())
-            bar.set_postfix(loss=f"{loss_sum / max(seen, 1):.4f}")
+            bar.update(loss_sum / max(seen, 1))
         seconds = time.perf_counter() - t0
         test_loss, test_acc = (math.nan, 0.0) if diverged else evaluate_batches(model, data.test, device)
         if diverged or not _all_finite(model) or not math.isfinite(test_loss) or not math.isfinite(loss_sum):
@@ -332,8 +407,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
             model.load_state_dict(good_state[0])
             opt.load_state_dict(good_state[1])
             if rank == 0:
-                print(f"epoch {epoch + 1}: NaN/Inf loss, weights or outputs; rolled back to the last good state, "
-                      f"LR multiplier now {lr_mult:g}")
+                log.warning("epoch %d: NaN/Inf loss, weights or outputs; rolled back to the last good state, LR "
+                            "multiplier now %g", epoch + 1, lr_mult)
             continue
         loss_sum, seen, correct = _sum_over_ranks((loss_sum, seen, correct), world, device)
         norms = quadratic_norms(model)
@@ -344,16 +419,18 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
         epoch += 1
         good_state = (copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict()))
         if rank == 0:
-            print(f"epoch {epoch}/{cfg.epochs} train_loss {row['train_loss']:.4f} test_loss {test_loss:.4f} "
-                  f"test_acc {100 * test_acc:.2f}% |W_g| {norms['norm_wg']:.3g} |W_b| {norms['norm_wb']:.3g} "
-                  f"{seconds:.1f}s", flush=True)
+            log.info(f"epoch {epoch}/{cfg.epochs} train_loss {row['train_loss']:.4f} test_loss {test_loss:.4f} "
+                     f"test_acc {100 * test_acc:.2f}% |W_g| {norms['norm_wg']:.3g} |W_b| {norms['norm_wb']:.3g} "
+                     f"{seconds:.1f}s")
             meta.update(test_acc=test_acc, epochs_done=epoch)
-            save_checkpoint(run_dir, model, meta, opt.state_dict(), epoch,
-                            {"lr_mult": lr_mult, "rollbacks": rollbacks})
             metrics = {"model": cfg.model, "neuron": cfg.neuron, "dataset": cfg.dataset, "epochs": history,
                        "test_acc": test_acc}
-            write_json(run_dir / "metrics.json", metrics)
-            write_json(run_dir / "config.json", {**cfg.to_dict(), "preprocessing": prep.to_dict()})
+            with run.saving():  # metrics, config, then the checkpoint (the commit point); a staged run swaps in
+                write_json(run.path / "metrics.json", run.stamp(metrics))
+                write_json(run.path / "config.json", run.stamp({**cfg.to_dict(), "preprocessing": prep.to_dict()}))
+                save_checkpoint(run.path, model, meta, opt.state_dict(), epoch,
+                                {"lr_mult": lr_mult, "rollbacks": rollbacks}, run_id=run.run_id)
+                run.commit()
     if rank == 0:
         metrics = json.loads((run_dir / "metrics.json").read_text())
         if plot:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ import torch
 
 from quadexport.check import TOLERANCES, check, compare
 from quadexport.checkpoint import save_checkpoint
-from quadexport.export import export, strip_functions
+from quadexport.exporter import export, strip_functions
 
 from test_export import cached_export, cached_model, kernel_lib, make_model  # noqa: F401  (tests/ is on sys.path)
 
@@ -26,11 +27,14 @@ def out_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("check")
 
 
-def test_check_passes_and_saves_json(out_dir, capsys):
+def test_check_passes_and_saves_json(out_dir, caplog):
     model = cached_model("cnn")
     path = cached_export(out_dir, "cnn", "fan", "decomposed")
-    rep = check(path, model, batches=(1, 3, 5, 64), opt_levels=("disable", "all"), json_path=out_dir / "rep.json")
-    printed = capsys.readouterr().out
+    with caplog.at_level(logging.INFO, logger="quadexport"):
+        rep = check(path, model, batches=(1, 3, 5, 64), opt_levels=("disable", "all"),
+                    json_path=out_dir / "rep.json")
+    printed = caplog.text
+    assert printed.strip().splitlines()[-1].endswith(rep.format().splitlines()[-1])
     assert rep.ok and rep.rtol == TOLERANCES["float32"]
     assert len(rep.lines) == 2 * 4
     assert "-[✓] ORT_DISABLE_ALL batch 3 random: rel_l2" in printed and "top1 100.00%" in printed
@@ -40,13 +44,15 @@ def test_check_passes_and_saves_json(out_dir, capsys):
     assert saved == json.loads(json.dumps(rep.to_dict()))
 
 
-def test_check_fails_on_perturbed_model(out_dir, capsys):
+def test_check_fails_on_perturbed_model(out_dir, caplog):
     model = make_model("cnn")
     path = export(model, out_dir / "cnn-before.onnx")
     with torch.no_grad():
         model.conv2.g.weight[0, 0, 1, 1] += 0.5  # after export: torch and ONNX now differ
-    rep = check(path, model, batches=(1, 3), opt_levels=("disable",))
-    printed = capsys.readouterr().out
+    with caplog.at_level(logging.INFO, logger="quadexport"):
+        rep = check(path, model, batches=(1, 3), opt_levels=("disable",))
+    printed = rep.format()
+    assert "-[✗] ORT_DISABLE_ALL batch 1 random" in caplog.text
     assert not rep.ok
     assert all(not line.ok and "rel_l2 >" in line.reason for line in rep.lines)
     assert "-[✗] ORT_DISABLE_ALL batch 1 random" in printed and "checks failed" in printed
@@ -71,7 +77,7 @@ def test_check_runs_function_models_both_ways(out_dir, kernel_lib):
 
 def test_check_reports_missing_kernel_as_failure(out_dir, monkeypatch):
     import quadexport.check  # noqa: F401
-    import quadexport.export.session as session
+    import quadexport.exporter.session as session
 
     path = cached_export(out_dir, "mlp", "fan", "fused")
     bare = out_dir / "mlp-bare.onnx"

@@ -20,7 +20,7 @@ from quadexport.checkpoint import load, save_checkpoint
 from quadexport.compress.layers import MixedQuad, PermShortcut
 from quadexport.compress.prune import LayerStats, fit_terms
 from quadexport.compress.structure import describe, permutable
-from quadexport.export import export
+from quadexport.exporter import export
 from quadexport.layers import QuadLayer
 from quadexport.zoo import count_macs, create_model
 
@@ -234,7 +234,7 @@ def test_compressed_run_dir_roundtrip_and_int8(run_dir, tmp_path):
     # int8: a runnable quantised model with its accuracy in the report
     i8 = r.int8
     assert 0.0 <= i8["test_acc"] <= 1.0 and i8["excluded"]
-    from quadexport.export import make_session
+    from quadexport.exporter import make_session
 
     sess = make_session(str(out / qc.INT8_ONNX))
     y = sess.run(None, {sess.get_inputs()[0].name: np.random.default_rng(0).standard_normal((2, *SHAPE))

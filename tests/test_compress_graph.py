@@ -86,7 +86,7 @@ FRESH = """
 import sys, json, numpy as np, torch
 sys.path.insert(0, sys.argv[1])
 import compress_models, quadexport, quadexport.compress
-from quadexport.export import make_session
+from quadexport.exporter import make_session
 m = quadexport.load(sys.argv[2])
 x = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(0))
 with torch.no_grad():

@@ -25,7 +25,7 @@ import torch
 import quadexport as q
 from quadexport.deploy import load_io, save_io, verify_io
 from quadexport.errors import UsageError
-from quadexport.export import export, strip_functions
+from quadexport.exporter import export, strip_functions
 from quadexport.layers import QuadLayer
 
 from test_export import kernel_lib, perturb  # noqa: F401  (tests/ is on sys.path)

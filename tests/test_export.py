@@ -27,10 +27,12 @@ from torch import nn
 
 import quadexport as q
 from quadexport.check import check
-from quadexport.export import export, lower_functions, make_session, strip_functions
-from quadexport.export import ops
-from quadexport.export.fold import ChannelShift, fold_batchnorm, fold_plan
-from quadexport.export.session import KernelLibraryNotFound
+from quadexport.exporter import export, lower_functions, make_session, strip_functions
+from quadexport.exporter import ops
+from quadexport.exporter.fold import ChannelShift, fold_batchnorm, fold_plan
+from quadexport.errors import UsageError
+from quadexport.exporter import check_opset, get_export_target, list_export_targets, register_export_target
+from quadexport.exporter.session import KernelLibraryNotFound
 from quadexport.layers import QuadConv1d, QuadConv2d, QuadLayer, QuadLinear
 
 PERTURB_STD = {"resnet14": 0.005, "resnet20": 0.005, "resnet32": 0.005, "resnet56": 0.005, "resnet110": 0.002}
@@ -127,12 +129,12 @@ def out_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def kernel_lib() -> Path:
     """The built kernel library; tries to build it once; skips the test if that is impossible."""
-    from quadexport.export.session import find_kernel_library
+    from quadexport.exporter.session import find_kernel_library
 
     lib = find_kernel_library()
     if lib is None:
         try:
-            from quadexport.export.kernel_lib import build_library
+            from quadexport.exporter.kernel_lib import build_library
 
             lib = build_library()
         except Exception as e:  # noqa: BLE001 - no compiler, no headers, no network...
@@ -152,12 +154,12 @@ def _assert_parity(path: Path, model: nn.Module, **kw) -> None:
 # the matrix
 # ---------------------------------------------------------------------------------------------------------------
 
-MODES = ("decomposed", "function", "fused")
+MODES = tuple(list_export_targets())  # the registry: decomposed, function, fused
 MATRIX = ([(n, "fan", mode, o) for n in ("mlp", "cnn", "resnet8") for mode in MODES for o in (18, 20, 23)]
           + [(n, "fan", mode, 20) for n in ("resnet14", "resnet20") for mode in MODES]
           + [(n, "relu", "decomposed", 20) for n in ("mlp", "cnn", "resnet8", "resnet14", "resnet20")]
           + [("cnn", "relu", "decomposed", o) for o in (18, 23)]
-          + [("resnet8", "relu", mode, 20) for mode in ("function", "fused")])
+          + [("resnet8", "relu", mode, 20) for mode in MODES if mode != "decomposed"])
 
 
 @pytest.mark.slow
@@ -216,7 +218,7 @@ def test_fused_mode_registers_kernel(out_dir, kernel_lib):
 
 
 def test_missing_kernel_library_errors(out_dir, monkeypatch):
-    import quadexport.export.session as session
+    import quadexport.exporter.session as session
 
     path = cached_export(out_dir, "mlp", "fan", "fused")
     bare = out_dir / "mlp-bare.onnx"
@@ -311,7 +313,10 @@ class OddNet(nn.Module):
         return self.fc(x.transpose(1, 2)).mean(1)
 
 
-ODD_CASES = [(n, "function") for n in q.list_neurons()] + [("fan", "decomposed"), ("quadralib", "decomposed")]
+# Neuron types whose branches all have the layer's own geometry (fan_pw/fan_dw constrain padding and groups: their
+# export is covered in test_compress).
+FULL_NEURONS = [n for n in q.list_neurons() if all(b.kind == "full" for b in q.get_neuron(n).branches)]
+ODD_CASES = [(n, "function") for n in FULL_NEURONS] + [("fan", "decomposed"), ("quadralib", "decomposed")]
 
 
 @pytest.mark.parametrize("neuron,mode", ODD_CASES)
@@ -498,12 +503,40 @@ def test_input_shape_sources(out_dir):
 
 def test_bad_arguments(out_dir):
     model = cached_model("mlp")
-    with pytest.raises(ValueError, match="mode"):
+    with pytest.raises(UsageError, match="unknown export mode 'fast'.*choose from decomposed, function, fused"):
         export(model, out_dir / "x.onnx", mode="fast")
-    with pytest.raises(ValueError, match="opset"):
+    with pytest.raises(UsageError, match="did you mean 'fused'"):
+        export(model, out_dir / "x.onnx", mode="fuse")
+    with pytest.raises(UsageError, match="opset"):
         export(model, out_dir / "x.onnx", mode="function", opset=17)
-    with pytest.raises(ValueError, match="opset"):
-        export(model, out_dir / "x.onnx", opset=24)
+    for opset in (24, 12, 7):
+        with pytest.raises(UsageError, match="out of range"):
+            export(model, out_dir / "x.onnx", opset=opset)
+    assert not (out_dir / "x.onnx").exists()
+
+
+def test_export_target_registry():
+    """The modes are listed once: the registry holds exactly the three targets, each says how it runs."""
+    assert list_export_targets() == ["decomposed", "function", "fused"]
+    targets = {n: get_export_target(n) for n in list_export_targets()}
+    assert all(t.name == n for n, t in targets.items())
+    assert [n for n, t in targets.items() if t.legacy_opsets] == ["decomposed"]
+    assert [n for n, t in targets.items() if t.supports_fp16] == ["decomposed"]
+    assert targets["fused"].metadata() == {"quadexport.runtime": "fused"} and not targets["function"].metadata()
+    with pytest.raises(UsageError, match="already registered"):
+        register_export_target(targets["fused"])
+    assert check_opset("13", "decomposed") == 13 and check_opset(23, "fused") == 23
+    with pytest.raises(UsageError, match="needs opset >= 18"):
+        check_opset(17, "fused")
+
+
+def test_fused_target_session_registers_kernel(out_dir, kernel_lib):
+    path = cached_export(out_dir, "cnn", "fan", "fused")
+    assert get_export_target("fused").open_session(path).quadexport_kernel == kernel_lib
+    func = cached_export(out_dir, "cnn", "fan", "function")
+    assert get_export_target("function").open_session(func).quadexport_kernel is None  # runs the bodies
+    dec = cached_export(out_dir, "cnn", "fan", "decomposed")
+    assert get_export_target("decomposed").open_session(dec).quadexport_kernel is None
 
 
 @pytest.mark.slow
@@ -584,9 +617,13 @@ def test_fp16_only_decomposed(out_dir):
 
 
 def test_public_api(out_dir):
-    """``quadexport.export`` is callable although it is also a subpackage; ``make_session`` is top-level."""
-    import quadexport.export.fold  # noqa: F401  (imports the subpackage, which then shadows the lazy attribute)
+    """``quadexport.export`` is the plain export function (the subpackage is ``quadexport.exporter``), also after the
+    subpackage is imported; ``make_session`` is top-level."""
+    import types
 
-    assert callable(q.export) and q.make_session is make_session
+    import quadexport.exporter.fold  # noqa: F401
+
+    assert isinstance(q.export, types.FunctionType) and q.export is export
+    assert q.make_session is make_session
     path = q.export(cached_model("mlp"), out_dir / "api.onnx")
     assert q.make_session(path).get_outputs()[0].name == "logits"

@@ -97,7 +97,7 @@ def test_torchrun_two_processes_gloo(tmp_path):
     model = q.load(out)
     metrics = json.loads((out / "metrics.json").read_text())
     assert len(metrics["epochs"]) == 3 and metrics["test_acc"] > 0.5
-    pytest.importorskip("quadexport.export")
+    pytest.importorskip("quadexport.exporter")
     q.export(model, tmp_path / "ddp.onnx")
     import onnxruntime as ort
     from quadexport.data import load_dataset

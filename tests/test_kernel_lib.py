@@ -20,7 +20,7 @@ torch = pytest.importorskip("torch")
 
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from quadexport.export import kernel_lib  # noqa: E402
+from quadexport.exporter import kernel_lib  # noqa: E402
 
 BATCHES = (1, 3, 64)
 REL_TOL = 1e-5

@@ -15,7 +15,7 @@ import torch
 import quadexport as q
 from quadexport.deploy import BF16_RTOL, bf16_supported, check_openvino, save_io
 from quadexport.errors import UsageError
-from quadexport.export import export, lower_functions
+from quadexport.exporter import export, lower_functions
 
 from test_export import perturb  # noqa: F401  (tests/ is on sys.path)
 

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import quadexport as q
-from quadexport.export import export, make_session
+from quadexport.exporter import export, make_session
 
 NEURONS = ["fan", "compact", "t2", "t4", "quadralib", "qres"]  # full-branch types (cheap variants need 'same' geometry)
 

@@ -130,7 +130,7 @@ def test_nan_and_inf_inputs_are_reported_not_hidden(run_dir, onnx_file):
     import numpy as np
 
     from quadexport.check import compare
-    from quadexport.export import make_session
+    from quadexport.exporter import make_session
 
     model = q.load(run_dir)
     x = torch.randn(4, 1, 8, 8)
@@ -184,8 +184,8 @@ def test_missing_dataset(tmp_path, capsys, monkeypatch):
 
 
 def test_missing_kernel_library(onnx_file, run_dir, tmp_path, monkeypatch):
-    from quadexport.export import export, make_session
-    from quadexport.export.function import strip_functions
+    from quadexport.exporter import export, make_session
+    from quadexport.exporter.function import strip_functions
 
     import onnx
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build the fused onnxruntime custom-op library build/kernels/libquadexport_ops.so
-# (domain "quadexport" v1: QuadLinear, QuadConv1d, QuadConv2d) from quadexport/export/kernels/quad_ops.cc.
+# (domain "quadexport" v1: QuadLinear, QuadConv1d, QuadConv2d) from quadexport/exporter/kernels/quad_ops.cc.
 #
 # Idempotent:
 #   - onnxruntime C/C++ headers (v1.21, ORT_API_VERSION 21) come from Debian trixie's libonnxruntime-dev, fetched
@@ -18,7 +18,7 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-SRC="$ROOT/quadexport/export/kernels/quad_ops.cc"
+SRC="$ROOT/quadexport/exporter/kernels/quad_ops.cc"
 BUILD="$ROOT/build"
 OUT="${QUADEXPORT_KERNEL_OUT:-$BUILD/kernels/libquadexport_ops.so}"
 CXX="${CXX:-g++}"

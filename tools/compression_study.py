@@ -124,7 +124,7 @@ def cmd_sweep(a: argparse.Namespace) -> int:
     torch.set_num_threads(a.threads)
     model = load(a.source)
     meta = model.quadexport_meta
-    calib, ds = calibration_data(meta, a.calib_samples)
+    calib, ds, _ = calibration_data(meta, a.calib_samples)
     scores = channel_scores(collect_stats(model, calib))
     shape = tuple(meta["input_shape"])
     twin_macs = count_macs(twin_of(model), shape)
@@ -162,14 +162,14 @@ def cmd_latsweep(a: argparse.Namespace) -> int:
     from quadexport.compress.api import calibration_data
     from quadexport.compress.prune import conv_shortcuts, get_spec
     from quadexport.compress.latency import time_onnx
-    from quadexport.export import export
+    from quadexport.exporter import export
     from quadexport.zoo import count_macs
 
     torch.set_num_threads(a.threads)
     model = load(a.source)
     meta = model.quadexport_meta
     shape = tuple(meta["input_shape"])
-    calib, _ = calibration_data(meta, a.calib_samples)
+    calib, _, _ = calibration_data(meta, a.calib_samples)
     scores = channel_scores(collect_stats(model, calib))
     twin = twin_of(model)
     odir = OUT / "latsweep"
@@ -220,7 +220,7 @@ def cmd_control(a: argparse.Namespace) -> int:
     src = run_path("resnet20-relu")
     model = load(src)
     meta = dict(model.quadexport_meta)
-    _, ds = calibration_data(meta, 1)
+    _, ds, _ = calibration_data(meta, 1)
     hist = finetune(model, ds.x_train, ds.y_train, ds.x_test, ds.y_test, meta["train_config"], a.epochs,
                     seed=int(meta["train_config"].get("seed", 0)))
     out = RUNS / f"resnet20-relu-ft{a.epochs}"
@@ -275,7 +275,7 @@ def _entries() -> list[dict]:
 def cmd_bench(a: argparse.Namespace) -> int:
     from quadexport.checkpoint import load
     from quadexport.compress.latency import time_onnx
-    from quadexport.export import export
+    from quadexport.exporter import export
 
     entries = _entries()
     files = {}
@@ -326,7 +326,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
                         "macs": count_macs(convsc, tuple(meta["input_shape"])), "onnx": str(path)})
         # like-for-like for the int8 rows: the ReLU twin quantised the same way (static QDQ, same calibration)
         q8 = odir / "resnet20-relu-int8.onnx"
-        calib, ds = calibration_data(meta, 1024)
+        calib, ds, _ = calibration_data(meta, 1024)
         if not q8.exists() or a.reexport:
             quantize_int8(relu["onnx"], q8, calib.numpy())
         key = "resnet20-relu [int8]"

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from quadexport.export.decomposed import StackedQuadLinear, replace_modules
+from quadexport.exporter.decomposed import StackedQuadLinear, replace_modules
 from quadexport.layers.quad import QuadConv2d, QuadLayer, QuadLinear
 from quadexport.zoo import create_model
 
@@ -132,7 +132,7 @@ def _bench_torch(model: nn.Module, x: np.ndarray, rounds: int, reps: int, thread
 
 def modes(args: argparse.Namespace, rounds: int, reps: int) -> list[dict]:
     """torch eager vs decomposed vs function (bodies) vs fused (kernel)."""
-    from quadexport.export import export, make_session
+    from quadexport.exporter import export, make_session
 
     shape = (3, 32, 32) if args.model.startswith("resnet") else (1, 28, 28)
     model = _perturb(create_model(args.model, in_channels=shape[0], input_size=shape[1]), shape,

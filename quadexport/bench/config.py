@@ -92,7 +92,7 @@ class BenchConfig:
 
     def validate(self) -> None:
         """Raise :class:`BenchError` for an option out of range (one line naming the fix)."""
-        from quadexport.export.session import OPT_LEVELS
+        from quadexport.exporter.session import OPT_LEVELS
 
         self.mode_list()
         if self.provider not in ("cpu", "cuda"):

@@ -30,7 +30,7 @@ def cpu_model() -> str:
 
 def _kernel_library() -> dict[str, str] | None:
     try:
-        from quadexport.export.session import find_kernel_library
+        from quadexport.exporter.session import find_kernel_library
 
         lib = find_kernel_library()
     except Exception:  # noqa: BLE001 - the environment record must never fail a benchmark

@@ -61,7 +61,7 @@ def _config(config: BenchConfig | None, options: dict[str, Any]) -> BenchConfig:
 
 def _export(bm: BenchModel, mode: str, folder: Path, opset: int) -> tuple[Path, int]:
     """Export ``bm`` in ``mode``; returns the path and its size (external-data files next to it included)."""
-    from quadexport.export import export
+    from quadexport.exporter import export
 
     path = folder / f"{bm.id.replace('#', '_')}-{mode}.onnx"
     export(bm.module, path, mode=mode, opset=opset, input_shape=tuple(bm.input_shape))
@@ -73,7 +73,7 @@ def _export(bm: BenchModel, mode: str, folder: Path, opset: int) -> tuple[Path, 
 def _sessions(bms: list[BenchModel], modes: list[str], folder: Path, cfg: BenchConfig, notes: list[str]):
     """The plan ``[(model, mode)]`` (ReLU models: one ONNX graph, timed as ``decomposed``), the sessions and the
     ONNX files per (model id, mode)."""
-    from quadexport.export.session import make_session
+    from quadexport.exporter.session import make_session
 
     onnx_modes = [m for m in modes if m in ONNX_MODES]
     plan: list[tuple[BenchModel, str]] = []

@@ -7,6 +7,7 @@ import logging
 import shlex
 import sys
 
+from quadexport.errors import UsageError
 from quadexport.cli.argtypes import nonneg_float, nonneg_int, pos_int
 
 _HANDLER_NAME = "quadexport-bench-cli"
@@ -38,7 +39,7 @@ def run(a: argparse.Namespace) -> int:
         modes = [m for m in modes if m != "torch"]
     unknown = [m for m in modes if m not in MODES]
     if unknown:
-        raise ValueError(f"unknown mode(s) {', '.join(unknown)}; choose from {', '.join(MODES)}")
+        raise UsageError(f"unknown mode(s) {', '.join(unknown)}; choose from {', '.join(MODES)}")
     _show_progress(a.quiet)
     cfg = BenchConfig(neuron=a.neuron, modes=modes, provider=a.provider, threads=a.threads, batches=a.batch,
                       opt_level=a.opt_level, baselines=not a.no_baselines, torch_eager=not a.no_torch_eager,
@@ -55,7 +56,7 @@ def run(a: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from quadexport.export.session import OPT_LEVELS
+    from quadexport.exporter.session import OPT_LEVELS
 
     p = sub.add_parser(
         "bench", help="latency of quadratic models vs their ReLU twin and MAC-matched ReLU model",

@@ -14,14 +14,15 @@ def run(a: argparse.Namespace) -> int:
     model = load(a.run_dir)
     report = check(a.onnx, model, provider=a.provider, atol=a.atol, rtol=a.rtol, dataset=a.data,
                    data_dir=a.data_dir, batches=tuple(a.batches), opt_levels=tuple(a.opt_levels),
-                   kernel_library=a.kernel_library, seed=a.seed, json_path=a.json)
+                   kernel_library=a.kernel_library, seed=a.seed, json_path=a.json, verbose=False)
+    print(report.format())
     if a.json:
         print(f"report: {a.json}")
     return 0 if report.ok else 1
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from quadexport.export.session import OPT_LEVELS
+    from quadexport.exporter.session import OPT_LEVELS
 
     p = sub.add_parser("check", help="check an exported ONNX model against its run (non-zero exit on a miss)",
                        description="Run random inputs (and the first 512 test images of the run's dataset) through "

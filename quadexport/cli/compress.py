@@ -101,5 +101,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--min-seconds", type=positive_float, default=1.0, help="timed seconds per model and batch")
     p.add_argument("--no-check", action="store_true", help="skip the onnxruntime parity check")
     p.add_argument("--data-dir", default=None, help="dataset location override")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run in --out (the old one stays intact until the new one is complete)")
     p.set_defaults(func=run)

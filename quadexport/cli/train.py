@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
 
 from quadexport.cli.argtypes import dataset_spec, finite_float, float_list, image_size, nonneg_float, pos_int
 
@@ -66,15 +70,71 @@ def config_from_args(a: argparse.Namespace, out: str):
                        image_size=a.image_size, mean=a.mean, std=a.std)
 
 
-def run(a: argparse.Namespace) -> int:
-    from quadexport.cli import CLIError
-    from quadexport.train import TrainingDiverged, train
+_UNSET: Any = object()  # default of every training flag, so run() can tell the flags a user typed
+# Flags that set a nested/other config key (all others set the key of their own name).
+_FLAG_KEYS = {"relinear": ("relinear.mode",), "lr_ratio": ("relinear.lr_ratio_g", "relinear.lr_ratio_b"),
+              "lr_ratio_g": ("relinear.lr_ratio_g",), "lr_ratio_b": ("relinear.lr_ratio_b",),
+              "penalty": ("relinear.penalty",), "alpha": ("relinear.alpha",), "beta": ("relinear.beta",),
+              "init": ("relinear.init",)}
 
-    cfg = config_from_args(a, a.out)
-    try:
-        metrics = train(cfg, resume=a.resume)
-    except TrainingDiverged as e:
-        raise CLIError(str(e)) from None
+
+def _train_defaults() -> dict[str, Any]:
+    """dest -> default of every training flag."""
+    probe = argparse.ArgumentParser(add_help=False)
+    add_train_arguments(probe)
+    return vars(probe.parse_args([]))
+
+
+def _given_flags(a: argparse.Namespace) -> dict[str, Any]:
+    """The training flags typed on the command line (dest -> value); fills the others with their defaults."""
+    given = {}
+    for dest, default in _train_defaults().items():
+        if getattr(a, dest, _UNSET) is _UNSET:
+            setattr(a, dest, default)
+        else:
+            given[dest] = getattr(a, dest)
+    return given
+
+
+def _resume_config(a: argparse.Namespace, given: dict[str, Any]):
+    """``--resume``: the run's own config.json; typed flags must agree with it (``--epochs`` may extend)."""
+    from quadexport.rundir import CONFIG, RunDirError, merge_resume_config, read_json
+    from quadexport.train import TrainConfig
+
+    saved = read_json(Path(a.out) / CONFIG)
+    if saved is None:
+        raise RunDirError(f"{a.out} holds no run to resume (no {CONFIG}); drop --resume to start a new run there")
+    keys = {k: (f"--{dest.replace('_', '-')}", v) for dest, v in given.items() for k in _FLAG_KEYS.get(dest, (dest,))}
+    merged = merge_resume_config(saved, keys)
+    merged["out"] = a.out
+    return TrainConfig(**{k: v for k, v in merged.items() if k in TrainConfig.__dataclass_fields__})
+
+
+def _interrupted(out: str, overwrite: bool, previous_id: str | None) -> str:
+    """What Ctrl-C left in ``out``, with the exact command that continues it."""
+    from quadexport.rundir import CHECKPOINT, run_id_of
+
+    if not (Path(out) / CHECKPOINT).is_file():
+        return f"interrupted before the first checkpoint; nothing was written to {out}"
+    if overwrite and run_id_of(out) == previous_id:
+        return f"interrupted before the new run's first checkpoint; {out} still holds the previous run, unchanged"
+    return f"interrupted; resume with: quadexport train --out {shlex.quote(out)} --resume"
+
+
+def run(a: argparse.Namespace) -> int:
+    from quadexport.rundir import run_id_of
+    from quadexport.train import train
+
+    given = _given_flags(a)
+    cfg = _resume_config(a, given) if a.resume else config_from_args(a, a.out)
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    previous_id = run_id_of(a.out)
+    try:  # TrainingDiverged, UsageError...: QuadexportErrors, one line, exit 2
+        metrics = train(cfg, resume=a.resume, overwrite=a.overwrite)
+    except KeyboardInterrupt:
+        if rank0:
+            print(_interrupted(a.out, a.overwrite, previous_id), file=sys.stderr)
+        return 130
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"{cfg.model} ({cfg.neuron}) on {cfg.dataset}: test accuracy {100 * metrics['test_acc']:.2f}% "
               f"-> {cfg.out}")
@@ -86,6 +146,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Train a zoo model with ReLinear. Example: quadexport train --model resnet20 "
                        "--neuron fan --dataset fashion-mnist --epochs 10 --relinear sg --lr-ratio 1e-2 --out runs/x")
     add_train_arguments(p)
+    p.set_defaults(**{dest: _UNSET for dest in _train_defaults()})
     p.add_argument("--out", required=True, help="run directory to write")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its last epoch, with its own config (other flags must agree; "
+                        "--epochs may extend it)")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace the run in --out (the old run stays until the new one's first checkpoint)")
     p.set_defaults(func=run)

@@ -52,8 +52,13 @@ def compress(run_dir: str | Path, out: str | Path, config: CompressConfig | None
 
 def compress_run(run_dir: str | Path, out: str | Path, cfg: CompressConfig) -> CompressReport:
     """:func:`compress` with its options as one :class:`~quadexport.compress.config.CompressConfig`."""
+    from quadexport.checkpoint import write_json
+    from quadexport.rundir import open_run
+
     t_start = time.perf_counter()
     job = _open(Path(run_dir), Path(out), cfg)
+    # One writer; written into a staging dir that replaces `out` (atomically) only once complete.
+    job.run = open_run(job.o.out, "overwrite" if cfg.overwrite else "new", resumable=False)
     tmp = Path(tempfile.mkdtemp(prefix="quadexport-compress-"))
     try:
         _calibrate(job)
@@ -79,12 +84,15 @@ def compress_run(run_dir: str | Path, out: str | Path, cfg: CompressConfig) -> C
         _targets(job)
         job.o.seconds = time.perf_counter() - t_start
         report = build_report(job.o)
+        write_json(job.dir / REPORT_JSON, report.to_dict())
+        (job.dir / REPORT_MD).write_text(render_report(report))
+    except BaseException:
+        job.run.close()  # the staging dir goes; an old `out` stays as it was
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    from quadexport.checkpoint import write_json
-
-    write_json(job.o.out / REPORT_JSON, report.to_dict())
-    (job.o.out / REPORT_MD).write_text(render_report(report))
+    with job.run:
+        job.run.commit()
     job.say(f"== wrote {job.o.out} ({REPORT_MD})")
     return report
 
@@ -92,13 +100,12 @@ def compress_run(run_dir: str | Path, out: str | Path, cfg: CompressConfig) -> C
 def _open(run_dir: Path, out: Path, cfg: CompressConfig) -> Job:
     """Check the paths, load the source run; a run with nothing to prune is refused before any calibration."""
     from quadexport.checkpoint import build_from_checkpoint, read_checkpoint
+    from quadexport.rundir import holds_run
 
     if out.resolve() == run_dir.resolve():
         raise CompressError("--out must be a new run dir, not the input run dir")
-    if out.exists() and any(out.iterdir()):
-        if not cfg.overwrite:
-            raise CompressError(f"{out} exists and is not empty (pass --overwrite to replace it)")
-        shutil.rmtree(out)
+    if holds_run(out) and not cfg.overwrite:  # fail fast; open_run checks again under the lock
+        raise CompressError(f"{out} already holds a run; pass --overwrite to replace it")
     ckpt = read_checkpoint(run_dir)
     model = build_from_checkpoint(ckpt).eval()
     already = get_spec(model) is not None

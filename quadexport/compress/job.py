@@ -45,6 +45,12 @@ class Job:
     changed: bool = False
     structure: Structure | None = None
     searched_cost: float | None = None
+    run: Any = None  # quadexport.rundir.RunDir: the locked staging dir that becomes ``o.out`` once complete
+
+    @property
+    def dir(self) -> Path:
+        """Where the new run's files are written now (the staging dir; ``o.out`` once committed)."""
+        return self.run.path if self.run is not None else self.o.out
 
     def say(self, msg: str) -> None:
         log.log(logging.INFO if self.cfg.verbose else logging.DEBUG, msg)
@@ -87,6 +93,6 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def export_onnx(model: nn.Module, path: Path, shape: Sequence[int]) -> Path:
-    from quadexport.export import export
+    from quadexport.exporter import export
 
     return export(model, path, mode="decomposed", input_shape=tuple(shape))

@@ -19,7 +19,7 @@ def write_run(job: Job) -> Path:
     """The new run dir: checkpoint, config, metrics and the fp32 ONNX export (returned)."""
     from quadexport.checkpoint import save_checkpoint, write_json
 
-    cfg, o, meta, out = job.cfg, job.o, job.meta, job.o.out
+    cfg, o, meta, out = job.cfg, job.o, job.meta, job.dir
     out.mkdir(parents=True, exist_ok=True)
     cmeta = dict(meta)
     cmeta.update(test_acc=o.acc_final, compressed_from=str(o.run_dir), uncompressed_test_acc=o.acc_orig,
@@ -32,15 +32,17 @@ def write_run(job: Job) -> Path:
                               "source_compression": meta.get("compression")})
     if cfg.quantize:
         cmeta["int8_onnx"] = INT8_ONNX
-    save_checkpoint(out, o.cmodel, cmeta, None, int(job.ckpt.get("epoch", 0)), {"compressed": True})
+    rid = job.run.run_id if job.run is not None else None
+    save_checkpoint(out, o.cmodel, cmeta, None, int(job.ckpt.get("epoch", 0)), {"compressed": True}, run_id=rid)
+    stamp = job.run.stamp if job.run is not None else (lambda d: d)
     o.cmodel.quadexport_meta = cmeta
-    write_json(out / "config.json", {"compression": cmeta["compression"], "source": str(o.run_dir),
-                                     "train_config": meta.get("train_config")})
-    write_json(out / "metrics.json", {"model": o.cmodel.quadexport_config.get("name"),
-                                      "neuron": o.cmodel.quadexport_config.get("neuron"),
-                                      "dataset": meta["dataset"], "test_acc": o.acc_final,
-                                      "uncompressed_test_acc": o.acc_orig, "pruned_test_acc": o.acc_pruned,
-                                      "finetune": o.ft_hist, "epochs": []})
+    write_json(out / "config.json", stamp({"compression": cmeta["compression"], "source": str(o.run_dir),
+                                           "train_config": meta.get("train_config")}))
+    write_json(out / "metrics.json", stamp({"model": o.cmodel.quadexport_config.get("name"),
+                                            "neuron": o.cmodel.quadexport_config.get("neuron"),
+                                            "dataset": meta["dataset"], "test_acc": o.acc_final,
+                                            "uncompressed_test_acc": o.acc_orig, "pruned_test_acc": o.acc_pruned,
+                                            "finetune": o.ft_hist, "epochs": []}))
     return export_onnx(o.cmodel, out / FP32_ONNX, job.shape)
 
 
@@ -49,7 +51,8 @@ def parity(job: Job, fp32_path: Path) -> None:
 
     rep = run_check(fp32_path, job.o.cmodel, batches=(1, 3, 64), verbose=False, dataset=job.meta["dataset"],
                     data_dir=job.cfg.data_dir)
-    rep.save(job.o.out / "parity.json")
+    rep.onnx_path = str(job.o.out / FP32_ONNX)  # where it will be once the staged run is in place
+    rep.save(job.dir / "parity.json")
     job.o.parity = {"ok": rep.ok, "worst_rel_l2": rep.worst_rel_l2}
     job.say(f"== parity of {fp32_path}: {'ok' if rep.ok else 'FAILED'} (worst rel_l2 {rep.worst_rel_l2:.1e})")
 
@@ -57,7 +60,7 @@ def parity(job: Job, fp32_path: Path) -> None:
 def int8(job: Job, fp32_path: Path) -> None:
     from quadexport.compress.quant import onnx_accuracy, quantize_int8
 
-    cfg, out, ds = job.cfg, job.o.out, job.ds
+    cfg, out, ds = job.cfg, job.dir, job.ds
     job.say(f"== int8 static quantisation (keep fp32: {cfg.keep_fp32})")
     info = quantize_int8(fp32_path, out / INT8_ONNX, job.calib.numpy(), keep_fp32=cfg.keep_fp32)
     acc8, logits8 = onnx_accuracy(out / INT8_ONNX, ds.x_test.numpy(), ds.y_test.numpy(), threads=cfg.threads)
@@ -84,11 +87,11 @@ def bench(job: Job, fp32_path: Path) -> None:
 
     cfg, shape = job.cfg, job.shape
     job.say(f"== latency (onnxruntime CPU, interleaved, batches {list(cfg.batches)})")
-    bdir = job.o.out / "bench"
+    bdir = job.dir / "bench"
     files = {"original": export_onnx(job.o.model, bdir / "original.onnx", shape),
              "compressed": fp32_path, "relu_twin": export_onnx(job.twin_model, bdir / "relu_twin.onnx", shape)}
     if cfg.quantize:
-        files["compressed_int8"] = job.o.out / INT8_ONNX
+        files["compressed_int8"] = job.dir / INT8_ONNX
     if cfg.shortcut == "conv":
         from quadexport.compress.permute import conv_shortcuts
         from quadexport.compress.structure import describe

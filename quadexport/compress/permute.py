@@ -8,7 +8,7 @@ import copy
 import torch
 from torch import nn
 
-from quadexport.compress.structure import Member, Structure, members, permutable
+from quadexport.compress.structure import Member, Structure, describe, members, permutable
 from quadexport.errors import UsageError
 from quadexport.layers.mixed import MixedQuad, PermShortcut
 from quadexport.layers.quad import QuadLayer
@@ -51,13 +51,14 @@ def _permute_member(m: nn.Module, mb: Member, perm: list[int]) -> None:
         t.index_copy_(axis, dst, t.index_select(axis, src).clone())
 
 
-def permute_model(model: nn.Module, perms: dict[str, list[int]], structure: Structure) -> nn.Module:
+def permute_model(model: nn.Module, perms: dict[str, list[int]], structure: Structure | None = None) -> nn.Module:
     """Permute channel groups in place (``perms[group] = [original channel at each new position]``); the model
     computes the same function. Option-A shortcuts touching a permuted stream become :class:`PermShortcut`.
 
     Returns:
         ``model``.
     """
+    structure = describe(model) if structure is None else structure
     ident = {g.name: list(range(g.channels)) for g in structure.groups}
     full = {**ident, **{k: v for k, v in perms.items() if k in ident}}
     if set(perms) - set(ident):
@@ -116,9 +117,10 @@ def verify_permutations(model: nn.Module, structure: Structure, x: Tensor, tol: 
     return notes
 
 
-def conv_shortcuts(model: nn.Module, structure: Structure) -> nn.Module:
+def conv_shortcuts(model: nn.Module, structure: Structure | None = None) -> nn.Module:
     """Replace every option-A shortcut (``Slice`` + ``Pad`` in ONNX) of a CIFAR ResNet by the equivalent fixed 1×1
     strided conv (:class:`PermShortcut` with identity channel order), in place. Exact; works on ReLU models too."""
+    structure = describe(model) if structure is None else structure
     for sc in structure.shortcuts:
         if not isinstance(model.get_submodule(sc.name), PermShortcut):
             _set(model, sc.name, PermShortcut(sc.in_channels, sc.out_channels, sc.stride)

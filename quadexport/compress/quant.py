@@ -148,7 +148,7 @@ def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, cal
 def onnx_accuracy(path: str | os.PathLike, x: np.ndarray, y: np.ndarray, batch_size: int = 256,
                   threads: int | None = None) -> tuple[float, np.ndarray]:
     """Top-1 accuracy of an ONNX classifier under onnxruntime, and its logits."""
-    from quadexport.export.session import make_session
+    from quadexport.exporter.session import make_session
 
     sess = make_session(str(path), "cpu", threads=threads)
     name = sess.get_inputs()[0].name

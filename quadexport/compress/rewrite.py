@@ -15,7 +15,7 @@ from quadexport.compress.plan import LayerPlan, Plan
 from quadexport.compress.stats import Fit
 from quadexport.compress.structure import Structure, describe
 from quadexport.errors import UsageError
-from quadexport.export.fold import _bn_affine
+from quadexport.exporter.fold import _bn_affine
 from quadexport.layers.mixed import MixedQuad, PermShortcut, like
 from quadexport.zoo._prune import SPEC_VERSION, set_spec
 from quadexport.zoo._prune import set_module as _set

@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from quadexport.errors import QuadexportError
+from quadexport.errors import QuadexportError, UsageError, did_you_mean
 
 __all__ = ["Dataset", "DatasetNotFoundError", "default_mnist_dir", "install_hint", "list_datasets", "load_dataset"]
 
@@ -80,6 +80,10 @@ class Dataset:
     def __repr__(self) -> str:
         return (f"Dataset(name={self.name!r}, train={len(self.y_train)}, test={len(self.y_test)}, "
                 f"num_classes={self.num_classes}, input_shape={self.input_shape}, mean={self.mean}, std={self.std})")
+
+
+class CorruptDataError(QuadexportError, ValueError):
+    """A dataset file that exists but cannot be read as what it claims to be (truncated, bad header, wrong shape)."""
 
 
 class DatasetNotFoundError(QuadexportError, FileNotFoundError):
@@ -170,7 +174,7 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, train_sub
 def _canonical_name(name: str) -> str:
     key = str(name).strip().lower().replace("_", "-")
     if key not in _SPECS:
-        raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(list_datasets())}")
+        raise UsageError(f"unknown dataset {name!r}{did_you_mean(key, _SPECS)}; known: {', '.join(list_datasets())}")
     return key
 
 
@@ -233,7 +237,7 @@ def _read_bytes(path: Path) -> bytes:
     try:
         return gzip.decompress(data)
     except (EOFError, OSError, zlib.error) as e:
-        raise ValueError(f"{path}: corrupt or truncated gzip file ({e})") from e
+        raise CorruptDataError(f"{path}: corrupt or truncated gzip file ({e})") from e
 
 
 def _parse_idx(data: bytes, path: Path, ndim: int) -> np.ndarray:
@@ -246,16 +250,16 @@ def _parse_idx(data: bytes, path: Path, ndim: int) -> np.ndarray:
     """
     header = 4 + 4 * ndim
     if len(data) < header:
-        raise ValueError(f"{path}: truncated IDX file ({len(data)} bytes, shorter than its {header}-byte header)")
+        raise CorruptDataError(f"{path}: truncated IDX file ({len(data)} bytes, shorter than its {header}-byte header)")
     magic = struct.unpack(">I", data[:4])[0]
     if magic != 0x0800 + ndim:
-        raise ValueError(f"{path}: bad IDX magic number 0x{magic:08x}, expected 0x{0x0800 + ndim:08x} "
+        raise CorruptDataError(f"{path}: bad IDX magic number 0x{magic:08x}, expected 0x{0x0800 + ndim:08x} "
                          f"(unsigned bytes, {ndim} dimension{'s' if ndim > 1 else ''})")
     dims = struct.unpack(f">{ndim}I", data[4:header])
     expected = header + int(np.prod(dims, dtype=np.int64))
     if len(data) != expected:
         kind = "truncated" if len(data) < expected else "oversized"
-        raise ValueError(f"{path}: {kind} IDX file: header says shape {dims} = {expected} bytes, file has {len(data)}")
+        raise CorruptDataError(f"{path}: {kind} IDX file: header says shape {dims} = {expected} bytes, file has {len(data)}")
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
 
 
@@ -273,12 +277,12 @@ def _read_idx(path: Path, ndim: int) -> np.ndarray:
 def _check_idx_pair(images: np.ndarray, labels: np.ndarray, img_path: Path, lbl_path: Path,
                     spec: _Spec) -> None:
     if images.shape[1:] != spec.input_shape[1:]:
-        raise ValueError(f"{img_path}: images are {images.shape[1]}x{images.shape[2]}, "
+        raise CorruptDataError(f"{img_path}: images are {images.shape[1]}x{images.shape[2]}, "
                          f"expected {spec.input_shape[1]}x{spec.input_shape[2]}")
     if len(images) != len(labels):
-        raise ValueError(f"{img_path} has {len(images)} images but {lbl_path} has {len(labels)} labels")
+        raise CorruptDataError(f"{img_path} has {len(images)} images but {lbl_path} has {len(labels)} labels")
     if len(labels) and int(labels.max()) >= spec.num_classes:
-        raise ValueError(f"{lbl_path}: label {int(labels.max())} out of range [0, {spec.num_classes})")
+        raise CorruptDataError(f"{lbl_path}: label {int(labels.max())} out of range [0, {spec.num_classes})")
 
 
 def _load_idx_dataset(name: str, data_dir: str | os.PathLike | None) -> Raw:
@@ -363,32 +367,32 @@ def _unpickle(path: Path) -> Any:
     try:
         return _RestrictedUnpickler(io.BytesIO(data), encoding="bytes").load()
     except Exception as e:  # corrupt pickles raise many types (EOFError, KeyError, struct.error, ...)
-        raise ValueError(f"{path}: cannot load CIFAR batch: {type(e).__name__}: {e}") from e
+        raise CorruptDataError(f"{path}: cannot load CIFAR batch: {type(e).__name__}: {e}") from e
 
 
 def _batch_field(batch: dict, key: str, path: Path) -> Any:
     for k in (key.encode(), key):
         if k in batch:
             return batch[k]
-    raise ValueError(f"{path}: CIFAR batch has no {key!r} entry (keys: {sorted(map(repr, batch))})")
+    raise CorruptDataError(f"{path}: CIFAR batch has no {key!r} entry (keys: {sorted(map(repr, batch))})")
 
 
 def _parse_cifar_batch(batch: Any, path: Path) -> tuple[np.ndarray, np.ndarray]:
     """``(images (n,3,32,32) uint8, labels (n,) int64)`` from an unpickled batch dict, validated."""
     if not isinstance(batch, dict):
-        raise ValueError(f"{path}: CIFAR batch is a {type(batch).__name__}, expected a dict")
+        raise CorruptDataError(f"{path}: CIFAR batch is a {type(batch).__name__}, expected a dict")
     data, labels = _batch_field(batch, "data", path), _batch_field(batch, "labels", path)
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
         desc = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
-        raise ValueError(f"{path}: 'data' is {desc}, expected a uint8 array of shape (n, 3072)")
+        raise CorruptDataError(f"{path}: 'data' is {desc}, expected a uint8 array of shape (n, 3072)")
     try:
         y = np.asarray(labels, dtype=np.int64)
     except (TypeError, ValueError) as e:
-        raise ValueError(f"{path}: 'labels' is not a list of integers") from e
+        raise CorruptDataError(f"{path}: 'labels' is not a list of integers") from e
     if y.shape != (len(data),):
-        raise ValueError(f"{path}: {len(data)} images but 'labels' has shape {y.shape}")
+        raise CorruptDataError(f"{path}: {len(data)} images but 'labels' has shape {y.shape}")
     if len(y) and (y.min() < 0 or y.max() >= 10):
-        raise ValueError(f"{path}: labels outside [0, 10)")
+        raise CorruptDataError(f"{path}: labels outside [0, 10)")
     return data.reshape(-1, 3, 32, 32), y
 
 
@@ -457,7 +461,7 @@ def _subset(x: np.ndarray, y: np.ndarray, n: int | None, seed: int, stream: int)
     if n is None:
         return x, y
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise ValueError(f"subset size must be a positive integer, got {n!r}")
+        raise UsageError(f"subset size must be a positive integer, got {n!r}")
     if n >= len(y):  # "at most n": a recipe's train_subset may exceed a small dataset
         return x, y
     idx = _stratified_indices(y, int(n), seed, stream)

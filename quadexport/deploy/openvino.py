@@ -4,7 +4,7 @@
 ``rel_l2 ≤ 1e-5`` for float32 files) and, when the CPU supports bfloat16, a separate bf16 row held to the looser
 :data:`~quadexport.deploy.parity.BF16_RTOL`. Only decomposed (standard-op) files are accepted: function/fused files
 carry ``quadexport`` custom-domain nodes that OpenVINO cannot run; lower them first
-(``quadexport.export.lower_functions``) or re-export with ``mode="decomposed"``.
+(``quadexport.exporter.lower_functions``) or re-export with ``mode="decomposed"``.
 
 A one-line hook for ``quadexport check --runtime openvino``::
 
@@ -72,13 +72,13 @@ def bf16_supported(core: Any | None = None) -> bool:
 
 def _refuse_custom_domain(onnx_path: Path) -> str:
     """The file's exported dtype; a UsageError for files with quadexport custom-domain nodes."""
-    from quadexport.export.session import model_info  # lazy: the export package may move (L2)
+    from quadexport.exporter.session import model_info  # lazy: the export package may move (L2)
 
     info = model_info(onnx_path)
     if info.uses_domain:
         raise UsageError(f"{onnx_path} has quadexport custom-domain nodes ({', '.join(sorted(info.used_ops))}; "
                          f"mode {info.mode or '?'}), which OpenVINO cannot run: re-export with mode='decomposed' or "
-                         f"lower it with quadexport.export.lower_functions")
+                         f"lower it with quadexport.exporter.lower_functions")
     return info.metadata.get("quadexport.dtype", "float32")
 
 

@@ -119,7 +119,7 @@ def _batch(shape: list[int], batch: int, data: Any, dataset: str | None, data_di
 
 
 def _ort_rel_l2(onnx_path: Path, input_name: str, x: np.ndarray, expected: list[np.ndarray], rtol: float) -> float:
-    from quadexport.export.session import make_session  # lazy: export is L2 and heavy (onnxruntime)
+    from quadexport.exporter.session import make_session  # lazy: export is L2 and heavy (onnxruntime)
 
     outs = make_session(onnx_path).run(None, {input_name: x})
     rows = [parity_row("onnxruntime", "f32", o, e, rtol) for o, e in zip(outs, expected)]

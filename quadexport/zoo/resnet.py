@@ -13,6 +13,7 @@ from torch import nn
 
 from quadexport.layers.mixed import PermShortcut
 from quadexport.zoo.common import conv, kaiming_init
+from quadexport.errors import UsageError
 from quadexport.zoo.registry import register_model
 from quadexport.zoo.structure import Group, Shortcut, Structure, out_channels
 
@@ -58,7 +59,7 @@ class CifarResNet(nn.Module):
     def __init__(self, depth: int, neuron: str = "fan", num_classes: int = 10, in_channels: int = 3) -> None:
         super().__init__()
         if (depth - 2) % 6:
-            raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
+            raise UsageError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
         n = (depth - 2) // 6
         self.conv1 = nn.Conv2d(in_channels, 16, 3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(16)

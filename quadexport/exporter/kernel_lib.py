@@ -1,6 +1,6 @@
 """Locate, build and describe the fused onnxruntime kernel library (custom-op domain ``quadexport`` v1).
 
-The library ``libquadexport_ops.so`` is built from ``quadexport/export/kernels/quad_ops.cc`` by
+The library ``libquadexport_ops.so`` is built from ``quadexport/exporter/kernels/quad_ops.cc`` by
 ``tools/build_kernels.sh`` (``make kernels``). It implements ``QuadLinear``, ``QuadConv1d`` and ``QuadConv2d`` for
 onnxruntime's ``CPUExecutionProvider`` and is loaded into a session with::
 
@@ -9,18 +9,23 @@ onnxruntime's ``CPUExecutionProvider`` and is loaded into a session with::
 
 Lookup order of :func:`find_library`: ``$QUADEXPORT_KERNEL_LIB``, then ``<repo>/build/kernels/libquadexport_ops.so``
 (``<repo>`` is the parent of the ``quadexport`` package), then a copy inside the package directory
-(``quadexport/export/kernels/libquadexport_ops.so``, for installed wheels that ship one).
+(``quadexport/exporter/kernels/libquadexport_ops.so``, for installed wheels that ship one).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
 from pathlib import Path
 
-__all__ = ["DOMAIN", "DOMAIN_VERSION", "LIBRARY_NAME", "OPS", "KernelLibraryNotFound", "build_library",
-           "build_script", "find_library", "require_library"]
+from quadexport.errors import QuadexportError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["DOMAIN", "DOMAIN_VERSION", "LIBRARY_NAME", "OPS", "KernelBuildError", "KernelLibraryNotFound",
+           "build_library", "build_script", "find_library", "require_library"]
 
 DOMAIN = "quadexport"
 DOMAIN_VERSION = 1
@@ -32,8 +37,12 @@ _PACKAGE_DIR = Path(__file__).resolve().parent.parent  # .../quadexport
 _REPO_DIR = _PACKAGE_DIR.parent
 
 
-class KernelLibraryNotFound(FileNotFoundError):
+class KernelLibraryNotFound(QuadexportError, FileNotFoundError):
     """The fused kernel library is not built (or ``$QUADEXPORT_KERNEL_LIB`` points at nothing)."""
+
+
+class KernelBuildError(QuadexportError, RuntimeError):
+    """``tools/build_kernels.sh`` failed (the message carries its output)."""
 
 
 def build_script() -> Path:
@@ -47,7 +56,7 @@ def _candidates() -> list[tuple[str, Path]]:
     if env:
         found.append((f"${ENV_LIBRARY}", Path(env).expanduser()))
     found.append(("build directory", _REPO_DIR / "build" / "kernels" / LIBRARY_NAME))
-    found.append(("package copy", _PACKAGE_DIR / "export" / "kernels" / LIBRARY_NAME))
+    found.append(("package copy", _PACKAGE_DIR / "exporter" / "kernels" / LIBRARY_NAME))
     return found
 
 
@@ -99,19 +108,20 @@ def build_library(verbose: bool = False, force: bool = False) -> Path:
 
     Raises:
         KernelLibraryNotFound: the build script is missing (installed package without the source tree).
-        RuntimeError: the build failed; the message carries the script's output.
+        KernelBuildError: the build failed; the message carries the script's output (a ``RuntimeError``).
     """
     script = build_script()
     if not script.is_file():
         raise KernelLibraryNotFound(f"{script} not found: build_library() needs the quadexport source checkout")
     bash = shutil.which("bash") or "/bin/bash"
+    log.info("building the kernel library with %s", script)
     cmd = [bash, str(script)] + (["--force"] if force else []) + ([] if verbose else ["--quiet"])
     proc = subprocess.run(cmd, cwd=_REPO_DIR, stdout=subprocess.PIPE, stderr=None if verbose else subprocess.PIPE,
                           text=True, check=False)
     if proc.returncode != 0:
-        raise RuntimeError(f"{script.name} failed (exit {proc.returncode}):\n{proc.stderr or ''}{proc.stdout}")
+        raise KernelBuildError(f"{script.name} failed (exit {proc.returncode}):\n{proc.stderr or ''}{proc.stdout}")
     lines = proc.stdout.strip().splitlines()
     built = Path(lines[-1]) if lines else _REPO_DIR / "build" / "kernels" / LIBRARY_NAME
     if not built.is_file():
-        raise RuntimeError(f"{script.name} reported {built}, which does not exist")
+        raise KernelBuildError(f"{script.name} reported {built}, which does not exist")
     return built.resolve()

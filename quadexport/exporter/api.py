@@ -1,16 +1,8 @@
-"""ONNX export of models built from quadexport and torch layers: :func:`export`.
+"""The :func:`export` function: a model built from quadexport and torch layers → one ``.onnx`` file.
 
-Modes:
-
-- ``"decomposed"`` (default): standard ONNX ops only (``Conv``/``Gemm``, ``Mul``, ``Add``; ``x*x`` as ``Mul``).
-  Runs in any ONNX runtime and tool.
-- ``"function"``: one ``quadexport::QuadLinear``/``QuadConv1d``/``QuadConv2d`` node per quadratic layer, with a
-  model-local function body in standard ops, so stock onnxruntime and ``onnx.reference`` run it (they inline the
-  body) and a runtime with the kernel library runs the fused kernel.
-- ``"fused"``: the same graph and bodies, with metadata ``quadexport.runtime=fused``: :func:`make_session` then
-  registers the kernel library by default. The bodies are kept so the file still runs anywhere.
-
-The caller's model is never modified: everything happens on a deep copy in eval mode.
+The mode (``decomposed``, ``function``, ``fused``) is an :class:`~quadexport.exporter.targets.ExportTarget` from the
+registry in :mod:`quadexport.exporter.targets`, which says how to prepare the model, post-process the graph and open
+a session. The caller's model is never modified: everything happens on a deep copy in eval mode.
 """
 
 from __future__ import annotations
@@ -19,6 +11,7 @@ import contextlib
 import copy
 import io
 import json
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -28,19 +21,16 @@ import onnx
 import torch
 from torch import nn
 
-from quadexport.export import ops
-from quadexport.export.decomposed import STACK_LINEAR, prepare_decomposed
-from quadexport.export.fold import fold_batchnorm
-from quadexport.export.function import (attach_functions, lower_functions, prepare_function, quadexport_nodes,
-                                        strip_functions)
-from quadexport.export.session import make_session
+from quadexport.errors import UsageError
+from quadexport.exporter import ops
+from quadexport.exporter.fold import fold_batchnorm
+from quadexport.exporter.targets import DEFAULT_OPSET, DYNAMO_OPSETS, ExportTarget, check_opset, get_export_target
 
-MODES = ("decomposed", "function", "fused")
-DYNAMO_OPSETS = range(18, 24)
-DEFAULT_OPSET = 20
+log = logging.getLogger(__name__)
+
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 
-__all__ = ["DEFAULT_OPSET", "MODES", "export", "lower_functions", "make_session", "strip_functions"]
+__all__ = ["INPUT_NAME", "OUTPUT_NAME", "export"]
 
 
 def _example_input(model: nn.Module, example_input: torch.Tensor | None,
@@ -60,13 +50,13 @@ def _example_input(model: nn.Module, example_input: torch.Tensor | None,
             size = [size, size] if isinstance(size, int) else list(size)
             shape = [cfg["in_channels"], *size]
     if shape is None:
-        raise ValueError("cannot tell the model's input shape: pass example_input= or input_shape= (per sample, "
+        raise UsageError("cannot tell the model's input shape: pass example_input= or input_shape= (per sample, "
                          "without the batch dimension, e.g. (3, 32, 32))")
     g = torch.Generator().manual_seed(0)
     return torch.randn((2, *[int(s) for s in shape]), generator=g)
 
 
-def _metadata(model: nn.Module, mode: str, opset: int, fp16: bool, extra: Mapping[str, Any] | None,
+def _metadata(model: nn.Module, target: ExportTarget, opset: int, fp16: bool, extra: Mapping[str, Any] | None,
               notes: Mapping[str, Any]) -> dict[str, str]:
     from quadexport._version import __version__
 
@@ -75,15 +65,14 @@ def _metadata(model: nn.Module, mode: str, opset: int, fp16: bool, extra: Mappin
     neurons = sorted({m.neuron for m in model.modules() if hasattr(m, "neuron_type")})
     props: dict[str, Any] = {
         "quadexport.version": __version__,
-        "quadexport.export_mode": mode,
+        "quadexport.export_mode": target.name,
         "quadexport.opset": opset,
         "quadexport.dtype": "float16" if fp16 else "float32",
         "quadexport.model": cfg.get("name", type(model).__name__),
         "quadexport.neuron": cfg.get("neuron", ",".join(neurons) if neurons else "relu"),
         "quadexport.input_shape": meta.get("input_shape") or None,
     }
-    if mode == "fused":
-        props["quadexport.runtime"] = "fused"
+    props.update(target.metadata())
     for key in ("relinear", "test_acc", "dataset"):
         if meta.get(key) is not None:
             props[f"quadexport.{key}"] = meta[key]
@@ -116,6 +105,28 @@ def _torch_export(model: nn.Module, x: torch.Tensor, opset: int, n_out: int, tab
         return onnx.load_from_string(buf.getvalue())
 
 
+def _fp16_form(work: nn.Module, x: torch.Tensor, calibration_data: torch.Tensor | None) -> Any:
+    """Calibrate the float32 copy for the fp16 range check (before the target swaps in its export forms)."""
+    from quadexport.exporter.fp16 import calibrate
+
+    calib = calibration_data if calibration_data is not None else torch.randn(
+        (64, *x.shape[1:]), generator=torch.Generator().manual_seed(1))
+    return calibrate(work, calib)
+
+
+def _to_fp16(work: nn.Module, report: Any, safety: float | None, notes: dict[str, Any]) -> nn.Module:
+    from quadexport.exporter.fp16 import DEFAULT_SAFETY, to_fp16
+
+    work = to_fp16(work, report, DEFAULT_SAFETY if safety is None else safety)
+    notes["fp16"] = report.to_dict()
+    if report.overflow_count:
+        warnings.warn(f"fp16: {report.overflow_count} calibrated value(s) exceed 65504 "
+                      f"(in {', '.join(sorted(report.overflow))}); outputs may be inf/NaN", RuntimeWarning,
+                      stacklevel=3)
+    log.debug("fp16: %d fp32 island(s): %s", len(report.islands), ", ".join(report.islands) or "none")
+    return work
+
+
 def export(model: nn.Module, path: str | os.PathLike, *, mode: str = "decomposed", opset: int = DEFAULT_OPSET,
            example_input: torch.Tensor | None = None, input_shape: tuple[int, ...] | list[int] | None = None,
            fold_bn: bool = True, metadata: Mapping[str, Any] | None = None, fp16: bool = False,
@@ -124,13 +135,14 @@ def export(model: nn.Module, path: str | os.PathLike, *, mode: str = "decomposed
     """Export a model built from quadexport layers (and any torch layers) to one ``.onnx`` file.
 
     Input ``"input"`` (dynamic batch ``"batch"``), output ``"logits"``. The dynamo exporter is used for opsets
-    18–23; for ``mode="decomposed"`` with an older opset the legacy TorchScript exporter is the fallback.
+    18–23; for ``mode="decomposed"`` with opsets 13–17 the legacy TorchScript exporter is used.
 
     Args:
         model: the model (not modified; exported from a deep copy in eval mode).
         path: output ``.onnx`` file (parent folders are created).
-        mode: ``"decomposed"``, ``"function"`` or ``"fused"`` (module docstring).
-        opset: ai.onnx opset, 18–23 (default 20); below 18 only for ``"decomposed"`` (TorchScript exporter).
+        mode: an export target name, :func:`~quadexport.exporter.targets.list_export_targets`: ``"decomposed"``,
+            ``"function"`` or ``"fused"`` (see :mod:`quadexport.exporter.targets`).
+        opset: ai.onnx opset, 13–23 (default 20); below 18 only for ``"decomposed"`` (TorchScript exporter).
         example_input: a batch to trace with; default: random normal of ``input_shape``.
         input_shape: per-sample input shape (no batch dim); default: ``model.quadexport_meta["input_shape"]`` or
             ``quadexport_config`` (``in_channels``, ``input_size``).
@@ -139,23 +151,22 @@ def export(model: nn.Module, path: str | os.PathLike, *, mode: str = "decomposed
         fp16: export in float16 (float32 I/O, fp32 islands for quadratic layers whose calibrated range is too
             large); ``"decomposed"`` only.
         stack_linear: stack the ``x`` branches of dense layers into one Gemm (default: the measured choice,
-            :data:`quadexport.export.decomposed.STACK_LINEAR`); ``"decomposed"`` only.
+            :data:`quadexport.exporter.decomposed.STACK_LINEAR`); ``"decomposed"`` only.
         calibration_data: inputs for the fp16 range check (default: 64 random-normal samples; pass real data).
         fp16_safety: fraction of 65504 above which a quadratic layer stays float32 (default 0.25).
         check_model: run ``onnx.checker.check_model(full_check=True)`` on the result.
 
     Returns:
         The path written.
+
+    Raises:
+        UsageError: unknown mode, opset out of range or unusable with the mode, fp16 with a mode other than
+            ``"decomposed"``, or an input shape that cannot be told.
     """
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-    opset = int(opset)
-    if opset > DYNAMO_OPSETS.stop - 1 or opset < 7:
-        raise ValueError(f"opset must be between 7 and {DYNAMO_OPSETS.stop - 1} (18–23 recommended), got {opset}")
-    if opset < DYNAMO_OPSETS.start and mode != "decomposed":
-        raise ValueError(f"mode={mode!r} needs opset ≥ {DYNAMO_OPSETS.start} (dynamo exporter); got {opset}")
-    if fp16 and mode != "decomposed":
-        raise ValueError("fp16 export is available for mode='decomposed' only")
+    target = get_export_target(mode)
+    opset = check_opset(opset, target)
+    if fp16 and not target.supports_fp16:
+        raise UsageError(f"fp16 export is available for mode='decomposed' only, not mode={target.name!r}")
     path = Path(path)
     x = _example_input(model, example_input, input_shape)
     work = copy.deepcopy(model).float().cpu().eval()
@@ -168,53 +179,20 @@ def export(model: nn.Module, path: str | os.PathLike, *, mode: str = "decomposed
     if fold_bn:
         work, fold_report = fold_batchnorm(work, x)
         notes["bn_fold"] = fold_report.to_dict()
-    fp16_report = None
-    if fp16:
-        from quadexport.export.fp16 import DEFAULT_SAFETY, calibrate
-
-        calib = calibration_data if calibration_data is not None else torch.randn(
-            (64, *x.shape[1:]), generator=torch.Generator().manual_seed(1))
-        fp16_report = calibrate(work, calib)
-    table = None
-    if mode == "decomposed":
-        prepare_decomposed(work, STACK_LINEAR if stack_linear is None else stack_linear)
-    else:
-        kept = prepare_function(work)
-        if kept:
-            notes["decomposed_layers"] = [f"{n}: {r}" for n, r in kept]
-        table = ops.translation_table()
+    fp16_report = _fp16_form(work, x, calibration_data) if fp16 else None
+    prepared = target.prepare(work, stack_linear=stack_linear)
+    notes.update(prepared.notes)
     if fp16_report is not None:
-        from quadexport.export.fp16 import to_fp16
-
-        work = to_fp16(work, fp16_report, DEFAULT_SAFETY if fp16_safety is None else fp16_safety)
-        notes["fp16"] = fp16_report.to_dict()
-        if fp16_report.overflow_count:
-            warnings.warn(f"fp16: {fp16_report.overflow_count} calibrated value(s) exceed 65504 "
-                          f"(in {', '.join(sorted(fp16_report.overflow))}); outputs may be inf/NaN",
-                          RuntimeWarning, stacklevel=2)
-    proto = _torch_export(work, x, opset, n_out, table)
-    if mode != "decomposed":
-        attach_functions(proto)
-        n_nodes = len(quadexport_nodes(proto))
-        notes["domain"] = f"{ops.DOMAIN}:{ops.DOMAIN_VERSION}" if n_nodes else None
-        notes["quadratic_nodes"] = n_nodes
-    onnx.helper.set_model_props(proto, _metadata(model, mode, opset, fp16, metadata, notes))
+        work = _to_fp16(work, fp16_report, fp16_safety, notes)
+    log.debug("tracing %s (mode %s, opset %d, %s exporter)", type(model).__name__, target.name, opset,
+              "dynamo" if opset in DYNAMO_OPSETS else "TorchScript")
+    proto = _torch_export(work, x, opset, n_out, prepared.translation_table)
+    notes.update(target.postprocess(proto))
+    onnx.helper.set_model_props(proto, _metadata(model, target, opset, fp16, metadata, notes))
     if check_model:
         ops.register_schemas()
         onnx.checker.check_model(proto, full_check=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(proto, str(path))
+    log.debug("wrote %s (%d nodes)", path, len(proto.graph.node))
     return path
-
-
-class _CallableModule(type(os)):
-    """``quadexport.export`` is both this subpackage and the :func:`export` function: once the subpackage is
-    imported, the attribute on the ``quadexport`` package is the module, so the module itself is made callable."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Path:
-        return export(*args, **kwargs)
-
-
-import sys as _sys  # noqa: E402
-
-_sys.modules[__name__].__class__ = _CallableModule

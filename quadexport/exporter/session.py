@@ -16,6 +16,7 @@ onnxruntime silently falls back to CPU when the CUDA libraries are missing, whic
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from dataclasses import dataclass
@@ -24,29 +25,27 @@ from typing import Any
 
 import onnx
 
-from quadexport.export.ops import DOMAIN, DOMAIN_VERSION
+from quadexport.errors import QuadexportError, UsageError
+from quadexport.exporter.kernel_lib import DOMAIN, DOMAIN_VERSION, KernelLibraryNotFound, find_library
+
+log = logging.getLogger(__name__)
 
 OPT_LEVELS = ("disable", "basic", "extended", "all")
 BUILD_HINT = "build it with `make kernels` (runs `bash tools/build_kernels.sh`)"
 
-__all__ = ["BUILD_HINT", "KernelLibraryNotFound", "ModelInfo", "OPT_LEVELS", "find_kernel_library", "make_session",
-           "model_info", "read_onnx"]
+__all__ = ["BUILD_HINT", "KernelLibraryNotFound", "ModelInfo", "OPT_LEVELS", "OnnxModelError", "ProviderUnavailable",
+           "find_kernel_library", "make_session", "model_info", "read_onnx"]
 
-try:
-    from quadexport.export.kernel_lib import KernelLibraryNotFound
-except ImportError:  # pragma: no cover - depends on the parallel kernel work
-    class KernelLibraryNotFound(FileNotFoundError):
-        """The ``quadexport`` kernel library (libquadexport_ops.so) is not built."""
+class OnnxModelError(QuadexportError, ValueError):
+    """An ONNX file (or ModelProto) that cannot be read or that onnxruntime cannot load."""
+
+
+class ProviderUnavailable(QuadexportError, RuntimeError):
+    """``provider="cuda"`` asked for, but onnxruntime cannot run on CUDA here."""
 
 
 def find_kernel_library() -> Path | None:
-    """Path of the built kernel library, or ``None``."""
-    try:
-        from quadexport.export.kernel_lib import find_library
-    except ImportError:  # pragma: no cover
-        env = os.environ.get("QUADEXPORT_KERNEL_LIB")
-        p = Path(env) if env else Path(__file__).resolve().parents[2] / "build" / "kernels" / "libquadexport_ops.so"
-        return p if p.is_file() else None
+    """Path of the built kernel library, or ``None`` (:func:`quadexport.exporter.kernel_lib.find_library`)."""
     return find_library()
 
 
@@ -79,17 +78,17 @@ class ModelInfo:
 
 
 def read_onnx(path: str | os.PathLike) -> onnx.ModelProto:
-    """Load an ONNX file; a missing file raises ``FileNotFoundError``, a truncated or corrupt one ``ValueError``,
-    each naming the file."""
+    """Load an ONNX file; a missing file raises ``FileNotFoundError``, a truncated or corrupt one
+    :class:`OnnxModelError` (a ``ValueError``), each naming the file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no ONNX file at {path}")
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # protobuf DecodeError and friends
-        raise ValueError(f"{path} is not a readable ONNX model (truncated or corrupt): {e}") from None
+        raise OnnxModelError(f"{path} is not a readable ONNX model (truncated or corrupt): {e}") from None
     if not proto.graph.node:
-        raise ValueError(f"{path} is not a usable ONNX model: its graph has no nodes")
+        raise OnnxModelError(f"{path} is not a usable ONNX model: its graph has no nodes")
     return proto
 
 
@@ -111,7 +110,7 @@ def _resolve_kernel(info: ModelInfo, kernel_library: Any, provider: str) -> Path
         return p
     choice = {True: "always", False: "never", None: "never"}.get(kernel_library, kernel_library)
     if choice not in ("auto", "always", "never"):
-        raise ValueError(f"kernel_library must be 'auto', 'always', 'never', a bool or a path, got {kernel_library!r}")
+        raise UsageError(f"kernel_library must be 'auto', 'always', 'never', a bool or a path, got {kernel_library!r}")
     missing = (f"the model uses custom ops of domain '{DOMAIN}' v{DOMAIN_VERSION} "
                f"({', '.join(sorted(info.used_ops - info.bodies)) or ', '.join(sorted(info.used_ops))})")
     if choice == "never":
@@ -154,14 +153,16 @@ def make_session(path: str | os.PathLike | onnx.ModelProto, provider: str = "cpu
 
     Raises:
         KernelLibraryNotFound: the model needs the kernel library and it is not built.
-        RuntimeError: ``provider="cuda"`` but onnxruntime-gpu or the CUDA libraries are missing.
+        ProviderUnavailable: ``provider="cuda"`` but onnxruntime-gpu or the CUDA libraries are missing (a
+            ``RuntimeError``).
+        OnnxModelError: the file is unreadable or onnxruntime cannot load it (a ``ValueError``).
     """
     import onnxruntime as ort
 
     if opt_level not in OPT_LEVELS:
-        raise ValueError(f"opt_level must be one of {', '.join(OPT_LEVELS)}, got {opt_level!r}")
+        raise UsageError(f"opt_level must be one of {', '.join(OPT_LEVELS)}, got {opt_level!r}")
     if provider not in ("cpu", "cuda"):
-        raise ValueError(f"provider must be 'cpu' or 'cuda', got {provider!r}")
+        raise UsageError(f"provider must be 'cpu' or 'cuda', got {provider!r}")
     info = model_info(path)
     lib = _resolve_kernel(info, kernel_library, provider)
     so = ort.SessionOptions()
@@ -180,7 +181,7 @@ def make_session(path: str | os.PathLike | onnx.ModelProto, provider: str = "cpu
         so.register_custom_ops_library(str(lib))
     if provider == "cuda":
         if "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise RuntimeError("provider='cuda' but this onnxruntime has no CUDAExecutionProvider: install "
+            raise ProviderUnavailable("provider='cuda' but this onnxruntime has no CUDAExecutionProvider: install "
                                "onnxruntime-gpu (pip install 'quadexport[gpu]'; it replaces the onnxruntime wheel)")
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
     else:
@@ -191,10 +192,12 @@ def make_session(path: str | os.PathLike | onnx.ModelProto, provider: str = "cpu
     except (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidGraph,
             ort.capi.onnxruntime_pybind11_state.InvalidProtobuf, ort.capi.onnxruntime_pybind11_state.NoSuchFile) as e:
         name = "the given ModelProto" if isinstance(path, onnx.ModelProto) else str(path)
-        raise ValueError(f"onnxruntime cannot load {name}: {str(e).splitlines()[0]}") from None
+        raise OnnxModelError(f"onnxruntime cannot load {name}: {str(e).splitlines()[0]}") from None
     if provider == "cuda" and sess.get_providers()[0] != "CUDAExecutionProvider":
-        raise RuntimeError(f"onnxruntime fell back to {sess.get_providers()}: the CUDA libraries (CUDA 12/13 "
+        raise ProviderUnavailable(f"onnxruntime fell back to {sess.get_providers()}: the CUDA libraries (CUDA 12/13 "
                            f"runtime, cuBLAS, cuDNN 9) could not be loaded; install them (e.g. pip install "
                            f"'onnxruntime-gpu[cuda,cudnn]') or call onnxruntime.preload_dlls()")
     sess.quadexport_kernel = lib
+    log.debug("session for %s: provider %s, opt level %s, kernel library %s",
+              "a ModelProto" if isinstance(path, onnx.ModelProto) else path, provider, opt_level, lib or "none")
     return sess

@@ -10,8 +10,8 @@ where ⊛ is ``X W^T`` (``QuadLinear``, ``X`` of shape ``[N, K]``, weights ``[M,
 
 This module holds:
 
-- the constants (:data:`DOMAIN`, :data:`DOMAIN_VERSION`, taken from :mod:`quadexport.export.kernel_lib` when it is
-  importable so the two can never drift),
+- the constants (:data:`DOMAIN`, :data:`DOMAIN_VERSION`, taken from :mod:`quadexport.exporter.kernel_lib` so the
+  two can never drift),
 - :func:`register_schemas`: ``onnx.defs`` schemas, so ``onnx.checker.check_model(full_check=True)`` accepts the
   nodes and onnxscript can build them,
 - :func:`function_proto`: the model-local ``FunctionProto`` body in standard ops (what stock onnxruntime and
@@ -32,11 +32,8 @@ import torch.nn.functional as F
 from onnx import helper
 from onnx.defs import OpSchema
 
-try:  # the kernel library owns the constants when it is there
-    from quadexport.export.kernel_lib import DOMAIN, DOMAIN_VERSION
-except ImportError:  # pragma: no cover - depends on the parallel kernel work
-    DOMAIN = "quadexport"
-    DOMAIN_VERSION = 1
+from quadexport.errors import UsageError
+from quadexport.exporter.kernel_lib import DOMAIN, DOMAIN_VERSION  # the kernel library owns the constants
 
 Tensor = torch.Tensor
 
@@ -52,7 +49,7 @@ __all__ = ["CONV_ATTRS", "DOMAIN", "DOMAIN_VERSION", "INPUT_NAMES", "OP_TYPES", 
 def conv_op_type(spatial_dims: int) -> str:
     """``QuadConv1d`` or ``QuadConv2d`` for 1 or 2 spatial dimensions."""
     if spatial_dims not in (1, 2):
-        raise ValueError(f"the {DOMAIN} domain has QuadConv1d and QuadConv2d only, not {spatial_dims}-d")
+        raise UsageError(f"the {DOMAIN} domain has QuadConv1d and QuadConv2d only, not {spatial_dims}-d")
     return f"QuadConv{spatial_dims}d"
 
 
@@ -108,7 +105,7 @@ def function_proto(op_type: str, opset: int) -> onnx.FunctionProto:
         opset: ai.onnx opset the body is written against (the model's opset).
     """
     if op_type not in OP_TYPES:
-        raise ValueError(f"unknown {DOMAIN} op {op_type!r}; known: {', '.join(OP_TYPES)}")
+        raise UsageError(f"unknown {DOMAIN} op {op_type!r}; known: {', '.join(OP_TYPES)}")
     conv = op_type != "QuadLinear"
     nodes = [
         _linear_node("X", "W_r", "B_r", "R", conv),

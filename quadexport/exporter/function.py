@@ -21,8 +21,9 @@ import onnx
 import torch
 from torch import nn
 
-from quadexport.export import ops
-from quadexport.export.decomposed import replace_modules
+from quadexport.errors import UsageError
+from quadexport.exporter import ops
+from quadexport.exporter.decomposed import replace_modules
 from quadexport.layers.quad import QuadLayer, QuadLinear, _QuadConvNd
 
 Tensor = torch.Tensor
@@ -167,7 +168,7 @@ def _ai_onnx_opset(model: onnx.ModelProto) -> int:
     for o in model.opset_import:
         if o.domain in ("", "ai.onnx"):
             return int(o.version)
-    raise ValueError("model has no ai.onnx opset import")
+    raise UsageError("model has no ai.onnx opset import")
 
 
 def quadexport_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
@@ -204,7 +205,7 @@ def lower_functions(model: onnx.ModelProto) -> onnx.ModelProto:
     The input is not modified.
 
     Raises:
-        ValueError: a ``quadexport`` node has no function body (e.g. after :func:`strip_functions`): the bodies are
+        UsageError: a ``quadexport`` node has no function body (e.g. after :func:`strip_functions`): the bodies are
             re-attached first, so this only happens for unknown op types.
     """
     import onnx.inliner
@@ -213,7 +214,7 @@ def lower_functions(model: onnx.ModelProto) -> onnx.ModelProto:
     lowered = onnx.inliner.inline_local_functions(work)
     left = [n.op_type for n in lowered.graph.node if n.domain == ops.DOMAIN]
     if left:
-        raise ValueError(f"cannot lower {ops.DOMAIN} nodes without a function body: {sorted(set(left))}")
+        raise UsageError(f"cannot lower {ops.DOMAIN} nodes without a function body: {sorted(set(left))}")
     keep = [f for f in lowered.functions if f.domain != ops.DOMAIN]
     del lowered.functions[:]
     lowered.functions.extend(keep)

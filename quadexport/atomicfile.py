@@ -1,0 +1,87 @@
+"""Files that appear whole or not at all, with the permissions a plain ``open()`` would give.
+
+:class:`StagedFile` writes under a temporary sibling name and renames into place only when accepted (``quadexport
+export`` renames its ONNX file only after the parity check passed). ``tempfile.mkstemp``/``mkdtemp`` create 0600/0700;
+:func:`file_mode` / :func:`current_umask` give what the user's umask asks for (``checkpoint.atomic_write`` and the
+run dir staging use them).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def current_umask() -> int:
+    """The process umask (read from /proc where possible; else set-and-restore)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """Mode a plain ``open()`` would give a new file: ``0o666 & ~umask`` (mkstemp gives 0600)."""
+    return 0o666 & ~current_umask()
+
+
+def fsync_dir(path: Path) -> None:
+    """fsync a directory (makes renames in it durable); best effort."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class StagedFile:
+    """A file written under a temporary sibling name and renamed into place only when accepted::
+
+        with StagedFile(out) as f:
+            write(f.path)
+            if not good:
+                f.discard()        # nothing at ``out``; an older file there stays untouched
+    """
+
+    final: Path
+    path: Path = field(init=False)
+    discarded: bool = False
+
+    def __post_init__(self) -> None:
+        self.final = Path(self.final)
+        self.path = self.final.parent / f".{self.final.name}.{uuid.uuid4().hex[:8]}.tmp"
+
+    def discard(self) -> None:
+        self.discarded = True
+
+    def __enter__(self) -> StagedFile:
+        self.final.parent.mkdir(parents=True, exist_ok=True)
+        return self
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is None and not self.discarded and self.path.exists():
+            fd = os.open(self.path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(self.path, self.final)
+            fsync_dir(self.final.parent)
+        else:
+            self.path.unlink(missing_ok=True)
+
+
+__all__ = ["StagedFile", "current_umask", "file_mode", "fsync_dir"]
