@@ -72,6 +72,7 @@ def compress_model(model: nn.Module, pl: Plan, scores: dict[str, dict[str, Fit]]
             spec["layers"][name] = _to_linear(work, name, lp, scores[name], perm, bn_name)
         else:
             spec["layers"][name] = _to_mixed(work, name, lp, scores[name], perm, split)
+            spec["layers"][name]["bn"] = bn_name  # fold_mixed_bn folds it without re-tracing the model
     set_spec(work, spec)
     return work, spec
 
@@ -176,9 +177,13 @@ def fold_mixed_bn(model: nn.Module, spec: dict[str, Any], structure: Structure |
     exporter folds BN only into plain and quadratic layers). Updates ``spec["folded_bn"]`` and the ``qbias`` flags.
     ``structure``: the channel groups of the model it was compressed from (default: traced on ``model``).
     Returns the folded BN names."""
-    structure = describe(model) if structure is None else structure
+    if structure is None and all("bn" in d for d in spec["layers"].values() if d.get("type") == "mixed"):
+        pairs = {n: d["bn"] for n, d in spec["layers"].items() if d.get("type") == "mixed"}
+    else:
+        structure = describe(model) if structure is None else structure
+        pairs = {layer: bn for layer, (_, bn) in structure.group_of_producer().items()}
     done = []
-    for layer, (grp, bn_name) in structure.group_of_producer().items():
+    for layer, bn_name in pairs.items():
         m = model.get_submodule(layer)
         if not isinstance(m, MixedQuad) or bn_name is None:
             continue
