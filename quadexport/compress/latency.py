@@ -1,7 +1,7 @@
 """Interleaved onnxruntime latency of several ONNX files (the compression report's latency ratios and the latency
 search), through the bench package's shared timing API (:func:`quadexport.bench.timing.time_sessions`).
 
-Sessions come from :func:`quadexport.make_session` (``session.intra_op.allow_spinning = 0``); per batch size every
+Sessions come from :func:`quadexport.exporter.make_session` (``session.intra_op.allow_spinning = 0``); per batch size every
 model is timed interleaved with the others, so machine drift hits all alike. The result keeps the readable JSON
 form of the compression report: ``{"rows": [{"model", "batch", "p50_ms", ...}], "config", "load_before",
 "load_after"}``.
@@ -35,9 +35,9 @@ def time_onnx(models: Mapping[str, str | os.PathLike], input_shape: Sequence[int
     """
     import onnxruntime
 
-    import quadexport
+    from quadexport.exporter import make_session
 
-    sessions = {k: quadexport.make_session(str(Path(p)), "cpu", threads=threads) for k, p in models.items()}
+    sessions = {k: make_session(str(Path(p)), "cpu", threads=threads) for k, p in models.items()}
     rng = np.random.default_rng(seed)
     rows = []
     load_before = loadavg()
