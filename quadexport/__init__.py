@@ -4,32 +4,39 @@ Public API::
 
     from quadexport import QuadLinear, QuadConv1d, QuadConv2d, create_model, list_models, list_neurons, load
     quadexport.export(model, "m.onnx", mode="decomposed")
+    quadexport.check("m.onnx", model).ok
+
+Every name loads its module (torch, onnx, onnxruntime) on first use, so ``import quadexport`` and
+``quadexport --help`` stay fast.
 """
 
 from __future__ import annotations
 
+import importlib
+from typing import Any
+
 from quadexport._version import __version__
-from quadexport.layers import (QuadConv1d, QuadConv2d, QuadLinear, get_neuron, list_neurons, register_neuron,
-                               unregister_neuron)
-from quadexport.zoo import count_macs, count_params, create_model, list_models
 
-__all__ = ["QuadConv1d", "QuadConv2d", "QuadLinear", "__version__", "count_macs", "count_params", "create_model",
-           "export", "get_neuron", "list_models", "list_neurons", "load", "make_session", "register_neuron",
-           "unregister_neuron"]
+# Public name -> the module that defines it (imported on first access).
+_LAZY = {**{n: "quadexport.layers" for n in ("QuadConv1d", "QuadConv2d", "QuadLinear", "get_neuron", "list_neurons",
+                                             "register_neuron", "unregister_neuron")},
+         **{n: "quadexport.zoo" for n in ("count_macs", "count_params", "create_model", "list_models")},
+         "load": "quadexport.checkpoint", "export": "quadexport.exporter.api",
+         "make_session": "quadexport.exporter.session", "check": "quadexport.check"}
+
+__all__ = sorted([*_LAZY, "__version__"])
 
 
-def __getattr__(name: str):
-    # Heavier modules (onnx, onnxruntime) load on first use.
-    if name == "load":
-        from quadexport.checkpoint import load
-
-        return load
-    if name == "export":
-        from quadexport.exporter.api import export
-
-        return export
-    if name == "make_session":
-        from quadexport.exporter.session import make_session
-
-        return make_session
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        mod = importlib.import_module(_LAZY[name])
+        # quadexport.check is both a module and the function it defines: bind the function (a submodule import
+        # would otherwise leave the module object here).
+        value = getattr(mod, name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module 'quadexport' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

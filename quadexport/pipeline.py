@@ -229,20 +229,45 @@ class PipelineSummary:
         return d
 
 
-def _train_all(recipe: dict[str, Any], report: Path, resume: bool) -> list[ModelResult]:
+def _train_one(cfg: TrainConfig, run_dir: Path, resume: bool, overwrite: bool) -> tuple[dict[str, Any], str]:
+    """Train one model of the recipe into ``run_dir`` with the run-dir semantics of ``quadexport train``.
+
+    An empty or missing ``run_dir`` starts a new run; ``overwrite`` replaces what is there. Otherwise (``resume``)
+    a finished run with this config is reused and a partial one (killed during training) continues from its last
+    checkpoint; a run made with other settings is refused. Returns the metrics and a note for the stage line.
+    """
     from quadexport.checkpoint import read_checkpoint
+    from quadexport.rundir import CHECKPOINT, RunDirError, holds_run
     from quadexport.train import train
 
+    if overwrite or not holds_run(run_dir):
+        return train(cfg, overwrite=overwrite), ""
+    if not resume:
+        raise RunDirError(f"{run_dir} already holds a run; pass --overwrite to retrain it (or drop --no-resume)")
+    if not (run_dir / CHECKPOINT).is_file():
+        raise RunDirError(f"{run_dir} holds files but no {CHECKPOINT}; pass --overwrite to retrain it")
+    ck = read_checkpoint(run_dir)
+    saved, mine = ck["meta"].get("train_config") or {}, cfg.to_dict()
+    diff = [k for k in mine if k not in ("epochs", "out") and saved.get(k) != mine[k]]
+    if int(ck["epoch"]) > cfg.epochs:
+        diff.append(f"epochs {ck['epoch']} > {cfg.epochs}")
+    if diff:
+        raise RunDirError(f"{run_dir} holds a run trained with other settings ({', '.join(diff)}); pass --overwrite "
+                          "to retrain it")
+    if int(ck["epoch"]) == cfg.epochs:
+        return json.loads((run_dir / "metrics.json").read_text()), " [cached]"
+    return train(cfg, resume=True), f" [resumed at epoch {int(ck['epoch']) + 1}]"
+
+
+def _train_all(recipe: dict[str, Any], report: Path, resume: bool, overwrite: bool = False) -> list[ModelResult]:
     out = []
     for model, neuron in _models(recipe):
         run_dir = report / "runs" / f"{model}-{neuron}"
         cfg = train_config(recipe, model, neuron, run_dir)
-        done = False
-        if resume and (run_dir / "checkpoint.pt").exists():
-            ck = read_checkpoint(run_dir)
-            done = ck["epoch"] >= cfg.epochs and ck["meta"].get("train_config") == cfg.to_dict()
-        log.info("== train %s (%s) on %s%s", model, neuron, cfg.dataset, " [cached]" if done else "")
-        metrics = json.loads((run_dir / "metrics.json").read_text()) if done else train(cfg)
+        log.info("== train %s (%s) on %s", model, neuron, cfg.dataset)
+        metrics, note = _train_one(cfg, run_dir, resume, overwrite)
+        if note:
+            log.info("   %s (%s):%s", model, neuron, note)
         out.append(ModelResult(model, neuron, str(run_dir), metrics["test_acc"],
                                sum(e["seconds"] for e in metrics["epochs"])))
     return out
@@ -270,23 +295,29 @@ def _bench(recipe: dict[str, Any], report: Path, summary: PipelineSummary) -> No
     from quadexport.bench import bench
 
     b, mode = recipe.get("bench", {}), recipe.get("export", {}).get("mode", "decomposed")
-    log.info("== bench")
-    br = bench([m.run_dir for m in summary.models], mode=mode, batches=tuple(b.get("batches", (1, 64))),
-               threads=b.get("threads"), min_seconds=float(b.get("min_seconds", 1.0)), out=report / "bench",
+    batches, min_s = tuple(b.get("batches", (1, 64))), float(b.get("min_seconds", 1.0))
+    # at least min_seconds per model and batch, plus warm-up and exports: say so before the long quiet part
+    log.info("== bench %d models x batches %s (%s, >= %.0f s each: about %.0f s)", len(summary.models),
+             "/".join(map(str, batches)), mode, min_s, len(summary.models) * len(batches) * min_s * 1.5)
+    br = bench([m.run_dir for m in summary.models], mode=mode, batches=batches,
+               threads=b.get("threads"), min_seconds=min_s, out=report / "bench",
                baselines=False)
     summary.bench = str(report / "bench" / "bench.json")
     summary.ratios = br.to_dict().get("ratios", [])
 
 
 def run_pipeline(recipe_path: str | Path, out: str | Path | None = None, resume: bool = True,
-                 skip_bench: bool = False) -> PipelineSummary:
+                 skip_bench: bool = False, overwrite: bool = False) -> PipelineSummary:
     """Run a recipe end to end and write the report folder.
 
     Args:
         recipe_path: the TOML recipe.
         out: report folder (default ``reports/<recipe name>``).
-        resume: reuse finished run dirs (a run whose checkpoint has all epochs is not retrained).
+        resume: reuse finished run dirs (a run whose checkpoint has all epochs is not retrained) and continue
+            partial ones (a training that was killed resumes from its last checkpoint); False refuses a run dir
+            that already holds a run. A run dir trained with other settings is refused either way.
         skip_bench: stop after check (used by tests).
+        overwrite: retrain every model, replacing its run dir (the old run stays until the new first checkpoint).
 
     Returns:
         The summary (also written as ``summary.json`` and ``summary.md``).
@@ -299,7 +330,7 @@ def run_pipeline(recipe_path: str | Path, out: str | Path | None = None, resume:
     report.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     summary = PipelineSummary(recipe=recipe, report=str(report))
-    summary.models = _train_all(recipe, report, resume)
+    summary.models = _train_all(recipe, report, resume, overwrite)
     summary.stages["train_s"] = time.perf_counter() - t_start
     _export_and_check(recipe, report, Path(summary.models[0].run_dir), summary)
     if not skip_bench:

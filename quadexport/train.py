@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from quadexport.checkpoint import CHECKPOINT, read_checkpoint, save_checkpoint, write_json
-from quadexport.errors import QuadexportError, UsageError, did_you_mean
+from quadexport.errors import QuadexportError, UsageError
 from quadexport.relinear import (ReLinearConfig, param_groups, plain_init, quadratic_norms, quadratic_penalty,
                                  warm_start)
 from quadexport.rundir import RunDir, RunDirError, disagreement, open_run
@@ -116,14 +116,12 @@ class TrainConfig:
 
     def _check_names(self) -> None:
         """Unknown model or neuron names fail here, before any data is loaded."""
-        from quadexport.layers import list_neurons
+        from quadexport.layers import get_neuron
         from quadexport.zoo import get_model_info
 
         get_model_info(self.model)
-        known = [*list_neurons(), "relu"]
-        if self.neuron not in known:
-            raise UsageError(f"unknown neuron type {self.neuron!r}{did_you_mean(self.neuron, known)}; known: "
-                             f"{', '.join(known)}")
+        if self.neuron != "relu":
+            get_neuron(self.neuron)  # UsageError with a suggestion; "lowrank:8" style arguments are checked too
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -226,26 +224,38 @@ def _all_finite(model: nn.Module) -> bool:
     return all(bool(torch.isfinite(v).all()) for v in model.state_dict().values() if v.is_floating_point())
 
 
-def _plot(run_dir: Path, epochs: list[dict[str, Any]], title: str) -> None:
+def curves_figure(epochs: list[dict[str, Any]], title: str, quadratic: bool = True) -> Any:
+    """The ``curves.png`` figure: loss, test accuracy and (quadratic runs only) the quadratic weight norms, with
+    integer epoch ticks."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     e = [m["epoch"] for m in epochs]
-    fig, ax = plt.subplots(1, 3, figsize=(13, 3.6))
-    ax[0].plot(e, [m["train_loss"] for m in epochs], label="train")
-    ax[0].plot(e, [m["test_loss"] for m in epochs], label="test")
+    fig, ax = plt.subplots(1, 3 if quadratic else 2, figsize=(13 if quadratic else 9, 3.6))
+    ax[0].plot(e, [m["train_loss"] for m in epochs], marker=".", label="train")
+    ax[0].plot(e, [m["test_loss"] for m in epochs], marker=".", label="test")
     ax[0].set_title("loss"), ax[0].legend()
-    ax[1].plot(e, [100 * m["test_acc"] for m in epochs], color="C2")
+    ax[1].plot(e, [100 * m["test_acc"] for m in epochs], marker=".", color="C2")
     ax[1].set_title("test accuracy (%)")
-    ax[2].plot(e, [m["norm_wg"] for m in epochs], label="‖W_g‖")
-    ax[2].plot(e, [m["norm_wb"] for m in epochs], label="‖W_b‖")
-    ax[2].set_title("quadratic weight norms"), ax[2].legend()
+    if quadratic:
+        ax[2].plot(e, [m["norm_wg"] for m in epochs], marker=".", label="‖W_g‖")
+        ax[2].plot(e, [m["norm_wb"] for m in epochs], marker=".", label="‖W_b‖")
+        ax[2].set_title("quadratic weight norms"), ax[2].legend()
     for a in ax:
         a.set_xlabel("epoch"), a.grid(alpha=0.3)
+        a.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.suptitle(title)
     fig.tight_layout()
+    return fig
+
+
+def _plot(run_dir: Path, epochs: list[dict[str, Any]], title: str, quadratic: bool = True) -> None:
+    import matplotlib.pyplot as plt
+
+    fig = curves_figure(epochs, title, quadratic)
     fig.savefig(run_dir / "curves.png.tmp.png", dpi=110)
     plt.close(fig)
     os.replace(run_dir / "curves.png.tmp.png", run_dir / "curves.png")
@@ -419,9 +429,9 @@ def _train(cfg: TrainConfig, run: RunDir, resume: bool, progress: bool, stop_aft
         epoch += 1
         good_state = (copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict()))
         if rank == 0:
+            quad = (f" |W_g| {norms['norm_wg']:.3g} |W_b| {norms['norm_wb']:.3g}" if cfg.neuron != "relu" else "")
             log.info(f"epoch {epoch}/{cfg.epochs} train_loss {row['train_loss']:.4f} test_loss {test_loss:.4f} "
-                     f"test_acc {100 * test_acc:.2f}% |W_g| {norms['norm_wg']:.3g} |W_b| {norms['norm_wb']:.3g} "
-                     f"{seconds:.1f}s")
+                     f"test_acc {100 * test_acc:.2f}%{quad} {seconds:.1f}s")
             meta.update(test_acc=test_acc, epochs_done=epoch)
             metrics = {"model": cfg.model, "neuron": cfg.neuron, "dataset": cfg.dataset, "epochs": history,
                        "test_acc": test_acc}
@@ -434,7 +444,8 @@ def _train(cfg: TrainConfig, run: RunDir, resume: bool, progress: bool, stop_aft
     if rank == 0:
         metrics = json.loads((run_dir / "metrics.json").read_text())
         if plot:
-            _plot(run_dir, metrics["epochs"], f"{cfg.model} / {cfg.neuron} on {cfg.dataset}")
+            _plot(run_dir, metrics["epochs"], f"{cfg.model} / {cfg.neuron} on {cfg.dataset}",
+                  quadratic=cfg.neuron != "relu")
     if world > 1:
         import torch.distributed as dist
 

@@ -179,3 +179,30 @@ def test_plot_false_skips_curves_only(tmp_path):
               plot=False)
     assert not (out / "curves.png").exists()
     assert (out / "checkpoint.pt").is_file() and json.loads((out / "metrics.json").read_text()) == m
+
+
+def test_curves_relu_has_no_quadratic_panel_and_integer_epoch_ticks():
+    """Issue #16 item 8: a ReLU run's curves have no (empty) quadratic-norm panel; epoch ticks are integers."""
+    from quadexport.train import curves_figure
+
+    rows = [{"epoch": i, "train_loss": 1.0 / i, "test_loss": 1.2 / i, "test_acc": 0.5 + 0.1 * i, "norm_wg": 0.0,
+             "norm_wb": 0.0} for i in range(1, 4)]
+    relu, quad = curves_figure(rows, "relu", quadratic=False), curves_figure(rows, "fan", quadratic=True)
+    assert len(relu.axes) == 2 and len(quad.axes) == 3
+    for fig in (relu, quad):
+        fig.canvas.draw()
+        for ax in fig.axes:
+            ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+            assert ticks and all(float(t).is_integer() for t in ticks)
+
+
+def test_relu_epoch_log_has_no_quadratic_norms(tmp_path, caplog):
+    import logging
+
+    from quadexport.train import TrainConfig, train
+
+    with caplog.at_level(logging.INFO, logger="quadexport"):
+        train(TrainConfig(model="cnn", neuron="relu", dataset="digits", epochs=1, train_subset=200,
+                          out=str(tmp_path / "r")), progress=False, plot=False)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch 1/1")]
+    assert lines and "|W_g|" not in lines[0] and "test_acc" in lines[0]

@@ -19,6 +19,7 @@ import logging
 import sys
 import traceback
 
+from quadexport.cli.argtypes import show_defaults
 from quadexport.errors import QuadexportError
 
 # Command modules, in the order shown by --help.
@@ -67,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
             raise
         mod.register(sub)
     for cmd in sub.choices.values():
+        show_defaults(cmd)
         _add_global_options(cmd, suppress=True)
     return p
 

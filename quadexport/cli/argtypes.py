@@ -9,6 +9,12 @@ from typing import TypeVar
 
 T = TypeVar("T", int, float)
 
+# Copies of library constants, so that building the parser (``--help``) imports neither torch nor onnx;
+# tests/test_cli_help.py asserts that each equals the library's.
+BUILTIN_DATASETS = ("cifar10", "digits", "fashion-mnist", "mnist")  # quadexport.data.list_datasets()
+OPT_LEVELS = ("disable", "basic", "extended", "all")  # quadexport.exporter.session.OPT_LEVELS
+BUDGETS = ("small", "tiny")  # quadexport.experiments.BUDGETS
+
 
 def finite_float(s: str) -> float:
     """A finite float (no nan/inf)."""
@@ -72,6 +78,8 @@ def float_list(s: str) -> tuple[float, ...]:
 
 def dataset_spec(s: str) -> str:
     """A built-in dataset name, ``imagefolder:PATH`` or ``npz:FILE`` (checked; the string is returned as given)."""
+    if s in BUILTIN_DATASETS:  # the common case, without importing quadexport.data (torch)
+        return s
     from quadexport.data import parse_dataset_spec
     from quadexport.errors import UsageError
 
@@ -82,5 +90,19 @@ def dataset_spec(s: str) -> str:
     return s
 
 
-__all__ = ["dataset_spec", "finite_float", "float_list", "image_size", "nonneg_float", "nonneg_int", "pos_int",
-           "positive_float"]
+def show_defaults(p: argparse.ArgumentParser) -> None:
+    """End every option's help with its default (one rule for all commands; a help that already names its default
+    is kept). Switches (``store_true``) and options without a default say nothing."""
+    for action in p._actions:
+        default = action.default
+        if action.help == argparse.SUPPRESS or not action.option_strings or isinstance(default, bool) \
+                or not isinstance(default, (int, float, str, list, tuple)):
+            continue
+        if action.help and "default" in action.help:
+            continue
+        shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else str(default)
+        action.help = f"{action.help} (default: {shown})" if action.help else f"default: {shown}"
+
+
+__all__ = ["BUDGETS", "BUILTIN_DATASETS", "OPT_LEVELS", "dataset_spec", "finite_float", "float_list", "image_size", "nonneg_float", "nonneg_int", "pos_int",
+           "positive_float", "show_defaults"]

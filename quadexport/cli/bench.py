@@ -56,7 +56,7 @@ def run(a: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from quadexport.exporter.session import OPT_LEVELS
+    from quadexport.cli.argtypes import OPT_LEVELS
 
     p = sub.add_parser(
         "bench", help="latency of quadratic models vs their ReLU twin and MAC-matched ReLU model",

@@ -1,19 +1,52 @@
-"""``quadexport check OUT.onnx RUN_DIR``: onnxruntime-vs-torch parity; exit code 1 on any miss."""
+"""``quadexport check MODEL.onnx RUN_DIR``: onnxruntime-vs-torch parity (or OpenVINO with ``--runtime openvino``);
+exit code 1 on any miss."""
 
 from __future__ import annotations
 
 import argparse
 
-from quadexport.cli.argtypes import nonneg_float, pos_int
+from quadexport.cli.argtypes import OPT_LEVELS, dataset_spec, nonneg_float, pos_int
+
+USAGE = "quadexport check MODEL.onnx RUN_DIR"
+
+
+def _openvino(a: argparse.Namespace, onnx_path, model) -> int:
+    from quadexport.deploy.openvino import check_openvino
+    from quadexport.errors import UsageError
+    from quadexport.exporter.session import model_info
+
+    info = model_info(onnx_path)
+    if info.uses_domain:  # the library's refusal speaks API (mode='decomposed'); this one speaks CLI
+        raise UsageError(f"{onnx_path} is a {info.mode or 'function'}-mode file (quadexport custom ops), which "
+                         f"OpenVINO cannot run; re-export it with --mode decomposed")
+    report = check_openvino(onnx_path, model, batches=tuple(a.batch or (1, 4)), seed=a.seed)
+    print(report.format())
+    return 0 if report.ok else 1
 
 
 def run(a: argparse.Namespace) -> int:
-    from quadexport.check import check
+    from quadexport.cli.paths import onnx_file, run_dir
     from quadexport.checkpoint import load
 
-    model = load(a.run_dir)
-    report = check(a.onnx, model, provider=a.provider, atol=a.atol, rtol=a.rtol, dataset=a.data,
-                   data_dir=a.data_dir, batches=tuple(a.batches), opt_levels=tuple(a.opt_levels),
+    onnx_path, run = onnx_file(a.onnx, USAGE), run_dir(a.run_dir, USAGE)
+    if a.data is not None:
+        import logging
+
+        logging.getLogger(__name__).warning("--data is deprecated; use --dataset")
+    dataset = a.dataset if a.dataset is not None else a.data
+    if not onnx_path.exists():
+        from quadexport.errors import UsageError
+
+        if not run.exists():  # both missing: the run is the clearer of the two errors
+            load(run)
+        raise UsageError(f"{onnx_path} does not exist; export it first: quadexport export {run} {onnx_path}")
+    model = load(run)
+    if a.runtime == "openvino":
+        return _openvino(a, onnx_path, model)
+    from quadexport.check import check
+
+    report = check(onnx_path, model, provider=a.provider, atol=a.atol, rtol=a.rtol, dataset=dataset,
+                   data_dir=a.data_dir, batches=tuple(a.batch or (1, 3, 5, 64)), opt_levels=tuple(a.opt_level),
                    kernel_library=a.kernel_library, seed=a.seed, json_path=a.json, verbose=False)
     print(report.format())
     if a.json:
@@ -22,25 +55,32 @@ def run(a: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from quadexport.exporter.session import OPT_LEVELS
-
     p = sub.add_parser("check", help="check an exported ONNX model against its run (non-zero exit on a miss)",
                        description="Run random inputs (and the first 512 test images of the run's dataset) through "
                                    "onnxruntime and torch; print one line per opt level × batch; exit code 1 if "
-                                   "any line misses (rel_l2 > rtol, max_abs > atol, NaN/Inf torch does not have).")
-    p.add_argument("onnx", help="the exported .onnx file")
-    p.add_argument("run_dir", help="run directory the model was exported from")
-    p.add_argument("--provider", choices=("cpu", "cuda"), default="cpu")
+                                   "any line misses (rel_l2 > rtol, max_abs > atol, NaN/Inf torch does not have). "
+                                   "Raw-input files (export --input raw) are fed raw pixels; int8 QDQ files are "
+                                   "judged by top-1 agreement on the dataset. --runtime openvino checks the file "
+                                   "under OpenVINO's CPU plugin instead (decomposed files only).")
+    p.add_argument("onnx", metavar="MODEL.onnx", help="the exported .onnx file")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="run directory the model was exported from")
+    p.add_argument("--runtime", choices=("onnxruntime", "openvino"), default="onnxruntime",
+                   help="runtime to check under (default: onnxruntime)")
+    p.add_argument("--provider", choices=("cpu", "cuda"), default="cpu", help="onnxruntime provider (default: cpu)")
     p.add_argument("--atol", type=nonneg_float, default=None, help="max abs difference (default: not checked)")
     p.add_argument("--rtol", type=nonneg_float, default=None,
-                   help="max relative L2 error (default 1e-5 for float32, 1e-2 for float16 models)")
-    p.add_argument("--data", default=None, help="dataset for the real-data check (default: the run's dataset)")
-    p.add_argument("--data-dir", default=None, help="dataset directory")
-    p.add_argument("--batches", type=pos_int, nargs="+", default=[1, 3, 5, 64], help="batch sizes (default 1 3 5 64)")
-    p.add_argument("--opt-levels", nargs="+", choices=OPT_LEVELS,
-                   default=["disable", "all"], help="onnxruntime graph optimisation levels (default disable all)")
+                   help="max relative L2 error (default: 1e-5 for float32, 1e-2 for float16 models)")
+    p.add_argument("--dataset", type=dataset_spec, default=None, metavar="DATASET",
+                   help="dataset for the real-data check (default: the run's own, with its subsets and "
+                        "normalisation)")
+    p.add_argument("--data", type=dataset_spec, default=None, help=argparse.SUPPRESS)  # deprecated: --dataset
+    p.add_argument("--data-dir", default=None, help="dataset directory (default: the run's)")
+    p.add_argument("--batch", "--batches", dest="batch", type=pos_int, nargs="+", default=None,
+                   metavar="N", help="batch sizes of the random inputs (default: 1 3 5 64; openvino: 1 4)")
+    p.add_argument("--opt-level", "--opt-levels", dest="opt_level", nargs="+", choices=OPT_LEVELS,
+                   default=["disable", "all"], help="onnxruntime graph optimisation levels (default: disable all)")
     p.add_argument("--kernel-library", choices=("auto", "always", "never"), default="auto",
-                   help="quadexport-domain models: auto = function bodies and, if built, the kernel")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", default=None, help="write the report as JSON")
+                   help="quadexport-domain models: auto = function bodies and, if built, the kernel (default: auto)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default: 0)")
+    p.add_argument("--json", default=None, help="also write the report as JSON (default: none)")
     p.set_defaults(func=run)

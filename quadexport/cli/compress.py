@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 
 from quadexport.cli.argtypes import nonneg_float, nonneg_int, pos_int, positive_float
-from quadexport.layers import cheap  # noqa: F401  (registers fan_pw / fan_dw)
 
 
 EXIT_MISSED = 3

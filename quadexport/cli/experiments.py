@@ -51,7 +51,7 @@ def run(a: argparse.Namespace) -> int:
 
 
 def _add_arguments(p: argparse.ArgumentParser) -> None:
-    from quadexport.experiments import BUDGETS
+    from quadexport.cli.argtypes import BUDGETS
 
     p.add_argument("experiment", choices=COMMANDS, help="one experiment, all of them (then report), or report")
     p.add_argument("--budget", choices=BUDGETS, default="small",

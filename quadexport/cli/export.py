@@ -5,22 +5,37 @@ from __future__ import annotations
 import argparse
 import collections
 import logging
+import sys
 
 log = logging.getLogger(__name__)
 
+USAGE = "quadexport export RUN_DIR OUT.onnx"
 
-def _calibration(model, data_dir):
-    """First 256 test images of the run's dataset for the fp16 range check (None if unavailable)."""
-    name = (getattr(model, "quadexport_meta", None) or {}).get("dataset")
-    if not name:
+
+def _test_inputs(model, data_dir, n: int):
+    """The first ``n`` test inputs (normalised) of the run's own dataset, or None when unavailable."""
+    meta = getattr(model, "quadexport_meta", None) or {}
+    if not meta.get("dataset"):
         return None
     try:
-        from quadexport.data import load_dataset
+        import torch
 
-        return load_dataset(name, data_dir=data_dir).x_test[:256]
-    except Exception as e:  # noqa: BLE001 - calibration falls back to random inputs
-        log.warning("fp16: dataset %s unavailable (%s); calibrating on random inputs", name, e)
+        from quadexport.data import open_run_dataset
+
+        src = open_run_dataset(meta, data_dir, workers=0)
+        return torch.cat([xb for xb, _ in _first(src.loader("test", min(n, 256)), n)])[:n]
+    except Exception as e:  # noqa: BLE001 - calibration / save-io fall back to random inputs
+        log.warning("dataset %s unavailable (%s); using random inputs", meta["dataset"], e)
         return None
+
+
+def _first(loader, n: int):
+    seen = 0
+    for xb, yb in loader:
+        yield xb, yb
+        seen += len(xb)
+        if seen >= n:
+            return
 
 
 def _opset(s: str) -> int:
@@ -34,37 +49,92 @@ def _opset(s: str) -> int:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def run(a: argparse.Namespace) -> int:
+def _prepare(model, raw: bool):
+    """The module to export (``RawInput`` for ``--input raw``) and the preprocessing metadata of the file."""
+    from quadexport.data import run_preprocessing
+    from quadexport.errors import UsageError
+    from quadexport.preprocess import RawInput, preprocessing_metadata
+
+    try:
+        p = run_preprocessing(model.quadexport_meta or {})
+    except UsageError:
+        if raw:
+            raise
+        return model, {}, None  # a run without recorded preprocessing: the normalised input, as before
+    return (RawInput(model, p) if raw else model), preprocessing_metadata(p, raw_input=raw), p
+
+
+def _report_ops(a: argparse.Namespace, path) -> None:
     import onnx
 
-    from quadexport.checkpoint import load
+    proto = onnx.load(str(path), load_external_data=False)
+    ops = collections.Counter(f"{n.domain + '::' if n.domain else ''}{n.op_type}" for n in proto.graph.node)
+    print(f"exported {a.out} ({path.stat().st_size / 1e6:.2f} MB, mode {a.mode}, opset {a.opset}"
+          f"{', fp16' if a.fp16 else ''}, input {a.input}): " + ", ".join(f"{k} {v}" for k, v in ops.most_common()))
+
+
+def run(a: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from quadexport.atomicfile import StagedFile
+    from quadexport.checkpoint import load
+    from quadexport.cli.paths import output_file, run_dir
     from quadexport.exporter import check_opset, export
 
+    src = run_dir(a.run_dir, USAGE)
+    output_file(a.out, src, USAGE)
     check_opset(a.opset, a.mode)  # mode x opset before the (slow) load
-    model = load(a.run_dir)
-    calib = _calibration(model, a.data_dir) if a.fp16 else None
+    model = load(src)
+    target, meta, prep = _prepare(model, a.input == "raw")
+    calib = None
+    if a.fp16:
+        calib = _test_inputs(model, a.data_dir, 256)
+        if calib is not None and prep is not None and a.input == "raw":
+            from quadexport.preprocess import denormalise
+
+            calib = denormalise(calib, prep)
     # Written under a temporary name and renamed to a.out only once the parity check passed (or --no-check).
     with StagedFile(a.out) as staged:
-        path = export(model, staged.path, mode=a.mode, opset=a.opset, fold_bn=not a.no_fold_bn, fp16=a.fp16,
-                      calibration_data=calib)
-        proto = onnx.load(str(path), load_external_data=False)
-        ops = collections.Counter(f"{n.domain + '::' if n.domain else ''}{n.op_type}" for n in proto.graph.node)
-        print(f"exported {a.out} ({path.stat().st_size / 1e6:.2f} MB, mode {a.mode}, opset {a.opset}"
-              f"{', fp16' if a.fp16 else ''}): " + ", ".join(f"{k} {v}" for k, v in ops.most_common()))
-        if a.no_check:
-            print(f"wrote {a.out} (not checked)")
-            return 0
-        from quadexport.check import check
+        path = export(target, staged.path, mode=a.mode, opset=a.opset, fold_bn=not a.no_fold_bn, fp16=a.fp16,
+                      calibration_data=calib, metadata=meta)
+        _report_ops(a, path)
+        if not a.no_check:
+            from quadexport.check import check
 
-        report = check(path, model, batches=(1, 3, 5), opt_levels=("disable", "all"), dataset=False, verbose=False)
-        print(report.format())
-        if not report.ok:
-            staged.discard()
-            print(f"parity check failed: {a.out} not written", file=sys.stderr)
-            return 1
-    print(f"wrote {a.out} (parity checked)")
+            report = check(path, model, batches=(1, 3, 5), opt_levels=("disable", "all"), dataset=False,
+                           verbose=False)
+            print(report.format())
+            if a.mode == "fused" and not report.env.get("kernel_library"):
+                log.warning("fused mode: the kernel library is not built, so the fused kernel never ran (checked "
+                            "with the function bodies only); build it with `make kernels` to use and check it")
+            if not report.ok:
+                staged.discard()
+                print(f"parity check failed: {a.out} not written", file=sys.stderr)
+                return 1
+    print(f"wrote {a.out} ({'not checked' if a.no_check else 'parity checked'}; input: "
+          f"{'raw pixels' if a.input == 'raw' else 'normalised'})")
+    if a.no_check and a.mode == "fused":
+        from quadexport.exporter.session import find_kernel_library
+
+        if find_kernel_library() is None:
+            log.warning("fused mode: the kernel library is not built; onnxruntime will run the function bodies "
+                        "(build it with `make kernels`)")
+    if a.save_io:
+        _save_io(a, model, target, prep, Path(a.out))
     return 0
+
+
+def _save_io(a: argparse.Namespace, model, target, prep, out) -> None:
+    from quadexport.deploy import save_io
+
+    data = _test_inputs(model, a.data_dir, 4)
+    if data is not None and a.input == "raw":
+        from quadexport.preprocess import denormalise
+
+        data = denormalise(data, prep)
+    save_io(target, out, a.save_io, batch=4, data=data)
+    print(f"wrote {a.save_io}: input.npy, expected.npy, io.json ({'real' if data is not None else 'random'} "
+          "inputs)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -74,17 +144,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export a trained run to ONNX (then check parity)",
                        description="Export RUN_DIR's model to ONNX and check it against torch under onnxruntime "
                                    "(random inputs, batches 1/3/5, ORT_DISABLE_ALL and ORT_ENABLE_ALL). Exit code 1 "
-                                   "if the check misses; use `quadexport check` for the full check with test data.")
-    p.add_argument("run_dir", help="run directory made by `quadexport train`")
-    p.add_argument("out", help="output .onnx file")
+                                   "if the check misses; use `quadexport check` for the full check with test data. "
+                                   "The file's metadata says which input it expects (quadexport.input, "
+                                   "quadexport.input_formula).")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="run directory made by `quadexport train`")
+    p.add_argument("out", metavar="OUT.onnx", help="output .onnx file")
     p.add_argument("--mode", choices=modes, default=modes[0],
                    help="; ".join(f"{m}: {get_export_target(m).description}" for m in modes)
-                   + f" (default {modes[0]})")
+                   + f" (default: {modes[0]})")
     p.add_argument("--opset", type=_opset, default=DEFAULT_OPSET,
-                   help=f"ai.onnx opset, 18-23 (default {DEFAULT_OPSET}); 13-17: decomposed only, legacy "
+                   help=f"ai.onnx opset, 18-23 (default: {DEFAULT_OPSET}); 13-17: decomposed only, legacy "
                         f"TorchScript exporter")
-    p.add_argument("--no-fold-bn", action="store_true", help="keep BatchNorm nodes")
-    p.add_argument("--fp16", action="store_true", help="float16 weights/activations (float32 I/O, fp32 islands)")
-    p.add_argument("--data-dir", default=None, help="dataset directory for the fp16 calibration")
-    p.add_argument("--no-check", action="store_true", help="skip the parity check after export")
+    p.add_argument("--input", choices=("normalized", "raw"), default="normalized",
+                   help="normalized: the model's own input, (pixels*scale - mean)/std; raw: the training "
+                        "preprocessing inside the graph, feed decoded pixels (uint8 or float, 0-255) as they are "
+                        "(default: normalized)")
+    p.add_argument("--no-fold-bn", action="store_true", help="keep BatchNorm nodes (default: folded)")
+    p.add_argument("--fp16", action="store_true",
+                   help="float16 weights/activations (float32 I/O, fp32 islands) (default: float32)")
+    p.add_argument("--data-dir", default=None, help="dataset directory for --fp16 calibration and --save-io "
+                                                     "(default: the run's)")
+    p.add_argument("--save-io", default=None, metavar="DIR",
+                   help="also write DIR/input.npy, expected.npy, io.json (4 test images) for a client's self-check "
+                        "(default: none)")
+    p.add_argument("--no-check", action="store_true", help="skip the parity check after export (default: checked)")
     p.set_defaults(func=run)

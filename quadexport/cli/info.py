@@ -4,34 +4,86 @@ from __future__ import annotations
 
 import argparse
 
+from quadexport.cli.argtypes import pos_int
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[str, ...]], right: set[int] = frozenset()) -> list[str]:
+    """Aligned text columns under a header (columns in ``right`` right-aligned)."""
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    fmt = lambda r: "  " + "  ".join(v.rjust(w) if i in right else v.ljust(w)  # noqa: E731
+                                     for i, (v, w) in enumerate(zip(r, widths))).rstrip()
+    return [fmt(header), *map(fmt, rows)]
+
+
+def mac_factor(neuron: str) -> float:
+    """MACs of a 3x3 conv layer of this neuron type over a plain conv (cheap depthwise/1x1 branches included)."""
+    import torch
+    from torch import nn
+
+    import quadexport as q
+
+    with torch.device("meta"):  # shapes only: no weights are initialised or computed
+        layer = nn.Conv2d(32, 32, 3, padding=1) if neuron == "relu" else q.QuadConv2d(32, 32, 3, padding=1,
+                                                                                       neuron=neuron)
+        return q.count_macs(layer, (32, 8, 8)) / (32 * 32 * 9 * 64)
+
+
+def _neurons() -> list[str]:
+    import quadexport as q
+
+    rows = [("relu", "ReLU(W x + b)  (the twin baseline)", "-", "x1")]
+    for n in q.list_neurons():
+        t = q.get_neuron(n)
+        rows.append((n, t.formula, ",".join(t.quadratic_branches), f"x{mac_factor(n):.3g}"))
+    return ["neurons (MACs: a 3x3 conv layer of this type over a plain one):",
+            *_table(("name", "formula", "quadratic", "MACs"), rows, {3})]
+
+
+def _models(neuron: str, in_channels: int, size: int) -> list[str]:
+    import torch
+
+    import quadexport as q
+
+    shape, rows = (in_channels, size, size), []
+    for m in q.list_models():
+        cells = [m]
+        for n in ("relu", neuron):
+            with torch.device("meta"):  # counts only: built without initialising weights
+                model = q.create_model(m, n, in_channels=in_channels, input_size=size)
+            cells += [f"{q.count_params(model):,d}", f"{q.count_macs(model, shape) / 1e6:.2f}M"]
+        rows.append(tuple(cells))
+    return [f"models (input {in_channels}x{size}x{size}):",
+            *_table(("model", "params relu", "MACs relu", f"params {neuron}", f"MACs {neuron}"), rows, {1, 2, 3, 4})]
+
 
 def run(a: argparse.Namespace) -> int:
     import quadexport as q
-    from quadexport.data import list_datasets
+    from quadexport.errors import UsageError, did_you_mean
 
+    if a.neuron != "relu" and a.neuron not in q.list_neurons():
+        raise UsageError(f"unknown neuron type {a.neuron!r}{did_you_mean(a.neuron, q.list_neurons())}; see "
+                         "`quadexport info neurons`")
+    out: list[str] = []
     if a.what in ("neurons", "all"):
-        print("neurons:")
-        for n in q.list_neurons():
-            t = q.get_neuron(n)
-            print(f"  {n:10s} {t.formula:50s} quadratic branches: {','.join(t.quadratic_branches)}  "
-                  f"MACs ×{t.mac_factor()}")
+        out += _neurons()
     if a.what in ("models", "all"):
-        shape = (a.in_channels, a.size, a.size)
-        print(f"models (input {shape}): params / MACs, ReLU twin vs {a.neuron}")
-        for m in q.list_models():
-            r = q.create_model(m, "relu", in_channels=a.in_channels, input_size=a.size)
-            f = q.create_model(m, a.neuron, in_channels=a.in_channels, input_size=a.size)
-            print(f"  {m:10s} {q.count_params(r):>9,d} / {q.count_macs(r, shape) / 1e6:8.2f}M   "
-                  f"{q.count_params(f):>9,d} / {q.count_macs(f, shape) / 1e6:8.2f}M")
+        out += _models(a.neuron, a.in_channels, a.size)
     if a.what in ("datasets", "all"):
-        print("datasets:", ", ".join(list_datasets()))
+        from quadexport.cli.argtypes import BUILTIN_DATASETS
+
+        out += ["datasets: " + ", ".join(BUILTIN_DATASETS) + ", imagefolder:PATH, npz:FILE"]
+    print("\n".join(out))
     return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("info", help="list models, neuron types and datasets")
-    p.add_argument("what", nargs="?", choices=("models", "neurons", "datasets", "all"), default="all")
-    p.add_argument("--neuron", default="fan")
-    p.add_argument("--in-channels", type=int, default=1)
-    p.add_argument("--size", type=int, default=28)
+    p = sub.add_parser("info", help="list models, neuron types and datasets",
+                       description="List the neuron types (formula, quadratic branches, MAC cost over a plain "
+                                   "layer), the zoo models (parameters and MACs of the ReLU twin and of the "
+                                   "quadratic model) and the datasets.")
+    p.add_argument("what", nargs="?", choices=("models", "neurons", "datasets", "all"), default="all",
+                   help="what to list (default: all)")
+    p.add_argument("--neuron", default="fan", help="neuron type of the models table (default: fan)")
+    p.add_argument("--in-channels", type=pos_int, default=1, help="input channels of the models (default: 1)")
+    p.add_argument("--size", type=pos_int, default=28, help="input height and width of the models (default: 28)")
     p.set_defaults(func=run)

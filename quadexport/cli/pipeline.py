@@ -10,7 +10,7 @@ def run(a: argparse.Namespace) -> int:
     from quadexport.pipeline import run_pipeline
 
     with echo_logs("quadexport.pipeline"):  # the stage lines ("== train ...") on stdout, as before
-        s = run_pipeline(a.recipe, out=a.out, resume=not a.fresh, skip_bench=a.skip_bench)
+        s = run_pipeline(a.recipe, out=a.out, resume=True, overwrite=a.overwrite, skip_bench=a.skip_bench)
     print()
     for m in s.models:
         print(f"{m.model:>10s} {m.neuron:>6s}: test accuracy {100 * m.test_acc:.2f}%")
@@ -26,9 +26,16 @@ def run(a: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("pipeline", help="run a models/*.toml recipe end to end (train, export, check, bench)")
+    p = sub.add_parser("pipeline", help="run a models/*.toml recipe end to end (train, export, check, bench)",
+                       description="Train the recipe's quadratic model and its ReLU baselines, export the quadratic "
+                                   "model to ONNX, check onnxruntime parity, benchmark latency against the baselines "
+                                   "and write a report folder (summary.md, summary.json, parity.json, bench/). "
+                                   "Rerunning it reuses finished runs and resumes a training that was interrupted. "
+                                   "Example: quadexport pipeline models/digits-demo.toml")
     p.add_argument("recipe", help="recipe TOML, e.g. models/digits-demo.toml")
-    p.add_argument("--out", default=None, help="report folder (default reports/<recipe name>)")
-    p.add_argument("--fresh", action="store_true", help="retrain even if finished run dirs exist")
-    p.add_argument("--skip-bench", action="store_true", help="stop after the parity check")
+    p.add_argument("--out", default=None, help="report folder (default: reports/<recipe name>)")
+    p.add_argument("--overwrite", "--fresh", action="store_true", dest="overwrite",
+                   help="retrain every model, replacing its run dir (default: off; finished runs are reused and "
+                        "interrupted ones resume from their last epoch)")
+    p.add_argument("--skip-bench", action="store_true", help="stop after the parity check (default: off)")
     p.set_defaults(func=run)

@@ -9,17 +9,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from quadexport.cli.argtypes import dataset_spec, finite_float, float_list, image_size, nonneg_float, pos_int
+from quadexport.cli.argtypes import (BUILTIN_DATASETS, dataset_spec, finite_float, float_list, image_size, nonneg_float,
+                                     pos_int, show_defaults)
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     """The training flags (shared with ``compress --finetune-epochs`` and the pipeline)."""
-    from quadexport.data import list_datasets
-
     p.add_argument("--model", default="cnn", help="zoo model (quadexport info models), default cnn")
     p.add_argument("--neuron", default="fan", help="neuron type (quadexport info neurons) or relu, default fan")
     p.add_argument("--dataset", default="digits", type=dataset_spec, metavar="DATASET",
-                   help=f"{', '.join(list_datasets())} (default digits), imagefolder:PATH (PATH/train/<class>/*.png "
+                   help=f"{', '.join(BUILTIN_DATASETS)} (default digits), imagefolder:PATH (PATH/train/<class>/*.png "
                    "and PATH/val/) or npz:FILE (x_train, y_train, x_test, y_test)")
     p.add_argument("--image-size", type=image_size, default=None, metavar="H[xW]",
                    help="imagefolder: resize images to this size (default: their common size)")
@@ -121,11 +120,39 @@ def _interrupted(out: str, overwrite: bool, previous_id: str | None) -> str:
     return f"interrupted; resume with: quadexport train --out {shlex.quote(out)} --resume"
 
 
+_SG_FLAGS, _SW_FLAGS = ("lr_ratio", "lr_ratio_g", "lr_ratio_b"), ("penalty", "alpha", "beta")
+
+
+def _flag(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
+def _refuse_conflicts(a: argparse.Namespace, given: dict[str, Any]) -> None:
+    """Flags that would not apply are refused rather than recorded as if they did."""
+    from quadexport.errors import UsageError
+
+    if a.neuron == "relu":
+        moot = [d for d in ("relinear", *_SG_FLAGS, *_SW_FLAGS) if d in given and not
+                (d == "relinear" and given[d] == "none")]
+        if moot:
+            raise UsageError(f"--neuron relu has no quadratic parameters, so {', '.join(map(_flag, moot))} would "
+                             "not apply; drop them (or pick a quadratic --neuron)")
+        return
+    unused = {"none": _SG_FLAGS + _SW_FLAGS, "sg": _SW_FLAGS, "sw": _SG_FLAGS}.get(a.relinear, ())
+    moot = [d for d in unused if d in given]
+    if moot:
+        needs = "sg" if moot[0] in _SG_FLAGS else "sw"
+        raise UsageError(f"{', '.join(map(_flag, moot))} only apply with --relinear {needs} (or sg+sw), not "
+                         f"--relinear {a.relinear}; drop them or change --relinear")
+
+
 def run(a: argparse.Namespace) -> int:
     from quadexport.rundir import run_id_of
     from quadexport.train import train
 
     given = _given_flags(a)
+    if not a.resume:
+        _refuse_conflicts(a, given)
     cfg = _resume_config(a, given) if a.resume else config_from_args(a, a.out)
     rank0 = int(os.environ.get("RANK", "0")) == 0
     previous_id = run_id_of(a.out)
@@ -146,6 +173,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Train a zoo model with ReLinear. Example: quadexport train --model resnet20 "
                        "--neuron fan --dataset fashion-mnist --epochs 10 --relinear sg --lr-ratio 1e-2 --out runs/x")
     add_train_arguments(p)
+    show_defaults(p)  # before the defaults become _UNSET
     p.set_defaults(**{dest: _UNSET for dest in _train_defaults()})
     p.add_argument("--out", required=True, help="run directory to write")
     g = p.add_mutually_exclusive_group()

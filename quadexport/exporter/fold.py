@@ -5,7 +5,8 @@ quadratic layer ``y = combine(branch outputs)`` the scale goes into a set of bra
 outputs by ``s`` scales ``y`` by ``s`` (Fan: ``S = {g, b}``; compact: ``{r, b}``; T4: ``{g}``; QRes: ``{r}``), and
 the shift into the bias of one branch ``A`` whose output enters ``y`` additively (Fan: ``b`` → ``c``). ``S`` and
 ``A`` are found *generically* by probing each neuron type's ``combine`` with random tensors (smallest set first,
-quadratic branches preferred, so the ``r`` weights - the ReLU twin's - stay as they are); when no additive branch
+quadratic branches preferred, so the ``r`` weights - the ReLU twin's - stay as they are; a type's own
+``fold_scale``, e.g. lowrank's ``(r, b)`` that keeps the gate's bias at 1, is tried first); when no additive branch
 exists (T4, QRes) the shift stays as a per-channel ``Add`` (:class:`ChannelShift`), which still removes the
 ``BatchNormalization`` node. A neuron type with no homogeneous set is left unfolded with a note.
 
@@ -106,6 +107,9 @@ def fold_plan(nt: NeuronType) -> tuple[tuple[str, ...], str | None] | None:
     scale = None
     subsets = [c for k in range(1, len(names) + 1) for c in itertools.combinations(names, k)]
     subsets.sort(key=lambda c: (len(c), -len(quad & set(c)), c))
+    preferred = tuple(getattr(nt, "fold_scale", ()))  # a type may name its scale set (lowrank: r, b); still probed
+    if preferred:
+        subsets.insert(0, preferred)
     for cand in subsets:
         if close(nt.combine({n: v * s if n in cand else v for n, v in outs.items()}), y * s):
             scale = cand

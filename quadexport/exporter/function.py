@@ -6,7 +6,8 @@ full-size branches is swapped for :class:`FunctionQuadLinear` / :class:`Function
 tensors: compact → ``W_g=0, B_g=1``; T4/QRes → ``W_b=0, C=0``; QRes → ``B_g+1``; T2 → ``W_r=0, B_r=0``). The
 exporter maps those ops to ``QuadLinear``/``QuadConv1d``/``QuadConv2d`` nodes; because it inlines every
 model-local function, :func:`attach_functions` appends the bodies *after* export. Layers without a Fan form
-(QuadraLib) or with ``padding_mode != "zeros"`` stay decomposed, with a warning.
+(QuadraLib) or with ``padding_mode != "zeros"`` stay decomposed, with a warning. ``lowrank`` layers become one
+``quadexport.lowrank`` node each (:mod:`quadexport.exporter.lowrank_ops`; its body is the decomposed graph).
 
 :func:`lower_functions` inlines the bodies, giving a standard-op model; :func:`strip_functions` drops them, giving a
 kernel-only model (needs the kernel library at run time).
@@ -22,22 +23,47 @@ import torch
 from torch import nn
 
 from quadexport.errors import UsageError
-from quadexport.exporter import ops
+from quadexport.exporter import lowrank_ops, ops
 from quadexport.exporter.decomposed import replace_modules
+from quadexport.exporter.lowrank_ops import FunctionLowRank
+from quadexport.layers.neurons import get_neuron, list_neurons
 from quadexport.layers.quad import QuadLayer, QuadLinear, _QuadConvNd
 
 Tensor = torch.Tensor
 
-__all__ = ["FunctionQuadConv", "FunctionQuadLinear", "attach_functions", "fan_tensors", "lower_functions",
-           "prepare_function", "quadexport_nodes", "strip_functions", "unsupported_reason"]
+__all__ = ["FunctionQuadConv", "FunctionQuadLinear", "attach_functions", "fan_tensors", "fused_neurons",
+           "has_lowrank_op", "lower_functions", "prepare_function", "quadexport_nodes", "refuse_unfused",
+           "strip_functions", "unsupported_reason"]
+
+
+def has_lowrank_op(layer: QuadLayer) -> bool:
+    """The layer's neuron type is low-rank (``lowrank``): it exports as one ``quadexport.lowrank`` node, which has a
+    function body but no fused kernel."""
+    return hasattr(layer.neuron_type, "rank")
+
+
+def fused_neurons() -> list[str]:
+    """Neuron types the fused kernel library runs (a Fan form and full-size branches)."""
+    return [n for n in list_neurons() if get_neuron(n).fan_form is not None
+            and all(b.kind == "full" for b in get_neuron(n).branches)]
+
+
+def refuse_unfused(model: nn.Module) -> None:
+    """Raise :class:`UsageError` (one line) if ``model`` has a layer the fused target cannot run (low-rank)."""
+    bad = [(name, m.neuron) for name, m in model.named_modules() if isinstance(m, QuadLayer) and has_lowrank_op(m)]
+    if bad:
+        raise UsageError(f"mode='fused': neuron {bad[0][1]!r} has no fused kernel ({len(bad)} layer(s), first "
+                         f"{bad[0][0]!r}); the kernel library runs {', '.join(fused_neurons())}: export with "
+                         f"mode='function' or 'decomposed'")
 
 
 def unsupported_reason(layer: QuadLayer) -> str | None:
     """Why ``layer`` cannot become one ``quadexport`` node (``None`` if it can)."""
     nt = layer.neuron_type
-    if nt.fan_form is None:
+    lowrank = has_lowrank_op(layer)  # its own op: quadexport.exporter.lowrank_ops
+    if nt.fan_form is None and not lowrank:
         return f"neuron {layer.neuron!r} has no Fan form"
-    if any(b.kind != "full" for b in nt.branches):
+    if any(b.kind != "full" for b in nt.branches) and not lowrank:
         return f"neuron {layer.neuron!r} has non-full branches"
     if isinstance(layer, _QuadConvNd):
         if layer.padding_mode != "zeros":
@@ -151,6 +177,8 @@ def prepare_function(model: nn.Module) -> list[tuple[str, str]]:
         if reason is not None:
             kept.append((name, reason))
             return m
+        if has_lowrank_op(m):
+            return FunctionLowRank(m, None if isinstance(m, QuadLinear) else conv_pads(m))
         return FunctionQuadLinear(m) if isinstance(m, QuadLinear) else FunctionQuadConv(m)
 
     replace_modules(model, swap)
@@ -181,12 +209,13 @@ def attach_functions(model: onnx.ModelProto) -> onnx.ModelProto:
 
     The bodies are written against the model's ai.onnx opset; the ``quadexport`` opset import is added if missing.
     """
-    used = {n.op_type for n in quadexport_nodes(model)}
-    have = {f.name for f in model.functions if f.domain == ops.DOMAIN}
-    for fp in ops.function_protos(sorted(used - have), _ai_onnx_opset(model)):
-        model.functions.append(fp)
-    if used and not any(o.domain == ops.DOMAIN for o in model.opset_import):
-        model.opset_import.append(onnx.helper.make_opsetid(ops.DOMAIN, ops.DOMAIN_VERSION))
+    for mod in (ops, lowrank_ops):  # the Fan ops and the low-rank ops (own domain, no kernel)
+        used = {n.op_type for n in model.graph.node if n.domain == mod.DOMAIN}
+        have = {f.name for f in model.functions if f.domain == mod.DOMAIN}
+        for fp in mod.function_protos(sorted(used - have), _ai_onnx_opset(model)):
+            model.functions.append(fp)
+        if used and not any(o.domain == mod.DOMAIN for o in model.opset_import):
+            model.opset_import.append(onnx.helper.make_opsetid(mod.DOMAIN, mod.DOMAIN_VERSION))
     return model
 
 
@@ -212,13 +241,14 @@ def lower_functions(model: onnx.ModelProto) -> onnx.ModelProto:
 
     work = attach_functions(copy.deepcopy(model))
     lowered = onnx.inliner.inline_local_functions(work)
-    left = [n.op_type for n in lowered.graph.node if n.domain == ops.DOMAIN]
+    domains = (ops.DOMAIN, lowrank_ops.DOMAIN)
+    left = [n.op_type for n in lowered.graph.node if n.domain in domains]
     if left:
         raise UsageError(f"cannot lower {ops.DOMAIN} nodes without a function body: {sorted(set(left))}")
-    keep = [f for f in lowered.functions if f.domain != ops.DOMAIN]
+    keep = [f for f in lowered.functions if f.domain not in domains]
     del lowered.functions[:]
     lowered.functions.extend(keep)
-    imports = [o for o in lowered.opset_import if o.domain != ops.DOMAIN]
+    imports = [o for o in lowered.opset_import if o.domain not in domains]
     del lowered.opset_import[:]
     lowered.opset_import.extend(imports)
     props = {p.key: p.value for p in lowered.metadata_props}

@@ -33,6 +33,7 @@ from onnx import helper
 from onnx.defs import OpSchema
 
 from quadexport.errors import UsageError
+from quadexport.exporter import lowrank_ops
 from quadexport.exporter.kernel_lib import DOMAIN, DOMAIN_VERSION  # the kernel library owns the constants
 
 Tensor = torch.Tensor
@@ -77,10 +78,12 @@ def _schema(op_type: str) -> OpSchema:
 
 
 def register_schemas() -> None:
-    """Register the ``quadexport`` op schemas with ``onnx.defs`` (idempotent)."""
+    """Register the ``quadexport`` op schemas (and the ``quadexport.lowrank`` ones) with ``onnx.defs``
+    (idempotent)."""
     for op_type in OP_TYPES:
         if not onnx.defs.has(op_type, DOMAIN):
             onnx.defs.register_schema(_schema(op_type))
+    lowrank_ops.register_schemas()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -241,7 +244,8 @@ quad_conv2d.register_fake(_conv_fake(2))
 
 def translation_table() -> dict[Any, Callable[..., Any]]:
     """``custom_translation_table`` for ``torch.onnx.export(dynamo=True)``: each custom op becomes one node in the
-    ``quadexport`` domain (the exporter builds it with onnxscript, which needs :func:`register_schemas`)."""
+    ``quadexport`` domain (the exporter builds it with onnxscript, which needs :func:`register_schemas`); the
+    low-rank ops (:mod:`quadexport.exporter.lowrank_ops`) are included."""
     import onnxscript
 
     register_schemas()
@@ -258,4 +262,5 @@ def translation_table() -> dict[Any, Callable[..., Any]]:
 
     return {torch.ops.quadexport.quad_linear.default: linear,
             torch.ops.quadexport.quad_conv1d.default: conv("QuadConv1d"),
-            torch.ops.quadexport.quad_conv2d.default: conv("QuadConv2d")}
+            torch.ops.quadexport.quad_conv2d.default: conv("QuadConv2d"),
+            **lowrank_ops.translation_table()}

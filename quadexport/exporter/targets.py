@@ -131,13 +131,15 @@ class FunctionTarget(ExportTarget):
         return Prepared(translation_table=ops.translation_table(), notes=notes)
 
     def postprocess(self, proto: onnx.ModelProto) -> dict[str, Any]:
-        from quadexport.exporter import ops
+        from quadexport.exporter import lowrank_ops, ops
         from quadexport.exporter.function import attach_functions, quadexport_nodes
 
         attach_functions(proto)
         n_nodes = len(quadexport_nodes(proto))
-        log.debug("%d %s node(s), function bodies attached", n_nodes, ops.DOMAIN)
-        return {"domain": f"{ops.DOMAIN}:{ops.DOMAIN_VERSION}" if n_nodes else None, "quadratic_nodes": n_nodes}
+        n_low = sum(n.domain == lowrank_ops.DOMAIN for n in proto.graph.node)
+        log.debug("%d %s node(s), %d low-rank node(s), function bodies attached", n_nodes, ops.DOMAIN, n_low)
+        notes = {"domain": f"{ops.DOMAIN}:{ops.DOMAIN_VERSION}" if n_nodes else None, "quadratic_nodes": n_nodes}
+        return {**notes, "lowrank_nodes": n_low} if n_low else notes
 
 
 class FusedTarget(FunctionTarget):
@@ -145,6 +147,12 @@ class FusedTarget(FunctionTarget):
     description = "the function graph, marked to run on the fused kernel library (bodies kept as fallback)"
     kernel_library = "auto"  # with runtime=fused, "auto" registers the library when it is built
     runtime = "fused"
+
+    def prepare(self, model: nn.Module, *, stack_linear: bool | None = None) -> Prepared:
+        from quadexport.exporter.function import refuse_unfused
+
+        refuse_unfused(model)  # low-rank layers have no fused kernel: a clear error, not a silent fallback
+        return super().prepare(model, stack_linear=stack_linear)
 
 
 _TARGETS: dict[str, ExportTarget] = {}

@@ -111,12 +111,18 @@ def unregister_neuron(name: str) -> NeuronType:
 
 def get_neuron(name: str) -> NeuronType:
     """Look up a neuron type by name; unknown names raise :class:`~quadexport.errors.UsageError` (a ``ValueError``)
-    with a suggestion and the known names."""
+    with a suggestion and the known names. ``"name:arg"`` gives a parametrised type (``"lowrank:8"``: rank 8)."""
+    base, sep, arg = name.partition(":") if isinstance(name, str) else (name, "", "")
     try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise UsageError(f"unknown neuron type {name!r}{did_you_mean(name, _REGISTRY)}; known: "
+        nt = _REGISTRY[base]
+    except (KeyError, TypeError):
+        raise UsageError(f"unknown neuron type {name!r}{did_you_mean(base, _REGISTRY)}; known: "
                          f"{', '.join(list_neurons())} (or 'relu' for the ReLU twin)") from None
+    if not sep:
+        return nt
+    if not hasattr(nt, "with_arg"):  # parametrised types ("lowrank:8", quadexport.layers.lowrank) only
+        raise UsageError(f"neuron type {base!r} takes no ':' argument; use {base!r}")
+    return nt.with_arg(arg)
 
 
 def list_neurons() -> list[str]:

@@ -30,13 +30,19 @@ class QuadLayer(nn.Module):
 
     neuron_type: NeuronType
 
-    def _build(self, neuron: str, bias: bool) -> None:
+    def _build(self, neuron: str, bias: bool, rank: int | None = None) -> None:
         self.neuron = neuron
         self.neuron_type = get_neuron(neuron)
+        if rank is not None:  # low-rank types (quadexport.layers.lowrank) take a rank; the others refuse one
+            if not hasattr(self.neuron_type, "rank"):
+                raise UsageError(f"rank= applies to low-rank neuron types (e.g. 'lowrank'), not {neuron!r}")
+            self.neuron_type = self.neuron_type.with_arg(rank)
+        self.rank: int | None = getattr(self.neuron_type, "rank", None)
         self.has_bias = bool(bias)
+        make = getattr(self.neuron_type, "make_branch", None)
         for br in self.neuron_type.branches:
             use_bias = br.bias == "always" or (br.bias == "layer" and bias)
-            setattr(self, br.name, self._make_branch(br, use_bias))
+            setattr(self, br.name, make(self, br, use_bias) if make else self._make_branch(br, use_bias))
         self.reset_parameters()
 
     def _make_branch(self, branch: Branch, bias: bool) -> nn.Module:
@@ -69,17 +75,23 @@ class QuadLayer(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         outs: dict[str, Tensor] = {}
-        x2 = x * x if self.neuron_type.needs_square else x
-        for br in self.neuron_type.branches:
-            outs[br.name] = getattr(self, br.name)(x2 if br.input == "x2" else x)
+        if hasattr(self.neuron_type, "branch_outputs"):  # branches that share work (low-rank bottleneck)
+            outs = self.neuron_type.branch_outputs(self, x)
+        else:
+            x2 = x * x if self.neuron_type.needs_square else x
+            for br in self.neuron_type.branches:
+                outs[br.name] = getattr(self, br.name)(x2 if br.input == "x2" else x)
         if torch.is_autocast_enabled("cpu") or torch.is_autocast_enabled("cuda"):
             # Under bf16/fp16 autocast the branches run in low precision; products and sums of the quadratic
             # terms are formed in fp32 so they neither overflow nor lose the small quadratic contribution.
             outs = {k: v.float() for k, v in outs.items()}
         return self.neuron_type.combine(outs)
 
+    def _neuron_repr(self) -> str:
+        return f"neuron={self.neuron!r}" + (f", rank={self.rank}" if self.rank is not None else "")
+
     def extra_repr(self) -> str:
-        return f"neuron={self.neuron!r}"
+        return self._neuron_repr()
 
 
 class QuadLinear(QuadLayer):
@@ -92,14 +104,15 @@ class QuadLinear(QuadLayer):
         device: parameter device.
         dtype: parameter dtype.
         neuron: neuron type name (``quadexport.list_neurons()``), default ``"fan"``.
+        rank: bottleneck rank of a low-rank neuron type (``"lowrank"``; default 4); other types refuse it.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device: Any = None,
-                 dtype: Any = None, neuron: str = "fan") -> None:
+                 dtype: Any = None, neuron: str = "fan", rank: int | None = None) -> None:
         super().__init__()
         self.in_features, self.out_features = int(in_features), int(out_features)
         self._factory = {"device": device, "dtype": dtype}
-        self._build(neuron, bias)
+        self._build(neuron, bias, rank)
 
     def _make_branch(self, branch: Branch, bias: bool) -> nn.Module:
         if branch.kind not in ("full", "pointwise"):
@@ -107,7 +120,7 @@ class QuadLinear(QuadLayer):
         return nn.Linear(self.in_features, self.out_features, bias=bias, **self._factory)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, neuron={self.neuron!r}"
+        return f"in_features={self.in_features}, out_features={self.out_features}, {self._neuron_repr()}"
 
 
 class _QuadConvNd(QuadLayer):
@@ -117,7 +130,7 @@ class _QuadConvNd(QuadLayer):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: Any, stride: Any = 1,
                  padding: Any = 0, dilation: Any = 1, groups: int = 1, bias: bool = True,
                  padding_mode: str = "zeros", device: Any = None, dtype: Any = None,
-                 neuron: str = "fan") -> None:
+                 neuron: str = "fan", rank: int | None = None) -> None:
         super().__init__()
         n = self._dims
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
@@ -125,7 +138,7 @@ class _QuadConvNd(QuadLayer):
         self.padding = padding if isinstance(padding, str) else _tuple(padding, n)
         self.dilation, self.groups, self.padding_mode = _tuple(dilation, n), int(groups), padding_mode
         self._factory = {"device": device, "dtype": dtype}
-        self._build(neuron, bias)
+        self._build(neuron, bias, rank)
 
     def _make_branch(self, branch: Branch, bias: bool) -> nn.Module:
         common = dict(bias=bias, padding_mode=self.padding_mode, **self._factory)
@@ -151,7 +164,7 @@ class _QuadConvNd(QuadLayer):
             s += f", dilation={self.dilation}"
         if self.groups != 1:
             s += f", groups={self.groups}"
-        return s + f", neuron={self.neuron!r}"
+        return s + f", {self._neuron_repr()}"
 
 
 class QuadConv1d(_QuadConvNd):
@@ -177,6 +190,7 @@ class QuadConv2d(_QuadConvNd):
         device: parameter device.
         dtype: parameter dtype.
         neuron: neuron type name, default ``"fan"``.
+        rank: bottleneck rank of a low-rank neuron type (``"lowrank"``; default 4); other types refuse it.
     """
 
     _dims = 2

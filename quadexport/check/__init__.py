@@ -17,154 +17,26 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+import sys
+import types
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
+from quadexport.check.report import LEVEL_NAMES, TOLERANCES, CheckLine, CheckReport, compare
 from quadexport.errors import UsageError
+
+__all__ = ["CheckLine", "CheckReport", "DATASET_SAMPLES", "LEVEL_NAMES", "QDQ_TOP1", "TOLERANCES", "check", "compare",
+           "is_qdq"]
 
 log = logging.getLogger(__name__)
 
-TOLERANCES = {"float32": 1e-5, "float16": 1e-2}
-"""Default ``rtol`` (max relative L2 error) per exported dtype."""
 DATASET_SAMPLES = 512
-LEVEL_NAMES = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
-               "all": "ORT_ENABLE_ALL"}
-
-__all__ = ["CheckLine", "CheckReport", "DATASET_SAMPLES", "TOLERANCES", "check", "compare"]
-
-
-@dataclass
-class CheckLine:
-    """One comparison (one opt level × runtime × input set × output)."""
-
-    opt_level: str
-    runtime: str
-    batch: int
-    source: str
-    output: str
-    rel_l2: float
-    max_abs: float
-    nan_inf: int
-    nan_inf_torch: int
-    top1: float | None
-    ok: bool
-    reason: str = ""
-    accuracy: float | None = None
-
-    def format(self) -> str:
-        mark = "✓" if self.ok else "✗"
-        rt = f" [{self.runtime}]" if self.runtime else ""
-        out = f" {self.output}" if self.output != "logits" else ""
-        s = (f"-[{mark}] {LEVEL_NAMES.get(self.opt_level, self.opt_level)}{rt} batch {self.batch} {self.source}{out}: "
-             f"rel_l2 {self.rel_l2:.1e} max_abs {self.max_abs:.1e} nan/inf {self.nan_inf}")
-        if self.top1 is not None:
-            s += f" top1 {self.top1:.2f}%"
-        if self.accuracy is not None:
-            s += f" acc {self.accuracy:.2f}%"
-        return s + (f"  ({self.reason})" if self.reason else "")
-
-
-@dataclass
-class CheckReport:
-    """Result of :func:`check`.
-
-    Attributes:
-        onnx_path: the checked model.
-        provider: execution provider.
-        rtol: max relative L2 error used.
-        atol: max abs difference used (``None``: not checked).
-        lines: the comparisons.
-        notes: things that were skipped or worth knowing (not failures).
-        errors: hard failures outside the comparisons (a session that cannot be created, output mismatch).
-        env: library versions, kernel library, model metadata.
-    """
-
-    onnx_path: str
-    provider: str
-    rtol: float
-    atol: float | None
-    lines: list[CheckLine] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-    env: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        return bool(self.lines) and not self.errors and all(line.ok for line in self.lines)
-
-    @property
-    def worst_rel_l2(self) -> float:
-        vals = [line.rel_l2 for line in self.lines]
-        return max(vals) if vals else float("nan")
-
-    def summary(self) -> str:
-        failed = sum(not line.ok for line in self.lines) + len(self.errors)
-        if self.ok:
-            return (f"-[✓] all {len(self.lines)} checks passed (worst rel_l2 {self.worst_rel_l2:.1e}, "
-                    f"rtol {self.rtol:g})")
-        return f"-[✗] {failed} of {len(self.lines) + len(self.errors)} checks failed (rtol {self.rtol:g})"
-
-    def format(self) -> str:
-        """The whole report as text: hard failures, one line per comparison, notes, then the summary."""
-        out = [f"-[✗] {e}" for e in self.errors] + [line.format() for line in self.lines]
-        out += [f"-[!] {n}" for n in self.notes]
-        return "\n".join(out + [self.summary()])
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "onnx_path": self.onnx_path, "provider": self.provider, "rtol": self.rtol,
-                "atol": self.atol, "worst_rel_l2": _json_float(self.worst_rel_l2), "errors": self.errors,
-                "notes": self.notes, "env": self.env,
-                "lines": [{k: _json_float(v) for k, v in asdict(line).items()} for line in self.lines]}
-
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write :meth:`to_dict` as JSON (atomically)."""
-        from quadexport.checkpoint import write_json
-
-        return write_json(path, self.to_dict())
-
-
-def _json_float(v: Any) -> Any:
-    if isinstance(v, float) and not np.isfinite(v):
-        return None if np.isnan(v) else ("inf" if v > 0 else "-inf")
-    return v
-
-
-def compare(out: np.ndarray, ref: np.ndarray, rtol: float, atol: float | None = None) -> dict[str, Any]:
-    """Metrics of one output against the torch reference.
-
-    Returns:
-        dict with ``rel_l2``, ``max_abs``, ``nan_inf``, ``nan_inf_torch``, ``top1`` (for ``[N, C>1]`` outputs, else
-        ``None``), ``ok`` and ``reason``.
-    """
-    if out.shape != ref.shape:
-        return {"rel_l2": float("inf"), "max_abs": float("inf"), "nan_inf": 0, "nan_inf_torch": 0, "top1": None,
-                "ok": False, "reason": f"shape {out.shape} != torch {ref.shape}"}
-    out64, ref64 = out.astype(np.float64), ref.astype(np.float64)
-    fo, fr = np.isfinite(out64), np.isfinite(ref64)
-    both = fo & fr
-    diff = np.abs(out64[both] - ref64[both])
-    max_abs = float(diff.max()) if diff.size else 0.0
-    den = float(np.linalg.norm(ref64[both]))
-    num = float(np.linalg.norm(diff))
-    rel = num / den if den > 0 else num
-    top1 = None
-    if out.ndim == 2 and out.shape[1] > 1:
-        top1 = float((np.argmax(np.where(fo, out64, -np.inf), 1) == np.argmax(np.where(fr, ref64, -np.inf), 1)).mean()
-                     * 100)
-    reasons = []
-    if not np.array_equal(fo, fr):
-        reasons.append(f"nan/inf {int((~fo).sum())} where torch has {int((~fr).sum())}")
-    if not rel <= rtol:
-        reasons.append(f"rel_l2 > {rtol:g}")
-    if atol is not None and not max_abs <= atol:
-        reasons.append(f"max_abs > {atol:g}")
-    return {"rel_l2": rel, "max_abs": max_abs, "nan_inf": int((~fo).sum()), "nan_inf_torch": int((~fr).sum()),
-            "top1": top1, "ok": not reasons, "reason": "; ".join(reasons)}
+QDQ_TOP1 = 95.0
+"""Int8 QDQ files: default minimum top-1 agreement with torch on real data, in percent."""
 
 
 def _input_shape(sess: Any, model: nn.Module) -> tuple[int, ...]:
@@ -185,20 +57,54 @@ def _torch_outputs(model: nn.Module, x: np.ndarray) -> list[np.ndarray]:
     return [o.detach().float().cpu().numpy() for o in outs]
 
 
-def _load_dataset(name: str, data_dir: str | os.PathLike | None) -> tuple[np.ndarray, np.ndarray]:
-    from quadexport.data import load_dataset
+def _load_dataset(spec: str, meta: dict[str, Any], data_dir: str | os.PathLike | None,
+                  n: int = DATASET_SAMPLES) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``n`` test samples (normalised model inputs, labels) of ``spec``: the run's own data (same subsets,
+    size and normalisation, any dataset kind) when ``spec`` is the run's dataset, else the named dataset."""
+    from quadexport.data import DataOptions, open_dataset, open_run_dataset
 
-    ds = load_dataset(name, data_dir=data_dir)
-    return (ds.x_test[:DATASET_SAMPLES].float().numpy().copy(),
-            ds.y_test[:DATASET_SAMPLES].numpy().copy())
+    own = meta.get("dataset") or (meta.get("train_config") or {}).get("dataset")
+    src = open_run_dataset(meta, None if data_dir is None else str(data_dir), workers=0) if spec == own else \
+        open_dataset(spec, DataOptions(data_dir=data_dir, workers=0))
+    xs, ys, seen = [], [], 0
+    for xb, yb in src.loader("test", n):
+        xs.append(xb.float().numpy())
+        ys.append(yb.numpy())
+        seen += len(xb)
+        if seen >= n:
+            break
+    return np.concatenate(xs)[:n].copy(), np.concatenate(ys)[:n].copy()
+
+
+def _pairing_error(info: Any, model: nn.Module) -> str | None:
+    """Why the ONNX file was not exported from ``model`` (model name or neuron differ), or None."""
+    cfg = getattr(model, "quadexport_config", None) or {}
+    pairs = [("model", info.metadata.get("quadexport.model"), cfg.get("name")),
+             ("neuron", info.metadata.get("quadexport.neuron"), cfg.get("neuron"))]
+    diff = [(k, f, r) for k, f, r in pairs if f and r and f != r]
+    if not diff:
+        return None
+    said = lambda i: "/".join(str(d[i]) for d in diff)  # noqa: E731
+    return (f"the ONNX file is a {said(1)} model but the run is {said(2)} ({', '.join(d[0] for d in diff)} "
+            "differ): check a file against the run it was exported from")
+
+
+def is_qdq(proto: Any) -> bool:
+    """The graph is int8-quantised in QDQ form (QuantizeLinear/DequantizeLinear pairs)."""
+    return any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in proto.graph.node)
 
 
 def check(onnx_path: str | os.PathLike, model: nn.Module, *, provider: str = "cpu", atol: float | None = None,
           rtol: float | None = None, batches: Sequence[int] = (1, 3, 5, 64), dataset: str | bool | None = None,
           data_dir: str | os.PathLike | None = None, seed: int = 0, opt_levels: Sequence[str] = ("disable", "all"),
           kernel_library: str = "auto", threads: int | None = None, verbose: bool = True,
-          json_path: str | os.PathLike | None = None) -> CheckReport:
+          json_path: str | os.PathLike | None = None, qdq_top1: float = QDQ_TOP1) -> CheckReport:
     """Compare an exported model with its torch model under onnxruntime; fail hard on any miss.
+
+    Files exported with ``input="raw"`` (metadata ``quadexport.input = raw``) are fed raw pixels (the same inputs,
+    denormalised) and compared with the model behind its preprocessing (:class:`~quadexport.preprocess.RawInput`).
+    Int8 QDQ files are not expected to match float outputs: they are checked on the dataset only, each line
+    passing when the top-1 class agrees with torch on at least ``qdq_top1`` percent of the images.
 
     Args:
         onnx_path: the ``.onnx`` file.
@@ -207,8 +113,9 @@ def check(onnx_path: str | os.PathLike, model: nn.Module, *, provider: str = "cp
         atol: max abs difference per output (``None``: not checked; rel_l2 is the criterion).
         rtol: max relative L2 error (``None``: 1e-5 for float32 models, 1e-2 for float16 ones).
         batches: batch sizes of the random-input checks (the dynamic batch axis is exercised).
-        dataset: dataset of the real-data check (default: ``model.quadexport_meta["dataset"]``; ``False``: none);
-            the first 512 test images, in batches of ``max(batches)``.
+        dataset: dataset of the real-data check (default: the model's own, ``quadexport_meta["dataset"]``, with
+            its subsets and normalisation; ``False``: none); the first 512 test images, in batches of
+            ``max(batches)``.
         data_dir: dataset directory (see :func:`quadexport.data.load_dataset`).
         seed: seed of the random inputs.
         opt_levels: onnxruntime graph optimisation levels to check (``disable``, ``basic``, ``extended``, ``all``).
@@ -218,6 +125,11 @@ def check(onnx_path: str | os.PathLike, model: nn.Module, *, provider: str = "cp
         verbose: log each line as it is produced (``logging`` INFO on ``quadexport.check``);
             :meth:`CheckReport.format` gives the whole report as text.
         json_path: also write the report there as JSON.
+        qdq_top1: QDQ files: the minimum top-1 agreement with torch, in percent.
+
+    Raises:
+        UsageError: the file was exported from another model or neuron than ``model``, or the dataset's inputs do
+            not have the shape the file takes.
     """
     import onnx
     import onnxruntime as ort
@@ -225,27 +137,62 @@ def check(onnx_path: str | os.PathLike, model: nn.Module, *, provider: str = "cp
     from quadexport.exporter.session import find_kernel_library, model_info
 
     info = model_info(onnx_path)
+    pairing = _pairing_error(info, model)
+    if pairing:
+        raise UsageError(f"{onnx_path}: {pairing}")
     dtype = info.metadata.get("quadexport.dtype", "float32")
     tol = TOLERANCES.get(dtype, TOLERANCES["float32"]) if rtol is None else float(rtol)
     lib = find_kernel_library()
     report = CheckReport(onnx_path=str(onnx_path), provider=provider, rtol=tol, atol=atol)
+    qdq = is_qdq(onnx.load(str(onnx_path), load_external_data=False))
     report.env = {"onnxruntime": ort.__version__, "onnx": onnx.__version__, "torch": torch.__version__,
                   "kernel_library": str(lib) if lib else None, "export_mode": info.mode or None, "dtype": dtype,
-                  "opset": info.metadata.get("quadexport.opset")}
+                  "opset": info.metadata.get("quadexport.opset"), "input": info.metadata.get("quadexport.input"),
+                  "qdq": qdq}
     say: Callable[[str], None] = log.info if verbose else (lambda msg: None)
     runtimes = _runtimes(info, kernel_library, lib is not None, provider, report)
+    ref, prep = _reference(model, info.metadata.get("quadexport.input") == "raw")
     was_training = model.training
-    model.eval()
+    ref.eval()
     try:
         sessions = _open_sessions(onnx_path, provider, opt_levels, runtimes, threads, report, say)
         if sessions:
             shape = _input_shape(next(iter(sessions.values())), model)
-            sets = _input_sets(model, shape, batches, seed, dataset, data_dir, report, say)
-            _compare_all(sessions, sets, model, report, say)
+            sets = _input_sets(model, shape, batches, seed, dataset, data_dir, report, say, prep)
+            if qdq:
+                sets = _qdq_sets(sets, report, qdq_top1, say)
+            _compare_all(sessions, sets, ref, report, say, qdq_top1 if qdq else None)
         say(report.summary())
     finally:
         model.train(was_training)
     return _finish(report, json_path)
+
+
+def _reference(model: nn.Module, raw: bool) -> tuple[nn.Module, Any]:
+    """The torch model to compare with and, for raw-input files, the preprocessing that maps inputs to raw pixels
+    (None otherwise). A model that already is a :class:`~quadexport.preprocess.RawInput` is used as it is."""
+    if not raw:
+        return model, None
+    from quadexport.data import run_preprocessing
+    from quadexport.preprocess import RawInput
+
+    if isinstance(model, RawInput):
+        return model, model.preprocessing
+    prep = run_preprocessing(getattr(model, "quadexport_meta", None) or {})
+    return RawInput(model, prep), prep
+
+
+def _qdq_sets(sets: list[_InputSet], report: CheckReport, top1: float, say: Callable[[str], None]) -> list[_InputSet]:
+    """An int8 QDQ file: keep the real-data set (random inputs would "fail" rel_l2 by design)."""
+    real = [s for s in sets if s.labels is not None]
+    if not real:
+        report.errors.append("int8 QDQ file: it is checked on real data (top-1 agreement) but no dataset is "
+                             "available; pass --dataset")
+        say(f"-[✗] {report.errors[-1]}")
+    else:
+        report.notes.append(f"int8 QDQ file: checked by top-1 agreement with torch (>= {top1:g}%) on real data, "
+                            "not by rel_l2 on random inputs")
+    return real
 
 
 def _runtimes(info: Any, kernel_library: str, have_lib: bool, provider: str,
@@ -259,7 +206,9 @@ def _runtimes(info: Any, kernel_library: str, have_lib: bool, provider: str,
     if (have_lib and provider == "cpu") or info.needs_kernel:
         runtimes.append(("kernel", "always"))  # without the library, make_session raises the clear error
     else:
-        report.notes.append("kernel library not built: checked with the function bodies only")
+        never = "; the fused kernel never ran" if info.mode == "fused" or info.runtime == "fused" else ""
+        report.notes.append(f"kernel library not built{never}: checked with the function bodies only (build it "
+                            "with `make kernels`)")
     return runtimes
 
 
@@ -291,34 +240,44 @@ class _InputSet:
 
 def _input_sets(model: nn.Module, shape: tuple[int, ...], batches: Sequence[int], seed: int,
                 dataset: str | bool | None, data_dir: str | os.PathLike | None, report: CheckReport,
-                say: Callable[[str], None]) -> list[_InputSet]:
-    """Random batches of every size, then the dataset's first test images (when known and loadable)."""
+                say: Callable[[str], None], prep: Any = None) -> list[_InputSet]:
+    """Random batches of every size, then the dataset's first test images (when known and loadable); with ``prep``
+    (a raw-input file) both denormalised to raw pixel values."""
     rng = np.random.default_rng(seed)
     sets = [_InputSet("random", int(b), [rng.standard_normal((int(b), *shape)).astype(np.float32)]) for b in batches]
-    ds_name = None if dataset is False else (dataset or (getattr(model, "quadexport_meta", None) or {}).get(
-        "dataset"))
-    if not ds_name:
-        return sets
-    try:
-        xs, ys = _load_dataset(ds_name, data_dir)
-    except Exception as e:  # noqa: BLE001 - reported (a failure only when the dataset was asked for)
-        if dataset:
-            report.errors.append(f"dataset {dataset}: {e}")
-            say(f"-[✗] dataset {dataset}: {e}")
+    meta = getattr(model, "quadexport_meta", None) or {}
+    ds_name = None if dataset is False else (dataset or meta.get("dataset"))
+    if ds_name:
+        try:
+            xs, ys = _load_dataset(ds_name, meta, data_dir)
+        except Exception as e:  # noqa: BLE001 - reported (a failure only when the dataset was asked for)
+            if dataset:
+                report.errors.append(f"dataset {dataset}: {e}")
+                say(f"-[✗] dataset {dataset}: {e}")
+            else:
+                report.notes.append(f"dataset {ds_name} (from the model metadata) not checked: {e}")
+                say(f"-[!] dataset {ds_name} not checked: {e}")
         else:
-            report.notes.append(f"dataset {ds_name} (from the model metadata) not checked: {e}")
-            say(f"-[!] dataset {ds_name} not checked: {e}")
-        return sets
-    bs = max(int(b) for b in batches)
-    return sets + [_InputSet(f"{ds_name}[{len(xs)}]", bs, [xs[i:i + bs] for i in range(0, len(xs), bs)], ys)]
+            if tuple(xs.shape[1:]) != tuple(shape):
+                raise UsageError(f"dataset {ds_name} has {'x'.join(map(str, xs.shape[1:]))} inputs but the model "
+                                 f"takes {'x'.join(map(str, shape))}; pass the run's own dataset "
+                                 f"({meta.get('dataset', '?')}) or none")
+            bs = max(int(b) for b in batches)
+            sets.append(_InputSet(f"{ds_name}[{len(xs)}]", bs, [xs[i:i + bs] for i in range(0, len(xs), bs)], ys))
+    if prep is not None:
+        from quadexport.preprocess import denormalise
+
+        for s in sets:
+            s.chunks = [denormalise(torch.from_numpy(x), prep).numpy() for x in s.chunks]
+    return sets
 
 
 def _compare_all(sessions: dict[tuple[str, str], Any], sets: list[_InputSet], model: nn.Module,
-                 report: CheckReport, say: Callable[[str], None]) -> None:
+                 report: CheckReport, say: Callable[[str], None], qdq_top1: float | None = None) -> None:
     refs = [[_torch_outputs(model, x) for x in s.chunks] for s in sets]
     out_names = [o.name for o in next(iter(sessions.values())).get_outputs()]
-    n_ref = len(refs[0][0])
-    if n_ref != len(out_names):
+    n_ref = len(refs[0][0]) if refs else 0
+    if refs and n_ref != len(out_names):
         report.errors.append(f"onnx model has {len(out_names)} outputs {out_names}, torch model {n_ref}")
         say(f"-[✗] {report.errors[-1]}")
     for (level, label), sess in sessions.items():
@@ -328,6 +287,9 @@ def _compare_all(sessions: dict[tuple[str, str], Any], sets: list[_InputSet], mo
                 o = np.concatenate([c[k] for c in outs])
                 r = np.concatenate([c[k] for c in ref_chunks])
                 m = compare(o, r, report.rtol, report.atol)
+                if qdq_top1 is not None and m["top1"] is not None:  # int8: judged by top-1 agreement only
+                    m["ok"] = m["top1"] >= qdq_top1
+                    m["reason"] = "" if m["ok"] else f"top1 < {qdq_top1:g}%"
                 acc = None
                 if s.labels is not None and o.ndim == 2 and o.shape[0] == len(s.labels):
                     acc = float((o.argmax(1) == s.labels).mean() * 100)
@@ -340,3 +302,14 @@ def _finish(report: CheckReport, json_path: str | os.PathLike | None) -> CheckRe
     if json_path is not None:
         report.save(json_path)
     return report
+
+
+class _CallableModule(types.ModuleType):
+    """``quadexport.check`` is this module and, once anything imported it, also the package attribute of the same
+    name: calling the module calls :func:`check`, so ``quadexport.check(path, model)`` works either way."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> CheckReport:
+        return check(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
