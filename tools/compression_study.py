@@ -106,6 +106,8 @@ def cmd_compress(a: argparse.Namespace) -> int:
         opts = dict(VARIANTS[name])
         src = OUT / opts.pop("source") if "source" in opts else SOURCE
         print(f"== compress {name}: {opts}", flush=True)
+        # the study's variants were measured with the earlier defaults: no fine-tuning, MAC cost, no budget
+        opts = {"finetune_epochs": 0, "cost": "macs", "max_drop": None, **opts}
         compress(src, out, bench=False, overwrite=True, twin=run_path("resnet20-relu") if
                  (run_path("resnet20-relu") / "checkpoint.pt").exists() else None, **opts)
     return 0
