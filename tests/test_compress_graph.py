@@ -88,7 +88,8 @@ sys.path.insert(0, sys.argv[1])
 import compress_models, quadexport, quadexport.compress
 from quadexport.exporter import make_session
 m = quadexport.load(sys.argv[2])
-x = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+from quadexport.data import load_dataset
+x = load_dataset("digits").x_test[:8]
 with torch.no_grad():
     ref = m(x).numpy()
 s = make_session(sys.argv[2] + "/model.onnx")
