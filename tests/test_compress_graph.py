@@ -161,3 +161,18 @@ def test_missed_target_is_said_plainly(tmp_path, capsys):
     assert rep["targets"]["reached_ratio"] == pytest.approx(1.0) and len(rep["targets"]["missed"]) == 1
     assert rep["validation"]["samples"] == 60 and rep["quadratic_channels"]["kept"] == 0
     assert (tmp_path / "o" / "checkpoint.pt").exists()
+
+
+def test_finetune_rolls_back_nan_through_the_training_loop():
+    from quadexport.compress.finetune import recipe
+    from quadexport.train import TrainingDiverged, fit_tensors
+
+    m = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    before = copy.deepcopy(m.state_dict())
+    x, y = torch.full((320, 1, 8, 8), float("nan")), torch.zeros(320, dtype=torch.long)
+    cfg = recipe({"model": "cnn", "batch_size": 32, "lr": 0.1, "max_rollbacks": 2}, epochs=1)
+    with pytest.raises(TrainingDiverged):
+        fit_tensors(m, x, y, cfg)
+    assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())  # rolled back, never NaN
+    hist = fit_tensors(m, torch.randn(320, 1, 8, 8), y, cfg)
+    assert len(hist) == 1 and hist[0]["skipped_steps"] == 0 and cfg.lr == pytest.approx(0.01)
