@@ -95,7 +95,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-drop-branches", action="store_true", help="never drop a layer's whole b or g branch")
     p.add_argument("--twin", default=None, metavar="RUN_DIR", help="trained ReLU twin run (accuracy in the report)")
     p.add_argument("--no-bench", action="store_true", help="skip the latency measurement")
-    p.add_argument("--batches", type=pos_int, nargs="+", default=[1, 64], help="latency batch sizes (default 1 64)")
+    p.add_argument("--batch", "--batches", dest="batches", type=pos_int, nargs="+", default=[1, 64], help="latency batch sizes (default 1 64)")
     p.add_argument("--threads", type=pos_int, default=None, help="onnxruntime intra-op threads")
     p.add_argument("--min-seconds", type=positive_float, default=1.0, help="timed seconds per model and batch")
     p.add_argument("--no-check", action="store_true", help="skip the onnxruntime parity check")
