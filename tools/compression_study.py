@@ -106,6 +106,8 @@ def cmd_compress(a: argparse.Namespace) -> int:
         opts = dict(VARIANTS[name])
         src = OUT / opts.pop("source") if "source" in opts else SOURCE
         print(f"== compress {name}: {opts}", flush=True)
+        # the study's variants were measured with the earlier defaults: no fine-tuning, MAC cost, no budget
+        opts = {"finetune_epochs": 0, "cost": "macs", "max_drop": None, **opts}
         compress(src, out, bench=False, overwrite=True, twin=run_path("resnet20-relu") if
                  (run_path("resnet20-relu") / "checkpoint.pt").exists() else None, **opts)
     return 0
@@ -124,7 +126,7 @@ def cmd_sweep(a: argparse.Namespace) -> int:
     torch.set_num_threads(a.threads)
     model = load(a.source)
     meta = model.quadexport_meta
-    calib, ds = calibration_data(meta, a.calib_samples)
+    calib, ds, _ = calibration_data(meta, a.calib_samples)
     scores = channel_scores(collect_stats(model, calib))
     shape = tuple(meta["input_shape"])
     twin_macs = count_macs(twin_of(model), shape)
@@ -161,7 +163,7 @@ def cmd_latsweep(a: argparse.Namespace) -> int:
     from quadexport.compress import channel_scores, collect_stats, compress_model, fold_mixed_bn, plan, twin_of
     from quadexport.compress.api import calibration_data
     from quadexport.compress.prune import conv_shortcuts, get_spec
-    from quadexport.compress.timing import time_onnx
+    from quadexport.compress.latency import time_onnx
     from quadexport.exporter import export
     from quadexport.zoo import count_macs
 
@@ -169,7 +171,7 @@ def cmd_latsweep(a: argparse.Namespace) -> int:
     model = load(a.source)
     meta = model.quadexport_meta
     shape = tuple(meta["input_shape"])
-    calib, _ = calibration_data(meta, a.calib_samples)
+    calib, _, _ = calibration_data(meta, a.calib_samples)
     scores = channel_scores(collect_stats(model, calib))
     twin = twin_of(model)
     odir = OUT / "latsweep"
@@ -220,7 +222,7 @@ def cmd_control(a: argparse.Namespace) -> int:
     src = run_path("resnet20-relu")
     model = load(src)
     meta = dict(model.quadexport_meta)
-    _, ds = calibration_data(meta, 1)
+    _, ds, _ = calibration_data(meta, 1)
     hist = finetune(model, ds.x_train, ds.y_train, ds.x_test, ds.y_test, meta["train_config"], a.epochs,
                     seed=int(meta["train_config"].get("seed", 0)))
     out = RUNS / f"resnet20-relu-ft{a.epochs}"
@@ -274,7 +276,7 @@ def _entries() -> list[dict]:
 
 def cmd_bench(a: argparse.Namespace) -> int:
     from quadexport.checkpoint import load
-    from quadexport.compress.timing import time_onnx
+    from quadexport.compress.latency import time_onnx
     from quadexport.exporter import export
 
     entries = _entries()
@@ -326,7 +328,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
                         "macs": count_macs(convsc, tuple(meta["input_shape"])), "onnx": str(path)})
         # like-for-like for the int8 rows: the ReLU twin quantised the same way (static QDQ, same calibration)
         q8 = odir / "resnet20-relu-int8.onnx"
-        calib, ds = calibration_data(meta, 1024)
+        calib, ds, _ = calibration_data(meta, 1024)
         if not q8.exists() or a.reexport:
             quantize_int8(relu["onnx"], q8, calib.numpy())
         key = "resnet20-relu [int8]"
@@ -336,12 +338,12 @@ def cmd_bench(a: argparse.Namespace) -> int:
                         "macs": relu["macs"], "onnx": str(q8)})
     print(f"== timing {len(files)} models, batches {a.batches}, threads {a.threads}; load {os.getloadavg()}",
           flush=True)
-    t = time_onnx(files, (1, 28, 28), a.batches, a.threads, min_seconds=a.min_seconds, chunk_seconds=0.05)
+    t = time_onnx(files, (1, 28, 28), a.batches, a.threads, min_seconds=a.min_seconds)
     t["entries"] = [{k: v for k, v in e.items() if k != "report"} for e in entries]
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / f"timing-t{a.threads}.json").write_text(json.dumps(t, indent=2))
     for r in t["rows"]:
-        print(f"{r['model']:40s} b={r['batch']:3d} p50 {r['p50_ms']:8.3f} ms ({r['iters']} runs)")
+        print(f"{r['model']:40s} b={r['batch']:3d} p50 {r['p50_ms']:8.3f} ms ({r['runs']} runs)")
     print(f"load {t['load_before']} -> {t['load_after']}")
     return 0
 

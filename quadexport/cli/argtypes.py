@@ -109,7 +109,8 @@ def show_defaults(p: argparse.ArgumentParser) -> None:
     is kept). Switches (``store_true``) and options without a default say nothing."""
     for action in p._actions:
         default = action.default
-        if action.help == argparse.SUPPRESS or not action.option_strings or isinstance(default, bool) \
+        if action.help == argparse.SUPPRESS or default == argparse.SUPPRESS or not action.option_strings \
+                or isinstance(default, bool) \
                 or not isinstance(default, (int, float, str, list, tuple)):
             continue
         if action.help and "default" in action.help:

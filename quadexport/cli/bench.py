@@ -60,7 +60,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "bench", help="latency of quadratic models vs their ReLU twin and MAC-matched ReLU model",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Time quadratic models (zoo names, untrained: ReLinear init plus a small perturbation; or run "
                     "dirs, trained) against their ReLU twin and the ReLU model matched on MACs, under onnxruntime "
                     "(each export mode) and torch eager. Interleaved round-robin timing after a warm-up; p50/p90/p99, "

@@ -11,28 +11,42 @@ import argparse
 from quadexport.cli.argtypes import nonneg_float, nonneg_int, pos_int, positive_float
 
 
-def run(a: argparse.Namespace) -> int:
-    from quadexport.compress import compress
+EXIT_MISSED = 3
+"""Exit status when the compressed run was written but a target (``--max-drop``, ``--target-ratio``) was missed."""
 
-    r = compress(a.run_dir, a.out, threshold=a.prune_threshold, target_ratio=a.target_ratio, cost=a.cost,
-                 quantize=a.quantize, keep_fp32=a.int8_keep_fp32, finetune_epochs=a.finetune_epochs,
-                 finetune_lr=a.finetune_lr, calib_samples=a.calib_samples, align=a.align, split=a.split,
-                 shortcut=a.shortcut, drop_branches=not a.no_drop_branches, bn_recalibrate=a.bn_recalibrate,
-                 bench=not a.no_bench, batches=tuple(a.batches), threads=a.threads, min_seconds=a.min_seconds,
-                 twin=a.twin, data_dir=a.data_dir, check=not a.no_check, overwrite=a.overwrite)
-    acc = r["accuracy"]
+
+def run(a: argparse.Namespace) -> int:
+    from quadexport.compress import CompressConfig, compress
+
+    cfg = CompressConfig(threshold=a.prune_threshold, target_ratio=a.target_ratio, cost=a.cost,
+                         max_drop=None if a.max_drop < 0 else a.max_drop, val_samples=a.val_samples,
+                         quantize=a.quantize, keep_fp32=a.int8_keep_fp32, finetune_epochs=a.finetune_epochs,
+                         finetune_lr=a.finetune_lr, calib_samples=a.calib_samples, align=a.align, split=a.split,
+                         shortcut=a.shortcut, drop_branches=not a.no_drop_branches, bn_recalibrate=a.bn_recalibrate,
+                         bench=not a.no_bench, batches=tuple(a.batches), threads=a.threads,
+                         min_seconds=a.min_seconds, twin=a.twin, data_dir=a.data_dir, check=not a.no_check,
+                         overwrite=a.overwrite)
+    r = compress(a.run_dir, a.out, cfg)
+    acc, v, t = r.accuracy, r.validation, r.targets
     print(f"test accuracy {100 * acc['final']:.2f}% (original {100 * acc['original']:.2f}%, "
-          f"{acc['delta_pp']:+.2f} pp); MACs ×{r['macs']['compressed_ratio']:.2f} of the ReLU twin")
-    for x in r.get("latency_ratios", []):
+          f"{acc['delta_pp']:+.2f} pp); MACs ×{r.macs['compressed_ratio']:.2f} of the ReLU twin")
+    if v.get("samples"):
+        print(f"validation accuracy {100 * v['final']:.2f}% (original {100 * v['original']:.2f}%, "
+              f"{-t['val_drop_pp']:+.2f} pp; budget --max-drop {t['max_drop_pp']})")
+    for x in r.latency_ratios:
         s = (f"batch {x['batch']}: latency ×{x['compressed_ratio']:.2f} of the ReLU twin "
              f"(original ×{x['original_ratio']:.2f})")
         if "compressed_int8_ratio" in x:
             s += f", int8 ×{x['compressed_int8_ratio']:.2f}"
         print(s)
-    if r.get("parity") is not None and not r["parity"]["ok"]:
+    for g in r.unresolved:
+        print(f"left unpermuted (its layers kept whole or prefix-split): {g}")
+    if r.parity is not None and not r.parity["ok"]:
         print("parity check FAILED (parity.json)")
         return 1
-    return 0
+    for m in r.missed:
+        print(f"MISSED {m}")
+    return EXIT_MISSED if r.missed else 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -49,13 +63,20 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "channel std) is below this; 0 changes nothing (default 0.05 unless --target-ratio or only "
                         "--quantize is given)")
     g.add_argument("--target-ratio", type=positive_float, default=None,
-                   help="search the smallest threshold whose cost vs the ReLU twin is <= this")
-    p.add_argument("--cost", choices=("macs", "latency"), default="macs",
-                   help="cost for --target-ratio: MAC ratio (default) or measured onnxruntime latency ratio")
+                   help="search the smallest threshold whose cost vs the ReLU twin is <= this (by default the "
+                        "measured onnxruntime latency ratio, see --cost)")
+    p.add_argument("--cost", choices=("macs", "latency"), default="latency",
+                   help="cost for --target-ratio: measured onnxruntime latency ratio (default) or MAC ratio")
+    p.add_argument("--max-drop", type=float, default=0.3,
+                   help="accuracy budget in percentage points on a validation split carved from the training data "
+                        "(default 0.3; negative: no budget); the command exits 3 and says so when it is missed")
+    p.add_argument("--val-samples", type=pos_int, default=1000,
+                   help="validation split size (at most a fifth of the training data; default 1000)")
     p.add_argument("--quantize", choices=("int8",), default=None, help="also write model.int8.onnx (static QDQ)")
     p.add_argument("--int8-keep-fp32", choices=("none", "products", "quadratic"), default="none",
                    help="int8: keep x*x, r*g and their sum fp32 (products), also the x*x conv (quadratic)")
-    p.add_argument("--finetune-epochs", type=nonneg_int, default=0, help="fine-tune with the run's recipe")
+    p.add_argument("--finetune-epochs", type=nonneg_int, default=1,
+                   help="fine-tune with the run's recipe (default 1 epoch; 0: off)")
     p.add_argument("--finetune-lr", type=positive_float, default=None, help="fine-tuning LR (default: run's LR x 0.1)")
     p.add_argument("--calib-samples", type=pos_int, default=1024, help="calibration images (default 1024)")
     p.add_argument("--align", type=pos_int, default=None,
@@ -74,7 +95,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-drop-branches", action="store_true", help="never drop a layer's whole b or g branch")
     p.add_argument("--twin", default=None, metavar="RUN_DIR", help="trained ReLU twin run (accuracy in the report)")
     p.add_argument("--no-bench", action="store_true", help="skip the latency measurement")
-    p.add_argument("--batches", type=pos_int, nargs="+", default=[1, 64], help="latency batch sizes (default 1 64)")
+    p.add_argument("--batch", "--batches", dest="batches", type=pos_int, nargs="+", default=[1, 64], help="latency batch sizes (default 1 64)")
     p.add_argument("--threads", type=pos_int, default=None, help="onnxruntime intra-op threads")
     p.add_argument("--min-seconds", type=positive_float, default=1.0, help="timed seconds per model and batch")
     p.add_argument("--no-check", action="store_true", help="skip the onnxruntime parity check")

@@ -4,12 +4,9 @@ learning-rate ratios for the quadratic branches), cosine schedule over the fine-
 from __future__ import annotations
 
 import logging
-import math
-import time
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from quadexport.layers.mixed import MixedQuad
@@ -44,62 +41,39 @@ def param_groups(model: nn.Module, lr: float, relinear: dict[str, Any], weight_d
     return groups
 
 
-def finetune(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor,
-             y_test: torch.Tensor, train_config: dict[str, Any], epochs: int, lr: float | None = None,
-             lr_scale: float = 0.1, seed: int = 0, log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
-    """Train ``model`` in place for ``epochs`` epochs; returns per-epoch metrics.
+def recipe(train_config: dict[str, Any], epochs: int, lr: float | None = None, lr_scale: float = 0.1):
+    """The run's :class:`~quadexport.train.TrainConfig` for fine-tuning: its optimizer, batch size, weight decay,
+    schedule and ReLinear settings, ``epochs`` epochs at ``lr`` (default: the run's LR × ``lr_scale``)."""
+    from dataclasses import fields
 
-    Args:
-        model: the compressed model (BatchNorms still in place).
-        x_train, y_train: training data (the run's training subset).
-        x_test, y_test: test data (accuracy after each epoch).
-        train_config: the run's ``TrainConfig`` dict (``meta["train_config"]``).
-        epochs: fine-tuning epochs.
-        lr: base learning rate (default: the run's ``lr × lr_scale``).
-        lr_scale: see ``lr``.
-        seed: shuffling seed.
-        log: progress callback (default: this module's logger at INFO).
-    """
-    log = log or _log.info
-    from quadexport.train import evaluate
+    from quadexport.train import TrainConfig
 
-    tc = train_config or {}
-    base_lr = float(lr) if lr is not None else float(tc.get("lr", 0.05)) * lr_scale
-    bs = int(tc.get("batch_size", 64))
-    wd = float(tc.get("weight_decay", 1e-4))
-    groups = param_groups(model, base_lr, tc.get("relinear", {}) or {}, wd)
-    if tc.get("optimizer", "sgd") == "adam":
-        opt = torch.optim.Adam(groups, lr=base_lr)
-    else:
-        opt = torch.optim.SGD(groups, lr=base_lr, momentum=0.9)
-    gen = torch.Generator().manual_seed(int(seed))
-    hist = []
-    for ep in range(int(epochs)):
-        f = 0.5 * (1.0 + math.cos(math.pi * ep / epochs)) if tc.get("schedule", "cosine") == "cosine" else 1.0
-        for gr in opt.param_groups:
-            gr["lr"] = gr["base_lr"] * f
-        model.train()
-        t0, loss_sum, seen = time.perf_counter(), 0.0, 0
-        order = torch.randperm(len(x_train), generator=gen)
-        for i in range(0, len(order), bs):
-            idx = order[i:i + bs]
-            out = model(x_train[idx])
-            loss = F.cross_entropy(out, y_train[idx])
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"fine-tuning loss is not finite in epoch {ep + 1}; lower --finetune-lr")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            loss_sum += float(loss.detach()) * len(idx)
-            seen += len(idx)
-        test_loss, test_acc = evaluate(model, x_test, y_test, torch.device("cpu"))
-        row = {"epoch": ep + 1, "train_loss": loss_sum / max(seen, 1), "test_loss": test_loss, "test_acc": test_acc,
-               "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
-        hist.append(row)
-        log(f"fine-tune epoch {ep + 1}/{epochs}: train_loss {row['train_loss']:.4f} test_acc {100 * test_acc:.2f}% "
-            f"({row['seconds']:.0f} s)")
-    model.eval()
+    known = {f.name for f in fields(TrainConfig)}
+    tc = {k: v for k, v in (train_config or {}).items() if k in known}
+    base = float(tc.get("lr", 0.05))
+    tc.update(epochs=int(epochs), lr=float(lr) if lr is not None else base * lr_scale, device="cpu", amp="none")
+    tc.pop("warm_start", None)
+    return TrainConfig(**tc)
+
+
+def finetune(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, train_config: dict[str, Any],
+             epochs: int, lr: float | None = None, progress: Callable[[Any, str], Any] | None = None,
+             log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """Fine-tune ``model`` in place with the run's recipe through the training loop of :mod:`quadexport.train`
+    (:func:`~quadexport.train.fit_tensors`: NaN steps skipped, NaN epochs rolled back with the LR halved); gate and
+    power branches of quadratic and mixed layers at the run's ReLinear LR ratios (:func:`param_groups`). Returns
+    per-epoch metrics."""
+    from quadexport.train import fit_tensors
+
+    cfg = recipe(train_config, epochs, lr)
+    groups = param_groups(model, cfg.lr, cfg.relinear.to_dict(), cfg.weight_decay)
+    opt = (torch.optim.Adam(groups, lr=cfg.lr) if cfg.optimizer == "adam"
+           else torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9))
+    hist = fit_tensors(model, x_train, y_train, cfg, optimizer=opt, progress=progress, log_fn=log)
+    for row in hist:
+        (log or _log.info)(f"   fine-tune epoch {row['epoch']}/{epochs}: train_loss {row['train_loss']:.4f} "
+                           f"({row['seconds']:.0f} s)")
     return hist
 
 
-__all__ = ["finetune", "param_groups"]
+__all__ = ["finetune", "param_groups", "recipe"]

@@ -84,7 +84,7 @@ def _round_up(n: int, align: int, cap: int) -> int:
 
 
 def plan(model: nn.Module, scores: dict[str, dict[str, Fit]], threshold: float, align: int | None = None,
-         drop_branches: bool = True) -> Plan:
+         drop_branches: bool = True, structure: Structure | None = None) -> Plan:
     """Decide per layer and group (see the module docstring).
 
     Args:
@@ -94,10 +94,10 @@ def plan(model: nn.Module, scores: dict[str, dict[str, Fit]], threshold: float, 
         align: round the quadratic prefix of conv layers up to a multiple of this (default: :func:`nchwc_block`);
             dense layers use 1.
         drop_branches: drop ``b``/``g`` from a layer's prefix when no prefix channel needs it.
+        structure: the model's channel groups (default: :func:`~quadexport.compress.structure.describe`).
     """
     align = nchwc_block() if align is None else int(align)
-    mods = dict(model.named_modules())
-    structure = describe(model)
+    structure = describe(model) if structure is None else structure
     notes: list[str] = []
     layers: dict[str, LayerPlan] = {}
     for name, sc in scores.items():
@@ -111,10 +111,10 @@ def plan(model: nn.Module, scores: dict[str, dict[str, Fit]], threshold: float, 
     for name, lp in layers.items():
         if name in in_group:
             continue
-        # not produced into a known group (models of unknown structure): whole-layer decision
+        # not produced into a channel group (e.g. it writes the model's output): whole-layer decision
         lp.k = lp.channels if lp.own else 0
-        if structure is None and 0 < len(lp.own) < lp.channels:
-            notes.append(f"{name}: unknown model structure, layer kept whole")
+        if 0 < len(lp.own) < lp.channels:
+            notes.append(f"{name}: its output channels cannot be reordered, layer kept whole")
     for name, lp in layers.items():
         _plan_branches(lp, scores[name], _perm_of(structure, perms, name) or list(range(lp.channels)), threshold,
                        drop_branches)
@@ -154,8 +154,8 @@ def _plan_group(model: nn.Module, grp: Group, layers: dict[str, LayerPlan], scor
         for p in partial:
             layers[p].k = k
     else:
-        notes.append(f"group {grp.name} cannot be permuted (grouped branches): quadratic prefixes cover the "
-                     f"highest quadratic channel index")
+        notes.append(f"group {grp.name} cannot be permuted ({getattr(grp, 'reason', '') or 'grouped branches'}): "
+                     f"quadratic prefixes cover the highest quadratic channel index")
         for p in partial:
             lp = layers[p]
             lp.k = _round_up(max(lp.own) + 1, _align_of(mods[p], align), n)
@@ -193,12 +193,13 @@ def _perm_of(structure: Structure | None, perms: dict[str, list[int]], layer: st
 
 
 def search_threshold(model: nn.Module, scores: dict, target: float, cost: Callable[[Plan], float], align: int,
-                     drop_branches: bool = True, max_steps: int = 40,
-                     log: Callable[[str], None] | None = None) -> tuple[float, list[dict[str, float]]]:
+                     drop_branches: bool = True, max_steps: int = 40, log: Callable[[str], None] | None = None,
+                     structure: Structure | None = None) -> tuple[float, list[dict[str, float]]]:
     """Smallest threshold whose plan has ``cost(plan) <= target`` (cost falls as the threshold rises), by bisection
     over the distinct channel scores. Returns ``(threshold, trace)``; each step goes to ``log`` (default: this
     module's logger at INFO)."""
     log = log or _log.info
+    structure = describe(model) if structure is None else structure
     vals = sorted({float(v) for sc in scores.values() for v in sc["lin"].score.tolist()})
     cands = [0.0] + [math.nextafter(v, math.inf) for v in vals]
     trace: list[dict[str, float]] = []
@@ -206,7 +207,7 @@ def search_threshold(model: nn.Module, scores: dict, target: float, cost: Callab
 
     def c(i: int) -> float:
         if i not in memo:
-            memo[i] = cost(plan(model, scores, cands[i], align, drop_branches))
+            memo[i] = cost(plan(model, scores, cands[i], align, drop_branches, structure))
             trace.append({"threshold": cands[i], "cost": memo[i]})
             log(f"  threshold {cands[i]:.4g}: cost {memo[i]:.3f}")
         return memo[i]

@@ -3,19 +3,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from quadexport.compress.plan import Plan
-from quadexport.compress.timing import p50
+from quadexport.compress.latency import p50
 from quadexport.layers.mixed import MixedQuad
 from quadexport.layers.quad import QuadLayer
 from quadexport.zoo._prune import get_spec
 
-__all__ = ["CompressOutcome", "build_report", "latency_ratios", "render_report"]
+__all__ = ["CompressOutcome", "CompressReport", "build_report", "latency_ratios", "render_report"]
 
 
 @dataclass
@@ -55,10 +55,66 @@ class CompressOutcome:
     folded: list[str] = field(default_factory=list)
     rel: float = 0.0
     seconds: float = 0.0
+    val: dict[str, Any] = field(default_factory=dict)
+    targets: dict[str, Any] = field(default_factory=dict)
+    unresolved: list[str] = field(default_factory=list)
 
 
-def build_report(o: CompressOutcome) -> dict[str, Any]:
-    """The report dict (``compress_report.json``) of a compression."""
+@dataclass
+class CompressReport:
+    """The result of :func:`~quadexport.compress.compress` (``compress_report.json`` is :meth:`to_dict`).
+
+    Attributes:
+        source, out: the input and output run dirs.
+        model, neuron: the model name and neuron type.
+        plan: threshold, alignment, per-layer plan, permuted groups, notes.
+        layers: one row per quadratic layer (channels, kept prefix ``k``, branches, error, form).
+        quadratic_channels: ``{"kept", "total"}``.
+        accuracy: test accuracy ``original``/``pruned``/``final``, ``delta_pp``, ``relu_twin``,
+            ``calibration_logits_rel_change``.
+        validation: accuracy on the validation split carved from the training data (the budget's measure).
+        targets: ``max_drop_pp``, ``val_drop_pp``, ``target_ratio``, ``cost``, ``reached_ratio`` and ``missed``
+            (plain sentences; empty when every target held).
+        macs: MACs of the original, compressed and ReLU-twin models and their ratios.
+        latency, latency_ratios: interleaved onnxruntime timing and per-batch ratios to the ReLU twin.
+        int8, parity: int8 results and the fp32 parity check (``None`` when not run).
+        finetune: fine-tuning epochs; threshold_search: search steps; folded_bn: BatchNorms folded.
+        unresolved: channel groups left unpermuted, with the reason (their layers are kept whole or prefix-split).
+        seconds: wall time.
+    """
+
+    source: str
+    out: str
+    model: str | None
+    neuron: str | None
+    plan: dict[str, Any]
+    layers: list[dict[str, Any]]
+    quadratic_channels: dict[str, Any]
+    accuracy: dict[str, Any]
+    validation: dict[str, Any]
+    targets: dict[str, Any]
+    macs: dict[str, Any]
+    latency: dict[str, Any] | None
+    latency_ratios: list[dict[str, Any]]
+    int8: dict[str, Any] | None
+    parity: dict[str, Any] | None
+    finetune: list[dict[str, Any]]
+    threshold_search: list[dict[str, float]]
+    folded_bn: list[str]
+    unresolved: list[str]
+    seconds: float
+
+    @property
+    def missed(self) -> list[str]:
+        """The targets that were not met, as sentences (empty: all held)."""
+        return list(self.targets.get("missed", []))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def build_report(o: CompressOutcome) -> CompressReport:
+    """The :class:`CompressReport` of a compression."""
     run_dir, out, cmodel, pl = o.run_dir, o.out, o.cmodel, o.plan
     layers = []
     spec = get_spec(cmodel) or {}
@@ -76,18 +132,17 @@ def build_report(o: CompressOutcome) -> dict[str, Any]:
             d["form"] = "quadratic" if lp.unchanged else spec.get("layers", {}).get(name, {}).get("type", "?")
             layers.append(d)
     ratios = latency_ratios(o.timing) if o.timing is not None else []
-    return {
-        "source": str(run_dir), "out": str(out), "model": cmodel.quadexport_config.get("name"),
-        "neuron": cmodel.quadexport_config.get("neuron"), "plan": pdict, "layers": layers,
-        "quadratic_channels": qch,
-        "accuracy": {"original": o.acc_orig, "pruned": o.acc_pruned, "final": o.acc_final,
-                     "delta_pp": 100 * (o.acc_final - o.acc_orig), "relu_twin": o.twin_acc,
-                     "calibration_logits_rel_change": o.rel},
-        "macs": {"original": o.macs_orig, "compressed": o.macs_c, "relu_twin": o.macs_twin,
-                 "compressed_ratio": o.macs_c / o.macs_twin, "original_ratio": o.macs_orig / o.macs_twin},
-        "latency": o.timing, "latency_ratios": ratios, "int8": o.int8, "parity": o.parity, "finetune": o.ft_hist,
-        "threshold_search": o.trace, "folded_bn": o.folded, "seconds": o.seconds,
-    }
+    return CompressReport(
+        source=str(run_dir), out=str(out), model=cmodel.quadexport_config.get("name"),
+        neuron=cmodel.quadexport_config.get("neuron"), plan=pdict, layers=layers, quadratic_channels=qch,
+        accuracy={"original": o.acc_orig, "pruned": o.acc_pruned, "final": o.acc_final,
+                  "delta_pp": 100 * (o.acc_final - o.acc_orig), "relu_twin": o.twin_acc,
+                  "calibration_logits_rel_change": o.rel},
+        validation=dict(o.val), targets=dict(o.targets),
+        macs={"original": o.macs_orig, "compressed": o.macs_c, "relu_twin": o.macs_twin,
+              "compressed_ratio": o.macs_c / o.macs_twin, "original_ratio": o.macs_orig / o.macs_twin},
+        latency=o.timing, latency_ratios=ratios, int8=o.int8, parity=o.parity, finetune=o.ft_hist,
+        threshold_search=o.trace, folded_bn=o.folded, unresolved=list(o.unresolved), seconds=o.seconds)
 
 
 def latency_ratios(timing: dict[str, Any]) -> list[dict[str, Any]]:
@@ -107,8 +162,9 @@ def latency_ratios(timing: dict[str, Any]) -> list[dict[str, Any]]:
     return ratios
 
 
-def render_report(r: dict[str, Any]) -> str:
+def render_report(r: CompressReport | dict[str, Any]) -> str:
     """Markdown rendering of a compression report."""
+    r = r.to_dict() if isinstance(r, CompressReport) else r
     a, m = r["accuracy"], r["macs"]
     head = (f"{r['model']} ({r['neuron']}), threshold {r['plan']['threshold']:.4g}, alignment {r['plan']['align']}: "
             f"{r['quadratic_channels']['kept']}/{r['quadratic_channels']['total']} quadratic channels kept."
@@ -159,5 +215,14 @@ def render_report(r: dict[str, Any]) -> str:
         lines += ["", "Permuted channel groups: " + ", ".join(r["plan"]["permuted_groups"])]
     for n in r["plan"]["notes"]:
         lines.append(f"- {n}")
+    for n in r.get("unresolved", []):
+        lines.append(f"- left unpermuted: {n}")
+    t, v = r.get("targets") or {}, r.get("validation") or {}
+    if v:
+        lines += ["", f"Validation split ({v['samples']} training images, not used for calibration or fine-tuning): "
+                      f"{100 * v['original']:.2f}% → {100 * v['final']:.2f}% ({t.get('val_drop_pp', 0):+.2f} pp drop; "
+                      f"budget {t.get('max_drop_pp')})."]
+    for n in t.get("missed", []):
+        lines.append(f"- **missed**: {n}")
     lines += ["", f"({r['seconds']:.0f} s)"]
     return "\n".join(lines) + "\n"

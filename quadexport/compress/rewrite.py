@@ -13,7 +13,7 @@ from torch import nn
 from quadexport.compress.permute import conv_shortcuts, permute_model
 from quadexport.compress.plan import LayerPlan, Plan
 from quadexport.compress.stats import Fit
-from quadexport.compress.structure import describe
+from quadexport.compress.structure import Structure, describe
 from quadexport.errors import UsageError
 from quadexport.exporter.fold import _bn_affine
 from quadexport.layers.mixed import MixedQuad, PermShortcut, like
@@ -54,12 +54,12 @@ def compress_model(model: nn.Module, pl: Plan, scores: dict[str, dict[str, Fit]]
     perms = {g: p for g, p in pl.perms.items() if p != list(range(len(p)))}
     if perms:
         permute_model(work, perms, structure)
-    if shortcut == "conv" and structure is not None:
+    if shortcut == "conv":
         conv_shortcuts(work, structure)
-    bn_of = structure.group_of_producer() if structure is not None else {}
+    bn_of = structure.group_of_producer()
     spec: dict[str, Any] = {"version": SPEC_VERSION, "layers": {}, "shortcuts": {}, "folded_bn": [],
                             "split": split}
-    for sc in (structure.shortcuts if structure is not None else []):
+    for sc in structure.shortcuts:
         if isinstance(work.get_submodule(sc.name), PermShortcut):
             spec["shortcuts"][sc.name] = {"in": sc.in_channels, "out": sc.out_channels, "stride": sc.stride}
     for name, lp in pl.layers.items():
@@ -72,6 +72,7 @@ def compress_model(model: nn.Module, pl: Plan, scores: dict[str, dict[str, Fit]]
             spec["layers"][name] = _to_linear(work, name, lp, scores[name], perm, bn_name)
         else:
             spec["layers"][name] = _to_mixed(work, name, lp, scores[name], perm, split)
+            spec["layers"][name]["bn"] = bn_name  # fold_mixed_bn folds it without re-tracing the model
     set_spec(work, spec)
     return work, spec
 
@@ -171,15 +172,18 @@ def recalibrate_bn(model: nn.Module, x: Tensor, batch_size: int = 256) -> int:
 # ---------------------------------------------------------------------------------------------------------------
 
 @torch.no_grad()
-def fold_mixed_bn(model: nn.Module, spec: dict[str, Any]) -> list[str]:
+def fold_mixed_bn(model: nn.Module, spec: dict[str, Any], structure: Structure | None = None) -> list[str]:
     """Fold the BatchNorm after every :class:`MixedQuad` into it and replace the BN by ``nn.Identity`` (the
     exporter folds BN only into plain and quadratic layers). Updates ``spec["folded_bn"]`` and the ``qbias`` flags.
+    ``structure``: the channel groups of the model it was compressed from (default: traced on ``model``).
     Returns the folded BN names."""
-    structure = describe(model)
-    if structure is None:
-        return []
+    if structure is None and all("bn" in d for d in spec["layers"].values() if d.get("type") == "mixed"):
+        pairs = {n: d["bn"] for n, d in spec["layers"].items() if d.get("type") == "mixed"}
+    else:
+        structure = describe(model) if structure is None else structure
+        pairs = {layer: bn for layer, (_, bn) in structure.group_of_producer().items()}
     done = []
-    for layer, (grp, bn_name) in structure.group_of_producer().items():
+    for layer, bn_name in pairs.items():
         m = model.get_submodule(layer)
         if not isinstance(m, MixedQuad) or bn_name is None:
             continue

@@ -1,25 +1,57 @@
-"""Channel groups for compression: :func:`describe` asks a model for its :class:`Structure` (zoo models implement
-``channel_groups()``, see :mod:`quadexport.zoo.structure`), :func:`permutable` says whether a group's layers allow a
-channel permutation."""
+"""Channel groups for compression: :func:`describe` reads a model's :class:`Structure` from its graph
+(:func:`quadexport.compress.graph.discover`, torch-pruning's ``DependencyGraph``) - the same for zoo models,
+quadratized torchvision/timm models and user modules; :func:`permutable` says whether a group's members allow a
+channel permutation; :func:`example_input` makes the tracing input of a model."""
 
 from __future__ import annotations
 
+from typing import Sequence
+
+import torch
 from torch import nn
 
+from quadexport.compress.graph import GraphGroup, Member, discover
+from quadexport.errors import UsageError
 from quadexport.layers.quad import QuadLayer
 from quadexport.zoo.structure import Group, Shortcut, Structure
 
 
-def describe(model: nn.Module) -> Structure | None:
-    """The :class:`Structure` of a model that describes its channel groups (``model.channel_groups()``: CIFAR
-    ResNet, SmallCNN, MLP), or ``None`` for other models (then only whole-layer decisions are possible)."""
-    groups = getattr(model, "channel_groups", None)
-    return groups() if callable(groups) else None
+def example_input(model: nn.Module, input_shape: Sequence[int] | None = None) -> torch.Tensor:
+    """A one-sample input for tracing: ``input_shape`` ``(C, H, W)`` or, for models built by
+    :func:`quadexport.create_model`, the shape in their ``quadexport_config``."""
+    if input_shape is None:
+        cfg = getattr(model, "quadexport_config", None) or {}
+        if "in_channels" not in cfg:
+            raise UsageError("tracing the model's channel groups needs its input shape (pass input_shape=(C, H, W))")
+        size = cfg.get("input_size", [28, 28])
+        input_shape = (int(cfg["in_channels"]), *(int(v) for v in size))
+    g = torch.Generator().manual_seed(0)
+    return torch.randn((1, *(int(v) for v in input_shape)), generator=g)
+
+
+def describe(model: nn.Module, input_shape: Sequence[int] | None = None) -> Structure:
+    """The :class:`Structure` of any model, traced on an :func:`example_input` (see
+    :mod:`quadexport.compress.graph`)."""
+    return discover(model, example_input(model, input_shape))
+
+
+def members(group: Group) -> list[Member]:
+    """The modules whose channels follow ``group``'s order: a traced :class:`GraphGroup`'s members, or (for a
+    hand-written :class:`Group`) its producers, their BatchNorms and its consumers with one-to-one indices."""
+    if isinstance(group, GraphGroup):
+        return group.members
+    ident = [[i] for i in range(group.channels)]
+    out = [Member(p, "out", ident) for p, _ in group.producers]
+    out += [Member(bn, "out", ident) for _, bn in group.producers if bn is not None]
+    return out + [Member(c, "in", ident) for c in group.consumers]
 
 
 def permutable(model: nn.Module, group: Group) -> bool:
-    """Whether every layer of ``group`` can have its channels permuted (quadratic layers with grouped/depthwise
-    branches cannot: their output channel ``o`` is tied to input channel ``o // multiplier``)."""
+    """Whether every member of ``group`` can have its channels permuted (quadratic layers with grouped/depthwise
+    branches cannot: their output channel ``o`` is tied to input channel ``o // multiplier``; traced groups carry
+    their own verdict)."""
+    if isinstance(group, GraphGroup) and not group.resolved:
+        return False
     mods = dict(model.named_modules())
     for name in [p for p, _ in group.producers] + group.consumers:
         m = mods[name]
@@ -29,9 +61,10 @@ def permutable(model: nn.Module, group: Group) -> bool:
                     return False
         elif getattr(m, "groups", 1) != 1:
             return False
-        elif not isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+        elif not isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
             return False
     return True
 
 
-__all__ = ["Group", "Shortcut", "Structure", "describe", "permutable"]
+__all__ = ["Group", "GraphGroup", "Member", "Shortcut", "Structure", "describe", "example_input", "members",
+           "permutable"]

@@ -1,0 +1,61 @@
+"""Interleaved onnxruntime latency of several ONNX files (the compression report's latency ratios and the latency
+search), through the bench package's shared timing API (:func:`quadexport.bench.timing.time_sessions`).
+
+Sessions come from :func:`quadexport.exporter.make_session` (``session.intra_op.allow_spinning = 0``); per batch size every
+model is timed interleaved with the others, so machine drift hits all alike. The result keeps the readable JSON
+form of the compression report: ``{"rows": [{"model", "batch", "p50_ms", ...}], "config", "load_before",
+"load_after"}``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from quadexport.bench.timing import TimingConfig, TimingUnit, loadavg, time_sessions
+
+__all__ = ["p50", "time_onnx"]
+
+
+def time_onnx(models: Mapping[str, str | os.PathLike], input_shape: Sequence[int], batches: Sequence[int] = (1, 64),
+              threads: int | None = None, min_seconds: float = 1.0, seed: int = 0) -> dict[str, Any]:
+    """Time ONNX files interleaved (one :func:`time_sessions` call per batch size).
+
+    Args:
+        models: ``{label: path}``.
+        input_shape: one sample's shape ``(C, H, W)``.
+        batches: batch sizes.
+        threads: onnxruntime intra-op threads (default: onnxruntime's, one per core).
+        min_seconds: minimum timed seconds per model and batch.
+        seed: seed of the random inputs.
+    """
+    import onnxruntime
+
+    from quadexport.exporter import make_session
+
+    sessions = {k: make_session(str(Path(p)), "cpu", threads=threads) for k, p in models.items()}
+    rng = np.random.default_rng(seed)
+    rows = []
+    load_before = loadavg()
+    for batch in batches:
+        x = rng.standard_normal((int(batch), *input_shape)).astype(np.float32)
+        units = [TimingUnit(k, (lambda s=s: s.run(None, {s.get_inputs()[0].name: x})),
+                            lambda out: bool(np.isfinite(out[0]).all())) for k, s in sessions.items()]
+        stats = time_sessions(units, TimingConfig(min_seconds=min_seconds, warmup=5, chunk_seconds=0.05,
+                                                  batch=int(batch)))
+        rows += [{"model": k, **asdict(st)} for k, st in stats.items()]
+    return {"rows": rows, "load_before": load_before, "load_after": loadavg(),
+            "config": {"ort": onnxruntime.__version__, "threads": threads, "batches": [int(b) for b in batches],
+                       "min_seconds": min_seconds, "allow_spinning": False, "cpu_count": os.cpu_count()}}
+
+
+def p50(timing: dict[str, Any], model: str, batch: int) -> float | None:
+    """Median latency (ms) of ``model`` at ``batch`` in a :func:`time_onnx` result."""
+    for r in timing["rows"]:
+        if r["model"] == model and r["batch"] == batch:
+            return r["p50_ms"]
+    return None

@@ -1,0 +1,102 @@
+"""The output stages of a compression: write the run dir (checkpoint, config, metrics, fp32 ONNX), check parity,
+quantise to int8, take the trained ReLU twin, measure latency."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+
+from quadexport.compress.job import Job, accuracy, export_onnx
+
+FP32_ONNX, INT8_ONNX = "model.onnx", "model.int8.onnx"
+
+__all__ = ["FP32_ONNX", "INT8_ONNX", "bench", "int8", "parity", "trained_twin", "write_run"]
+
+
+def write_run(job: Job) -> Path:
+    """The new run dir: checkpoint, config, metrics and the fp32 ONNX export (returned)."""
+    from quadexport.checkpoint import save_checkpoint, write_json
+
+    cfg, o, meta, out = job.cfg, job.o, job.meta, job.dir
+    out.mkdir(parents=True, exist_ok=True)
+    cmeta = dict(meta)
+    cmeta.update(test_acc=o.acc_final, compressed_from=str(o.run_dir), uncompressed_test_acc=o.acc_orig,
+                 compression={"threshold": job.threshold, "target_ratio": cfg.target_ratio, "cost": cfg.cost,
+                              "finetune_epochs": len(o.ft_hist), "quantize": cfg.quantize,
+                              "keep_fp32": cfg.keep_fp32, "align": job.align, "split": cfg.split,
+                              "shortcut": cfg.shortcut, "calib_samples": cfg.calib_samples,
+                              "max_drop": cfg.max_drop, "val_samples": o.val.get("samples"),
+                              "bn_recalibrated": bool(cfg.bn_recalibrate and job.changed),
+                              "source_compression": meta.get("compression")})
+    if cfg.quantize:
+        cmeta["int8_onnx"] = INT8_ONNX
+    rid = job.run.run_id if job.run is not None else None
+    save_checkpoint(out, o.cmodel, cmeta, None, int(job.ckpt.get("epoch", 0)), {"compressed": True}, run_id=rid)
+    stamp = job.run.stamp if job.run is not None else (lambda d: d)
+    o.cmodel.quadexport_meta = cmeta
+    write_json(out / "config.json", stamp({"compression": cmeta["compression"], "source": str(o.run_dir),
+                                           "train_config": meta.get("train_config")}))
+    write_json(out / "metrics.json", stamp({"model": o.cmodel.quadexport_config.get("name"),
+                                            "neuron": o.cmodel.quadexport_config.get("neuron"),
+                                            "dataset": meta["dataset"], "test_acc": o.acc_final,
+                                            "uncompressed_test_acc": o.acc_orig, "pruned_test_acc": o.acc_pruned,
+                                            "finetune": o.ft_hist, "epochs": []}))
+    return export_onnx(o.cmodel, out / FP32_ONNX, job.shape)
+
+
+def parity(job: Job, fp32_path: Path) -> None:
+    from quadexport.check import check as run_check
+
+    rep = run_check(fp32_path, job.o.cmodel, batches=(1, 3, 64), verbose=False, dataset=job.meta["dataset"],
+                    data_dir=job.cfg.data_dir)
+    rep.onnx_path = str(job.o.out / FP32_ONNX)  # where it will be once the staged run is in place
+    rep.save(job.dir / "parity.json")
+    job.o.parity = {"ok": rep.ok, "worst_rel_l2": rep.worst_rel_l2}
+    job.say(f"== parity of {fp32_path}: {'ok' if rep.ok else 'FAILED'} (worst rel_l2 {rep.worst_rel_l2:.1e})")
+
+
+def int8(job: Job, fp32_path: Path) -> None:
+    from quadexport.compress.quant import onnx_accuracy, quantize_int8
+
+    cfg, out, ds = job.cfg, job.dir, job.ds
+    job.say(f"== int8 static quantisation (keep fp32: {cfg.keep_fp32})")
+    info = quantize_int8(fp32_path, out / INT8_ONNX, job.calib.numpy(), keep_fp32=cfg.keep_fp32)
+    acc8, logits8 = onnx_accuracy(out / INT8_ONNX, ds.x_test.numpy(), ds.y_test.numpy(), threads=cfg.threads)
+    acc32, logits32 = onnx_accuracy(fp32_path, ds.x_test.numpy(), ds.y_test.numpy(), threads=cfg.threads)
+    rel8 = float(np.linalg.norm(logits8 - logits32) / np.linalg.norm(logits32))
+    job.o.int8 = {**info, "path": INT8_ONNX, "test_acc": acc8, "fp32_onnx_test_acc": acc32, "rel_l2_vs_fp32": rel8,
+                  "top1_agreement": float((logits8.argmax(1) == logits32.argmax(1)).mean())}
+    job.say(f"   int8 test accuracy {100 * acc8:.2f}% (fp32 {100 * acc32:.2f}%), logits rel_l2 {rel8:.3f}")
+
+
+def trained_twin(job: Job) -> None:
+    """The trained ReLU twin given by the user: its accuracy, and it replaces the zoo-built twin for timing."""
+    from quadexport.checkpoint import load
+
+    tm = load(job.cfg.twin)
+    acc = tm.quadexport_meta.get("test_acc")
+    job.o.twin_acc = float(acc) if acc is not None else accuracy(tm, job.ds.x_test, job.ds.y_test)
+    job.twin_model = tm
+
+
+def bench(job: Job, fp32_path: Path) -> None:
+    """Interleaved onnxruntime latency of the original, compressed (int8) model and the ReLU twin."""
+    from quadexport.compress.latency import time_onnx
+
+    cfg, shape = job.cfg, job.shape
+    job.say(f"== latency (onnxruntime CPU, interleaved, batches {list(cfg.batches)})")
+    bdir = job.dir / "bench"
+    files = {"original": export_onnx(job.o.model, bdir / "original.onnx", shape),
+             "compressed": fp32_path, "relu_twin": export_onnx(job.twin_model, bdir / "relu_twin.onnx", shape)}
+    if cfg.quantize:
+        files["compressed_int8"] = job.dir / INT8_ONNX
+    if cfg.shortcut == "conv":
+        from quadexport.compress.permute import conv_shortcuts
+        from quadexport.compress.structure import describe
+
+        twin = copy.deepcopy(job.twin_model)
+        files["relu_twin_convsc"] = export_onnx(conv_shortcuts(twin, describe(twin, shape)),
+                                                bdir / "relu_twin_convsc.onnx", shape)
+    job.o.timing = time_onnx(files, shape, cfg.batches, cfg.threads, min_seconds=cfg.min_seconds)

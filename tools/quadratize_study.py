@@ -1,0 +1,146 @@
+"""The quadratize study of docs/quadratize.md: a trained ReLU ResNet20 made quadratic and fine-tuned, against ReLU
+controls, paired by seed.
+
+    python tools/quadratize_study.py steptime --out docs/quadratize/steptime.json   # interleaved train steps
+    python tools/quadratize_study.py report RUNS_DIR --latency BENCH_DIR/bench.json \\
+        --steptime docs/quadratize/steptime.json --out docs/quadratize/study.json     # tables (markdown on stdout)
+
+RUNS_DIR holds run dirs named ``<config>-s<seed>`` (``base``, ``relu-ft``, ``relu-scratch10``, ``fan-full``,
+``fan-adapter``, ``lr4-full``, ``lr16-full``, ``lr4-adapter`` ...); the commands that trained them are in
+docs/quadratize.md. Accuracy is each run's final test accuracy (full 10k Fashion-MNIST test set).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import time
+from pathlib import Path
+
+CONTROLS = ("relu-ft", "relu-scratch10")
+TRAIN_ONLY = {"full": None, "adapter": "quadratic+bn+head"}
+
+
+def _runs(root: Path) -> dict[str, dict[int, float]]:
+    """``{config: {seed: test accuracy (fraction)}}`` of every finished run dir under ``root``."""
+    out: dict[str, dict[int, float]] = {}
+    for m in sorted(root.glob("*-s[0-9]*/metrics.json")):
+        match = re.fullmatch(r"(.+)-s(\d+)", m.parent.name)
+        if match:
+            out.setdefault(match.group(1), {})[int(match.group(2))] = float(json.loads(m.read_text())["test_acc"])
+    return out
+
+
+def _mean_sd(v: list[float]) -> str:
+    return f"{100 * statistics.mean(v):.2f} ± {100 * statistics.stdev(v):.2f}" if len(v) > 1 else f"{100 * v[0]:.2f}"
+
+
+def _paired(a: dict[int, float], b: dict[int, float]) -> str:
+    seeds = sorted(set(a) & set(b))
+    if not seeds:
+        return "–"
+    d = [100 * (a[s] - b[s]) for s in seeds]
+    sd = f" ± {statistics.stdev(d):.2f}" if len(d) > 1 else ""
+    return f"{statistics.mean(d):+.2f}{sd} (n={len(d)})"
+
+
+def _latency(bench_json: Path | None) -> dict[str, dict[int, float]]:
+    """``{run dir name: {batch: p50 ratio to the base ReLU run}}`` from one interleaved ``quadexport bench``."""
+    if bench_json is None or not bench_json.exists():
+        return {}
+    rows = json.loads(bench_json.read_text())["rows"]
+    p50 = {(Path(r["model"]).name if "/" in str(r["model"]) else r["model"], r["batch"]): r["p50_ms"]
+           for r in rows if r.get("mode") == "decomposed"}
+    base = {b: v for (m, b), v in p50.items() if m.startswith("base-")}
+    out: dict[str, dict[int, float]] = {}
+    for (m, b), v in p50.items():
+        if b in base:
+            out.setdefault(m, {})[b] = v / base[b]
+    return out
+
+
+def report(a: argparse.Namespace) -> None:
+    runs = _runs(Path(a.runs))
+    lat = _latency(Path(a.latency) if a.latency else None)
+    step = json.loads(Path(a.steptime).read_text()) if a.steptime and Path(a.steptime).exists() else {}
+    lines = ["| model (fine-tune) | seeds | test acc % (mean ± sd) | vs ReLU fine-tuned (paired Δ pp) | "
+             "vs ReLU from scratch, same epochs (paired Δ pp) | train step × ReLU |",
+             "|---|---|---|---|---|---|"]
+    for cfg in sorted(runs, key=lambda c: (c not in ("base", *CONTROLS), c)):
+        accs = runs[cfg]
+        st = step.get(cfg.rsplit("-", 1)[0] + ("-adapter" if cfg.endswith("adapter") else ""), {}).get("ratio")
+        lines.append(f"| {cfg} | {len(accs)} | {_mean_sd(list(accs.values()))} | "
+                     f"{_paired(accs, runs.get('relu-ft', {})) if cfg != 'relu-ft' else '–'} | "
+                     f"{_paired(accs, runs.get('relu-scratch10', {})) if cfg != 'relu-scratch10' else '–'} | "
+                     f"{f'{st:.2f}' if st else '–'} |")
+    print("\n".join(lines))
+    if lat:
+        print("\n| run | latency × base ReLU, batch 1 | batch 64 |\n|---|---|---|")
+        for m, d in sorted(lat.items()):
+            print(f"| {m} | {d.get(1, float('nan')):.2f} | {d.get(64, float('nan')):.2f} |")
+    if a.out:
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(json.dumps({"runs": runs, "latency": lat, "steptime": step}, indent=1))
+
+
+def steptime(a: argparse.Namespace) -> None:
+    """Median train-step time (batch 128, 1×28×28) of each configuration, interleaved with the ReLU twin."""
+    import torch
+    import torch.nn.functional as F
+
+    import quadexport as q
+    from quadexport.layers import QuadLayer
+
+    torch.set_num_threads(1)
+    x, y = torch.randn(128, 1, 28, 28), torch.randint(0, 10, (128,))
+    cfgs = {"relu": ("relu", False), "fan-full": ("fan", False), "fan-adapter": ("fan", True),
+            "lr4-full": ("lowrank:4", False), "lr4-adapter": ("lowrank:4", True), "lr16-full": ("lowrank:16", False)}
+    nets, opts = {}, {}
+    for name, (neuron, adapter) in cfgs.items():
+        m = q.create_model("resnet20", neuron, input_size=28)
+        if adapter:  # primary weights frozen: what --train-only quadratic+bn+head trains
+            for mod in m.modules():
+                if isinstance(mod, QuadLayer):
+                    for p in mod.branch(mod.neuron_type.branches[0].name).parameters():
+                        p.requires_grad_(False)
+        nets[name] = m
+        opts[name] = torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
+    times: dict[str, list[float]] = {n: [] for n in nets}
+    for i in range(a.warmup + a.steps):
+        for n, m in nets.items():
+            t = time.perf_counter()
+            opts[n].zero_grad()
+            F.cross_entropy(m(x), y).backward()
+            opts[n].step()
+            if i >= a.warmup:
+                times[n].append(time.perf_counter() - t)
+    med = {n: statistics.median(v) * 1000 for n, v in times.items()}
+    out = {n: {"ms": med[n], "ratio": med[n] / med["relu"]} for n in med}
+    for n, v in out.items():
+        print(f"{n:12s} {v['ms']:8.1f} ms  {v['ratio']:.2f}x")
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(out, indent=1))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("report")
+    r.add_argument("runs")
+    r.add_argument("--latency")
+    r.add_argument("--steptime")
+    r.add_argument("--out")
+    r.set_defaults(func=report)
+    s = sub.add_parser("steptime")
+    s.add_argument("--steps", type=int, default=12)
+    s.add_argument("--warmup", type=int, default=2)
+    s.add_argument("--out", default="docs/quadratize/steptime.json")
+    s.set_defaults(func=steptime)
+    a = ap.parse_args()
+    a.func(a)
+
+
+if __name__ == "__main__":
+    main()
