@@ -110,5 +110,5 @@ def set_trainable(model: nn.Module, spec: str) -> TrainableSummary:
         p.requires_grad_(on)
         trainable, frozen = trainable + on * p.numel(), frozen + (not on) * p.numel()
     summary = TrainableSummary(trainable, frozen, head_name)
-    log.info("--train-only %s: %s", spec, summary.line())
+    log.log(logging.INFO if parts else logging.DEBUG, "--train-only %s: %s", spec, summary.line())
     return summary

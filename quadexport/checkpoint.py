@@ -103,7 +103,9 @@ def save_checkpoint(run_dir: str | os.PathLike, model: nn.Module, meta: dict[str
         payload["run_id"] = run_id
     buf = io.BytesIO()  # serialise first: a full disk then fails as a plain OSError, not inside torch's zip writer
     torch.save(payload, buf)
-    return atomic_write(Path(run_dir) / CHECKPOINT, lambda f: f.write(buf.getbuffer()))
+    path = atomic_write(Path(run_dir) / CHECKPOINT, lambda f: f.write(buf.getbuffer()))
+    log.debug("saved %s (epoch %d)", path, epoch)
+    return path
 
 
 def read_checkpoint(run_dir: str | os.PathLike) -> dict[str, Any]:

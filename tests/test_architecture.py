@@ -191,7 +191,8 @@ def test_every_run_kind_loads_in_a_fresh_interpreter(tmp_path):
                           train_subset=100, test_subset=20, batch_size=50), progress=False, plot=False)
         runs[f"{model}-{neuron}"] = out
     comp = tmp_path / "cnn-fan-compressed"
-    qc.compress(runs["cnn-fan"], comp, target_ratio=1.6, align=4, calib_samples=64, bench=False, check=False,
+    qc.compress(runs["cnn-fan"], comp, target_ratio=1.6, cost="macs", finetune_epochs=0, max_drop=None, align=4,
+                calib_samples=64, bench=False, check=False,
                 verbose=False)
     runs["compressed"] = comp
     from quadexport.cli import main as cli_main

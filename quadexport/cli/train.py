@@ -161,10 +161,11 @@ def _interrupted(out: str, overwrite: bool, previous_id: str | None) -> str:
     from quadexport.rundir import CHECKPOINT, run_id_of
 
     if not (Path(out) / CHECKPOINT).is_file():
-        return f"interrupted before the first checkpoint; nothing was written to {out}"
+        return f"quadexport train: interrupted before the first checkpoint; nothing was written to {out}"
     if overwrite and run_id_of(out) == previous_id:
-        return f"interrupted before the new run's first checkpoint; {out} still holds the previous run, unchanged"
-    return f"interrupted; resume with: quadexport train --out {shlex.quote(out)} --resume"
+        return (f"quadexport train: interrupted before the new run's first checkpoint; {out} still holds the previous "
+                f"run, unchanged")
+    return f"quadexport train: interrupted; resume with: quadexport train --out {shlex.quote(out)} --resume"
 
 
 _SG_FLAGS, _SW_FLAGS = ("lr_ratio", "lr_ratio_g", "lr_ratio_b"), ("penalty", "alpha", "beta")
