@@ -13,17 +13,17 @@ model's output must equal the original's (max relative difference ≤ :data:`TOL
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
 import sys
 import types
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
 
+from quadexport._torchutil import one_thread
 from quadexport.errors import QuadexportError, UsageError
 from quadexport.layers.neurons import get_neuron
 from quadexport.zoo import count_macs, count_params
@@ -91,16 +91,6 @@ class QuadratizeReport:
         return d
 
 
-@contextlib.contextmanager
-def _one_thread() -> Iterator[None]:
-    """Single-threaded torch for the small probing forwards: on a busy machine the intra-op hand-offs of several
-    threads make a batch-2 forward of a small network many times slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
 
 
 def _input_shape(model: nn.Module, given: Any) -> tuple[int, ...] | None:
@@ -252,12 +242,12 @@ def quadratize(model: nn.Module, neuron: str = "fan", *, include: LayerSelector 
         p = next(work.parameters(), None)
         x = torch.randn((2, *shape), generator=torch.Generator().manual_seed(0)).to(
             p.device if p is not None else "cpu", p.dtype if p is not None and p.is_floating_point() else None)
-        with _one_thread():
+        with one_thread():
             report.input_shape, report.macs_before = shape, count_macs(work, shape)
             reference, _ = _probe(work, x, {})
     originals = convert_layers(work, {n: {"neuron": neuron, "rank": rank} for n in sel.convert})
     if x is not None:
-        with _one_thread():
+        with one_thread():
             _verify(work, x, reference, originals, report)
             report.macs_after = count_macs(work, shape)
     report.params_after = count_params(work)

@@ -16,7 +16,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -247,6 +247,18 @@ def _sum_over_ranks(values: tuple[float, ...], world: int, device: torch.device)
     return tuple(t.tolist())
 
 
+def roll_back(model: nn.Module, opt: torch.optim.Optimizer, good: tuple[dict, dict], rollbacks: int,
+              max_rollbacks: int, lr_mult: float, what: str, hint: str) -> float:
+    """Restore the last good ``(model, optimizer)`` state after a NaN/Inf epoch and return the halved LR multiplier;
+    after ``max_rollbacks`` rollbacks raise :class:`TrainingDiverged` (``what``: "training"/"fine-tuning")."""
+    if rollbacks > max_rollbacks:
+        raise TrainingDiverged(f"{what} diverged (NaN/Inf) after {rollbacks - 1} rollbacks with LR ×{lr_mult:g}; "
+                               f"{hint}")
+    model.load_state_dict(good[0])
+    opt.load_state_dict(good[1])
+    return lr_mult * 0.5
+
+
 def _all_finite(model: nn.Module) -> bool:
     """Parameters *and* buffers (BN running statistics) are finite."""
     return all(bool(torch.isfinite(v).all()) for v in model.state_dict().values() if v.is_floating_point())
@@ -441,12 +453,8 @@ def _train(cfg: TrainConfig, run: RunDir, resume: bool, progress: bool, stop_aft
         test_loss, test_acc = (math.nan, 0.0) if diverged else evaluate_batches(model, data.test, device)
         if diverged or not _all_finite(model) or not math.isfinite(test_loss) or not math.isfinite(loss_sum):
             rollbacks += 1
-            if rollbacks > cfg.max_rollbacks:
-                raise TrainingDiverged(f"training diverged (NaN/Inf) in epoch {epoch + 1} after {rollbacks - 1} "
-                                       f"rollbacks with LR ×{lr_mult:g}; lower --lr or use --relinear sg")
-            lr_mult *= 0.5
-            model.load_state_dict(good_state[0])
-            opt.load_state_dict(good_state[1])
+            lr_mult = roll_back(model, opt, good_state, rollbacks, cfg.max_rollbacks, lr_mult,
+                                f"training in epoch {epoch + 1}", "lower --lr or use --relinear sg")
             if rank == 0:
                 log.warning("epoch %d: NaN/Inf loss, weights or outputs; rolled back to the last good state, LR "
                             "multiplier now %g", epoch + 1, lr_mult)
@@ -485,58 +493,4 @@ def _train(cfg: TrainConfig, run: RunDir, resume: bool, progress: bool, stop_aft
     return metrics
 
 
-def fit_tensors(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, *,
-                optimizer: torch.optim.Optimizer | None = None, progress: Callable[[Any, str], Any] | None = None,
-                log_fn: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
-    """Train ``model`` in place on in-memory ``x, y`` for ``cfg.epochs`` epochs (CPU, one process) with the recipe
-    of ``cfg`` - optimizer (or ``optimizer``), schedule, ``sw`` penalty, gradient clipping - and :func:`train`'s
-    NaN handling: non-finite steps are skipped, and an epoch that leaves NaN/Inf weights rolls back to the last good
-    state with the LR halved (at most ``cfg.max_rollbacks`` times, then :class:`TrainingDiverged`). Used by
-    ``quadexport compress`` to fine-tune. ``progress(iterable, desc)`` wraps the batches (e.g. a tqdm bar).
-    Returns per-epoch ``{"epoch", "train_loss", "lr", "seconds", "skipped_steps", "rollbacks"}``."""
-    opt = optimizer or make_optimizer(model, cfg)
-    base_lrs = [g["lr"] for g in opt.param_groups]
-    gen = torch.Generator().manual_seed(cfg.seed)
-    good = (copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict()))
-    hist: list[dict[str, Any]] = []
-    epoch, lr_mult, rollbacks = 0, 1.0, 0
-    while epoch < cfg.epochs:
-        for g, lr0 in zip(opt.param_groups, base_lrs):
-            g["lr"] = lr0 * lr_factor(cfg, epoch) * lr_mult
-        model.train()
-        t0, loss_sum, seen, bad = time.perf_counter(), 0.0, 0, 0
-        order = torch.randperm(len(x), generator=gen).split(cfg.batch_size)
-        for idx in (progress(order, f"fine-tune epoch {epoch + 1}/{cfg.epochs}") if progress else order):
-            loss = F.cross_entropy(model(x[idx]).float(), y[idx])
-            total = loss + quadratic_penalty(model, cfg.relinear)
-            opt.zero_grad(set_to_none=True)
-            if not torch.isfinite(total):
-                bad += 1
-                continue
-            total.backward()
-            if cfg.grad_clip > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            loss_sum, seen = loss_sum + float(loss.detach()) * len(idx), seen + len(idx)
-        if bad >= 5 or not _all_finite(model) or not math.isfinite(loss_sum):
-            rollbacks += 1
-            if rollbacks > cfg.max_rollbacks:
-                raise TrainingDiverged(f"fine-tuning diverged (NaN/Inf) in epoch {epoch + 1} after {rollbacks - 1} "
-                                       f"rollbacks; lower --finetune-lr")
-            lr_mult *= 0.5
-            model.load_state_dict(good[0])
-            opt.load_state_dict(good[1])
-            import logging
-
-            (log_fn or logging.getLogger(__name__).warning)(f"fine-tune epoch {epoch + 1}: NaN/Inf; rolled back to "
-                                                            f"the last good state, LR multiplier now {lr_mult:g}")
-            continue
-        epoch += 1
-        hist.append({"epoch": epoch, "train_loss": loss_sum / max(seen, 1), "lr": opt.param_groups[0]["lr"],
-                     "seconds": time.perf_counter() - t0, "skipped_steps": bad, "rollbacks": rollbacks})
-        good = (copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict()))
-    model.eval()
-    return hist
-
-
-__all__ = ["CHECKPOINT", "TrainConfig", "TrainingDiverged", "evaluate", "evaluate_batches", "fit_tensors", "train"]
+__all__ = ["CHECKPOINT", "TrainConfig", "TrainingDiverged", "evaluate", "evaluate_batches", "roll_back", "train"]

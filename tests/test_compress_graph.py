@@ -165,7 +165,8 @@ def test_missed_target_is_said_plainly(tmp_path, capsys):
 
 def test_finetune_rolls_back_nan_through_the_training_loop():
     from quadexport.compress.finetune import recipe
-    from quadexport.train import TrainingDiverged, fit_tensors
+    from quadexport.fit import fit_tensors
+    from quadexport.train import TrainingDiverged
 
     m = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
     before = copy.deepcopy(m.state_dict())

@@ -8,7 +8,6 @@ NaN/Inf can take slow paths); run dirs are timed with their trained weights.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from quadexport._torchutil import one_thread
 from quadexport.bench.config import DEFAULT_INPUT_SHAPE, PERTURB_STD, BenchError
 from quadexport.errors import UsageError, did_you_mean
 from quadexport.zoo import count_macs, count_params, create_model, get_model_info, list_models
@@ -87,22 +87,12 @@ def _label(name: str, config: dict[str, Any]) -> str:
     return name
 
 
-@contextlib.contextmanager
-def _one_thread():
-    """Single-threaded torch for the tiny probing forwards (MAC counts, shape checks): on a busy machine the
-    intra-op thread hand-offs of 2+ threads make a batch-1 ResNet forward 30× slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
 
 
 @functools.lru_cache(maxsize=256)
 def _zoo_macs(name: str, neuron: str, shape: tuple[int, ...], kwargs: tuple[tuple[str, Any], ...] = ()) -> int:
     """MACs of a zoo model (independent of its weights; cached, the MAC-matching search probes many models)."""
-    with torch.random.fork_rng(devices=[]), _one_thread():
+    with torch.random.fork_rng(devices=[]), one_thread():
         m = create_model(name, neuron, in_channels=shape[0], input_size=tuple(shape[1:]), **dict(kwargs))
         return count_macs(m, tuple(shape))
 
@@ -179,7 +169,7 @@ def _make(module: nn.Module, role: str, shape: tuple[int, ...], source: str = "z
     except TypeError:  # unhashable builder options
         macs = None
     if macs is None:
-        with _one_thread():
+        with one_thread():
             macs = count_macs(module, tuple(shape))
     return BenchModel(id=f"{label}-{neuron}", label=label, name=name, neuron=neuron, role=role, module=module,
                       input_shape=tuple(shape), macs=macs, params=count_params(module),
@@ -195,7 +185,7 @@ def _check_forward(module: nn.Module, shape: tuple[int, ...], what: str) -> None
         raise BenchError(f"{what} takes {cin} input channel(s), but the input shape is {' '.join(map(str, shape))} "
                          f"({shape[0]} channel(s)); pass --input-shape {cin} H W")
     try:
-        with torch.inference_mode(), _one_thread():
+        with torch.inference_mode(), one_thread():
             out = module(torch.randn((2, *shape), generator=torch.Generator().manual_seed(1)))
     except Exception as e:  # shape errors surface as RuntimeError from torch
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__

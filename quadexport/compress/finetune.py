@@ -60,10 +60,10 @@ def finetune(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, tra
              epochs: int, lr: float | None = None, progress: Callable[[Any, str], Any] | None = None,
              log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
     """Fine-tune ``model`` in place with the run's recipe through the training loop of :mod:`quadexport.train`
-    (:func:`~quadexport.train.fit_tensors`: NaN steps skipped, NaN epochs rolled back with the LR halved); gate and
+    (:func:`~quadexport.fit.fit_tensors`: NaN steps skipped, NaN epochs rolled back with the LR halved); gate and
     power branches of quadratic and mixed layers at the run's ReLinear LR ratios (:func:`param_groups`). Returns
     per-epoch metrics."""
-    from quadexport.train import fit_tensors
+    from quadexport.fit import fit_tensors
 
     cfg = recipe(train_config, epochs, lr)
     groups = param_groups(model, cfg.lr, cfg.relinear.to_dict(), cfg.weight_decay)

@@ -1,0 +1,67 @@
+"""Training on in-memory tensors with :func:`quadexport.train.train`'s recipe and NaN handling (used by
+``quadexport compress`` to fine-tune a rewritten model)."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from quadexport.relinear import quadratic_penalty
+from quadexport.train import TrainConfig, _all_finite, lr_factor, make_optimizer, roll_back
+
+__all__ = ["fit_tensors"]
+
+
+def fit_tensors(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, *,
+                optimizer: torch.optim.Optimizer | None = None, progress: Callable[[Any, str], Any] | None = None,
+                log_fn: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """Train ``model`` in place on in-memory ``x, y`` for ``cfg.epochs`` epochs (CPU, one process) with the recipe
+    of ``cfg`` - optimizer (or ``optimizer``), schedule, ``sw`` penalty, gradient clipping - and :func:`train`'s
+    NaN handling: non-finite steps are skipped, and an epoch that leaves NaN/Inf weights rolls back to the last good
+    state with the LR halved (at most ``cfg.max_rollbacks`` times, then :class:`TrainingDiverged`). Used by
+    ``quadexport compress`` to fine-tune. ``progress(iterable, desc)`` wraps the batches (e.g. a tqdm bar).
+    Returns per-epoch ``{"epoch", "train_loss", "lr", "seconds", "skipped_steps", "rollbacks"}``."""
+    opt = optimizer or make_optimizer(model, cfg)
+    base_lrs = [g["lr"] for g in opt.param_groups]
+    gen = torch.Generator().manual_seed(cfg.seed)
+    good = (copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict()))
+    hist: list[dict[str, Any]] = []
+    epoch, lr_mult, rollbacks = 0, 1.0, 0
+    while epoch < cfg.epochs:
+        for g, lr0 in zip(opt.param_groups, base_lrs):
+            g["lr"] = lr0 * lr_factor(cfg, epoch) * lr_mult
+        model.train()
+        t0, loss_sum, seen, bad = time.perf_counter(), 0.0, 0, 0
+        order = torch.randperm(len(x), generator=gen).split(cfg.batch_size)
+        for idx in (progress(order, f"fine-tune epoch {epoch + 1}/{cfg.epochs}") if progress else order):
+            loss = F.cross_entropy(model(x[idx]).float(), y[idx])
+            total = loss + quadratic_penalty(model, cfg.relinear)
+            opt.zero_grad(set_to_none=True)
+            if not torch.isfinite(total):
+                bad += 1
+                continue
+            total.backward()
+            if cfg.grad_clip > 0:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            loss_sum, seen = loss_sum + float(loss.detach()) * len(idx), seen + len(idx)
+        if bad >= 5 or not _all_finite(model) or not math.isfinite(loss_sum):
+            rollbacks += 1
+            lr_mult = roll_back(model, opt, good, rollbacks, cfg.max_rollbacks, lr_mult,
+                                f"fine-tuning in epoch {epoch + 1}", "lower --finetune-lr")
+            (log_fn or logging.getLogger(__name__).warning)(f"fine-tune epoch {epoch + 1}: NaN/Inf; rolled back to "
+                                                            f"the last good state, LR multiplier now {lr_mult:g}")
+            continue
+        epoch += 1
+        hist.append({"epoch": epoch, "train_loss": loss_sum / max(seen, 1), "lr": opt.param_groups[0]["lr"],
+                     "seconds": time.perf_counter() - t0, "skipped_steps": bad, "rollbacks": rollbacks})
+        good = (copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict()))
+    model.eval()
+    return hist
