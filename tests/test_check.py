@@ -109,7 +109,7 @@ def test_check_dataset_lines(out_dir):
     rep = check(path, model, batches=(1, 64), opt_levels=("all",), verbose=False)
     assert rep.ok
     ds = [line for line in rep.lines if line.source.startswith("digits")]
-    assert len(ds) == 1 and ds[0].source == "digits[360]" and ds[0].accuracy is not None
+    assert len(ds) == 1 and ds[0].source == "digits[360]" and ds[0].accuracy is not None and 0 <= ds[0].accuracy <= 1  # a fraction, like metrics.json
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -237,7 +237,7 @@ def test_qdq_file_is_checked_by_top1_on_real_data(runs, tmp_path):
     onnx.save(model, str(qdq))
     report = q.check(qdq, q.load(runs["fan"]), batches=(1, 64), opt_levels=("all",), verbose=False)
     assert report.env["qdq"] and all(ln.source.startswith("digits") for ln in report.lines)
-    assert report.ok == all(ln.top1 >= 95.0 for ln in report.lines)
+    assert report.ok == all(100 * ln.top1 >= 95.0 for ln in report.lines)
     strict = q.check(qdq, q.load(runs["fan"]), batches=(1, 64), opt_levels=("all",), verbose=False, qdq_top1=100.1)
     assert not strict.ok and "top1 < 100.1%" in strict.lines[0].reason
 

@@ -288,11 +288,11 @@ def _compare_all(sessions: dict[tuple[str, str], Any], sets: list[_InputSet], mo
                 r = np.concatenate([c[k] for c in ref_chunks])
                 m = compare(o, r, report.rtol, report.atol)
                 if qdq_top1 is not None and m["top1"] is not None:  # int8: judged by top-1 agreement only
-                    m["ok"] = m["top1"] >= qdq_top1
+                    m["ok"] = 100 * m["top1"] >= qdq_top1  # the threshold is given in percent
                     m["reason"] = "" if m["ok"] else f"top1 < {qdq_top1:g}%"
                 acc = None
                 if s.labels is not None and o.ndim == 2 and o.shape[0] == len(s.labels):
-                    acc = float((o.argmax(1) == s.labels).mean() * 100)
+                    acc = float((o.argmax(1) == s.labels).mean())  # fractions in every JSON, percent on screen
                 line = CheckLine(level, label, s.batch, s.source, name, accuracy=acc, **m)
                 report.lines.append(line)
                 say(line.format())

@@ -41,9 +41,9 @@ class CheckLine:
         s = (f"-[{mark}] {LEVEL_NAMES.get(self.opt_level, self.opt_level)}{rt} batch {self.batch} {self.source}{out}: "
              f"rel_l2 {self.rel_l2:.1e} max_abs {self.max_abs:.1e} nan/inf {self.nan_inf}")
         if self.top1 is not None:
-            s += f" top1 {self.top1:.2f}%"
+            s += f" top1 {100 * self.top1:.2f}%"
         if self.accuracy is not None:
-            s += f" acc {self.accuracy:.2f}%"
+            s += f" acc {100 * self.accuracy:.2f}%"
         return s + (f"  ({self.reason})" if self.reason else "")
 
 
@@ -116,8 +116,8 @@ def compare(out: np.ndarray, ref: np.ndarray, rtol: float, atol: float | None = 
     """Metrics of one output against the torch reference.
 
     Returns:
-        dict with ``rel_l2``, ``max_abs``, ``nan_inf``, ``nan_inf_torch``, ``top1`` (for ``[N, C>1]`` outputs, else
-        ``None``), ``ok`` and ``reason``.
+        dict with ``rel_l2``, ``max_abs``, ``nan_inf``, ``nan_inf_torch``, ``top1`` (fraction of rows whose argmax agrees, for
+        ``[N, C>1]`` outputs, else ``None``), ``ok`` and ``reason``.
     """
     if out.shape != ref.shape:
         return {"rel_l2": float("inf"), "max_abs": float("inf"), "nan_inf": 0, "nan_inf_torch": 0, "top1": None,
@@ -132,8 +132,7 @@ def compare(out: np.ndarray, ref: np.ndarray, rtol: float, atol: float | None = 
     rel = num / den if den > 0 else num
     top1 = None
     if out.ndim == 2 and out.shape[1] > 1:
-        top1 = float((np.argmax(np.where(fo, out64, -np.inf), 1) == np.argmax(np.where(fr, ref64, -np.inf), 1)).mean()
-                     * 100)
+        top1 = float((np.argmax(np.where(fo, out64, -np.inf), 1) == np.argmax(np.where(fr, ref64, -np.inf), 1)).mean())
     reasons = []
     if not np.array_equal(fo, fr):
         reasons.append(f"nan/inf {int((~fo).sum())} where torch has {int((~fr).sum())}")
