@@ -12,7 +12,6 @@ import json
 import logging
 import math
 import os
-import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -28,13 +27,10 @@ from quadexport.errors import QuadexportError, UsageError
 from quadexport.relinear import (ReLinearConfig, param_groups, plain_init, quadratic_norms, quadratic_penalty,
                                  warm_start)
 from quadexport.rundir import RunDir, RunDirError, disagreement, open_run
+from quadexport.trainlog import LOG_EVERY_STEPS, _plot, _Progress, curves_figure  # noqa: F401  (re-exported)
 from quadexport.startfrom import from_run_model, from_run_overrides, source_meta
 
 log = logging.getLogger(__name__)
-
-LOG_EVERY_STEPS = 50
-"""Without a terminal (no progress bar), a progress line every this many steps."""
-
 
 class TrainingDiverged(QuadexportError, RuntimeError):
     """Loss or weights went NaN/Inf and rolling back with a lower learning rate did not help."""
@@ -262,78 +258,6 @@ def roll_back(model: nn.Module, opt: torch.optim.Optimizer, good: tuple[dict, di
 def _all_finite(model: nn.Module) -> bool:
     """Parameters *and* buffers (BN running statistics) are finite."""
     return all(bool(torch.isfinite(v).all()) for v in model.state_dict().values() if v.is_floating_point())
-
-
-def curves_figure(epochs: list[dict[str, Any]], title: str, quadratic: bool = True) -> Any:
-    """The ``curves.png`` figure: loss, test accuracy and (quadratic runs only) the quadratic weight norms, with
-    integer epoch ticks."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
-    e = [m["epoch"] for m in epochs]
-    fig, ax = plt.subplots(1, 3 if quadratic else 2, figsize=(13 if quadratic else 9, 3.6))
-    ax[0].plot(e, [m["train_loss"] for m in epochs], marker=".", label="train")
-    ax[0].plot(e, [m["test_loss"] for m in epochs], marker=".", label="test")
-    ax[0].set_title("loss"), ax[0].legend()
-    ax[1].plot(e, [100 * m["test_acc"] for m in epochs], marker=".", color="C2")
-    ax[1].set_title("test accuracy (%)")
-    if quadratic:
-        ax[2].plot(e, [m["norm_wg"] for m in epochs], marker=".", label="‖W_g‖")
-        ax[2].plot(e, [m["norm_wb"] for m in epochs], marker=".", label="‖W_b‖")
-        ax[2].set_title("quadratic weight norms"), ax[2].legend()
-    for a in ax:
-        a.set_xlabel("epoch"), a.grid(alpha=0.3)
-        a.xaxis.set_major_locator(MaxNLocator(integer=True))
-    fig.suptitle(title)
-    fig.tight_layout()
-    return fig
-
-
-def _plot(run_dir: Path, epochs: list[dict[str, Any]], title: str, quadratic: bool = True) -> None:
-    import matplotlib.pyplot as plt
-
-    fig = curves_figure(epochs, title, quadratic)
-    fig.savefig(run_dir / "curves.png.tmp.png", dpi=110)
-    plt.close(fig)
-    os.replace(run_dir / "curves.png.tmp.png", run_dir / "curves.png")
-
-
-class _Progress:
-    """Per-epoch progress: a tqdm bar on stderr when it is a terminal (log lines are routed around the bar), else a
-    log line every :data:`LOG_EVERY_STEPS` steps; nothing when disabled (``progress=False``, rank > 0, or the
-    ``quadexport`` logger above INFO, e.g. ``quadexport -q``)."""
-
-    def __init__(self, loader: Any, desc: str, enabled: bool) -> None:
-        self.loader, self.desc, self.loss = loader, desc, float("nan")
-        self.enabled = enabled and log.isEnabledFor(logging.INFO)
-        self.bar = None
-        if self.enabled and sys.stderr.isatty():
-            from tqdm import tqdm
-
-            self.bar = tqdm(loader, desc=desc, leave=False, file=sys.stderr)
-
-    def __iter__(self) -> Any:
-        if self.bar is not None:
-            from tqdm.contrib.logging import logging_redirect_tqdm
-
-            try:
-                with logging_redirect_tqdm(loggers=[logging.getLogger("quadexport")]):
-                    yield from self.bar
-            finally:
-                self.bar.close()
-            return
-        for step, batch in enumerate(self.loader, 1):
-            yield batch
-            if self.enabled and step % LOG_EVERY_STEPS == 0:
-                log.info("%s step %d/%d loss %.4f", self.desc, step, len(self.loader), self.loss)
-
-    def update(self, loss: float) -> None:
-        self.loss = loss
-        if self.bar is not None:
-            self.bar.set_postfix(loss=f"{loss:.4f}")
 
 
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_after: int | None = None,

@@ -31,22 +31,21 @@ from __future__ import annotations
 
 import functools
 import gzip
-import io
 import os
-import pickle
 import struct
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
-from quadexport.errors import QuadexportError, UsageError, did_you_mean
+from quadexport.data.errors import CorruptDataError, DatasetNotFoundError
+from quadexport.data.cifar import _file_key, _read_cifar_cached, _read_cifar_files, _readonly
+from quadexport.errors import UsageError, did_you_mean
 
-__all__ = ["Dataset", "DatasetNotFoundError", "default_mnist_dir", "install_hint", "list_datasets", "load_dataset"]
+__all__ = ["CorruptDataError", "Dataset", "DatasetNotFoundError", "default_mnist_dir", "install_hint", "list_datasets", "load_dataset"]
 
 Raw = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # x_train (N,C,H,W) uint8, y_train, x_test, y_test
 
@@ -80,14 +79,6 @@ class Dataset:
     def __repr__(self) -> str:
         return (f"Dataset(name={self.name!r}, train={len(self.y_train)}, test={len(self.y_test)}, "
                 f"num_classes={self.num_classes}, input_shape={self.input_shape}, mean={self.mean}, std={self.std})")
-
-
-class CorruptDataError(QuadexportError, ValueError):
-    """A dataset file that exists but cannot be read as what it claims to be (truncated, bad header, wrong shape)."""
-
-
-class DatasetNotFoundError(QuadexportError, FileNotFoundError):
-    """The files of a dataset are not on disk; the message says how to install them."""
 
 
 @dataclass(frozen=True)
@@ -216,16 +207,6 @@ def _find_idx_file(name: str, directory: Path, base: str) -> Path:
     raise _not_found(name, f"{base}[.gz]", directory)
 
 
-def _file_key(path: Path) -> tuple[str, int, int]:
-    st = path.stat()
-    return str(path.resolve()), st.st_mtime_ns, st.st_size
-
-
-def _readonly(*arrays: np.ndarray) -> None:
-    for a in arrays:
-        a.flags.writeable = False
-
-
 # ---------------------------------------------------------------------------------------------- IDX (MNIST family)
 
 
@@ -320,93 +301,6 @@ def _load_digits(data_dir: str | os.PathLike | None) -> Raw:
 
 
 # ---------------------------------------------------------------------------------------------- CIFAR-10
-
-
-def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
-    """Stand-in for ``_codecs.encode``, which Python 3 protocol-2 pickles use for ``bytes``; latin-1 only."""
-    if not isinstance(text, str) or encoding.lower().replace("-", "").replace("_", "") not in ("latin1", "iso88591"):
-        raise pickle.UnpicklingError(f"refused _codecs.encode({type(text).__name__}, {encoding!r})")
-    return text.encode("latin-1")
-
-
-_NP_RECONSTRUCT = np.zeros(1).__reduce__()[0]  # numpy's ``_reconstruct`` (protocol < 5)
-_NP_FROMBUFFER = np.zeros(1).__reduce_ex__(5)[0]  # numpy's ``_frombuffer`` (protocol 5)
-
-# The only globals a CIFAR batch (a dict of bytes, lists and uint8 arrays) needs. Real batches were written by
-# Python 2 and name ``numpy.core.multiarray._reconstruct``, ``numpy.ndarray`` and ``numpy.dtype``; the rest admit
-# copies re-pickled by numpy 2 / Python 3 (protocol 2 spells bytes as ``_codecs.encode(str, 'latin1')``).
-_SAFE_GLOBALS: dict[tuple[str, str], Callable[..., Any]] = {
-    ("numpy.core.multiarray", "_reconstruct"): _NP_RECONSTRUCT,
-    ("numpy._core.multiarray", "_reconstruct"): _NP_RECONSTRUCT,
-    ("numpy.core.numeric", "_frombuffer"): _NP_FROMBUFFER,
-    ("numpy._core.numeric", "_frombuffer"): _NP_FROMBUFFER,
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): np.dtype,
-    ("_codecs", "encode"): _latin1_encode,
-    ("codecs", "encode"): _latin1_encode,
-}
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    """Unpickler whose ``find_class`` only resolves :data:`_SAFE_GLOBALS`; it never imports anything."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        try:
-            return _SAFE_GLOBALS[(module, name)]
-        except KeyError:
-            raise pickle.UnpicklingError(f"refused global {module}.{name}: a CIFAR batch only holds numpy arrays, "
-                                         "lists and bytes, so this is not a genuine batch") from None
-
-    def persistent_load(self, pid: Any) -> Any:
-        raise pickle.UnpicklingError("refused persistent id")
-
-
-def _unpickle(path: Path) -> Any:
-    """Load ``path`` with :class:`_RestrictedUnpickler`; any failure becomes a ``ValueError`` naming the file."""
-    data = path.read_bytes()
-    try:
-        return _RestrictedUnpickler(io.BytesIO(data), encoding="bytes").load()
-    except Exception as e:  # corrupt pickles raise many types (EOFError, KeyError, struct.error, ...)
-        raise CorruptDataError(f"{path}: cannot load CIFAR batch: {type(e).__name__}: {e}") from e
-
-
-def _batch_field(batch: dict, key: str, path: Path) -> Any:
-    for k in (key.encode(), key):
-        if k in batch:
-            return batch[k]
-    raise CorruptDataError(f"{path}: CIFAR batch has no {key!r} entry (keys: {sorted(map(repr, batch))})")
-
-
-def _parse_cifar_batch(batch: Any, path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """``(images (n,3,32,32) uint8, labels (n,) int64)`` from an unpickled batch dict, validated."""
-    if not isinstance(batch, dict):
-        raise CorruptDataError(f"{path}: CIFAR batch is a {type(batch).__name__}, expected a dict")
-    data, labels = _batch_field(batch, "data", path), _batch_field(batch, "labels", path)
-    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
-        desc = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
-        raise CorruptDataError(f"{path}: 'data' is {desc}, expected a uint8 array of shape (n, 3072)")
-    try:
-        y = np.asarray(labels, dtype=np.int64)
-    except (TypeError, ValueError) as e:
-        raise CorruptDataError(f"{path}: 'labels' is not a list of integers") from e
-    if y.shape != (len(data),):
-        raise CorruptDataError(f"{path}: {len(data)} images but 'labels' has shape {y.shape}")
-    if len(y) and (y.min() < 0 or y.max() >= 10):
-        raise CorruptDataError(f"{path}: labels outside [0, 10)")
-    return data.reshape(-1, 3, 32, 32), y
-
-
-@functools.lru_cache(maxsize=8)
-def _read_cifar_cached(path: str, mtime_ns: int, size: int) -> tuple[np.ndarray, np.ndarray]:
-    del mtime_ns, size  # part of the cache key only
-    x, y = _parse_cifar_batch(_unpickle(Path(path)), Path(path))
-    _readonly(x, y)
-    return x, y
-
-
-def _read_cifar_files(paths: list[Path]) -> tuple[np.ndarray, np.ndarray]:
-    parts = [_read_cifar_cached(*_file_key(p)) for p in paths]
-    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
 def _load_cifar10(data_dir: str | os.PathLike | None) -> Raw:
