@@ -28,8 +28,10 @@ def _runs(root: Path) -> dict[str, dict[int, float]]:
     out: dict[str, dict[int, float]] = {}
     for m in sorted(root.glob("*-s[0-9]*/metrics.json")):
         match = re.fullmatch(r"(.+)-s(\d+)", m.parent.name)
-        if match:
-            out.setdefault(match.group(1), {})[int(match.group(2))] = float(json.loads(m.read_text())["test_acc"])
+        metrics, cfg = json.loads(m.read_text()), m.parent / "config.json"
+        done = cfg.exists() and len(metrics.get("epochs", [])) >= int(json.loads(cfg.read_text()).get("epochs", 0))
+        if match and done:  # finished runs only (a run in progress has fewer epochs than its config)
+            out.setdefault(match.group(1), {})[int(match.group(2))] = float(metrics["test_acc"])
     return out
 
 
@@ -51,7 +53,7 @@ def _latency(bench_json: Path | None) -> dict[str, dict[int, float]]:
     if bench_json is None or not bench_json.exists():
         return {}
     rows = json.loads(bench_json.read_text())["rows"]
-    p50 = {(Path(r["model"]).name if "/" in str(r["model"]) else r["model"], r["batch"]): r["p50_ms"]
+    p50 = {(Path(r.get("source") or r["id"]).name, r["batch"]): r["p50_ms"]
            for r in rows if r.get("mode") == "decomposed"}
     base = {b: v for (m, b), v in p50.items() if m.startswith("base-")}
     out: dict[str, dict[int, float]] = {}
@@ -70,7 +72,7 @@ def report(a: argparse.Namespace) -> None:
              "|---|---|---|---|---|---|"]
     for cfg in sorted(runs, key=lambda c: (c not in ("base", *CONTROLS), c)):
         accs = runs[cfg]
-        st = step.get(cfg.rsplit("-", 1)[0] + ("-adapter" if cfg.endswith("adapter") else ""), {}).get("ratio")
+        st = step.get("relu" if cfg == "base" or cfg.startswith("relu") else cfg, {}).get("ratio")
         lines.append(f"| {cfg} | {len(accs)} | {_mean_sd(list(accs.values()))} | "
                      f"{_paired(accs, runs.get('relu-ft', {})) if cfg != 'relu-ft' else '–'} | "
                      f"{_paired(accs, runs.get('relu-scratch10', {})) if cfg != 'relu-scratch10' else '–'} | "
