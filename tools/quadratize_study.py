@@ -30,7 +30,7 @@ def _runs(root: Path) -> dict[str, dict[int, float]]:
         match = re.fullmatch(r"(.+)-s(\d+)", m.parent.name)
         metrics, cfg = json.loads(m.read_text()), m.parent / "config.json"
         done = cfg.exists() and len(metrics.get("epochs", [])) >= int(json.loads(cfg.read_text()).get("epochs", 0))
-        if match and done:  # finished runs only (a run in progress has fewer epochs than its config)
+        if match and done and not match.group(1).startswith("cmp-"):  # finished training runs only
             out.setdefault(match.group(1), {})[int(match.group(2))] = float(metrics["test_acc"])
     return out
 
