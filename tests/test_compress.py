@@ -30,10 +30,10 @@ SHAPE = (1, 8, 8)
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
     """One torch thread: with two OpenMP threads on a loaded 2-core machine small convs get ~20x slower."""
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+    from quadexport._torchutil import one_thread
+
+    with one_thread():
+        yield
 
 
 @torch.no_grad()

@@ -31,10 +31,11 @@ HERE = Path(__file__).parent
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+    """One torch thread: with two OpenMP threads on a loaded 2-core machine small convs get ~20x slower."""
+    from quadexport._torchutil import one_thread
+
+    with one_thread():
+        yield
 
 
 def _key(groups):

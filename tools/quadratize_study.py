@@ -16,7 +16,6 @@ import argparse
 import json
 import re
 import statistics
-import time
 from pathlib import Path
 
 CONTROLS = ("relu-ft", "relu-scratch10")
@@ -90,7 +89,6 @@ def report(a: argparse.Namespace) -> None:
 def steptime(a: argparse.Namespace) -> None:
     """Median train-step time (batch 128, 1×28×28) of each configuration, interleaved with the ReLU twin."""
     import torch
-    import torch.nn.functional as F
 
     import quadexport as q
     from quadexport.layers import QuadLayer
@@ -109,16 +107,9 @@ def steptime(a: argparse.Namespace) -> None:
                         p.requires_grad_(False)
         nets[name] = m
         opts[name] = torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
-    times: dict[str, list[float]] = {n: [] for n in nets}
-    for i in range(a.warmup + a.steps):
-        for n, m in nets.items():
-            t = time.perf_counter()
-            opts[n].zero_grad()
-            F.cross_entropy(m(x), y).backward()
-            opts[n].step()
-            if i >= a.warmup:
-                times[n].append(time.perf_counter() - t)
-    med = {n: statistics.median(v) * 1000 for n, v in times.items()}
+    from step_time import median_step_ms  # tools/ is on sys.path when this script runs
+
+    med = median_step_ms(nets, opts, x, y, a.steps, a.warmup)
     out = {n: {"ms": med[n], "ratio": med[n] / med["relu"]} for n in med}
     for n, v in out.items():
         print(f"{n:12s} {v['ms']:8.1f} ms  {v['ratio']:.2f}x")

@@ -15,6 +15,21 @@ import torch.nn.functional as F
 import quadexport as q
 
 
+def median_step_ms(nets: dict, opts: dict, x: torch.Tensor, y: torch.Tensor, steps: int, warmup: int) -> dict[str, float]:
+    """Median milliseconds of one SGD step per model, the models interleaved step by step so machine noise hits all
+    of them alike."""
+    times: dict[str, list[float]] = {n: [] for n in nets}
+    for i in range(warmup + steps):
+        for n, m in nets.items():
+            t = time.perf_counter()
+            opts[n].zero_grad()
+            F.cross_entropy(m(x), y).backward()
+            opts[n].step()
+            if i >= warmup:
+                times[n].append(time.perf_counter() - t)
+    return {n: statistics.median(v) * 1000 for n, v in times.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=["resnet20"])
@@ -29,16 +44,7 @@ def main() -> None:
     for name in a.models:
         nets = {n: q.create_model(name, n, input_size=a.size) for n in (a.neuron, "relu")}
         opts = {n: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for n, m in nets.items()}
-        times: dict[str, list[float]] = {n: [] for n in nets}
-        for i in range(a.warmup + a.steps):
-            for n, m in nets.items():  # interleaved so machine noise hits both
-                t = time.perf_counter()
-                opts[n].zero_grad()
-                F.cross_entropy(m(x), y).backward()
-                opts[n].step()
-                if i >= a.warmup:
-                    times[n].append(time.perf_counter() - t)
-        med = {n: statistics.median(v) * 1000 for n, v in times.items()}
+        med = median_step_ms(nets, opts, x, y, a.steps, a.warmup)
         print(f"{name}: train step batch {a.batch} @ {a.size}x{a.size}, {torch.get_num_threads()} threads: "
               f"{a.neuron} {med[a.neuron]:.1f} ms, relu {med['relu']:.1f} ms, ratio {med[a.neuron] / med['relu']:.2f}x "
               f"(MAC ratio {q.count_macs(nets[a.neuron], (1, a.size, a.size)) / q.count_macs(nets['relu'], (1, a.size, a.size)):.2f}x)")
