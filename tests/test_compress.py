@@ -307,3 +307,37 @@ def test_cheap_neuron_pruning_whole_layers(tmp_path):
     qc.fold_mixed_bn(cm, spec)
     path = export(cm, tmp_path / "dw.onnx", input_shape=SHAPE)
     assert check(path, cm, batches=(2,), verbose=False).ok
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# layer selection by measured cost per accuracy (--select layers)
+# ---------------------------------------------------------------------------------------------------------------
+
+def test_greedy_takes_best_benefit_per_cost_and_upgrades():
+    from quadexport.compress.select import Option, _greedy, _keep_of
+
+    opts = [Option("a", "whole", 16, benefit=0.10, cost=0.10), Option("a", "mixed", 4, benefit=0.08, cost=0.02),
+            Option("b", "whole", 16, benefit=0.05, cost=0.05), Option("c", "whole", 16, benefit=-0.01, cost=0.0)]
+    # budget 0.07: a-mixed (eff 4) first, then b-whole (eff 1; the upgrade a→whole has eff 0.25) -> spent 0.07
+    assert _keep_of(_greedy(opts, 0.07)) == {"a": 4, "b": 16}
+    # budget 0.2: everything with a positive benefit fits, a upgraded to whole; c (no benefit) never taken
+    assert _keep_of(_greedy(opts, 0.2)) == {"a": 16, "b": 16}
+    assert _keep_of(_greedy(opts, 0.0)) == {}
+
+
+def test_select_layers_keeps_only_chosen_layers(run_dir, tmp_path):
+    r = qc.compress(run_dir, tmp_path / "sel", target_ratio=1.6, align=4, calib_samples=128, val_samples=60,
+                    finetune_epochs=0, max_drop=None, batches=(1,), min_seconds=0.05, bench=False, check=False,
+                    verbose=False)
+    sel = r.layer_selection
+    assert sel is not None and not r.threshold_search
+    layers = {d["layer"]: d for d in r.layers}
+    assert {o["layer"] for o in sel["options"]} == set(layers)
+    assert all(np.isfinite(o["cost"]) and np.isfinite(o["benefit"]) for o in sel["options"])
+    for name, d in layers.items():  # chosen layers keep at least what was asked for; the others are linear
+        assert (d["k"] >= sel["keep"][name]) if name in sel["keep"] else d["k"] == 0
+    if sel["keep"]:
+        assert sel["verify"] and sel["cost"] == sel["verify"][-1]["cost"]
+    assert "Layer selection by measured cost per accuracy" in (tmp_path / "sel" / qc.REPORT_MD).read_text()
+    with pytest.raises(qc.CompressError, match="needs --target-ratio"):
+        qc.CompressConfig(select="layers")

@@ -18,7 +18,7 @@ EXIT_MISSED = 3
 def run(a: argparse.Namespace) -> int:
     from quadexport.compress import CompressConfig, compress
 
-    cfg = CompressConfig(threshold=a.prune_threshold, target_ratio=a.target_ratio, cost=a.cost,
+    cfg = CompressConfig(threshold=a.prune_threshold, target_ratio=a.target_ratio, cost=a.cost, select=a.select,
                          max_drop=None if a.max_drop < 0 else a.max_drop, val_samples=a.val_samples,
                          quantize=a.quantize, keep_fp32=a.int8_keep_fp32, finetune_epochs=a.finetune_epochs,
                          finetune_lr=a.finetune_lr, calib_samples=a.calib_samples, align=a.align, split=a.split,
@@ -63,10 +63,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "channel std) is below this; 0 changes nothing (default 0.05 unless --target-ratio or only "
                         "--quantize is given)")
     g.add_argument("--target-ratio", type=positive_float, default=None,
-                   help="search the smallest threshold whose cost vs the ReLU twin is <= this (by default the "
-                        "measured onnxruntime latency ratio, see --cost)")
+                   help="keep quadratic terms only where they fit a cost ratio vs the ReLU twin of at most this (by "
+                        "default the measured onnxruntime latency ratio, see --cost and --select)")
     p.add_argument("--cost", choices=("macs", "latency"), default="latency",
                    help="cost for --target-ratio: measured onnxruntime latency ratio (default) or MAC ratio")
+    p.add_argument("--select", choices=("auto", "layers", "threshold"), default="auto",
+                   help="how --target-ratio is met: 'layers' measures each layer's latency cost and validation-loss "
+                        "benefit and keeps the best benefit per cost; 'threshold' bisects one global channel "
+                        "threshold; 'auto' (default): layers for --cost latency, threshold for --cost macs")
     p.add_argument("--max-drop", type=float, default=0.3,
                    help="accuracy budget in percentage points on a validation split carved from the training data "
                         "(default 0.3; negative: no budget); the command exits 3 and says so when it is missed")

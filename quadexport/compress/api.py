@@ -18,7 +18,7 @@ import torch
 
 from quadexport.compress import outputs
 from quadexport.compress.config import DEFAULT_THRESHOLD, CompressConfig, CompressError
-from quadexport.compress.job import Job, accuracy, export_onnx, macs, twin_of
+from quadexport.compress.job import FAST_OPSET, Job, accuracy, export_onnx, loss, macs, twin_of
 from quadexport.compress.outputs import FP32_ONNX, INT8_ONNX
 from quadexport.compress.plan import Plan, nchwc_block, plan, search_threshold
 from quadexport.compress.report import CompressOutcome, CompressReport, build_report, render_report
@@ -63,7 +63,7 @@ def compress_run(run_dir: str | Path, out: str | Path, cfg: CompressConfig) -> C
     try:
         _calibrate(job)
         if cfg.target_ratio is not None and not job.already:
-            _search(job, tmp)
+            _select(job, tmp) if cfg.selects_layers() else _search(job, tmp)
         for attempt in range(3):
             _rewrite(job)
             _finetune_and_fold(job)
@@ -208,13 +208,46 @@ def _search(job: Job, tmp: Path) -> None:
     job.searched_cost = next((s["cost"] for s in o.trace if s["threshold"] == job.threshold), None)
 
 
+def _select(job: Job, tmp: Path) -> None:
+    """Choose the layers that stay quadratic by measured cost per validation loss (:mod:`.select`)."""
+    from quadexport.compress.latency import p50, time_onnx
+    from quadexport.compress.select import select_layers
+
+    cfg, o, shape = job.cfg, job.o, job.shape
+    job.threshold = DEFAULT_THRESHOLD if job.threshold is None else job.threshold  # decides branch drops only
+    job.say(f"== choose layers by measured cost per accuracy for a latency ratio <= {cfg.target_ratio} vs the "
+            f"ReLU twin")
+    twin_onnx = export_onnx(job.twin_model, tmp / "twin.onnx", shape, opset=FAST_OPSET)
+
+    def build(keep: dict[str, int]) -> torch.nn.Module:
+        p = plan(o.model, job.scores, float(job.threshold), job.align, cfg.drop_branches, job.structure, keep=keep)
+        cm, spec = compress_model(o.model, p, job.scores, cfg.split, cfg.shortcut)
+        fold_mixed_bn(cm, spec, p.structure)
+        return cm.eval()
+
+    def val_loss(keep: dict[str, int]) -> float:
+        return loss(build(keep), job.x_val, job.y_val)
+
+    def costs(keeps: list[dict[str, int]]) -> list[float]:
+        paths = {f"m{i}": export_onnx(build(k), tmp / f"sel{i}.onnx", shape, opset=FAST_OPSET)
+                 for i, k in enumerate(job.bar(keeps, "layer costs") if len(keeps) > 2 else keeps)}
+        seconds = cfg.min_seconds if len(keeps) <= 2 else min(cfg.min_seconds, 0.5)
+        t = time_onnx({**paths, "twin": twin_onnx}, shape, cfg.batches, cfg.threads, min_seconds=seconds)
+        return [max(p50(t, m, b) / p50(t, "twin", b) for b in cfg.batches) for m in paths]
+
+    channels = {n: int(sc["lin"].score.numel()) for n, sc in job.scores.items()}
+    sel = select_layers(channels, job.align, float(cfg.target_ratio), val_loss, costs, log=job.say)
+    job.keep, job.searched_cost, o.selection = sel.keep, sel.cost, sel.to_dict()
+
+
 def _rewrite(job: Job) -> None:
     """Plan and rewrite (or, for an already compressed run, take the model as it is)."""
     cfg, o = job.cfg, job.o
     if job.already:  # int8 of a compressed run: the model as it is
         o.plan, o.cmodel, job.spec = None, copy.deepcopy(o.model), get_spec(o.model)
     else:
-        o.plan = plan(o.model, job.scores, float(job.threshold), job.align, cfg.drop_branches, job.structure)
+        o.plan = plan(o.model, job.scores, float(job.threshold), job.align, cfg.drop_branches, job.structure,
+                      keep=job.keep)
         o.cmodel, job.spec = compress_model(o.model, o.plan, job.scores, cfg.split, cfg.shortcut)
     job.changed = bool(job.spec["layers"]) and not job.already
     if cfg.bn_recalibrate and job.changed:

@@ -9,10 +9,11 @@ from typing import Any
 
 from quadexport.errors import QuadexportError
 
-__all__ = ["COSTS", "CompressConfig", "CompressError", "DEFAULT_THRESHOLD"]
+__all__ = ["COSTS", "SELECTS", "CompressConfig", "CompressError", "DEFAULT_THRESHOLD"]
 
 DEFAULT_THRESHOLD = 0.05
 COSTS = ("macs", "latency")
+SELECTS = ("auto", "layers", "threshold")
 
 
 class CompressError(QuadexportError, ValueError):
@@ -28,6 +29,9 @@ class CompressConfig:
             :data:`DEFAULT_THRESHOLD` unless ``target_ratio`` or only ``quantize`` is given).
         target_ratio: instead of a threshold: the smallest threshold whose ``cost`` vs the ReLU twin is at most this.
         cost: ``"latency"`` (measured onnxruntime p50 ratio, worst of ``batches``; default) or ``"macs"``.
+        select: how ``target_ratio`` is met: ``"layers"`` (which layers stay quadratic, by measured cost per
+            validation loss: :mod:`quadexport.compress.select`), ``"threshold"`` (bisection on one global channel
+            threshold) or ``"auto"`` (default: ``layers`` for the latency cost, ``threshold`` for MACs).
         max_drop: accuracy budget in percentage points, measured on a validation split carved from the training
             data (never the test set); ``None``: no budget. Without ``target_ratio`` the threshold is lowered
             (halved, up to twice) until the budget holds; otherwise a miss is reported.
@@ -55,6 +59,7 @@ class CompressConfig:
     threshold: float | None = None
     target_ratio: float | None = None
     cost: str = "latency"
+    select: str = "auto"
     max_drop: float | None = 0.3
     val_samples: int = 1000
     quantize: str | None = None
@@ -89,6 +94,12 @@ class CompressConfig:
             raise CompressError(f"--target-ratio must be > 0, got {r}")
         if self.cost not in COSTS:
             raise CompressError(f"--cost must be macs or latency, got {self.cost!r}")
+        if self.select not in SELECTS:
+            raise CompressError(f"--select must be one of {', '.join(SELECTS)}, got {self.select!r}")
+        if self.select == "layers" and self.target_ratio is None:
+            raise CompressError("--select layers needs --target-ratio")
+        if self.select == "layers" and self.cost != "latency":
+            raise CompressError("--select layers measures latency: it cannot be combined with --cost macs")
         if self.quantize not in (None, "int8"):
             raise CompressError(f"--quantize must be int8, got {self.quantize!r}")
         if self.finetune_epochs < 0 or self.calib_samples < 1:
@@ -104,6 +115,11 @@ class CompressConfig:
         if self.threshold is None and self.target_ratio is None:
             return 0.0 if self.quantize else DEFAULT_THRESHOLD
         return self.threshold
+
+    def selects_layers(self) -> bool:
+        """Whether ``target_ratio`` is met by choosing layers (else by a threshold search)."""
+        return self.target_ratio is not None and (self.select == "layers" or
+                                                  (self.select == "auto" and self.cost == "latency"))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -18,7 +18,7 @@ from quadexport.zoo.structure import Structure
 
 log = logging.getLogger("quadexport.compress.api")
 
-__all__ = ["Job", "accuracy", "export_onnx", "macs", "twin_of"]
+__all__ = ["Job", "accuracy", "export_onnx", "loss", "macs", "twin_of"]
 
 
 @dataclass
@@ -45,6 +45,7 @@ class Job:
     changed: bool = False
     structure: Structure | None = None
     searched_cost: float | None = None
+    keep: dict[str, int] | None = None  # layer selection (--select layers): layer → quadratic channels
     run: Any = None  # quadexport.rundir.RunDir: the locked staging dir that becomes ``o.out`` once complete
 
     @property
@@ -92,7 +93,19 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     return float(evaluate(model, x, y, torch.device("cpu"))[1])
 
 
-def export_onnx(model: nn.Module, path: Path, shape: Sequence[int]) -> Path:
+def loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Mean cross-entropy of ``model`` on ``x, y``."""
+    from quadexport.train import evaluate
+
+    return float(evaluate(model, x, y, torch.device("cpu"))[0])
+
+
+FAST_OPSET = 17
+"""Opset of throw-away exports that are only timed (the layer selection's candidates): torch's TorchScript-based
+exporter, ~10× faster than the dynamo exporter of opset ≥ 18, writes the same Conv/Mul/Add/Concat graph."""
+
+
+def export_onnx(model: nn.Module, path: Path, shape: Sequence[int], opset: int | None = None) -> Path:
     from quadexport.exporter import export
 
-    return export(model, path, mode="decomposed", input_shape=tuple(shape))
+    return export(model, path, mode="decomposed", input_shape=tuple(shape), **({"opset": opset} if opset else {}))

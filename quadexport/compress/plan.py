@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
@@ -84,7 +84,8 @@ def _round_up(n: int, align: int, cap: int) -> int:
 
 
 def plan(model: nn.Module, scores: dict[str, dict[str, Fit]], threshold: float, align: int | None = None,
-         drop_branches: bool = True, structure: Structure | None = None) -> Plan:
+         drop_branches: bool = True, structure: Structure | None = None,
+         keep: Mapping[str, int] | None = None) -> Plan:
     """Decide per layer and group (see the module docstring).
 
     Args:
@@ -95,6 +96,9 @@ def plan(model: nn.Module, scores: dict[str, dict[str, Fit]], threshold: float, 
             dense layers use 1.
         drop_branches: drop ``b``/``g`` from a layer's prefix when no prefix channel needs it.
         structure: the model's channel groups (default: :func:`~quadexport.compress.structure.describe`).
+        keep: per-layer choice instead of the threshold (:mod:`quadexport.compress.select`): layer → number of its
+            highest-scoring channels that stay quadratic (0 or missing: linear; its channel count: whole). Grouping and
+            alignment apply as with a threshold, which then only decides branch drops.
     """
     align = nchwc_block() if align is None else int(align)
     structure = describe(model) if structure is None else structure
@@ -102,7 +106,10 @@ def plan(model: nn.Module, scores: dict[str, dict[str, Fit]], threshold: float, 
     layers: dict[str, LayerPlan] = {}
     for name, sc in scores.items():
         lin = sc["lin"].score
-        own = [int(i) for i in torch.nonzero(lin >= threshold).flatten()]
+        if keep is None:
+            own = [int(i) for i in torch.nonzero(lin >= threshold).flatten()]
+        else:
+            own = sorted(int(i) for i in torch.argsort(lin, descending=True)[:max(0, int(keep.get(name, 0)))])
         layers[name] = LayerPlan(name, len(lin), own, k=len(own))
     perms: dict[str, list[int]] = {}
     in_group: set[str] = set()

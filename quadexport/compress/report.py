@@ -52,6 +52,7 @@ class CompressOutcome:
     parity: dict[str, Any] | None = None
     ft_hist: list[dict[str, Any]] = field(default_factory=list)
     trace: list[dict[str, float]] = field(default_factory=list)
+    selection: dict[str, Any] | None = None
     folded: list[str] = field(default_factory=list)
     rel: float = 0.0
     seconds: float = 0.0
@@ -79,6 +80,8 @@ class CompressReport:
         latency, latency_ratios: interleaved onnxruntime timing and per-batch ratios to the ReLU twin.
         int8, parity: int8 results and the fp32 parity check (``None`` when not run).
         finetune: fine-tuning epochs; threshold_search: search steps; folded_bn: BatchNorms folded.
+        layer_selection: ``--select layers``: every option measured (benefit, cost), the chosen ``keep`` map and the
+            combined-model measurements (``None`` otherwise).
         unresolved: channel groups left unpermuted, with the reason (their layers are kept whole or prefix-split).
         seconds: wall time.
     """
@@ -100,6 +103,7 @@ class CompressReport:
     parity: dict[str, Any] | None
     finetune: list[dict[str, Any]]
     threshold_search: list[dict[str, float]]
+    layer_selection: dict[str, Any] | None
     folded_bn: list[str]
     unresolved: list[str]
     seconds: float
@@ -142,7 +146,8 @@ def build_report(o: CompressOutcome) -> CompressReport:
         macs={"original": o.macs_orig, "compressed": o.macs_c, "relu_twin": o.macs_twin,
               "compressed_ratio": o.macs_c / o.macs_twin, "original_ratio": o.macs_orig / o.macs_twin},
         latency=o.timing, latency_ratios=ratios, int8=o.int8, parity=o.parity, finetune=o.ft_hist,
-        threshold_search=o.trace, folded_bn=o.folded, unresolved=list(o.unresolved), seconds=o.seconds)
+        threshold_search=o.trace, layer_selection=o.selection, folded_bn=o.folded, unresolved=list(o.unresolved),
+        seconds=o.seconds)
 
 
 def latency_ratios(timing: dict[str, Any]) -> list[dict[str, Any]]:
@@ -166,7 +171,10 @@ def render_report(r: CompressReport | dict[str, Any]) -> str:
     """Markdown rendering of a compression report."""
     r = r.to_dict() if isinstance(r, CompressReport) else r
     a, m = r["accuracy"], r["macs"]
-    head = (f"{r['model']} ({r['neuron']}), threshold {r['plan']['threshold']:.4g}, alignment {r['plan']['align']}: "
+    how = (f"layers chosen by measured cost per accuracy (branch-drop threshold {r['plan']['threshold']:.4g})"
+           if r.get("layer_selection") else f"threshold {r['plan']['threshold']:.4g}" if r["plan"]["threshold"]
+           is not None else "")
+    head = (f"{r['model']} ({r['neuron']}), {how}, alignment {r['plan']['align']}: "
             f"{r['quadratic_channels']['kept']}/{r['quadratic_channels']['total']} quadratic channels kept."
             if r["plan"]["threshold"] is not None else
             f"{r['model']} ({r['neuron']}): int8 of an already compressed run "
@@ -217,6 +225,7 @@ def render_report(r: CompressReport | dict[str, Any]) -> str:
         lines.append(f"- {n}")
     for n in r.get("unresolved", []):
         lines.append(f"- left unpermuted: {n}")
+    lines += _render_selection(r.get("layer_selection"))
     t, v = r.get("targets") or {}, r.get("validation") or {}
     if v:
         lines += ["", f"Validation split ({v['samples']} training images, not used for calibration or fine-tuning): "
@@ -226,3 +235,17 @@ def render_report(r: CompressReport | dict[str, Any]) -> str:
         lines.append(f"- **missed**: {n}")
     lines += ["", f"({r['seconds']:.0f} s)"]
     return "\n".join(lines) + "\n"
+
+
+def _render_selection(sel: dict[str, Any] | None) -> list[str]:
+    """The ``--select layers`` table: each option's measured benefit and cost, best benefit per cost first."""
+    if not sel:
+        return []
+    lines = ["", f"Layer selection by measured cost per accuracy (all-linear validation loss "
+                 f"{sel['linear_val_loss']:.4f}; combined cost measured {sel['cost']:.3f}):", "",
+             "| layer | option | k | validation loss saved | latency cost (× twin − 1) | chosen |",
+             "|---|---|---|---|---|---|"]
+    for o in sorted(sel["options"], key=lambda o: -o["benefit"] / max(o["cost"], 1e-3)):
+        lines.append(f"| {o['layer']} | {o['kind']} | {o['k']} | {o['benefit']:+.4f} | {o['cost']:+.3f} | "
+                     f"{'✓' if o['chosen'] else ''} |")
+    return lines

@@ -93,6 +93,7 @@ def _torch_export(model: nn.Module, x: torch.Tensor, opset: int, n_out: int, tab
     with quiet, warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", message="Constant folding")  # TorchScript exporter on option-A Slices
         if opset >= DYNAMO_OPSETS.start:
             prog = torch.onnx.export(model, (x,), dynamo=True, opset_version=opset, external_data=False,
                                      input_names=[INPUT_NAME], output_names=out_names,
