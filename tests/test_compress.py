@@ -309,6 +309,34 @@ def test_cheap_neuron_pruning_whole_layers(tmp_path):
     assert check(path, cm, batches=(2,), verbose=False).ok
 
 
+def test_lowrank_layers_prune_whole(tmp_path):
+    # the low-rank neuron's rows share one bottleneck: its layers go linear or stay whole, never split or permuted
+    from quadexport.compress.stats import is_fan_form, splittable
+
+    m = quad_model("resnet8", "lowrank:4")
+    quads = [mod for mod in m.modules() if isinstance(mod, QuadLayer)]
+    assert quads and all(is_fan_form(q) and not splittable(q) for q in quads)
+    with torch.no_grad():  # every other layer back to its ReLinear init: exactly its r branch (plus a constant)
+        for q in quads[::2]:
+            q.g.weight.zero_()
+            q.b.weight.zero_()
+    sc, x = scores_of(m)
+    pl = qc.plan(m, sc, 1e-4, align=4)
+    assert all(p.k in (0, p.channels) and (p.k == 0 or p.unchanged) for p in pl.layers.values())
+    assert [p.k == 0 for p in pl.layers.values()] == [i % 2 == 0 for i in range(len(quads))]
+    assert not any(p != list(range(len(p))) for p in pl.perms.values())
+    cm, spec = qc.compress_model(m, pl, sc)
+    qc.fold_mixed_bn(cm, spec)
+    kept = {n for n, mod in cm.named_modules() if isinstance(mod, QuadLayer)}
+    assert kept == {n for n, p in pl.layers.items() if p.k} and all(spec["layers"][n]["type"] == "linear"
+                                                                    for n in set(pl.layers) - kept)
+    with torch.no_grad():  # the layers that went linear had no quadratic terms: the same function
+        ref = m(x)
+        assert float((cm(x) - ref).norm() / ref.norm()) < 1e-5
+    path = export(cm, tmp_path / "lr.onnx", input_shape=SHAPE)
+    assert check(path, cm, batches=(2,), verbose=False).ok
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # layer selection by measured cost per accuracy (--select layers)
 # ---------------------------------------------------------------------------------------------------------------
@@ -341,3 +369,19 @@ def test_select_layers_keeps_only_chosen_layers(run_dir, tmp_path):
     assert "Layer selection by measured cost per accuracy" in (tmp_path / "sel" / qc.REPORT_MD).read_text()
     with pytest.raises(qc.CompressError, match="needs --target-ratio"):
         qc.CompressConfig(select="layers")
+
+
+def test_lowrank_run_compresses_end_to_end(run_dir, tmp_path):
+    # a lowrank run: layer selection (no mixed options: its layers cannot split), fine-tuning, parity, reload
+    src = tmp_path / "lr"
+    meta = json.loads(json.dumps(load(run_dir).quadexport_meta))
+    meta["train_config"]["neuron"] = "lowrank:4"
+    save_checkpoint(src, quad_model("resnet8", "lowrank:4"), meta, epoch=1)
+    r = qc.compress(src, tmp_path / "c", target_ratio=1.5, align=4, calib_samples=128, val_samples=60,
+                    finetune_epochs=1, max_drop=None, batches=(1,), min_seconds=0.05, bench=False, verbose=False)
+    assert {o["kind"] for o in r.layer_selection["options"]} == {"whole"}
+    assert all(d["k"] in (0, d["channels"]) for d in r.layers)
+    assert r.parity["ok"] and r.parity["worst_rel_l2"] <= 1e-5 and len(r.finetune) == 1
+    model = load(tmp_path / "c")
+    kept = {n for n, m in model.named_modules() if isinstance(m, QuadLayer)}
+    assert kept == {d["layer"] for d in r.layers if d["k"]}

@@ -23,7 +23,7 @@ from quadexport.compress.outputs import FP32_ONNX, INT8_ONNX
 from quadexport.compress.plan import Plan, nchwc_block, plan, search_threshold
 from quadexport.compress.report import CompressOutcome, CompressReport, build_report, render_report
 from quadexport.compress.rewrite import compress_model, fold_mixed_bn
-from quadexport.compress.stats import channel_scores, collect_stats, is_fan_form
+from quadexport.compress.stats import channel_scores, collect_stats, is_fan_form, splittable
 from quadexport.zoo._prune import get_spec
 
 REPORT_JSON, REPORT_MD = "compress_report.json", "compress_report.md"
@@ -236,7 +236,9 @@ def _select(job: Job, tmp: Path) -> None:
         return [max(p50(t, m, b) / p50(t, "twin", b) for b in cfg.batches) for m in paths]
 
     channels = {n: int(sc["lin"].score.numel()) for n, sc in job.scores.items()}
-    sel = select_layers(channels, job.align, float(cfg.target_ratio), val_loss, costs, log=job.say)
+    split_ok = {n for n, m in o.model.named_modules() if n in channels and splittable(m)}
+    sel = select_layers(channels, job.align, float(cfg.target_ratio), val_loss, costs, log=job.say,
+                        splittable=split_ok)
     job.keep, job.searched_cost, o.selection = sel.keep, sel.cost, sel.to_dict()
 
 

@@ -11,7 +11,7 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
-from quadexport.compress.stats import Fit, splittable
+from quadexport.compress.stats import Fit, power_on_square, splittable
 from quadexport.compress.structure import Group, Structure, describe, permutable
 
 __all__ = ["LayerPlan", "Plan", "nchwc_block", "plan", "search_threshold"]
@@ -122,9 +122,10 @@ def plan(model: nn.Module, scores: dict[str, dict[str, Fit]], threshold: float, 
         lp.k = lp.channels if lp.own else 0
         if 0 < len(lp.own) < lp.channels:
             notes.append(f"{name}: its output channels cannot be reordered, layer kept whole")
-    for name, lp in layers.items():
+    mods = dict(model.named_modules())
+    for name, lp in layers.items():  # a gate can go only where the power branch reads x*x (not lowrank's z*z)
         _plan_branches(lp, scores[name], _perm_of(structure, perms, name) or list(range(lp.channels)), threshold,
-                       drop_branches)
+                       drop_branches and power_on_square(mods[name]))
     return Plan(float(threshold), align, layers, perms, structure, notes)
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Collection, Mapping
 
 __all__ = ["Option", "Selection", "select_layers"]
 
@@ -77,19 +77,22 @@ class Selection:
 Keep = Mapping[str, int]
 
 
-def candidate_options(channels: Mapping[str, int], align: int) -> list[tuple[str, str, int]]:
-    """``(layer, kind, k)`` of every option: ``whole`` for each layer, ``mixed`` (k = ``align``) where wider."""
+def candidate_options(channels: Mapping[str, int], align: int,
+                      splittable: Collection[str] | None = None) -> list[tuple[str, str, int]]:
+    """``(layer, kind, k)`` of every option: ``whole`` for each layer, ``mixed`` (k = ``align``) where wider and
+    splittable (default: every layer)."""
     out = []
     for name, c in channels.items():
         out.append((name, "whole", int(c)))
-        if c > align:
+        if c > align and (splittable is None or name in splittable):
             out.append((name, "mixed", int(align)))
     return out
 
 
 def select_layers(channels: Mapping[str, int], align: int, target: float,
                   val_loss: Callable[[Keep], float], costs: Callable[[list[Keep]], list[float]],
-                  max_verify: int = 6, log: Callable[[str], None] | None = None) -> Selection:
+                  max_verify: int = 6, log: Callable[[str], None] | None = None,
+                  splittable: Collection[str] | None = None) -> Selection:
     """Choose which layers keep quadratic terms under a cost target (see the module docstring).
 
     Args:
@@ -100,10 +103,12 @@ def select_layers(channels: Mapping[str, int], align: int, target: float,
         costs: measured cost ratios (to the ReLU twin) of the models built from several ``keep`` maps, timed
             together (interleaved).
         max_verify: combined-model measurements at most.
+        splittable: the layers that can keep part of their channels quadratic (default: all; a ``lowrank`` layer
+            cannot: whole or linear).
         log: progress lines (default: this module's logger).
     """
     log = log or _log.info
-    cands = candidate_options(channels, align)
+    cands = candidate_options(channels, align, splittable)
     base = val_loss({})
     log(f"  all-linear validation loss {base:.4f}; measuring {len(cands)} options (loss, then latency)")
     losses = [val_loss({name: k}) for name, _, k in cands]

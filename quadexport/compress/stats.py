@@ -21,25 +21,45 @@ TERMS = ("R", "P", "B")
 FIT_SETS = {"lin": ("R",), "no_b": ("P",), "no_g": ("R", "B")}
 
 __all__ = ["FIT_SETS", "Fit", "LayerStats", "TERMS", "channel_scores", "collect_stats", "fit_terms", "is_fan_form",
-           "splittable"]
+           "power_on_square", "splittable"]
 
 
 def is_fan_form(layer: nn.Module) -> bool:
-    """A quadratic layer whose output is ``r*g + b(x*x)`` (``fan``, ``fan_pw``, ``fan_dw``): the layers we prune."""
+    """A quadratic layer whose output is ``r*g + b(·)`` with ``r`` and ``g`` on the input: the layers we prune —
+    ``fan``, ``fan_pw``, ``fan_dw`` (``b`` on ``x*x``) and ``lowrank`` (``b`` on the squared bottleneck; pruned as
+    whole layers, see :func:`splittable`)."""
     if not isinstance(layer, QuadLayer):
         return False
     nt = layer.neuron_type
     names = {b.name: b for b in nt.branches}
-    if set(names) != {"r", "g", "b"} or names["b"].input != "x2" or names["r"].input != "x" or names["g"].input != "x":
+    if set(names) != {"r", "g", "b"} or names["r"].input != "x" or names["g"].input != "x":
         return False
     gen = torch.Generator().manual_seed(0)
     o = {n: torch.randn(3, 4, generator=gen, dtype=torch.float64) for n in names}
     return bool(torch.allclose(nt.combine(o), o["r"] * o["g"] + o["b"]))
 
 
+def power_on_square(layer: QuadLayer) -> bool:
+    """The power branch reads ``x*x`` (Fan form proper): a layer may drop its gate and keep ``r + b(x*x)``."""
+    return next(b.input for b in layer.neuron_type.branches if b.name == "b") == "x2"
+
+
 def splittable(layer: QuadLayer) -> bool:
-    """Output channels can be split between a quadratic prefix and a linear rest (no grouped branch)."""
-    return all(getattr(getattr(layer, b.name), "groups", 1) == 1 for b in layer.neuron_type.branches)
+    """Output channels can be split between a quadratic prefix and a linear rest: every branch a plain ungrouped
+    map of ``x`` or ``x*x`` (not grouped/depthwise, not the low-rank bottleneck, whose rows share one ``V``)."""
+    def plain(m: nn.Module) -> bool:
+        return isinstance(m, nn.Linear) or (isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and m.groups == 1)
+
+    return power_on_square(layer) and all(plain(getattr(layer, b.name)) for b in layer.neuron_type.branches)
+
+
+def branch_outputs(layer: QuadLayer, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(r, g, b)`` branch outputs of a Fan-form layer on input ``x`` (shared work computed once)."""
+    nt = layer.neuron_type
+    if hasattr(nt, "branch_outputs"):
+        o = nt.branch_outputs(layer, x)
+        return o["r"], o["g"], o["b"]
+    return layer.r(x), layer.g(x), layer.b(x * x)
 
 
 
@@ -72,8 +92,7 @@ def collect_stats(model: nn.Module, x: Tensor, batch_size: int = 256,
 
     def make_hook(name: str):
         def hook(m: QuadLayer, inp, out) -> None:
-            xin = inp[0]
-            r, g, b = m.r(xin), m.g(xin), m.b(xin * xin)
+            r, g, b = branch_outputs(m, inp[0])
             p = r * g
             c = r.shape[1]
             t = torch.stack([v.transpose(0, 1).reshape(c, -1) for v in (r, p, b)]).double()  # (3, C, M)

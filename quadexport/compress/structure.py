@@ -56,6 +56,8 @@ def permutable(model: nn.Module, group: Group) -> bool:
     for name in [p for p, _ in group.producers] + group.consumers:
         m = mods[name]
         if isinstance(m, QuadLayer):
+            if any(br.input not in ("x", "x2") for br in m.neuron_type.branches):
+                return False  # e.g. lowrank: its power branch reads the bottleneck, whose input channels are mixed
             for br in m.neuron_type.branches:
                 if getattr(getattr(m, br.name), "groups", 1) != 1:
                     return False
