@@ -6,7 +6,7 @@ controls, paired by seed.
         --steptime docs/quadratize/steptime.json --out docs/quadratize/study.json     # tables (markdown on stdout)
 
 RUNS_DIR holds run dirs named ``<config>-s<seed>`` (``base``, ``relu-ft``, ``relu-scratch10``, ``fan-full``,
-``fan-adapter``, ``lr4-full``, ``lr16-full``, ``lr4-adapter`` ...); the commands that trained them are in
+``relu-time14``, ``fan-adapter``, ``lr4-full``, ``lr16-full``, ``lr4-adapter`` ...); the commands that trained them are in
 docs/quadratize.md. Accuracy is each run's final test accuracy (full 10k Fashion-MNIST test set).
 """
 
@@ -18,7 +18,10 @@ import re
 import statistics
 from pathlib import Path
 
-CONTROLS = ("relu-ft", "relu-scratch10")
+CONTROLS = ("relu-ft", "relu-scratch10", "relu-time14")
+"""ReLU controls: the base fine-tuned the same 2 epochs; trained from scratch for the same total epochs (8 + 2); and
+for the same total CPU time as the most expensive fine-tune (8 + 2 × 2.86 ≈ 14 epochs: ``fan`` full; every other row
+costs less, so this control is at least as strong for them)."""
 TRAIN_ONLY = {"full": None, "adapter": "quadratic+bn+head"}
 
 
@@ -29,7 +32,7 @@ def _runs(root: Path) -> dict[str, dict[int, float]]:
         match = re.fullmatch(r"(.+)-s(\d+)", m.parent.name)
         metrics, cfg = json.loads(m.read_text()), m.parent / "config.json"
         done = cfg.exists() and len(metrics.get("epochs", [])) >= int(json.loads(cfg.read_text()).get("epochs", 0))
-        if match and done and not match.group(1).startswith("cmp-"):  # finished training runs only
+        if match and done and not match.group(1).startswith(("cmp-", "qfan")):  # finished study runs only
             out.setdefault(match.group(1), {})[int(match.group(2))] = float(metrics["test_acc"])
     return out
 
@@ -64,17 +67,24 @@ def _latency(bench_json: Path | None) -> dict[str, dict[int, float]]:
 
 def report(a: argparse.Namespace) -> None:
     runs = _runs(Path(a.runs))
+    if a.merge and Path(a.merge).exists():  # an earlier report's accuracies (run dirs of another machine)
+        old = json.loads(Path(a.merge).read_text())["runs"]
+        for cfg, seeds in old.items():
+            for seed, acc in seeds.items():
+                runs.setdefault(cfg, {}).setdefault(int(seed), float(acc))
     lat = _latency(Path(a.latency) if a.latency else None)
     step = json.loads(Path(a.steptime).read_text()) if a.steptime and Path(a.steptime).exists() else {}
     lines = ["| model (fine-tune) | seeds | test acc % (mean ± sd) | vs ReLU fine-tuned (paired Δ pp) | "
-             "vs ReLU from scratch, same epochs (paired Δ pp) | train step × ReLU |",
-             "|---|---|---|---|---|---|"]
+             "vs ReLU from scratch, same epochs (paired Δ pp) | vs ReLU from scratch, same CPU time (paired Δ pp) | "
+             "train step × ReLU |",
+             "|---|---|---|---|---|---|---|"]
     for cfg in sorted(runs, key=lambda c: (c not in ("base", *CONTROLS), c)):
         accs = runs[cfg]
         st = step.get("relu" if cfg == "base" or cfg.startswith("relu") else cfg, {}).get("ratio")
         lines.append(f"| {cfg} | {len(accs)} | {_mean_sd(list(accs.values()))} | "
                      f"{_paired(accs, runs.get('relu-ft', {})) if cfg != 'relu-ft' else '–'} | "
                      f"{_paired(accs, runs.get('relu-scratch10', {})) if cfg != 'relu-scratch10' else '–'} | "
+                     f"{_paired(accs, runs.get('relu-time14', {})) if cfg != 'relu-time14' else '–'} | "
                      f"{f'{st:.2f}' if st else '–'} |")
     print("\n".join(lines))
     if lat:
@@ -125,6 +135,7 @@ def main() -> None:
     r.add_argument("--latency")
     r.add_argument("--steptime")
     r.add_argument("--out")
+    r.add_argument("--merge", help="an earlier study.json whose accuracies fill in run dirs not under RUNS")
     r.set_defaults(func=report)
     s = sub.add_parser("steptime")
     s.add_argument("--steps", type=int, default=12)
