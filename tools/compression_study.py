@@ -119,25 +119,24 @@ def cmd_sweep(a: argparse.Namespace) -> int:
 
     from quadexport.checkpoint import load
     from quadexport.compress import channel_scores, collect_stats, compress_model, plan, twin_of
-    from quadexport.compress.api import calibration_data
-    from quadexport.train import evaluate
+    from quadexport.compress.rundata import open_data
     from quadexport.zoo import count_macs
 
     torch.set_num_threads(a.threads)
     model = load(a.source)
     meta = model.quadexport_meta
-    calib, ds, _ = calibration_data(meta, a.calib_samples)
-    scores = channel_scores(collect_stats(model, calib))
+    data = open_data(a.source, meta, a.calib_samples, val_samples=0)
+    scores = channel_scores(collect_stats(model, data.calib))
     shape = tuple(meta["input_shape"])
     twin_macs = count_macs(twin_of(model), shape)
-    acc0 = evaluate(model, ds.x_test, ds.y_test, torch.device("cpu"))[1]
+    acc0 = data.accuracy(model, "test")
     rows = []
     per_layer = {n: sorted(float(v) for v in sc["lin"].score) for n, sc in scores.items()}
     for t in a.thresholds:
         for align in a.aligns:
             pl = plan(model, scores, t, align)
             cm, _ = compress_model(model, pl, scores)
-            acc = evaluate(cm, ds.x_test, ds.y_test, torch.device("cpu"))[1]
+            acc = data.accuracy(cm, "test")
             row = {"threshold": t, "align": align, "test_acc": acc, "delta_pp": 100 * (acc - acc0),
                    "mac_ratio": count_macs(cm, shape) / twin_macs,
                    "kept": sum(p.k for p in pl.layers.values()), "own": sum(len(p.own) for p in pl.layers.values()),
@@ -161,8 +160,8 @@ def cmd_latsweep(a: argparse.Namespace) -> int:
 
     from quadexport.checkpoint import load
     from quadexport.compress import channel_scores, collect_stats, compress_model, fold_mixed_bn, plan, twin_of
-    from quadexport.compress.api import calibration_data
     from quadexport.compress.prune import conv_shortcuts, get_spec
+    from quadexport.compress.rundata import open_data
     from quadexport.compress.latency import time_onnx
     from quadexport.exporter import export
     from quadexport.zoo import count_macs
@@ -171,7 +170,7 @@ def cmd_latsweep(a: argparse.Namespace) -> int:
     model = load(a.source)
     meta = model.quadexport_meta
     shape = tuple(meta["input_shape"])
-    calib, _, _ = calibration_data(meta, a.calib_samples)
+    calib = open_data(a.source, meta, a.calib_samples, val_samples=0).calib
     scores = channel_scores(collect_stats(model, calib))
     twin = twin_of(model)
     odir = OUT / "latsweep"
@@ -215,22 +214,22 @@ def cmd_control(a: argparse.Namespace) -> int:
     import torch
 
     from quadexport.checkpoint import load, save_checkpoint
-    from quadexport.compress.api import calibration_data
     from quadexport.compress.finetune import finetune
+    from quadexport.compress.rundata import open_data
 
     torch.set_num_threads(a.threads)
     src = run_path("resnet20-relu")
     model = load(src)
     meta = dict(model.quadexport_meta)
-    _, ds, _ = calibration_data(meta, 1)
-    hist = finetune(model, ds.x_train, ds.y_train, ds.x_test, ds.y_test, meta["train_config"], a.epochs,
-                    seed=int(meta["train_config"].get("seed", 0)))
+    data = open_data(src, meta, 1, val_samples=0)
+    hist = finetune(model, data.fit, meta["train_config"], a.epochs, workers=data.workers)
+    acc = data.accuracy(model, "test")
     out = RUNS / f"resnet20-relu-ft{a.epochs}"
-    meta.update(test_acc=hist[-1]["test_acc"], finetuned_from=str(src), finetune=hist)
+    meta.update(test_acc=acc, finetuned_from=str(src), finetune=hist)
     save_checkpoint(out, model, meta, epoch=8 + a.epochs)
-    (out / "metrics.json").write_text(json.dumps({"test_acc": hist[-1]["test_acc"], "finetune": hist}, indent=1))
+    (out / "metrics.json").write_text(json.dumps({"test_acc": acc, "finetune": hist}, indent=1))
     print(f"ReLU ResNet20 {100 * load(src).quadexport_meta['test_acc']:.2f}% -> +{a.epochs} fine-tuning epochs "
-          f"{100 * hist[-1]['test_acc']:.2f}%")
+          f"{100 * acc:.2f}%")
     return 0
 
 
@@ -311,9 +310,9 @@ def cmd_bench(a: argparse.Namespace) -> int:
         files[key] = e["onnx"]
     relu = next((e for e in entries if e["label"] == "resnet20-relu"), None)
     if relu is not None:  # the exact 1x1-conv shortcut rewrite applied to the trained ReLU twin
-        from quadexport.compress.api import calibration_data
         from quadexport.compress.prune import conv_shortcuts
-        from quadexport.compress.quant import onnx_accuracy, quantize_int8
+        from quadexport.compress.quant import compare_int8, quantize_int8
+        from quadexport.compress.rundata import open_data
         from quadexport.zoo import count_macs
 
         relu_model = load(relu["run"])
@@ -328,13 +327,13 @@ def cmd_bench(a: argparse.Namespace) -> int:
                         "macs": count_macs(convsc, tuple(meta["input_shape"])), "onnx": str(path)})
         # like-for-like for the int8 rows: the ReLU twin quantised the same way (static QDQ, same calibration)
         q8 = odir / "resnet20-relu-int8.onnx"
-        calib, ds, _ = calibration_data(meta, 1024)
+        data = open_data(relu["run"], meta, 1024, val_samples=0)
         if not q8.exists() or a.reexport:
-            quantize_int8(relu["onnx"], q8, calib.numpy())
+            quantize_int8(relu["onnx"], q8, data.calib.numpy())
         key = "resnet20-relu [int8]"
         files[key] = str(q8)
         entries.append({"label": "resnet20-relu", "key": key, "kind": "relu int8",
-                        "test_acc": onnx_accuracy(q8, ds.x_test.numpy(), ds.y_test.numpy())[0],
+                        "test_acc": compare_int8(q8, relu["onnx"], data.batches("test"))["test_acc"],
                         "macs": relu["macs"], "onnx": str(q8)})
     print(f"== timing {len(files)} models, batches {a.batches}, threads {a.threads}; load {os.getloadavg()}",
           flush=True)

@@ -57,15 +57,20 @@ def _torch_outputs(model: nn.Module, x: np.ndarray) -> list[np.ndarray]:
     return [o.detach().float().cpu().numpy() for o in outs]
 
 
-def _load_dataset(spec: str, meta: dict[str, Any], data_dir: str | os.PathLike | None,
+def _load_dataset(spec: Any, meta: dict[str, Any], data_dir: str | os.PathLike | None,
                   n: int = DATASET_SAMPLES) -> tuple[np.ndarray, np.ndarray]:
-    """The first ``n`` test samples (normalised model inputs, labels) of ``spec``: the run's own data (same subsets,
-    size and normalisation, any dataset kind) when ``spec`` is the run's dataset, else the named dataset."""
-    from quadexport.data import DataOptions, open_dataset, open_run_dataset
+    """The first ``n`` test samples (normalised model inputs, labels) of ``spec``: an opened
+    :class:`~quadexport.data.DataSource`, the run's own data (same subsets, size and normalisation, any dataset kind)
+    when ``spec`` is the run's dataset, else the named dataset."""
+    from quadexport.data import DataOptions, DataSource, open_dataset, open_run_dataset
 
     own = meta.get("dataset") or (meta.get("train_config") or {}).get("dataset")
-    src = open_run_dataset(meta, None if data_dir is None else str(data_dir), workers=0) if spec == own else \
-        open_dataset(spec, DataOptions(data_dir=data_dir, workers=0))
+    if isinstance(spec, DataSource):
+        src = spec
+    elif spec == own:
+        src = open_run_dataset(meta, None if data_dir is None else str(data_dir), workers=0)
+    else:
+        src = open_dataset(spec, DataOptions(data_dir=data_dir, workers=0))
     xs, ys, seen = [], [], 0
     for xb, yb in src.loader("test", n):
         xs.append(xb.float().numpy())
@@ -95,7 +100,7 @@ def is_qdq(proto: Any) -> bool:
 
 
 def check(onnx_path: str | os.PathLike, model: nn.Module, *, provider: str = "cpu", atol: float | None = None,
-          rtol: float | None = None, batches: Sequence[int] = (1, 3, 5, 64), dataset: str | bool | None = None,
+          rtol: float | None = None, batches: Sequence[int] = (1, 3, 5, 64), dataset: Any = None,
           data_dir: str | os.PathLike | None = None, seed: int = 0, opt_levels: Sequence[str] = ("disable", "all"),
           kernel_library: str = "auto", threads: int | None = None, verbose: bool = True,
           json_path: str | os.PathLike | None = None, qdq_top1: float = QDQ_TOP1) -> CheckReport:
@@ -114,8 +119,8 @@ def check(onnx_path: str | os.PathLike, model: nn.Module, *, provider: str = "cp
         rtol: max relative L2 error (``None``: 1e-5 for float32 models, 1e-2 for float16 ones).
         batches: batch sizes of the random-input checks (the dynamic batch axis is exercised).
         dataset: dataset of the real-data check (default: the model's own, ``quadexport_meta["dataset"]``, with
-            its subsets and normalisation; ``False``: none); the first 512 test images, in batches of
-            ``max(batches)``.
+            its subsets and normalisation; a name; an opened :class:`~quadexport.data.DataSource`; ``False``: none);
+            the first 512 test images, in batches of ``max(batches)``.
         data_dir: dataset directory (see :func:`quadexport.data.load_dataset`).
         seed: seed of the random inputs.
         opt_levels: onnxruntime graph optimisation levels to check (``disable``, ``basic``, ``extended``, ``all``).
@@ -239,21 +244,22 @@ class _InputSet:
 
 
 def _input_sets(model: nn.Module, shape: tuple[int, ...], batches: Sequence[int], seed: int,
-                dataset: str | bool | None, data_dir: str | os.PathLike | None, report: CheckReport,
+                dataset: Any, data_dir: str | os.PathLike | None, report: CheckReport,
                 say: Callable[[str], None], prep: Any = None) -> list[_InputSet]:
     """Random batches of every size, then the dataset's first test images (when known and loadable); with ``prep``
     (a raw-input file) both denormalised to raw pixel values."""
     rng = np.random.default_rng(seed)
     sets = [_InputSet("random", int(b), [rng.standard_normal((int(b), *shape)).astype(np.float32)]) for b in batches]
     meta = getattr(model, "quadexport_meta", None) or {}
-    ds_name = None if dataset is False else (dataset or meta.get("dataset"))
-    if ds_name:
+    ds = None if dataset is False else (dataset or meta.get("dataset"))
+    ds_name = getattr(ds, "name", ds)  # a DataSource: its spec
+    if ds:
         try:
-            xs, ys = _load_dataset(ds_name, meta, data_dir)
+            xs, ys = _load_dataset(ds, meta, data_dir)
         except Exception as e:  # noqa: BLE001 - reported (a failure only when the dataset was asked for)
             if dataset:
-                report.errors.append(f"dataset {dataset}: {e}")
-                say(f"-[✗] dataset {dataset}: {e}")
+                report.errors.append(f"dataset {ds_name}: {e}")
+                say(f"-[✗] dataset {ds_name}: {e}")
             else:
                 report.notes.append(f"dataset {ds_name} (from the model metadata) not checked: {e}")
                 say(f"-[!] dataset {ds_name} not checked: {e}")

@@ -103,7 +103,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=pos_int, default=None, help="onnxruntime intra-op threads")
     p.add_argument("--min-seconds", type=positive_float, default=1.0, help="timed seconds per model and batch")
     p.add_argument("--no-check", action="store_true", help="skip the onnxruntime parity check")
-    p.add_argument("--data-dir", default=None, help="dataset location override")
+    p.add_argument("--data-dir", default=None,
+                   help="built-in dataset location override (imagefolder:/npz: runs reopen the path they were "
+                        "trained on)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the run in --out (the old one stays intact until the new one is complete)")
     p.set_defaults(func=run)

@@ -10,6 +10,8 @@
   lives in :mod:`quadexport.zoo._prune`.
 - :mod:`quadexport.layers.mixed`: :class:`MixedQuad`, :class:`PermShortcut` (re-exported by ``compress.layers``).
 - :mod:`quadexport.compress.quant`: onnxruntime static int8 (QDQ) with optional fp32 quadratic terms.
+- :mod:`quadexport.compress.rundata`: the run's own dataset (built-in, ``imagefolder:``, ``npz:``) reopened and split
+  into calibration images, fine-tuning and validation splits (from the training data) and the test split, streamed.
 - :mod:`quadexport.layers.cheap`: the ``fan_pw`` / ``fan_dw`` neuron types (registered by ``import quadexport``).
 
 See ``docs/compression.md``.

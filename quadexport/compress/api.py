@@ -18,18 +18,19 @@ import torch
 
 from quadexport.compress import outputs
 from quadexport.compress.config import DEFAULT_THRESHOLD, CompressConfig, CompressError
-from quadexport.compress.job import FAST_OPSET, Job, accuracy, export_onnx, loss, macs, twin_of
+from quadexport.compress.job import FAST_OPSET, Job, export_onnx, macs, twin_of
 from quadexport.compress.outputs import FP32_ONNX, INT8_ONNX
 from quadexport.compress.plan import Plan, nchwc_block, plan, search_threshold
 from quadexport.compress.report import CompressOutcome, CompressReport, build_report, render_report
 from quadexport.compress.rewrite import compress_model, fold_mixed_bn
+from quadexport.compress.rundata import open_data
 from quadexport.compress.stats import channel_scores, collect_stats, is_fan_form, splittable
 from quadexport.zoo._prune import get_spec
 
 REPORT_JSON, REPORT_MD = "compress_report.json", "compress_report.md"
 
 __all__ = ["CompressConfig", "CompressError", "CompressReport", "DEFAULT_THRESHOLD", "FP32_ONNX", "INT8_ONNX",
-           "REPORT_JSON", "REPORT_MD", "calibration_data", "compress", "compress_run", "render_report", "twin_of"]
+           "REPORT_JSON", "REPORT_MD", "compress", "compress_run", "render_report", "twin_of"]
 
 
 def compress(run_dir: str | Path, out: str | Path, config: CompressConfig | None = None,
@@ -122,35 +123,16 @@ def _open(run_dir: Path, out: Path, cfg: CompressConfig) -> Job:
         raise CompressError(f"{run_dir} has no dataset in its metadata; cannot calibrate")
     shape = tuple(int(v) for v in meta["input_shape"])
     align = nchwc_block() if cfg.align is None else int(cfg.align)
-    return Job(cfg, ckpt, meta, shape, align, already, CompressOutcome(run_dir, out, model),
+    # the data last of the checks, and before anything is written: a dataset that is gone is a one-line error
+    data = open_data(run_dir, meta, cfg.calib_samples, cfg.val_samples, cfg.data_dir)
+    return Job(cfg, ckpt, meta, shape, align, already, CompressOutcome(run_dir, out, model), data=data,
                threshold=cfg.initial_threshold())
 
 
-def calibration_data(meta: dict[str, Any], n: int, data_dir: str | None = None, seed: int = 0,
-                     val_samples: int = 0) -> tuple[torch.Tensor, Any, torch.Tensor]:
-    """``(calibration images, dataset, validation indices)``: a seeded validation split of ``val_samples`` (at most
-    a fifth of the run's training subset) and ``n`` calibration images from the rest."""
-    from quadexport.data import load_dataset
-
-    tc = meta.get("train_config") or {}
-    ds = load_dataset(meta["dataset"], data_dir=data_dir or tc.get("data_dir"), train_subset=tc.get("train_subset"),
-                      test_subset=tc.get("test_subset"), seed=int(tc.get("seed", 0)))
-    g = torch.Generator().manual_seed(int(seed))
-    order = torch.randperm(len(ds.x_train), generator=g)
-    nv = min(int(val_samples), len(order) // 5)
-    val, rest = order[:nv], order[nv:]
-    return ds.x_train[rest[:int(n)]], ds, val
-
-
 def _calibrate(job: Job) -> None:
-    """Validation split, calibration images, original accuracies, channel groups, channel scores, MACs."""
-    cfg, o, meta = job.cfg, job.o, job.meta
-    job.say(f"== calibrate on {cfg.calib_samples} {meta['dataset']} training images")
-    job.calib, job.ds, val = calibration_data(meta, cfg.calib_samples, cfg.data_dir, val_samples=cfg.val_samples)
-    keep = torch.ones(len(job.ds.x_train), dtype=torch.bool)
-    keep[val] = False
-    job.x_fit, job.y_fit = job.ds.x_train[keep], job.ds.y_train[keep]
-    job.x_val, job.y_val = job.ds.x_train[val], job.ds.y_train[val]
+    """Original accuracies (test and validation), channel groups, channel scores, MACs."""
+    cfg, o, meta, data = job.cfg, job.o, job.meta, job.data
+    job.say(f"== calibrate on {len(job.calib)} {meta['dataset']} training images")
     with torch.no_grad():
         if not bool(torch.isfinite(o.model(job.calib[:256])).all()):
             raise CompressError(f"{o.run_dir}: the model's outputs on its own training images are NaN/Inf; "
@@ -160,8 +142,9 @@ def _calibrate(job: Job) -> None:
     if isinstance(meta.get("test_acc"), float) and tc and tc.get("test_subset") is None and not cfg.data_dir:
         o.acc_orig = float(meta["test_acc"])  # the run's own evaluation on this same (full) test split
     else:
-        o.acc_orig = accuracy(o.model, job.ds.x_test, job.ds.y_test)
-    o.val = {"samples": len(val), "original": accuracy(o.model, job.x_val, job.y_val) if len(val) else None}
+        o.acc_orig = data.accuracy(o.model, "test")
+    nv = len(data.val)
+    o.val = {"samples": nv, "original": data.accuracy(o.model, "val") if nv else None}
     if not job.already:
         from quadexport.compress.permute import verify_permutations
         from quadexport.compress.structure import describe
@@ -226,7 +209,7 @@ def _select(job: Job, tmp: Path) -> None:
         return cm.eval()
 
     def val_loss(keep: dict[str, int]) -> float:
-        return loss(build(keep), job.x_val, job.y_val)
+        return job.data.loss(build(keep), "val")
 
     def costs(keeps: list[dict[str, int]]) -> list[float]:
         paths = {f"m{i}": export_onnx(build(k), tmp / f"sel{i}.onnx", shape, opset=FAST_OPSET)
@@ -268,26 +251,26 @@ def _rewrite(job: Job) -> None:
 
 def _finetune_and_fold(job: Job) -> None:
     """Fine-tuning (when something changed), BatchNorm folding into mixed layers, final accuracies and MACs."""
-    cfg, o, ds = job.cfg, job.o, job.ds
+    cfg, o, data = job.cfg, job.o, job.data
     o.ft_hist = []
     if cfg.finetune_epochs and job.changed:
-        o.acc_pruned = accuracy(o.cmodel, ds.x_test, ds.y_test)
+        o.acc_pruned = data.accuracy(o.cmodel, "test")
         job.say(f"   pruned test accuracy before fine-tuning {100 * o.acc_pruned:.2f}% "
                 f"(original {100 * o.acc_orig:.2f}%)")
         from quadexport.compress.finetune import finetune
 
-        job.say(f"== fine-tune {cfg.finetune_epochs} epoch(s) on {len(job.x_fit)} training images")
-        o.ft_hist = finetune(o.cmodel, job.x_fit, job.y_fit, job.meta.get("train_config") or {},
-                             cfg.finetune_epochs, lr=cfg.finetune_lr, progress=job.bar, log=job.say)
+        job.say(f"== fine-tune {cfg.finetune_epochs} epoch(s) on {len(data.fit)} training images")
+        o.ft_hist = finetune(o.cmodel, data.fit, job.meta.get("train_config") or {}, cfg.finetune_epochs,
+                             lr=cfg.finetune_lr, progress=job.bar, log=job.say, workers=data.workers)
     else:
         o.acc_pruned = None
     o.folded = fold_mixed_bn(o.cmodel, job.spec, job.structure) if not job.already else []
     o.cmodel.eval()
-    o.acc_final = accuracy(o.cmodel, ds.x_test, ds.y_test) if job.changed else o.acc_orig
+    o.acc_final = data.accuracy(o.cmodel, "test") if job.changed else o.acc_orig
     if o.acc_pruned is None:  # no fine-tuning: the pruned model is the final one (BN folding aside)
         o.acc_pruned = o.acc_final
     if o.val.get("samples"):
-        o.val["final"] = accuracy(o.cmodel, job.x_val, job.y_val) if job.changed else o.val["original"]
+        o.val["final"] = data.accuracy(o.cmodel, "val") if job.changed else o.val["original"]
     job.say(f"   test accuracy {100 * o.acc_final:.2f}% (original {100 * o.acc_orig:.2f}%, "
             f"{100 * (o.acc_final - o.acc_orig):+.2f} pp)")
     o.macs_c = macs(o.cmodel, job.shape)

@@ -49,7 +49,8 @@ class CompressConfig:
         bench: measure onnxruntime latency of the original, compressed (and int8) model and the ReLU twin.
         batches, threads, min_seconds: latency batch sizes, onnxruntime intra-op threads, timed seconds per model.
         twin: run dir of the trained ReLU twin (its accuracy goes into the report).
-        data_dir: dataset location override.
+        data_dir: dataset location override (built-in datasets; ``imagefolder:``/``npz:`` runs reopen the path
+            they were trained on).
         check: run the onnxruntime parity check of the fp32 export (``parity.json``).
         overwrite: replace an existing output run dir.
         verbose: log progress at INFO (else DEBUG).

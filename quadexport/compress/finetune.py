@@ -8,6 +8,7 @@ from typing import Any, Callable
 
 import torch
 from torch import nn
+from torch.utils.data import Dataset
 
 from quadexport.layers.mixed import MixedQuad
 from quadexport.layers.quad import QuadLayer
@@ -56,20 +57,21 @@ def recipe(train_config: dict[str, Any], epochs: int, lr: float | None = None, l
     return TrainConfig(**tc)
 
 
-def finetune(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, train_config: dict[str, Any],
-             epochs: int, lr: float | None = None, progress: Callable[[Any, str], Any] | None = None,
-             log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
-    """Fine-tune ``model`` in place with the run's recipe through the training loop of :mod:`quadexport.train`
-    (:func:`~quadexport.fit.fit_tensors`: NaN steps skipped, NaN epochs rolled back with the LR halved); gate and
+def finetune(model: nn.Module, data: Dataset, train_config: dict[str, Any], epochs: int, lr: float | None = None,
+             progress: Callable[[Any, str], Any] | None = None, log: Callable[[str], None] | None = None,
+             workers: int = 0) -> list[dict[str, Any]]:
+    """Fine-tune ``model`` in place on ``data`` (map-style ``(image, label)``: in-memory tensors, or image files read
+    by ``workers`` DataLoader processes) with the run's recipe through the training loop of :mod:`quadexport.train`
+    (:func:`~quadexport.fit.fit_dataset`: NaN steps skipped, NaN epochs rolled back with the LR halved); gate and
     power branches of quadratic and mixed layers at the run's ReLinear LR ratios (:func:`param_groups`). Returns
     per-epoch metrics."""
-    from quadexport.fit import fit_tensors
+    from quadexport.fit import fit_dataset
 
     cfg = recipe(train_config, epochs, lr)
     groups = param_groups(model, cfg.lr, cfg.relinear.to_dict(), cfg.weight_decay)
     opt = (torch.optim.Adam(groups, lr=cfg.lr) if cfg.optimizer == "adam"
            else torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9))
-    hist = fit_tensors(model, x_train, y_train, cfg, optimizer=opt, progress=progress, log_fn=log)
+    hist = fit_dataset(model, data, cfg, workers=workers, optimizer=opt, progress=progress, log_fn=log)
     for row in hist:
         (log or _log.info)(f"   fine-tune epoch {row['epoch']}/{epochs}: train_loss {row['train_loss']:.4f} "
                            f"({row['seconds']:.0f} s)")

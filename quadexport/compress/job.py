@@ -14,11 +14,12 @@ from torch import nn
 
 from quadexport.compress.config import CompressConfig
 from quadexport.compress.report import CompressOutcome
+from quadexport.compress.rundata import CompressData
 from quadexport.zoo.structure import Structure
 
 log = logging.getLogger("quadexport.compress.api")
 
-__all__ = ["Job", "accuracy", "export_onnx", "loss", "macs", "twin_of"]
+__all__ = ["Job", "export_onnx", "macs", "twin_of"]
 
 
 @dataclass
@@ -32,13 +33,8 @@ class Job:
     align: int
     already: bool  # the source run is itself compressed: int8 only
     o: CompressOutcome
+    data: CompressData | None = None  # the run's dataset: calibration images, fine-tuning/validation/test splits
     threshold: float | None = None
-    calib: torch.Tensor | None = None
-    ds: Any = None
-    x_fit: torch.Tensor | None = None  # training images for fine-tuning (validation split removed)
-    y_fit: torch.Tensor | None = None
-    x_val: torch.Tensor | None = None
-    y_val: torch.Tensor | None = None
     twin_model: nn.Module | None = None
     scores: dict[str, Any] = field(default_factory=dict)
     spec: dict[str, Any] | None = None
@@ -47,6 +43,11 @@ class Job:
     searched_cost: float | None = None
     keep: dict[str, int] | None = None  # layer selection (--select layers): layer → quadratic channels
     run: Any = None  # quadexport.rundir.RunDir: the locked staging dir that becomes ``o.out`` once complete
+
+    @property
+    def calib(self) -> torch.Tensor:
+        """The calibration images (training split, validation split excluded)."""
+        return self.data.calib
 
     @property
     def dir(self) -> Path:
@@ -85,19 +86,6 @@ def twin_of(model: nn.Module) -> nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         return create_model(name, **cfg).eval()
-
-
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    from quadexport.train import evaluate
-
-    return float(evaluate(model, x, y, torch.device("cpu"))[1])
-
-
-def loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    """Mean cross-entropy of ``model`` on ``x, y``."""
-    from quadexport.train import evaluate
-
-    return float(evaluate(model, x, y, torch.device("cpu"))[0])
 
 
 FAST_OPSET = 17

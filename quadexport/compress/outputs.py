@@ -6,9 +6,7 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-import numpy as np
-
-from quadexport.compress.job import Job, accuracy, export_onnx
+from quadexport.compress.job import Job, export_onnx
 
 FP32_ONNX, INT8_ONNX = "model.onnx", "model.int8.onnx"
 
@@ -49,8 +47,8 @@ def write_run(job: Job) -> Path:
 def parity(job: Job, fp32_path: Path) -> None:
     from quadexport.check import check as run_check
 
-    rep = run_check(fp32_path, job.o.cmodel, batches=(1, 3, 64), verbose=False, dataset=job.meta["dataset"],
-                    data_dir=job.cfg.data_dir)
+    # the real-data lines on the test split already open (any dataset kind: no second scan of a folder)
+    rep = run_check(fp32_path, job.o.cmodel, batches=(1, 3, 64), verbose=False, dataset=job.data.source)
     rep.onnx_path = str(job.o.out / FP32_ONNX)  # where it will be once the staged run is in place
     rep.save(job.dir / "parity.json")
     job.o.parity = {"ok": rep.ok, "worst_rel_l2": rep.worst_rel_l2}
@@ -58,17 +56,15 @@ def parity(job: Job, fp32_path: Path) -> None:
 
 
 def int8(job: Job, fp32_path: Path) -> None:
-    from quadexport.compress.quant import onnx_accuracy, quantize_int8
+    from quadexport.compress.quant import compare_int8, quantize_int8
 
-    cfg, out, ds = job.cfg, job.dir, job.ds
+    cfg, out = job.cfg, job.dir
     job.say(f"== int8 static quantisation (keep fp32: {cfg.keep_fp32})")
     info = quantize_int8(fp32_path, out / INT8_ONNX, job.calib.numpy(), keep_fp32=cfg.keep_fp32)
-    acc8, logits8 = onnx_accuracy(out / INT8_ONNX, ds.x_test.numpy(), ds.y_test.numpy(), threads=cfg.threads)
-    acc32, logits32 = onnx_accuracy(fp32_path, ds.x_test.numpy(), ds.y_test.numpy(), threads=cfg.threads)
-    rel8 = float(np.linalg.norm(logits8 - logits32) / np.linalg.norm(logits32))
-    job.o.int8 = {**info, "path": INT8_ONNX, "test_acc": acc8, "fp32_onnx_test_acc": acc32, "rel_l2_vs_fp32": rel8,
-                  "top1_agreement": float((logits8.argmax(1) == logits32.argmax(1)).mean())}
-    job.say(f"   int8 test accuracy {100 * acc8:.2f}% (fp32 {100 * acc32:.2f}%), logits rel_l2 {rel8:.3f}")
+    cmp = compare_int8(out / INT8_ONNX, fp32_path, job.data.batches("test"), threads=cfg.threads)
+    job.o.int8 = {**info, "path": INT8_ONNX, **cmp}
+    job.say(f"   int8 test accuracy {100 * cmp['test_acc']:.2f}% (fp32 {100 * cmp['fp32_onnx_test_acc']:.2f}%), "
+            f"logits rel_l2 {cmp['rel_l2_vs_fp32']:.3f}")
 
 
 def trained_twin(job: Job) -> None:
@@ -77,7 +73,7 @@ def trained_twin(job: Job) -> None:
 
     tm = load(job.cfg.twin)
     acc = tm.quadexport_meta.get("test_acc")
-    job.o.twin_acc = float(acc) if acc is not None else accuracy(tm, job.ds.x_test, job.ds.y_test)
+    job.o.twin_acc = float(acc) if acc is not None else job.data.accuracy(tm, "test")
     job.twin_model = tm
 
 

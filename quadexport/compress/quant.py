@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import onnx
@@ -157,4 +157,30 @@ def onnx_accuracy(path: str | os.PathLike, x: np.ndarray, y: np.ndarray, batch_s
     return float((logits.argmax(1) == y).mean()), logits
 
 
-__all__ = ["ArrayReader", "KEEP_FP32", "nodes_to_keep_fp32", "onnx_accuracy", "quadratic_nodes", "quantize_int8"]
+def compare_int8(int8_path: str | os.PathLike, fp32_path: str | os.PathLike, batches: Iterable[tuple[Any, Any]],
+                 threads: int | None = None) -> dict[str, float]:
+    """One pass of labelled ``(x, y)`` batches (tensors or arrays, e.g. a DataLoader) through an int8 model and its
+    fp32 original under onnxruntime, without holding the logits: ``{"test_acc", "fp32_onnx_test_acc",
+    "rel_l2_vs_fp32" (of all int8 logits vs the fp32 ones), "top1_agreement"}``."""
+    from quadexport.exporter.session import make_session
+
+    sessions = [make_session(str(p), "cpu", threads=threads) for p in (int8_path, fp32_path)]
+    names = [s.get_inputs()[0].name for s in sessions]
+    n, correct8, correct32, agree, diff2, ref2 = 0, 0, 0, 0, 0.0, 0.0
+    for xb, yb in batches:
+        x, y = np.asarray(xb, dtype=np.float32), np.asarray(yb)
+        l8, l32 = (s.run(None, {name: x})[0] for s, name in zip(sessions, names))
+        n += len(y)
+        correct8 += int((l8.argmax(1) == y).sum())
+        correct32 += int((l32.argmax(1) == y).sum())
+        agree += int((l8.argmax(1) == l32.argmax(1)).sum())
+        diff2 += float(np.square(l8.astype(np.float64) - l32).sum())
+        ref2 += float(np.square(l32.astype(np.float64)).sum())
+    if n == 0:
+        raise UsageError("compare_int8: no images to compare on")
+    return {"test_acc": correct8 / n, "fp32_onnx_test_acc": correct32 / n,
+            "rel_l2_vs_fp32": float(np.sqrt(diff2 / ref2)) if ref2 > 0 else float("nan"), "top1_agreement": agree / n}
+
+
+__all__ = ["ArrayReader", "KEEP_FP32", "compare_int8", "nodes_to_keep_fp32", "onnx_accuracy", "quadratic_nodes",
+           "quantize_int8"]
