@@ -106,7 +106,8 @@ def steptime(a: argparse.Namespace) -> None:
     torch.set_num_threads(1)
     x, y = torch.randn(128, 1, 28, 28), torch.randint(0, 10, (128,))
     cfgs = {"relu": ("relu", False), "fan-full": ("fan", False), "fan-adapter": ("fan", True),
-            "lr4-full": ("lowrank:4", False), "lr4-adapter": ("lowrank:4", True), "lr16-full": ("lowrank:16", False)}
+            "lr4-full": ("lowrank:4", False), "lr4-adapter": ("lowrank:4", True), "lr16-full": ("lowrank:16", False),
+            "lr16-adapter": ("lowrank:16", True)}
     nets, opts = {}, {}
     for name, (neuron, adapter) in cfgs.items():
         m = q.create_model("resnet20", neuron, input_size=28)
