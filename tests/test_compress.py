@@ -385,3 +385,13 @@ def test_lowrank_run_compresses_end_to_end(run_dir, tmp_path):
     model = load(tmp_path / "c")
     kept = {n for n, m in model.named_modules() if isinstance(m, QuadLayer)}
     assert kept == {d["layer"] for d in r.layers if d["k"]}
+
+
+def test_threshold_search_on_measured_latency(run_dir, tmp_path):
+    # a loose target: the unpruned model (threshold 0) already meets it after one measured step
+    r = qc.compress(run_dir, tmp_path / "thr", target_ratio=50, select="threshold", align=4, calib_samples=128,
+                    val_samples=60, finetune_epochs=0, max_drop=None, batches=(1,), min_seconds=0.05, bench=False,
+                    check=False, verbose=False)
+    assert r.layer_selection is None and r.threshold_search
+    assert len(r.threshold_search) == 1 and 1 < r.threshold_search[0]["cost"] < 50
+    assert r.plan["threshold"] == 0 and r.quadratic_channels["kept"] == r.quadratic_channels["total"]

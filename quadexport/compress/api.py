@@ -6,13 +6,12 @@ report (:mod:`quadexport.compress.outputs` holds the output stages)."""
 from __future__ import annotations
 
 import copy
-import json
 import shutil
 import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 
@@ -168,15 +167,9 @@ def _search(job: Job, tmp: Path) -> None:
     twin_onnx = export_onnx(job.twin_model, tmp / "twin.onnx", shape) if cfg.cost == "latency" else None
 
     def cost_fn(p: Plan) -> float:
-        cm, _ = compress_model(o.model, p, job.scores, cfg.split, cfg.shortcut)
         if cfg.cost == "macs":
-            return macs(cm, shape) / o.macs_twin
-        from quadexport.compress.latency import p50, time_onnx
-
-        fold_mixed_bn(cm, json.loads(cm.quadexport_config["compress"]), p.structure)
-        path = export_onnx(cm, tmp / "cand.onnx", shape)
-        t = time_onnx({"c": path, "t": twin_onnx}, shape, cfg.batches, cfg.threads, min_seconds=0.5)
-        return max(p50(t, "c", b) / p50(t, "t", b) for b in cfg.batches)
+            return macs(compress_model(o.model, p, job.scores, cfg.split, cfg.shortcut)[0], shape) / o.macs_twin
+        return _latency_ratios(job, [_folded(job, p)], twin_onnx, tmp, 0.5)[0]
 
     steps = job.bar(iter(int, 1), "search")  # one tick per measured step
     ticking = iter(steps)
@@ -193,7 +186,6 @@ def _search(job: Job, tmp: Path) -> None:
 
 def _select(job: Job, tmp: Path) -> None:
     """Choose the layers that stay quadratic by measured cost per validation loss (:mod:`.select`)."""
-    from quadexport.compress.latency import p50, time_onnx
     from quadexport.compress.select import select_layers
 
     cfg, o, shape = job.cfg, job.o, job.shape
@@ -203,26 +195,39 @@ def _select(job: Job, tmp: Path) -> None:
     twin_onnx = export_onnx(job.twin_model, tmp / "twin.onnx", shape, opset=FAST_OPSET)
 
     def build(keep: dict[str, int]) -> torch.nn.Module:
-        p = plan(o.model, job.scores, float(job.threshold), job.align, cfg.drop_branches, job.structure, keep=keep)
-        cm, spec = compress_model(o.model, p, job.scores, cfg.split, cfg.shortcut)
-        fold_mixed_bn(cm, spec, p.structure)
-        return cm.eval()
+        return _folded(job, plan(o.model, job.scores, float(job.threshold), job.align, cfg.drop_branches,
+                                 job.structure, keep=keep))
 
     def val_loss(keep: dict[str, int]) -> float:
         return job.data.loss(build(keep), "val")
 
     def costs(keeps: list[dict[str, int]]) -> list[float]:
-        paths = {f"m{i}": export_onnx(build(k), tmp / f"sel{i}.onnx", shape, opset=FAST_OPSET)
-                 for i, k in enumerate(job.bar(keeps, "layer costs") if len(keeps) > 2 else keeps)}
+        models = (build(k) for k in (job.bar(keeps, "layer costs") if len(keeps) > 2 else keeps))
         seconds = cfg.min_seconds if len(keeps) <= 2 else min(cfg.min_seconds, 0.5)
-        t = time_onnx({**paths, "twin": twin_onnx}, shape, cfg.batches, cfg.threads, min_seconds=seconds)
-        return [max(p50(t, m, b) / p50(t, "twin", b) for b in cfg.batches) for m in paths]
+        return _latency_ratios(job, models, twin_onnx, tmp, seconds, opset=FAST_OPSET)
 
     channels = {n: int(sc["lin"].score.numel()) for n, sc in job.scores.items()}
     split_ok = {n for n, m in o.model.named_modules() if n in channels and splittable(m)}
     sel = select_layers(channels, job.align, float(cfg.target_ratio), val_loss, costs, log=job.say,
                         splittable=split_ok)
     job.keep, job.searched_cost, o.selection = sel.keep, sel.cost, sel.to_dict()
+
+
+def _folded(job: Job, p: Plan) -> torch.nn.Module:
+    """The model compressed by plan ``p``, BatchNorms folded into its mixed layers, in eval mode."""
+    cm, spec = compress_model(job.o.model, p, job.scores, job.cfg.split, job.cfg.shortcut)
+    fold_mixed_bn(cm, spec, p.structure)
+    return cm.eval()
+
+
+def _latency_ratios(job: Job, models: Iterable[torch.nn.Module], twin_onnx: Path, tmp: Path, seconds: float,
+                    opset: int | None = None) -> list[float]:
+    """Measured onnxruntime latency of each model over the ReLU twin's (worst of the batch sizes), all interleaved."""
+    from quadexport.compress.latency import p50, time_onnx
+
+    paths = {f"m{i}": export_onnx(m, tmp / f"cand{i}.onnx", job.shape, opset=opset) for i, m in enumerate(models)}
+    t = time_onnx({**paths, "twin": twin_onnx}, job.shape, job.cfg.batches, job.cfg.threads, min_seconds=seconds)
+    return [max(p50(t, k, b) / p50(t, "twin", b) for b in job.cfg.batches) for k in paths]
 
 
 def _rewrite(job: Job) -> None:
