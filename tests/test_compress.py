@@ -353,6 +353,20 @@ def test_greedy_takes_best_benefit_per_cost_and_upgrades():
     assert _keep_of(_greedy(opts, 0.0)) == {}
 
 
+def test_selection_never_takes_a_cost_below_the_macs_it_adds():
+    # timings that read every option as free (a loaded machine); the MAC increase is the floor of each cost
+    from quadexport.compress.select import select_layers
+
+    loss = {(): 1.0, ("a", 16): 0.8, ("a", 8): 0.9, ("b", 16): 0.7}
+    sel = select_layers({"a": 16, "b": 16}, 8, 1.1, lambda keep: loss[tuple(*keep.items())],
+                        lambda keeps: [1.0] * len(keeps), splittable={"a"},
+                        macs=lambda keep: 1 + sum(0.08 if k == 16 else 0.03 for k in keep.values()), log=lambda m: None)
+    costs = {(o.layer, o.k): o.cost for o in sel.options}
+    assert costs == pytest.approx({("a", 16): 0.08, ("a", 8): 0.03, ("b", 16): 0.08})
+    # budget 0.1: b whole (0.3 saved per 0.08) first, then a mixed (0.1 per 0.03) would exceed it: only b
+    assert sel.keep == {"b": 16} and sel.cost == 1.0 and [o.chosen for o in sel.options] == [False, False, True]
+
+
 def test_select_layers_keeps_only_chosen_layers(run_dir, tmp_path):
     r = qc.compress(run_dir, tmp_path / "sel", target_ratio=1.6, align=4, calib_samples=128, val_samples=60,
                     finetune_epochs=0, max_drop=None, batches=(1,), min_seconds=0.05, bench=False, check=False,

@@ -209,7 +209,7 @@ def _select(job: Job, tmp: Path) -> None:
     channels = {n: int(sc["lin"].score.numel()) for n, sc in job.scores.items()}
     split_ok = {n for n, m in o.model.named_modules() if n in channels and splittable(m)}
     sel = select_layers(channels, job.align, float(cfg.target_ratio), val_loss, costs, log=job.say,
-                        splittable=split_ok)
+                        splittable=split_ok, macs=lambda keep: macs(build(keep), shape) / o.macs_twin)
     job.keep, job.searched_cost, o.selection = sel.keep, sel.cost, sel.to_dict()
 
 

@@ -10,7 +10,7 @@ instead, from two measurements per option, both taken from the all-linear model 
 - **benefit**: the validation loss the option saves when it is the only quadratic layer (all-linear model's loss −
   the loss with that one layer quadratic; the model is not fine-tuned for this);
 - **cost**: the measured onnxruntime latency it adds, worst of the batch sizes (ratio to the ReLU twin − 1), all
-  options timed interleaved in one run.
+  options timed interleaved in one run, and never less than the MACs it adds (noise floor).
 
 Options per quadratic layer: ``whole`` (every channel quadratic, no split) and, where the layer is wider than the
 alignment block, ``mixed`` (its ``align`` highest-scoring channels). A greedy knapsack then takes the move with the
@@ -92,7 +92,8 @@ def candidate_options(channels: Mapping[str, int], align: int,
 def select_layers(channels: Mapping[str, int], align: int, target: float,
                   val_loss: Callable[[Keep], float], costs: Callable[[list[Keep]], list[float]],
                   max_verify: int = 6, log: Callable[[str], None] | None = None,
-                  splittable: Collection[str] | None = None) -> Selection:
+                  splittable: Collection[str] | None = None,
+                  macs: Callable[[Keep], float] | None = None) -> Selection:
     """Choose which layers keep quadratic terms under a cost target (see the module docstring).
 
     Args:
@@ -105,6 +106,9 @@ def select_layers(channels: Mapping[str, int], align: int, target: float,
         max_verify: combined-model measurements at most.
         splittable: the layers that can keep part of their channels quadratic (default: all; a ``lowrank`` layer
             cannot: whole or linear).
+        macs: MAC ratio (to the ReLU twin) of the model built from a ``keep`` map: an option's cost is never taken
+            below its MAC increase (a short timing on a loaded machine can read an option as free, or cheaper than
+            the all-linear model; measured on the 2-core machine: −0.10 to +0.01 for layers whose MACs add 0.01–0.03).
         log: progress lines (default: this module's logger).
     """
     log = log or _log.info
@@ -113,8 +117,9 @@ def select_layers(channels: Mapping[str, int], align: int, target: float,
     log(f"  all-linear validation loss {base:.4f}; measuring {len(cands)} options (loss, then latency)")
     losses = [val_loss({name: k}) for name, _, k in cands]
     twin_cost, *ratios = costs([{}] + [{name: k} for name, _, k in cands])
-    options = [Option(name, kind, k, base - loss, ratio - twin_cost)
-               for (name, kind, k), loss, ratio in zip(cands, losses, ratios, strict=True)]
+    floors = [macs({name: k}) - 1 for name, _, k in cands] if macs is not None else [0.0] * len(cands)
+    options = [Option(name, kind, k, base - loss, max(ratio - twin_cost, floor))
+               for (name, kind, k), loss, ratio, floor in zip(cands, losses, ratios, floors, strict=True)]
     for o in sorted(options, key=lambda o: -o.efficiency):
         log(f"  {o.layer} {o.kind} k={o.k}: saves {o.benefit:+.4f} loss, costs {o.cost:+.3f}")
     budget = target - twin_cost
