@@ -75,7 +75,7 @@ def _run_dir(tmp: Path, name: str, train_subset: int = 100) -> Path:
     m = create_model(name, "fan", in_channels=1, input_size=8)
     # MobileNet's 1×1 convs over hundreds of channels amplify random quadratic terms far more than ResNets do
     compress_models.give_quadratic_terms(m, load_dataset("digits", train_subset=train_subset).x_train,
-                                         scale=0.01 if "mbv3" in name else 0.1)
+                                         scale=0.005 if "mbv3" in name else 0.1)
     meta = {"dataset": "digits", "input_shape": list(SHAPE), "num_classes": 10, "test_acc": 0.1,
             "train_config": {"model": name, "neuron": "fan", "dataset": "digits", "train_subset": train_subset,
                              "batch_size": 64, "lr": 0.01, "seed": 0}}
