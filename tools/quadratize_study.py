@@ -32,7 +32,7 @@ def _runs(root: Path) -> dict[str, dict[int, float]]:
         match = re.fullmatch(r"(.+)-s(\d+)", m.parent.name)
         metrics, cfg = json.loads(m.read_text()), m.parent / "config.json"
         done = cfg.exists() and len(metrics.get("epochs", [])) >= int(json.loads(cfg.read_text()).get("epochs", 0))
-        if match and done and not match.group(1).startswith(("cmp-", "qfan")):  # finished study runs only
+        if match and done and not match.group(1).startswith(("cmp", "qfan")):  # finished study runs only
             out.setdefault(match.group(1), {})[int(match.group(2))] = float(metrics["test_acc"])
     return out
 
@@ -67,12 +67,12 @@ def _latency(bench_json: Path | None) -> dict[str, dict[int, float]]:
 
 def report(a: argparse.Namespace) -> None:
     runs = _runs(Path(a.runs))
-    if a.merge and Path(a.merge).exists():  # an earlier report's accuracies (run dirs of another machine)
-        old = json.loads(Path(a.merge).read_text())["runs"]
-        for cfg, seeds in old.items():
-            for seed, acc in seeds.items():
-                runs.setdefault(cfg, {}).setdefault(int(seed), float(acc))
-    lat = _latency(Path(a.latency) if a.latency else None)
+    merged = json.loads(Path(a.merge).read_text()) if a.merge and Path(a.merge).exists() else {}
+    for cfg, seeds in merged.get("runs", {}).items():  # an earlier report's accuracies (run dirs of another machine)
+        for seed, acc in seeds.items():
+            runs.setdefault(cfg, {}).setdefault(int(seed), float(acc))
+    lat = _latency(Path(a.latency) if a.latency else None) or {
+        m: {int(b): v for b, v in d.items()} for m, d in merged.get("latency", {}).items()}
     step = json.loads(Path(a.steptime).read_text()) if a.steptime and Path(a.steptime).exists() else {}
     lines = ["| model (fine-tune) | seeds | test acc % (mean ± sd) | vs ReLU fine-tuned (paired Δ pp) | "
              "vs ReLU from scratch, same epochs (paired Δ pp) | vs ReLU from scratch, same CPU time (paired Δ pp) | "
