@@ -358,9 +358,11 @@ def test_selection_never_takes_a_cost_below_the_macs_it_adds():
     from quadexport.compress.select import select_layers
 
     loss = {(): 1.0, ("a", 16): 0.8, ("a", 8): 0.9, ("b", 16): 0.7}
-    sel = select_layers({"a": 16, "b": 16}, 8, 1.1, lambda keep: loss[tuple(*keep.items())],
-                        lambda keeps: [1.0] * len(keeps), splittable={"a"},
-                        macs=lambda keep: 1 + sum(0.08 if k == 16 else 0.03 for k in keep.values()), log=lambda m: None)
+    def measure(keep):  # (validation loss, MAC ratio)
+        return loss[tuple(*keep.items())], 1 + sum(0.08 if k == 16 else 0.03 for k in keep.values())
+
+    sel = select_layers({"a": 16, "b": 16}, 8, 1.1, measure, lambda keeps: [1.0] * len(keeps), splittable={"a"},
+                        log=lambda m: None)
     costs = {(o.layer, o.k): o.cost for o in sel.options}
     assert costs == pytest.approx({("a", 16): 0.08, ("a", 8): 0.03, ("b", 16): 0.08})
     # budget 0.1: b whole (0.3 saved per 0.08) first, then a mixed (0.1 per 0.03) would exceed it: only b

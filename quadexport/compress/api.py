@@ -186,30 +186,43 @@ def _search(job: Job, tmp: Path) -> None:
 
 def _select(job: Job, tmp: Path) -> None:
     """Choose the layers that stay quadratic by measured cost per validation loss (:mod:`.select`)."""
-    from quadexport.compress.select import select_layers
+    from quadexport.compress.select import candidate_options, select_layers
 
     cfg, o, shape = job.cfg, job.o, job.shape
     job.threshold = DEFAULT_THRESHOLD if job.threshold is None else job.threshold  # decides branch drops only
     job.say(f"== choose layers by measured cost per accuracy for a latency ratio <= {cfg.target_ratio} vs the "
             f"ReLU twin")
     twin_onnx = export_onnx(job.twin_model, tmp / "twin.onnx", shape, opset=FAST_OPSET)
+    exported: dict[tuple[tuple[str, int], ...], Path] = {}  # keep map -> its ONNX file: each model built once
 
     def build(keep: dict[str, int]) -> torch.nn.Module:
         return _folded(job, plan(o.model, job.scores, float(job.threshold), job.align, cfg.drop_branches,
                                  job.structure, keep=keep))
 
-    def val_loss(keep: dict[str, int]) -> float:
-        return job.data.loss(build(keep), "val")
-
-    def costs(keeps: list[dict[str, int]]) -> list[float]:
-        models = (build(k) for k in (job.bar(keeps, "layer costs") if len(keeps) > 2 else keeps))
-        seconds = cfg.min_seconds if len(keeps) <= 2 else min(cfg.min_seconds, 0.5)
-        return _latency_ratios(job, models, twin_onnx, tmp, seconds, opset=FAST_OPSET)
+    def onnx_of(keep: dict[str, int], model: torch.nn.Module | None = None) -> Path:
+        key = tuple(sorted(keep.items()))
+        if key not in exported:
+            model = model if model is not None else build(keep)
+            exported[key] = export_onnx(model, tmp / f"option{len(exported)}.onnx", shape, opset=FAST_OPSET)
+        return exported[key]
 
     channels = {n: int(sc["lin"].score.numel()) for n, sc in job.scores.items()}
     split_ok = {n for n, m in o.model.named_modules() if n in channels and splittable(m)}
-    sel = select_layers(channels, job.align, float(cfg.target_ratio), val_loss, costs, log=job.say,
-                        splittable=split_ok, macs=lambda keep: macs(build(keep), shape) / o.macs_twin)
+    ticks = iter(job.bar(range(len(candidate_options(channels, job.align, split_ok)) + 1), "layer options"))
+
+    def measure(keep: dict[str, int]) -> tuple[float, float]:
+        next(ticks, None)
+        model = build(keep)
+        onnx_of(keep, model)
+        return job.data.loss(model, "val"), macs(model, shape) / o.macs_twin
+
+    def costs(keeps: list[dict[str, int]]) -> list[float]:
+        paths = [onnx_of(k) for k in keeps]
+        seconds = cfg.min_seconds if len(keeps) <= 2 else min(cfg.min_seconds, 0.5)
+        return _time_ratios(job, paths, twin_onnx, seconds)
+
+    sel = select_layers(channels, job.align, float(cfg.target_ratio), measure, costs, log=job.say,
+                        splittable=split_ok)
     job.keep, job.searched_cost, o.selection = sel.keep, sel.cost, sel.to_dict()
 
 
@@ -223,11 +236,17 @@ def _folded(job: Job, p: Plan) -> torch.nn.Module:
 def _latency_ratios(job: Job, models: Iterable[torch.nn.Module], twin_onnx: Path, tmp: Path, seconds: float,
                     opset: int | None = None) -> list[float]:
     """Measured onnxruntime latency of each model over the ReLU twin's (worst of the batch sizes), all interleaved."""
+    paths = [export_onnx(m, tmp / f"cand{i}.onnx", job.shape, opset=opset) for i, m in enumerate(models)]
+    return _time_ratios(job, paths, twin_onnx, seconds)
+
+
+def _time_ratios(job: Job, paths: list[Path], twin_onnx: Path, seconds: float) -> list[float]:
+    """Measured onnxruntime latency of each ONNX file over the ReLU twin's (worst of the batch sizes), interleaved."""
     from quadexport.compress.latency import p50, time_onnx
 
-    paths = {f"m{i}": export_onnx(m, tmp / f"cand{i}.onnx", job.shape, opset=opset) for i, m in enumerate(models)}
-    t = time_onnx({**paths, "twin": twin_onnx}, job.shape, job.cfg.batches, job.cfg.threads, min_seconds=seconds)
-    return [max(p50(t, k, b) / p50(t, "twin", b) for b in job.cfg.batches) for k in paths]
+    named = {f"m{i}": p for i, p in enumerate(paths)}
+    t = time_onnx({**named, "twin": twin_onnx}, job.shape, job.cfg.batches, job.cfg.threads, min_seconds=seconds)
+    return [max(p50(t, k, b) / p50(t, "twin", b) for b in job.cfg.batches) for k in named]
 
 
 def _rewrite(job: Job) -> None:

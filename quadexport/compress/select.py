@@ -90,36 +90,35 @@ def candidate_options(channels: Mapping[str, int], align: int,
 
 
 def select_layers(channels: Mapping[str, int], align: int, target: float,
-                  val_loss: Callable[[Keep], float], costs: Callable[[list[Keep]], list[float]],
+                  measure: Callable[[Keep], tuple[float, float]], costs: Callable[[list[Keep]], list[float]],
                   max_verify: int = 6, log: Callable[[str], None] | None = None,
-                  splittable: Collection[str] | None = None,
-                  macs: Callable[[Keep], float] | None = None) -> Selection:
+                  splittable: Collection[str] | None = None) -> Selection:
     """Choose which layers keep quadratic terms under a cost target (see the module docstring).
 
     Args:
         channels: quadratic layer → output channels.
         align: channel count of a ``mixed`` option.
         target: the cost target (latency ratio to the ReLU twin).
-        val_loss: validation loss of the model built from a ``keep`` map (not fine-tuned).
+        measure: ``(validation loss, MAC ratio to the ReLU twin)`` of the model built from a ``keep`` map (not
+            fine-tuned); called once per option, so the caller can build each model once (and export it for
+            ``costs``). An option's cost is never taken below its MAC increase: a short timing on a loaded machine
+            can read an option as free, or cheaper than the all-linear model (measured on the 2-core machine: −0.10
+            to +0.01 for layers whose MACs add 0.01–0.03).
         costs: measured cost ratios (to the ReLU twin) of the models built from several ``keep`` maps, timed
             together (interleaved).
         max_verify: combined-model measurements at most.
         splittable: the layers that can keep part of their channels quadratic (default: all; a ``lowrank`` layer
             cannot: whole or linear).
-        macs: MAC ratio (to the ReLU twin) of the model built from a ``keep`` map: an option's cost is never taken
-            below its MAC increase (a short timing on a loaded machine can read an option as free, or cheaper than
-            the all-linear model; measured on the 2-core machine: −0.10 to +0.01 for layers whose MACs add 0.01–0.03).
         log: progress lines (default: this module's logger).
     """
     log = log or _log.info
     cands = candidate_options(channels, align, splittable)
-    base = val_loss({})
+    base = measure({})[0]
     log(f"  all-linear validation loss {base:.4f}; measuring {len(cands)} options (loss, then latency)")
-    losses = [val_loss({name: k}) for name, _, k in cands]
+    measured = [measure({name: k}) for name, _, k in cands]
     twin_cost, *ratios = costs([{}] + [{name: k} for name, _, k in cands])
-    floors = [macs({name: k}) - 1 for name, _, k in cands] if macs is not None else [0.0] * len(cands)
-    options = [Option(name, kind, k, base - loss, max(ratio - twin_cost, floor))
-               for (name, kind, k), loss, ratio, floor in zip(cands, losses, ratios, floors, strict=True)]
+    options = [Option(name, kind, k, base - loss, max(ratio - twin_cost, mac_ratio - 1))
+               for (name, kind, k), (loss, mac_ratio), ratio in zip(cands, measured, ratios, strict=True)]
     for o in sorted(options, key=lambda o: -o.efficiency):
         log(f"  {o.layer} {o.kind} k={o.k}: saves {o.benefit:+.4f} loss, costs {o.cost:+.3f}")
     budget = target - twin_cost
