@@ -13,7 +13,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,128 +21,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from quadexport.adapter import parse_train_only, set_trainable
+from quadexport.adapter import set_trainable
 from quadexport.checkpoint import CHECKPOINT, read_checkpoint, save_checkpoint, write_json
-from quadexport.errors import QuadexportError, UsageError
-from quadexport.relinear import (ReLinearConfig, param_groups, plain_init, quadratic_norms, quadratic_penalty,
-                                 warm_start)
+from quadexport.errors import UsageError
+from quadexport.relinear import param_groups, plain_init, quadratic_norms, quadratic_penalty, warm_start
 from quadexport.rundir import RunDir, RunDirError, disagreement, open_run
+from quadexport.trainconfig import TrainConfig, TrainingDiverged
 from quadexport.trainlog import LOG_EVERY_STEPS, _plot, _Progress, curves_figure  # noqa: F401  (re-exported)
 from quadexport.startfrom import from_run_model, from_run_overrides, source_meta
 
 log = logging.getLogger(__name__)
-
-class TrainingDiverged(QuadexportError, RuntimeError):
-    """Loss or weights went NaN/Inf and rolling back with a lower learning rate did not help."""
-
-
-@dataclass
-class TrainConfig:
-    """Everything a training run needs (saved as ``config.json`` in the run dir).
-
-    Args:
-        model: zoo model name.
-        neuron: neuron type or ``"relu"``.
-        dataset: a built-in name (``quadexport.data.list_datasets()``), ``imagefolder:PATH`` or ``npz:FILE``.
-        out: run directory.
-        epochs: number of epochs.
-        batch_size: global batch size (split across DDP processes).
-        lr: base learning rate.
-        optimizer: ``"sgd"`` (momentum 0.9) or ``"adam"``.
-        weight_decay: weight decay (all parameters, as in the seed code).
-        schedule: ``"cosine"`` (per epoch) or ``"constant"``.
-        relinear: ReLinear settings.
-        seed: random seed.
-        data_dir: dataset location override.
-        train_subset: use only this many training samples (stratified), for quick runs.
-        test_subset: evaluate on this many test samples.
-        warm_start: run dir of a trained ReLU twin to copy W_r, BN, stem and head from.
-        width: width option for mlp/cnn (None = builder default).
-        device: ``"cpu"`` or ``"cuda"``.
-        amp: ``"bf16"`` autocast (CUDA; quadratic products stay in fp32) or ``"none"``.
-        grad_clip: max gradient norm (0 = off).
-        max_rollbacks: NaN rollbacks (each halves the LR) before giving up.
-        image_size: ``(height, width)`` to resize ``imagefolder:`` images to (default: their common size).
-        mean: per-channel normalisation mean for ``imagefolder:``/``npz:`` (default: computed on the train split).
-        std: per-channel normalisation std, given together with ``mean``.
-        train_only: ``"all"`` or what stays trainable, ``+``-joined parts of ``quadratic``, ``bn``, ``head``
-            (:mod:`quadexport.adapter`; ``"quadratic+bn+head"``: adapter-only fine-tuning).
-        from_run: start from this run dir's trained model (any run: zoo, foreign, quadratized) with a fresh
-            schedule; ``model``/``neuron``/``width`` are then taken from it (the data settings are as given here:
-            the CLI fills them from the source run).
-        weights: a state dict file loaded into the freshly built model (``torch.load(weights_only=True)``; plain
-            conv/linear keys land in the ``r`` branch of quadratic layers).
-        model_args: further builder options (``{"patch_size": 4}`` for a timm ViT on small images).
-    """
-
-    model: str = "cnn"
-    neuron: str = "fan"
-    dataset: str = "digits"
-    out: str = "runs/cnn-fan-digits"
-    epochs: int = 10
-    batch_size: int = 64
-    lr: float = 0.05
-    optimizer: str = "sgd"
-    weight_decay: float = 1e-4
-    schedule: str = "cosine"
-    relinear: ReLinearConfig = field(default_factory=ReLinearConfig)
-    seed: int = 0
-    data_dir: str | None = None
-    train_subset: int | None = None
-    test_subset: int | None = None
-    warm_start: str | None = None
-    width: int | None = None
-    device: str = "cpu"
-    amp: str = "none"
-    grad_clip: float = 0.0
-    max_rollbacks: int = 3
-    image_size: tuple[int, int] | None = None
-    mean: tuple[float, ...] | None = None
-    std: tuple[float, ...] | None = None
-    train_only: str = "all"
-    from_run: str | None = None
-    weights: str | None = None
-    model_args: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if isinstance(self.relinear, dict):
-            self.relinear = ReLinearConfig(**self.relinear)
-        for k in ("image_size", "mean", "std"):  # JSON gives lists
-            if getattr(self, k) is not None:
-                setattr(self, k, tuple(getattr(self, k)))
-        checks = [(self.epochs >= 1, "epochs must be >= 1"), (self.batch_size >= 1, "batch size must be >= 1"),
-                  (math.isfinite(self.lr) and self.lr > 0, "lr must be a finite number > 0"),
-                  (self.optimizer in ("sgd", "adam"), "optimizer must be sgd or adam"),
-                  (self.schedule in ("cosine", "constant"), "schedule must be cosine or constant"),
-                  (math.isfinite(self.weight_decay) and self.weight_decay >= 0, "weight decay must be >= 0"),
-                  (self.amp in ("none", "bf16"), "amp must be none or bf16"),
-                  (self.device in ("cpu", "cuda") or self.device.startswith("cuda:"), "device must be cpu or cuda"),
-                  (self.train_subset is None or self.train_subset >= 10, "train subset must be >= 10"),
-                  (self.test_subset is None or self.test_subset >= 1, "test subset must be >= 1")]
-        for ok, msg in checks:
-            if not ok:
-                raise UsageError(msg)
-        parse_train_only(self.train_only)
-        starts = [f for f, v in (("--from", self.from_run), ("--warm-start", self.warm_start),
-                                 ("--weights", self.weights)) if v]
-        if len(starts) > 1:
-            raise UsageError(f"give one of {' / '.join(starts)}: each sets the starting weights")
-        self.model_args = dict(self.model_args or {})
-        self._check_names()
-
-    def _check_names(self) -> None:
-        """Unknown model or neuron names fail here, before any data is loaded."""
-        from quadexport.layers import get_neuron
-        from quadexport.zoo import check_model_name
-
-        check_model_name(self.model)
-        if self.neuron != "relu":
-            get_neuron(self.neuron)  # UsageError with a suggestion; "lowrank:8" style arguments are checked too
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["relinear"] = self.relinear.to_dict()
-        return d
 
 
 def _dist() -> tuple[int, int]:
@@ -288,6 +176,105 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
         return _train(cfg, run, resume, progress, stop_after, plot)
 
 
+@dataclass
+class _Progressed:
+    """Where a run stands: the next epoch to train, the NaN-rollback state and the metrics of the epochs done."""
+
+    epoch: int = 0
+    lr_mult: float = 1.0
+    rollbacks: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class _Pass:
+    """One pass over the training loader (this rank's sums)."""
+
+    loss_sum: float = 0.0
+    seen: int = 0
+    correct: int = 0
+    bad_steps: int = 0
+    diverged: bool = False
+    seconds: float = 0.0
+
+
+def _device(cfg: TrainConfig) -> torch.device:
+    device = torch.device(cfg.device if cfg.device == "cpu" else (f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+                                                                   if cfg.device == "cuda" else cfg.device))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda asked for, but torch sees no CUDA device; use --device cpu")
+    return device
+
+
+def _resumed(cfg: TrainConfig, run_dir: Path, model: nn.Module, opt: torch.optim.Optimizer) -> _Progressed:
+    """Load ``run_dir``'s checkpoint into ``model`` and ``opt`` after checking that it belongs to ``cfg``."""
+    ckpt = read_checkpoint(run_dir)
+    bad = disagreement(run_dir, ckpt.get("run_id"), None)  # metrics ahead of the checkpoint: cut back below
+    if bad:
+        raise RunDirError(bad.message)
+    if int(ckpt["epoch"]) > cfg.epochs:
+        raise UsageError(f"--resume: {run_dir} has done {ckpt['epoch']} epochs; --epochs {cfg.epochs} cannot undo "
+                         f"them (give --epochs >= {ckpt['epoch']})")
+    saved = ckpt["meta"].get("train_config", {})
+    mine, defaults = cfg.to_dict(), TrainConfig().to_dict()  # keys newer than the run: their defaults
+    diff = [k for k in mine if k not in ("epochs", "out") and saved.get(k, defaults.get(k)) != mine[k]]
+    if diff:
+        raise UsageError(f"--resume: {run_dir} was trained with other settings ({', '.join(diff)})")
+    model.load_state_dict(ckpt["model"])
+    if ckpt["optimizer"]:
+        opt.load_state_dict(ckpt["optimizer"])
+    st = _Progressed(int(ckpt["epoch"]), float(ckpt["extra"].get("lr_mult", 1.0)),
+                     int(ckpt["extra"].get("rollbacks", 0)))
+    metrics_path = run_dir / "metrics.json"
+    if metrics_path.exists():
+        st.history = [m for m in json.loads(metrics_path.read_text())["epochs"] if m["epoch"] <= st.epoch]
+    return st
+
+
+def _train_pass(net: nn.Module, model: nn.Module, opt: torch.optim.Optimizer, bar: Any, cfg: TrainConfig,
+                device: torch.device, world: int) -> _Pass:
+    """One epoch of steps; a non-finite loss skips its step, and 5 of them end the pass as diverged."""
+    r, t0 = _Pass(), time.perf_counter()
+    for xb, yb in bar:
+        xb, yb = xb.to(device), yb.to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp == "bf16"):
+            out = net(xb)
+        loss = F.cross_entropy(out.float(), yb)
+        total = loss + quadratic_penalty(model, cfg.relinear)
+        opt.zero_grad(set_to_none=True)
+        if not _agree_finite(total, world):
+            r.bad_steps += 1
+            if r.bad_steps >= 5:
+                r.diverged = True
+                break
+            continue
+        total.backward()
+        if cfg.grad_clip > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        r.loss_sum += float(loss.detach()) * len(xb)
+        r.seen += len(xb)
+        r.correct += int((out.argmax(1) == yb).sum())
+        bar.update(r.loss_sum / max(r.seen, 1))
+    r.seconds = time.perf_counter() - t0
+    return r
+
+
+def _save_epoch(run: RunDir, cfg: TrainConfig, model: nn.Module, opt: torch.optim.Optimizer, meta: dict[str, Any],
+                st: _Progressed, prep: Any) -> None:
+    """Write metrics, config, then the checkpoint (the commit point); a staged run swaps in."""
+    row = st.history[-1]
+    meta.update(test_acc=row["test_acc"], epochs_done=st.epoch)
+    metrics = {"model": cfg.model, "neuron": cfg.neuron, "dataset": cfg.dataset, "epochs": st.history,
+               "test_acc": row["test_acc"]}
+    with run.saving():
+        write_json(run.path / "metrics.json", run.stamp(metrics))
+        write_json(run.path / "config.json", run.stamp({**cfg.to_dict(), "preprocessing": prep.to_dict()}))
+        save_checkpoint(run.path, model, meta, opt.state_dict(), st.epoch,
+                        {"lr_mult": st.lr_mult, "rollbacks": st.rollbacks}, run_id=run.run_id)
+        run.commit()
+
+
 def _train(cfg: TrainConfig, run: RunDir, resume: bool, progress: bool, stop_after: int | None,
            plot: bool) -> dict[str, Any]:
     """The body of :func:`train` inside its open run dir (``run.path``: where rank 0 writes)."""
@@ -295,11 +282,7 @@ def _train(cfg: TrainConfig, run: RunDir, resume: bool, progress: bool, stop_aft
     from quadexport.data import DataOptions, training_loaders
 
     rank, world = _dist()
-    device = torch.device(cfg.device if cfg.device == "cpu" else (f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
-                                                                   if cfg.device == "cuda" else cfg.device))
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda asked for, but torch sees no CUDA device; use --device cpu")
-    run_dir = Path(cfg.out)
+    device, run_dir = _device(cfg), Path(cfg.out)
     data = training_loaders(cfg.dataset, DataOptions(data_dir=cfg.data_dir, train_subset=cfg.train_subset,
                                                      test_subset=cfg.test_subset, seed=cfg.seed,
                                                      image_size=cfg.image_size, mean=cfg.mean, std=cfg.std),
@@ -307,114 +290,63 @@ def _train(cfg: TrainConfig, run: RunDir, resume: bool, progress: bool, stop_aft
     model = build_model(cfg, data.num_classes, data.input_shape).to(device)
     opt = make_optimizer(model, cfg)
     base_lrs = [g["lr"] for g in opt.param_groups]  # before a resumed state overwrites them with scheduled values
-    history: list[dict[str, Any]] = []
-    start_epoch, lr_mult, rollbacks = 0, 1.0, 0
-    if resume:
-        ckpt = read_checkpoint(run_dir)
-        bad = disagreement(run_dir, ckpt.get("run_id"), None)  # metrics ahead of the checkpoint: cut back below
-        if bad:
-            raise RunDirError(bad.message)
-        if int(ckpt["epoch"]) > cfg.epochs:
-            raise UsageError(f"--resume: {run_dir} has done {ckpt['epoch']} epochs; --epochs {cfg.epochs} cannot undo "
-                             f"them (give --epochs >= {ckpt['epoch']})")
-        saved = ckpt["meta"].get("train_config", {})
-        mine, defaults = cfg.to_dict(), TrainConfig().to_dict()  # keys newer than the run: their defaults
-        diff = [k for k in mine if k not in ("epochs", "out") and saved.get(k, defaults.get(k)) != mine[k]]
-        if diff:
-            raise UsageError(f"--resume: {run_dir} was trained with other settings ({', '.join(diff)})")
-        model.load_state_dict(ckpt["model"])
-        if ckpt["optimizer"]:
-            opt.load_state_dict(ckpt["optimizer"])
-        start_epoch = int(ckpt["epoch"])
-        lr_mult = float(ckpt["extra"].get("lr_mult", 1.0))
-        rollbacks = int(ckpt["extra"].get("rollbacks", 0))
-        metrics_path = run_dir / "metrics.json"
-        if metrics_path.exists():
-            history = [m for m in json.loads(metrics_path.read_text())["epochs"] if m["epoch"] <= start_epoch]
-    elif rank == 0:
+    st = _resumed(cfg, run_dir, model, opt) if resume else _Progressed()
+    if not resume and rank == 0:
         run.path.mkdir(parents=True, exist_ok=True)
         if not os.access(run.path, os.W_OK):
             raise PermissionError(f"output dir {run_dir} is not writable")
     net: nn.Module = model
     if world > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    sampler, loader, prep = data.sampler, data.train, data.preprocessing
+    prep = data.preprocessing
     meta = {"dataset": cfg.dataset, "input_shape": list(data.input_shape), "num_classes": data.num_classes,
             "normalization": prep.normalization(), "preprocessing": prep.to_dict(), "relinear": cfg.relinear.to_dict(),
             "train_config": cfg.to_dict(), **source_meta(cfg.from_run)}
     good_state = (copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict()))
-    epoch = start_epoch
-    last = cfg.epochs if stop_after is None else min(cfg.epochs, start_epoch + stop_after)
-    while epoch < last:
-        sampler.set_epoch(epoch)
+    last = cfg.epochs if stop_after is None else min(cfg.epochs, st.epoch + stop_after)
+    while st.epoch < last:
+        data.sampler.set_epoch(st.epoch)
         for g, lr0 in zip(opt.param_groups, base_lrs):
-            g["lr"] = lr0 * lr_factor(cfg, epoch) * lr_mult
+            g["lr"] = lr0 * lr_factor(cfg, st.epoch) * st.lr_mult
         net.train()
-        t0, loss_sum, seen, correct, bad_steps, diverged = time.perf_counter(), 0.0, 0, 0, 0, False
-        bar = _Progress(loader, f"epoch {epoch + 1}/{cfg.epochs}", progress and rank == 0)
-        for xb, yb in bar:
-            xb, yb = xb.to(device), yb.to(device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp == "bf16"):
-                out = net(xb)
-            loss = F.cross_entropy(out.float(), yb)
-            total = loss + quadratic_penalty(model, cfg.relinear)
-            opt.zero_grad(set_to_none=True)
-            if not _agree_finite(total, world):
-                bad_steps += 1
-                if bad_steps >= 5:
-                    diverged = True
-                    break
-                continue
-            total.backward()
-            if cfg.grad_clip > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            loss_sum += float(loss.detach()) * len(xb)
-            seen += len(xb)
-            correct += int((out.argmax(1) == yb).sum())
-            bar.update(loss_sum / max(seen, 1))
-        seconds = time.perf_counter() - t0
-        test_loss, test_acc = (math.nan, 0.0) if diverged else evaluate_batches(model, data.test, device)
-        if diverged or not _all_finite(model) or not math.isfinite(test_loss) or not math.isfinite(loss_sum):
-            rollbacks += 1
-            lr_mult = roll_back(model, opt, good_state, rollbacks, cfg.max_rollbacks, lr_mult,
-                                f"training in epoch {epoch + 1}", "lower --lr or use --relinear sg")
+        bar = _Progress(data.train, f"epoch {st.epoch + 1}/{cfg.epochs}", progress and rank == 0)
+        r = _train_pass(net, model, opt, bar, cfg, device, world)
+        test_loss, test_acc = (math.nan, 0.0) if r.diverged else evaluate_batches(model, data.test, device)
+        if r.diverged or not _all_finite(model) or not math.isfinite(test_loss) or not math.isfinite(r.loss_sum):
+            st.rollbacks += 1
+            st.lr_mult = roll_back(model, opt, good_state, st.rollbacks, cfg.max_rollbacks, st.lr_mult,
+                                   f"training in epoch {st.epoch + 1}", "lower --lr or use --relinear sg")
             if rank == 0:
                 log.warning("epoch %d: NaN/Inf loss, weights or outputs; rolled back to the last good state, LR "
-                            "multiplier now %g", epoch + 1, lr_mult)
+                            "multiplier now %g", st.epoch + 1, st.lr_mult)
             continue
-        loss_sum, seen, correct = _sum_over_ranks((loss_sum, seen, correct), world, device)
+        loss_sum, seen, correct = _sum_over_ranks((r.loss_sum, r.seen, r.correct), world, device)
         norms = quadratic_norms(model)
-        row = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
-               "test_loss": test_loss, "test_acc": test_acc, **norms, "lr": opt.param_groups[0]["lr"],
-               "seconds": seconds, "step_ms": 1000 * seconds / max(len(loader), 1), "skipped_steps": bad_steps}
-        history.append(row)
-        epoch += 1
+        st.history.append({"epoch": st.epoch + 1, "train_loss": loss_sum / max(seen, 1),
+                           "train_acc": correct / max(seen, 1), "test_loss": test_loss, "test_acc": test_acc, **norms,
+                           "lr": opt.param_groups[0]["lr"], "seconds": r.seconds,
+                           "step_ms": 1000 * r.seconds / max(len(data.train), 1), "skipped_steps": r.bad_steps})
+        st.epoch += 1
         good_state = (copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict()))
         if rank == 0:
             quad = (f" |W_g| {norms['norm_wg']:.3g} |W_b| {norms['norm_wb']:.3g}" if cfg.neuron != "relu" else "")
-            log.info(f"epoch {epoch}/{cfg.epochs} train_loss {row['train_loss']:.4f} test_loss {test_loss:.4f} "
-                     f"test_acc {100 * test_acc:.2f}%{quad} {seconds:.1f}s")
-            meta.update(test_acc=test_acc, epochs_done=epoch)
-            metrics = {"model": cfg.model, "neuron": cfg.neuron, "dataset": cfg.dataset, "epochs": history,
-                       "test_acc": test_acc}
-            with run.saving():  # metrics, config, then the checkpoint (the commit point); a staged run swaps in
-                write_json(run.path / "metrics.json", run.stamp(metrics))
-                write_json(run.path / "config.json", run.stamp({**cfg.to_dict(), "preprocessing": prep.to_dict()}))
-                save_checkpoint(run.path, model, meta, opt.state_dict(), epoch,
-                                {"lr_mult": lr_mult, "rollbacks": rollbacks}, run_id=run.run_id)
-                run.commit()
-    if rank == 0:
+            log.info(f"epoch {st.epoch}/{cfg.epochs} train_loss {st.history[-1]['train_loss']:.4f} test_loss "
+                     f"{test_loss:.4f} test_acc {100 * test_acc:.2f}%{quad} {r.seconds:.1f}s")
+            _save_epoch(run, cfg, model, opt, meta, st, prep)
+    return _finish(cfg, run_dir, rank, world, plot)
+
+
+def _finish(cfg: TrainConfig, run_dir: Path, rank: int, world: int, plot: bool) -> dict[str, Any]:
+    """Draw the curves (rank 0), wait for every rank, and return the metrics as written."""
+    if rank == 0 and plot:
         metrics = json.loads((run_dir / "metrics.json").read_text())
-        if plot:
-            _plot(run_dir, metrics["epochs"], f"{cfg.model} / {cfg.neuron} on {cfg.dataset}",
-                  quadratic=cfg.neuron != "relu")
+        _plot(run_dir, metrics["epochs"], f"{cfg.model} / {cfg.neuron} on {cfg.dataset}",
+              quadratic=cfg.neuron != "relu")
     if world > 1:
         import torch.distributed as dist
 
         dist.barrier()
-        metrics = json.loads((run_dir / "metrics.json").read_text())
-    return metrics
+    return json.loads((run_dir / "metrics.json").read_text())
 
 
 __all__ = ["CHECKPOINT", "TrainConfig", "TrainingDiverged", "evaluate", "evaluate_batches", "roll_back", "train"]
