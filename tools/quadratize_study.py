@@ -94,6 +94,50 @@ def report(a: argparse.Namespace) -> None:
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         Path(a.out).write_text(json.dumps({"runs": runs, "latency": lat, "steptime": step}, indent=1))
+    if a.plot:
+        _plot(runs, lat, Path(a.plot))
+
+
+def _arch_latency(cfg: str, lat: dict[str, dict[int, float]], batch: int) -> float | None:
+    """Latency ratio of a configuration's architecture: ReLU rows are the base's; adapter-only rows share the
+    architecture of their full fine-tune (``lr4-adapter`` -> ``lr4-full-s0``)."""
+    if cfg == "base" or cfg.startswith("relu"):
+        return 1.0
+    arch = cfg.rsplit("-", 1)[0] + "-full"
+    return next((d.get(batch) for m, d in lat.items() if m.rsplit("-s", 1)[0] == arch), None)
+
+
+def _plot(runs: dict[str, dict[int, float]], lat: dict[str, dict[int, float]], out: Path) -> None:
+    """Test accuracy (every seed, and the mean) against the latency ratio to the ReLU model, one panel per batch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12.5, 4.6), sharey=True)
+    ctrl = list(runs.get("relu-time14", {}).values())
+    for ax, batch in zip(axes, (1, 64)):
+        if len(ctrl) > 1:
+            m, sd = 100 * statistics.mean(ctrl), 100 * statistics.stdev(ctrl)
+            ax.axhspan(m - sd, m + sd, color="0.85", label="ReLU, same CPU time: mean ± sd")
+        ax.axvline(1.1, ls="--", lw=0.8, color="k", label="1.1× the ReLU model (the headline's limit)")
+        for i, cfg in enumerate(sorted(runs)):
+            x = _arch_latency(cfg, lat, batch)
+            if x is None:
+                continue
+            x += 0.012 * (i % 5 - 2) if cfg == "base" or cfg.startswith("relu") else 0.0  # spread the ReLU rows
+            x += 0.025 if cfg.endswith("adapter") else 0.0
+            accs = [100 * v for v in runs[cfg].values()]
+            dots = ax.scatter([x] * len(accs), accs, s=14, alpha=0.6)
+            ax.scatter([x], [statistics.mean(accs)], marker="_", s=300, color=dots.get_facecolor()[0], label=cfg)
+        ax.set_xlabel(f"onnxruntime latency × ReLU model (batch {batch})")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("test accuracy % (dots: seeds; bar: mean)")
+    axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    fig.suptitle("ResNet20 on Fashion-MNIST (10k): quadratized + fine-tuned vs ReLU controls")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
 
 
 def steptime(a: argparse.Namespace) -> None:
@@ -137,6 +181,7 @@ def main() -> None:
     r.add_argument("--steptime")
     r.add_argument("--out")
     r.add_argument("--merge", help="an earlier study.json whose accuracies fill in run dirs not under RUNS")
+    r.add_argument("--plot", help="write accuracy vs latency (PNG)")
     r.set_defaults(func=report)
     s = sub.add_parser("steptime")
     s.add_argument("--steps", type=int, default=12)
