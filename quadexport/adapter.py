@@ -7,7 +7,9 @@
 - ``bn``: normalisation layers (BatchNorm, LayerNorm, GroupNorm; their affine parameters);
 - ``head``: the classifier head (the last ``nn.Linear`` that is not inside a quadratic layer).
 
-``all`` (the default) trains everything. ``quadratic+bn+head`` is what ``--train-only`` alone means. ReLinear's
+``all`` (the default) trains everything. ``quadratic+bn+head`` is what ``--train-only`` alone means. Parts without
+``quadratic`` (``bn+head``) work on any model, a ReLU one included: the same parts trained without quadratic terms,
+the control that tells what adapter-only fine-tuning owes to its quadratic terms. ReLinear's
 ``sg`` learning-rate ratios and ``sw`` penalty apply to the quadratic terms as before
 (:func:`quadexport.relinear.param_groups` leaves frozen parameters out of the optimizer). BatchNorm running
 statistics still follow the data in train mode, also when ``bn`` is frozen.
@@ -52,15 +54,15 @@ def parse_train_only(spec: str) -> tuple[str, ...]:
     """``"quadratic+bn"`` → ``("quadratic", "bn")``; ``"all"`` → ``()``.
 
     Raises:
-        UsageError: an unknown part, or parts without ``quadratic``.
+        UsageError: an unknown or repeated part.
     """
     if spec == "all":
         return ()
     parts = tuple(p.strip() for p in str(spec).split("+"))
     bad = [p for p in parts if p not in PARTS]
-    if bad or "quadratic" not in parts:
-        raise UsageError(f"--train-only must be 'all' or '+'-joined parts including 'quadratic' (of "
-                         f"{', '.join(PARTS)}), e.g. {ADAPTER_DEFAULT}; got {spec!r}")
+    if bad or len(set(parts)) != len(parts):
+        raise UsageError(f"--train-only must be 'all' or '+'-joined parts of {', '.join(PARTS)}, e.g. "
+                         f"{ADAPTER_DEFAULT}; got {spec!r}")
     return parts
 
 
@@ -92,18 +94,18 @@ def set_trainable(model: nn.Module, spec: str) -> TrainableSummary:
     parts = parse_train_only(spec)
     keep: set[int] = set()
     head_name = None
-    if parts:
+    if "quadratic" in parts:
         quad = _quadratic_params(model)
         if not quad:
-            raise UsageError("--train-only needs a model with quadratic layers (quadratize it first: "
+            raise UsageError("--train-only quadratic needs a model with quadratic layers (quadratize it first: "
                              "quadexport quadratize RUN --out RUN2)")
         keep.update(id(p) for p in quad)
-        if "bn" in parts:
-            keep.update(id(p) for m in model.modules() if isinstance(m, NORMS) for p in m.parameters())
-        if "head" in parts:
-            head_name, head = _head(model)
-            if head is not None:
-                keep.update(id(p) for p in head.parameters())
+    if "bn" in parts:
+        keep.update(id(p) for m in model.modules() if isinstance(m, NORMS) for p in m.parameters())
+    if "head" in parts:
+        head_name, head = _head(model)
+        if head is not None:
+            keep.update(id(p) for p in head.parameters())
     trainable = frozen = 0
     for p in model.parameters():
         on = not parts or id(p) in keep

@@ -319,10 +319,16 @@ def test_train_only_parts() -> None:
     assert m.bn2.weight.requires_grad and m.fc.bias.requires_grad and not m.conv3.r.weight.requires_grad
     set_trainable(m, "all")
     assert all(p.requires_grad for p in m.parameters())
-    with pytest.raises(UsageError, match="including 'quadratic'"):
-        parse_train_only("bn+head")
+    for bad in ("bn+tail", "bn+bn", ""):
+        with pytest.raises(UsageError, match="'\\+'-joined parts of quadratic, bn, head"):
+            parse_train_only(bad)
     with pytest.raises(UsageError, match="quadratize it first"):
-        set_trainable(create_model("cnn", neuron="relu"), "quadratic")
+        set_trainable(create_model("cnn", neuron="relu"), "quadratic+bn")
+    relu = create_model("cnn", neuron="relu", width=4)  # bn+head: the ReLU control of adapter-only fine-tuning
+    s = set_trainable(relu, "bn+head")
+    on = {n for n, p in relu.named_parameters() if p.requires_grad}
+    assert on == {n for n, _ in relu.named_parameters() if n.startswith(("bn", "fc."))} and s.frozen > 0
+    assert parse_train_only("bn+head") == ("bn", "head")
 
 
 def _cli(*argv) -> None:
