@@ -5,9 +5,9 @@ controls, paired by seed.
     python tools/quadratize_study.py report RUNS_DIR --latency BENCH_DIR/bench.json \\
         --steptime docs/quadratize/steptime.json --out docs/quadratize/study.json     # tables (markdown on stdout)
 
-RUNS_DIR holds run dirs named ``<config>-s<seed>`` (``base``, ``relu-ft``, ``relu-scratch10``, ``fan-full``,
-``relu-time14``, ``fan-adapter``, ``lr4-full``, ``lr16-full``, ``lr4-adapter`` ...); the commands that trained them are in
-docs/quadratize.md. Accuracy is each run's final test accuracy (full 10k Fashion-MNIST test set).
+RUNS_DIR holds run dirs named ``<config>-s<seed>`` (``base``, ``relu-ft``, ``relu-adapter``, ``relu-scratch10``,
+``relu-time14``, ``fan-full``, ``fan-adapter``, ``lr4-full``, ``lr16-adapter`` ...); the commands that trained them
+are in docs/quadratize.md. Accuracy is each run's final test accuracy (full 10k Fashion-MNIST test set).
 """
 
 from __future__ import annotations
@@ -18,10 +18,13 @@ import re
 import statistics
 from pathlib import Path
 
-CONTROLS = ("relu-ft", "relu-scratch10", "relu-time14")
-"""ReLU controls: the base fine-tuned the same 2 epochs; trained from scratch for the same total epochs (8 + 2); and
-for the same total CPU time as the most expensive fine-tune (8 + 2 × 2.86 ≈ 14 epochs: ``fan`` full; every other row
-costs less, so this control is at least as strong for them)."""
+CONTROLS = {"relu-ft": "vs ReLU fine-tuned", "relu-adapter": "vs ReLU, BN + head fine-tuned",
+            "relu-scratch10": "vs ReLU from scratch, same epochs", "relu-time14": "vs ReLU from scratch, same CPU time"}
+"""ReLU controls (column headers): the base fine-tuned the same 2 epochs, fully and with only BatchNorm and head
+trainable (``--train-only bn+head``: what adapter-only fine-tuning trains, less the quadratic terms); trained from
+scratch for the same total epochs (8 + 2); and for the same total CPU time as the most expensive fine-tune
+(8 + 2 × 2.7 ≈ 14 epochs: ``fan`` full; every other row costs less, so this control is at least as strong for
+them)."""
 TRAIN_ONLY = {"full": None, "adapter": "quadratic+bn+head"}
 
 
@@ -67,24 +70,17 @@ def _latency(bench_json: Path | None) -> dict[str, dict[int, float]]:
 
 def report(a: argparse.Namespace) -> None:
     runs = _runs(Path(a.runs))
-    merged = json.loads(Path(a.merge).read_text()) if a.merge and Path(a.merge).exists() else {}
-    for cfg, seeds in merged.get("runs", {}).items():  # an earlier report's accuracies (run dirs of another machine)
-        for seed, acc in seeds.items():
-            runs.setdefault(cfg, {}).setdefault(int(seed), float(acc))
-    lat = _latency(Path(a.latency) if a.latency else None) or {
-        m: {int(b): v for b, v in d.items()} for m, d in merged.get("latency", {}).items()}
+    lat = _latency(Path(a.latency) if a.latency else None)
     step = json.loads(Path(a.steptime).read_text()) if a.steptime and Path(a.steptime).exists() else {}
-    lines = ["| model (fine-tune) | seeds | test acc % (mean ± sd) | vs ReLU fine-tuned (paired Δ pp) | "
-             "vs ReLU from scratch, same epochs (paired Δ pp) | vs ReLU from scratch, same CPU time (paired Δ pp) | "
-             "train step × ReLU |",
-             "|---|---|---|---|---|---|---|"]
+    head = " | ".join(f"{label} (paired Δ pp)" for label in CONTROLS.values())
+    lines = [f"| model (fine-tune) | seeds | test acc % (mean ± sd) | {head} | train step × ReLU |",
+             "|---|---|---|" + "---|" * len(CONTROLS) + "---|"]
     for cfg in sorted(runs, key=lambda c: (c not in ("base", *CONTROLS), c)):
         accs = runs[cfg]
-        st = step.get("relu" if cfg == "base" or cfg.startswith("relu") else cfg, {}).get("ratio")
-        lines.append(f"| {cfg} | {len(accs)} | {_mean_sd(list(accs.values()))} | "
-                     f"{_paired(accs, runs.get('relu-ft', {})) if cfg != 'relu-ft' else '–'} | "
-                     f"{_paired(accs, runs.get('relu-scratch10', {})) if cfg != 'relu-scratch10' else '–'} | "
-                     f"{_paired(accs, runs.get('relu-time14', {})) if cfg != 'relu-time14' else '–'} | "
+        key = cfg if cfg in step else "relu" if cfg == "base" or cfg.startswith("relu") else cfg
+        st = step.get(key, {}).get("ratio")
+        deltas = " | ".join(_paired(accs, runs.get(c, {})) if c != cfg else "–" for c in CONTROLS)
+        lines.append(f"| {cfg} | {len(accs)} | {_mean_sd(list(accs.values()))} | {deltas} | "
                      f"{f'{st:.2f}' if st else '–'} |")
     print("\n".join(lines))
     if lat:
@@ -108,33 +104,36 @@ def _arch_latency(cfg: str, lat: dict[str, dict[int, float]], batch: int) -> flo
 
 
 def _plot(runs: dict[str, dict[int, float]], lat: dict[str, dict[int, float]], out: Path) -> None:
-    """Test accuracy (every seed, and the mean) against the latency ratio to the ReLU model, one panel per batch."""
+    """Accuracy minus the same-CPU-time ReLU control of the same seed (every seed, and the mean) against the latency
+    ratio to the ReLU model, one panel per batch size. The headline's corner: above 0, left of 1.1×."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    ctrl = runs.get("relu-time14", {})
+    cfgs = [c for c in sorted(runs) if c != "relu-time14" and set(runs[c]) & set(ctrl)]
+    colors = plt.get_cmap("tab20").colors
     fig, axes = plt.subplots(1, 2, figsize=(12.5, 4.6), sharey=True)
-    ctrl = list(runs.get("relu-time14", {}).values())
     for ax, batch in zip(axes, (1, 64)):
-        if len(ctrl) > 1:
-            m, sd = 100 * statistics.mean(ctrl), 100 * statistics.stdev(ctrl)
-            ax.axhspan(m - sd, m + sd, color="0.85", label="ReLU, same CPU time: mean ± sd")
+        ax.axhline(0.0, lw=0.8, color="0.3")
         ax.axvline(1.1, ls="--", lw=0.8, color="k", label="1.1× the ReLU model (the headline's limit)")
-        for i, cfg in enumerate(sorted(runs)):
+        for i, cfg in enumerate(cfgs):
             x = _arch_latency(cfg, lat, batch)
             if x is None:
                 continue
-            x += 0.012 * (i % 5 - 2) if cfg == "base" or cfg.startswith("relu") else 0.0  # spread the ReLU rows
-            x += 0.025 if cfg.endswith("adapter") else 0.0
-            accs = [100 * v for v in runs[cfg].values()]
-            dots = ax.scatter([x] * len(accs), accs, s=14, alpha=0.6)
-            ax.scatter([x], [statistics.mean(accs)], marker="_", s=300, color=dots.get_facecolor()[0], label=cfg)
+            x += 0.015 * (i % 5 - 2) if cfg == "base" or cfg.startswith("relu") else 0.0  # spread the ReLU rows
+            x += 0.03 if cfg.endswith("adapter") and not cfg.startswith("relu") else 0.0
+            d = [100 * (runs[cfg][s] - ctrl[s]) for s in sorted(set(runs[cfg]) & set(ctrl))]
+            c = colors[(2 * i) % 20 if i < 10 else (2 * i + 1) % 20]
+            ax.scatter([x] * len(d), d, s=14, alpha=0.6, color=c)
+            ax.scatter([x], [statistics.mean(d)], marker="_", s=300, color=c, label=cfg)
         ax.set_xlabel(f"onnxruntime latency × ReLU model (batch {batch})")
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("test accuracy % (dots: seeds; bar: mean)")
+    axes[0].set_ylabel("test accuracy − ReLU same CPU time, same seed (pp)")
     axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
-    fig.suptitle("ResNet20 on Fashion-MNIST (10k): quadratized + fine-tuned vs ReLU controls")
+    fig.suptitle("ResNet20 on Fashion-MNIST (10k): quadratized + fine-tuned vs a ReLU model trained as long "
+                 "(dots: seeds; bars: means)")
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
@@ -145,21 +144,18 @@ def steptime(a: argparse.Namespace) -> None:
     import torch
 
     import quadexport as q
-    from quadexport.layers import QuadLayer
+    from quadexport.adapter import set_trainable
 
     torch.set_num_threads(1)
     x, y = torch.randn(128, 1, 28, 28), torch.randint(0, 10, (128,))
-    cfgs = {"relu": ("relu", False), "fan-full": ("fan", False), "fan-adapter": ("fan", True),
-            "lr4-full": ("lowrank:4", False), "lr4-adapter": ("lowrank:4", True), "lr16-full": ("lowrank:16", False),
-            "lr16-adapter": ("lowrank:16", True)}
+    cfgs = {"relu": ("relu", "all"), "relu-adapter": ("relu", "bn+head"), "fan-full": ("fan", "all"),
+            "fan-adapter": ("fan", "quadratic+bn+head"), "lr4-full": ("lowrank:4", "all"),
+            "lr4-adapter": ("lowrank:4", "quadratic+bn+head"), "lr16-full": ("lowrank:16", "all"),
+            "lr16-adapter": ("lowrank:16", "quadratic+bn+head")}
     nets, opts = {}, {}
-    for name, (neuron, adapter) in cfgs.items():
+    for name, (neuron, parts) in cfgs.items():
         m = q.create_model("resnet20", neuron, input_size=28)
-        if adapter:  # primary weights frozen: what --train-only quadratic+bn+head trains
-            for mod in m.modules():
-                if isinstance(mod, QuadLayer):
-                    for p in mod.branch(mod.neuron_type.branches[0].name).parameters():
-                        p.requires_grad_(False)
+        set_trainable(m, parts)  # what --train-only PARTS trains
         nets[name] = m
         opts[name] = torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
     from step_time import median_step_ms  # tools/ is on sys.path when this script runs
@@ -180,7 +176,6 @@ def main() -> None:
     r.add_argument("--latency")
     r.add_argument("--steptime")
     r.add_argument("--out")
-    r.add_argument("--merge", help="an earlier study.json whose accuracies fill in run dirs not under RUNS")
     r.add_argument("--plot", help="write accuracy vs latency (PNG)")
     r.set_defaults(func=report)
     s = sub.add_parser("steptime")
