@@ -74,8 +74,10 @@ def _run_dir(tmp: Path, name: str, train_subset: int = 100) -> Path:
     torch.manual_seed(0)
     m = create_model(name, "fan", in_channels=1, input_size=8)
     # MobileNet's 1×1 convs over hundreds of channels amplify random quadratic terms far more than ResNets do
+    # (scale 0.1: the uncompressed model's random-input parity reads 1.5e-5; 0.03: 28 of 3584 channels kept at
+    # threshold 0.05, the compressed export's parity 1.9e-6)
     compress_models.give_quadratic_terms(m, load_dataset("digits", train_subset=train_subset).x_train,
-                                         scale=0.005 if "mbv3" in name else 0.1)
+                                         scale=0.03 if "mbv3" in name else 0.1)
     meta = {"dataset": "digits", "input_shape": list(SHAPE), "num_classes": 10, "test_acc": 0.1,
             "train_config": {"model": name, "neuron": "fan", "dataset": "digits", "train_subset": train_subset,
                              "batch_size": 64, "lr": 0.01, "seed": 0}}
