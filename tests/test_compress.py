@@ -199,6 +199,24 @@ def test_branch_drop_and_qbias(tmp_path):
         assert float((cm(x) - before).norm() / before.norm()) < 1e-5
     path = export(cm, tmp_path / "q.onnx", input_shape=SHAPE)
     assert check(path, cm, batches=(2,), verbose=False).ok
+    # the bias is a 1×1 depthwise Conv in eval and export (NCHWc-friendly), the same numbers as the Add of training
+    g = onnx.load(str(path)).graph
+    consts = {i.name: onnx.numpy_helper.to_array(i) for i in g.initializer}
+    consts.update({n.output[0]: onnx.numpy_helper.to_array(n.attribute[0].t)
+                   for n in g.node if n.op_type == "Constant"})
+    assert not [n for n in g.node if n.op_type == "Add" and any(consts.get(i) is not None and consts[i].ndim == 4
+                                                                 and consts[i].shape[2:] == (1, 1) for i in n.input)]
+    depthwise = [n for n in g.node if n.op_type == "Conv" and any(a.name == "group" and a.i > 1 for a in n.attribute)]
+    assert len(depthwise) == sum(1 for mod in cm.modules() if isinstance(mod, MixedQuad) and mod.qbias is not None)
+    for mod in cm.modules():
+        if isinstance(mod, MixedQuad) and mod.qbias is not None:
+            q = torch.randn(3, mod.k, 5, 5)
+            assert torch.equal(mod._add_qbias(q), q + mod.qbias.reshape(1, -1, 1, 1))
+    # the TorchScript exporter of the layer selection's timed candidates takes it too (a constant kernel)
+    from quadexport.compress.job import FAST_OPSET, export_onnx
+
+    fast = export_onnx(cm, tmp_path / "fast.onnx", SHAPE, opset=FAST_OPSET)
+    assert check(fast, cm, batches=(2,), verbose=False).ok
 
 
 # ---------------------------------------------------------------------------------------------------------------
