@@ -11,7 +11,7 @@ import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 
@@ -169,7 +169,7 @@ def _search(job: Job, tmp: Path) -> None:
     def cost_fn(p: Plan) -> float:
         if cfg.cost == "macs":
             return macs(compress_model(o.model, p, job.scores, cfg.split, cfg.shortcut)[0], shape) / o.macs_twin
-        return _latency_ratios(job, [_folded(job, p)], twin_onnx, tmp, 0.5)[0]
+        return _time_ratios(job, [export_onnx(_folded(job, p), tmp / "cand.onnx", shape)], twin_onnx, 0.5)[0]
 
     steps = job.bar(iter(int, 1), "search")  # one tick per measured step
     ticking = iter(steps)
@@ -231,13 +231,6 @@ def _folded(job: Job, p: Plan) -> torch.nn.Module:
     cm, spec = compress_model(job.o.model, p, job.scores, job.cfg.split, job.cfg.shortcut)
     fold_mixed_bn(cm, spec, p.structure)
     return cm.eval()
-
-
-def _latency_ratios(job: Job, models: Iterable[torch.nn.Module], twin_onnx: Path, tmp: Path, seconds: float,
-                    opset: int | None = None) -> list[float]:
-    """Measured onnxruntime latency of each model over the ReLU twin's (worst of the batch sizes), all interleaved."""
-    paths = [export_onnx(m, tmp / f"cand{i}.onnx", job.shape, opset=opset) for i, m in enumerate(models)]
-    return _time_ratios(job, paths, twin_onnx, seconds)
 
 
 def _time_ratios(job: Job, paths: list[Path], twin_onnx: Path, seconds: float) -> list[float]:
