@@ -13,15 +13,15 @@ import logging
 import os
 from typing import Any, Callable
 
-import torch
 from torch import nn
 
 from quadexport._compat import import_timm, import_torchvision
-from quadexport.errors import QuadexportError, UsageError, did_you_mean
+from quadexport.errors import UsageError, did_you_mean
 from quadexport.layers.convert import primary_branch
 from quadexport.layers.quad import QuadLayer
 from quadexport.zoo._prune import set_module
 from quadexport.zoo.convert import convert_layers, linear_maps, select_layers
+from quadexport.zoo.statedict import WeightsError, read_state_dict, strip_prefixes
 
 log = logging.getLogger(__name__)
 
@@ -30,10 +30,6 @@ SOURCES = ("torchvision", "timm")
 _NO_DOWNLOAD = ("weights", "pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "checkpoint_path")
 
 __all__ = ["SOURCES", "WeightsError", "build_foreign", "check_foreign_name", "is_foreign", "load_weights"]
-
-
-class WeightsError(QuadexportError, ValueError):
-    """A ``--weights`` state dict that does not fit the model."""
 
 
 def is_foreign(name: str) -> bool:
@@ -132,26 +128,17 @@ def build_foreign(name: str, neuron: str, num_classes: int, in_channels: int, in
 def load_weights(model: nn.Module, path: str | os.PathLike, strict: bool = True) -> nn.Module:
     """Load a state dict file into ``model`` (``torch.load(weights_only=True)``: no code runs, nothing downloads).
 
-    A checkpoint dict holding the state dict under ``state_dict`` / ``model`` is unwrapped. Keys of plain
+    The checkpoint layouts of :mod:`quadexport.zoo.statedict` are read (a bare state dict or one under
+    ``state_dict`` / ``model`` / ``model_state_dict`` / ``net``, ``module.`` / ``_orig_mod.`` prefixes; numpy
+    scalars and an ``argparse.Namespace`` beside it are allowed, other pickled types refused). Keys of plain
     conv/linear layers that the model holds as quadratic layers (``conv.weight`` → ``conv.r.weight``) are mapped,
     so the weights of a plain network load into its quadratized form.
 
     Raises:
         WeightsError: unreadable file, or keys/shapes that do not fit (a few are named).
     """
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise
-    except Exception as e:  # unpickling errors, truncated files
-        raise WeightsError(f"{path} is not a loadable state dict ({str(e).splitlines()[0] if str(e) else e!r})"
-                           ) from None
-    for key in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise WeightsError(f"{path} does not hold a state dict (name -> tensor)")
     own = model.state_dict()
+    state, _ = strip_prefixes(read_state_dict(path, trust_option=None).state, set(own))
     prim = {n: _primary(m) for n, m in model.named_modules() if isinstance(m, QuadLayer)}
     mapped, unexpected, wrong = {}, [], []
     for k, v in state.items():
