@@ -120,8 +120,18 @@ class _Models:
 
 
 def _twin(q: BenchModel, acc: _Models, build: Callable[..., nn.Module], gen: torch.Generator) -> BenchModel:
-    """The ReLU twin of ``q``: for a quadratized model the model it came from (its source run dir when recorded,
-    else its source architecture), for a zoo model the same builder and depth with ``neuron="relu"``."""
+    """The ReLU twin of ``q``: for an adopted run (``quadexport adopt``) the network its authors compare against,
+    derived from its trained weights (:func:`quadexport.zoo.adopted.relu_twin`); for a quadratized model the model
+    it came from (its source run dir when recorded, else its source architecture); for a zoo model the same builder
+    and depth with ``neuron="relu"``."""
+    if "adopt" in q.config:  # an adopted run: its own trained weights, each neuron cut to its r branch
+        from quadexport.zoo.adopted import relu_twin
+
+        tm = relu_twin(q.module).eval()
+        tm.quadexport_config = {**q.module.quadexport_config, "neuron": "relu"}
+        return acc.add(_make(tm, "twin", q.input_shape, note=(
+            f"ReLU twin derived from {q.id}: each adopted neuron replaced by its r branch (or first factor) with "
+            f"the trained weights, the rest of the network unchanged")))
     src = _source_run(q)
     if src is not None:
         m = _load_entry(src, "relu", q.input_shape, gen)

@@ -23,7 +23,7 @@ from quadexport.cli.argtypes import show_defaults
 from quadexport.errors import QuadexportError
 
 # Command modules, in the order shown by --help.
-COMMANDS = ("train", "quadratize", "export", "check", "bench", "compress", "pipeline", "experiments", "info")
+COMMANDS = ("train", "quadratize", "adopt", "export", "check", "bench", "compress", "pipeline", "experiments", "info")
 EXIT_USAGE, EXIT_BUG, EXIT_INTERRUPTED = 2, 1, 130
 
 __all__ = ["CLIError", "COMMANDS", "build_parser", "main"]

@@ -12,6 +12,7 @@ from torch import nn
 from quadexport.errors import UsageError, did_you_mean
 from quadexport.layers.neurons import get_neuron
 from quadexport.zoo._prune import apply_spec
+from quadexport.zoo.usercode import build_recorded, is_user_model
 
 __all__ = ["ModelInfo", "check_model_name", "create_model", "get_model_info", "list_models", "register_model"]
 
@@ -105,6 +106,10 @@ def create_model(name: str, neuron: str = "fan", num_classes: int = 10, in_chann
         input_size: input height and width (int or pair); the MLP needs it, conv nets are size-agnostic.
         **kwargs: builder-specific options (e.g. ``width`` for mlp/cnn, ``patch_size`` for a timm ViT);
             ``quadratize`` (a spec recorded by :func:`quadexport.quadratize`) rebuilds a quadratized model.
+            ``adopted:<file>:<builder>`` names a model built by the user's own code (``quadexport adopt``): its
+            kwargs ``source`` (the file's text and sha256), ``builder``, ``model_args`` and ``adopt`` (the spec of
+            :func:`quadexport.adopt`) rebuild it, **running that code** (:mod:`quadexport.zoo.usercode`);
+            ``neuron="relu"`` gives its ReLU twin.
 
     The returned model carries ``model.quadexport_config`` (the arguments needed to rebuild it).
     """
@@ -116,11 +121,19 @@ def create_model(name: str, neuron: str = "fan", num_classes: int = 10, in_chann
         model = quadratize_again(create_model(name, base, num_classes, in_channels, input_size, **kwargs), spec)
         model.quadexport_config.update(neuron=neuron, quadratize=spec)
         return model
-    if neuron != "relu":
-        get_neuron(neuron)
     size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
     config = {"name": name, "neuron": neuron, "num_classes": num_classes, "in_channels": in_channels,
               "input_size": list(size)}
+    if is_user_model(name):  # built by the user's own file, recorded in the config (quadexport adopt)
+        compress = kwargs.pop("compress", None)
+        model = build_recorded(neuron, **kwargs)
+        model.quadexport_config = {**config, **kwargs}
+        if compress is not None and neuron != "relu":
+            apply_spec(model, compress)
+            model.quadexport_config["compress"] = compress
+        return model
+    if neuron != "relu":
+        get_neuron(neuron)
     if ":" in name:
         from quadexport.zoo.foreign import build_foreign, is_foreign
 

@@ -1,0 +1,216 @@
+"""``quadexport adopt FILE.py:BUILDER [--weights CKPT] --input-shape C,H,W --out RUN``: a quadratic network trained
+with research code (quadratic neurons written inline in ``forward``) turned into a run dir of quadexport layers.
+
+The user's file is executed (it is imported, as ``python -c "import model"`` would), its builder called with the
+``--model-arg`` options, the checkpoint loaded in any common layout (:mod:`quadexport.zoo.statedict`), and
+:func:`quadexport.adopt` rewrites the neurons it recognises. The run dir keeps the file's text (in its checkpoint
+and as a copy beside it, with its sha256), so ``quadexport.load(RUN)`` rebuilds the model in any process, from
+anywhere, by running that code again (:mod:`quadexport.zoo.usercode`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any
+
+from quadexport.cli.argtypes import dataset_spec, image_size, model_arg
+
+log = logging.getLogger(__name__)
+
+
+def input_shape(s: str) -> tuple[int, ...]:
+    """``C,H,W`` (or ``C,L`` for Conv1d models, ``F`` for an MLP), integers >= 1."""
+    try:
+        dims = tuple(int(v) for v in s.replace("x", ",").split(","))
+    except ValueError:
+        dims = ()
+    if not 1 <= len(dims) <= 3 or min(dims) < 1:
+        raise argparse.ArgumentTypeError(f"{s} must be C,H,W (e.g. 3,32,32), or C,L for a Conv1d model")
+    return dims
+
+
+def _build(a: argparse.Namespace) -> tuple[Any, Any, dict[str, Any], Any]:
+    """(the user's model with its trained weights, its source, the builder options, what the checkpoint held)."""
+    from quadexport.zoo.statedict import load_into
+    from quadexport.zoo.usercode import build_user_model, parse_target, read_source
+
+    path, builder = parse_target(a.target)
+    src = read_source(path)
+    kwargs = dict(a.model_arg or [])
+    log.info("running %s (your code) and calling %s(%s)", path, builder,
+             ", ".join(f"{k}={v!r}" for k, v in kwargs.items()))
+    model = build_user_model(src, builder, kwargs)
+    loaded = None
+    if a.weights:
+        loaded = load_into(model, a.weights, trust=a.trust_checkpoint)
+        where = f"under {loaded.container!r}" if loaded.container else "bare"
+        strip = f", prefix {' + '.join(loaded.stripped)} stripped" if loaded.stripped else ""
+        log.info("loaded %d tensors from %s (state dict %s%s)", len(loaded.state), a.weights, where, strip)
+    else:
+        log.warning("no --weights: the run keeps the weights %s:%s initialises", path.name, builder)
+    return model.eval(), src, kwargs, loaded
+
+
+def _data(a: argparse.Namespace) -> tuple[Any, tuple[int, ...]]:
+    """(the opened --dataset or None, the input shape: --input-shape, else the dataset's)."""
+    from quadexport.errors import UsageError
+
+    if a.dataset is None:
+        if a.input_shape is None:
+            raise UsageError("give --input-shape C,H,W (the shape of one input), or --dataset NAME")
+        return None, tuple(a.input_shape)
+    from quadexport.data import DataOptions, open_dataset
+
+    data = open_dataset(a.dataset, DataOptions(data_dir=a.data_dir, image_size=a.image_size, workers=0))
+    shape = tuple(data.input_shape)
+    if a.input_shape is not None and tuple(a.input_shape) != shape:
+        raise UsageError(f"--input-shape {','.join(map(str, a.input_shape))} disagrees with {a.dataset}'s inputs "
+                         f"{','.join(map(str, shape))}; drop --input-shape")
+    return data, shape
+
+
+def _on_data(adopted: Any, report: Any, data: Any) -> tuple[float, float]:
+    """(test accuracy of the adopted model, max relative difference to the source on the first test batch)."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from quadexport.train import evaluate_batches
+
+    loader = DataLoader(data.test, batch_size=256, shuffle=False, num_workers=data.workers)
+    diff = float(report.verify(next(iter(loader))[0]))
+    return float(evaluate_batches(adopted, loader, torch.device("cpu"))[1]), diff
+
+
+def _configure(adopted: Any, src: Any, builder: str, kwargs: dict[str, Any], shape: tuple[int, ...]) -> None:
+    """Give the adopted model the ``quadexport_config`` that :func:`quadexport.zoo.create_model` rebuilds it from,
+    and check that it does: rebuilt and loaded strictly, it must give bitwise the same outputs."""
+    import torch
+
+    from quadexport.errors import QuadexportError
+    from quadexport.zoo import create_model
+    from quadexport.zoo.usercode import model_name
+
+    with torch.no_grad():
+        x = torch.randn((2, *shape), generator=torch.Generator().manual_seed(0))
+        y = adopted(x)
+    num_classes = int(y.shape[-1]) if isinstance(y, torch.Tensor) and y.dim() >= 2 else 0
+    adopt_cfg = dict(getattr(adopted, "quadexport_config", None) or {})
+    cfg = {"name": model_name(src.filename, builder), "neuron": adopt_cfg.get("neuron", "fan"),
+           "num_classes": num_classes, "in_channels": int(shape[0]), "input_size": list(shape[1:]),
+           "source": src.to_dict(), "builder": builder, "model_args": kwargs, "adopt": adopt_cfg["adopt"]}
+    adopted.quadexport_config = cfg
+    with torch.random.fork_rng(devices=[]):
+        again = create_model(**{k: v for k, v in cfg.items()})
+    again.load_state_dict(adopted.state_dict(), strict=True)
+    with torch.no_grad():
+        if not torch.equal(again.eval()(x), y):
+            raise QuadexportError(f"{src.filename}:{builder} rebuilt from the recorded source and adopt spec does "
+                                  f"not reproduce the adopted model (does the builder depend on state outside "
+                                  f"the file?); nothing was written")
+
+
+def _meta(a: argparse.Namespace, shape: tuple[int, ...], num_classes: int, data: Any, src: Any,
+          loaded: Any, report: Any) -> dict[str, Any]:
+    meta: dict[str, Any] = {"input_shape": list(shape), "num_classes": num_classes,
+                            "source": {"file": str(Path(a.target.rpartition(":")[0]).resolve()),
+                                       "sha256": src.sha256, "weights": str(a.weights) if a.weights else None,
+                                       "container": loaded.container if loaded else None,
+                                       "stripped": loaded.stripped if loaded else []},
+                            "adopt": report.to_dict()}
+    if data is not None:
+        prep = data.preprocessing
+        meta.update(dataset=a.dataset, normalization=prep.normalization(), preprocessing=prep.to_dict(),
+                    train_config={"dataset": a.dataset, "data_dir": a.data_dir, "seed": 0,
+                                  "image_size": list(a.image_size) if a.image_size else None,
+                                  "train_subset": None, "test_subset": None})
+    return meta
+
+
+def _write(a: argparse.Namespace, adopted: Any, meta: dict[str, Any], src: Any) -> None:
+    """The run dir, staged and swapped in whole (:func:`quadexport.rundir.open_run`)."""
+    from quadexport.checkpoint import atomic_write, save_checkpoint, write_json
+    from quadexport.rundir import CONFIG, METRICS, open_run
+
+    cfg = adopted.quadexport_config
+    config = {"command": "adopt", "model": cfg["name"], "neuron": cfg["neuron"], "target": a.target,
+              "model_file": src.filename, "sha256": src.sha256, "builder": cfg["builder"],
+              "model_args": cfg["model_args"], "weights": str(a.weights) if a.weights else None,
+              "trust_checkpoint": bool(a.trust_checkpoint), "input_shape": meta["input_shape"],
+              "dataset": a.dataset}
+    metrics = {"model": cfg["name"], "neuron": cfg["neuron"], "dataset": a.dataset, "epochs": [],
+               "adopt": meta["adopt"], **({"test_acc": meta["test_acc"]} if "test_acc" in meta else {})}
+    with open_run(a.out, "overwrite" if a.overwrite else "new", resumable=False) as out:
+        with out.saving():
+            atomic_write(out.path / src.filename, lambda f: f.write(src.text), mode="w")
+            write_json(out.path / METRICS, out.stamp(metrics))
+            write_json(out.path / CONFIG, out.stamp(config))
+            save_checkpoint(out.path, adopted, meta, None, 0, {}, run_id=out.run_id)
+            out.commit()
+
+
+def run(a: argparse.Namespace) -> int:
+    from quadexport.adopt import adopt
+    from quadexport.errors import UsageError
+
+    data, shape = _data(a)
+    model, src, kwargs, loaded = _build(a)
+    adopted, report = adopt(model, input_shape=shape, include=a.include, exclude=a.exclude, return_report=True)
+    if not report.neurons:
+        reasons = "; ".join(f"{', '.join(s.paths)}: {s.reason}" for s in report.skipped[:3])
+        raise UsageError(f"found no quadratic neuron to adopt in {a.target}"
+                         f"{f' ({reasons})' if reasons else ''}; nothing was written")
+    _configure(adopted, src, kwargs=kwargs, builder=a.target.rpartition(":")[2], shape=shape)
+    meta = _meta(a, shape, adopted.quadexport_config["num_classes"], data, src, loaded, report)
+    print(report.summary())
+    if data is not None:
+        meta["test_acc"], meta["max_rel_diff_test_batch"] = _on_data(adopted, report, data)
+        print(f"on {a.dataset}'s test set: accuracy {100 * meta['test_acc']:.2f}%, max relative difference to "
+              f"your model {meta['max_rel_diff_test_batch']:.2e} (first batch)")
+    _write(a, adopted, meta, src)
+    print(f"{a.target} -> {a.out} (keeps a copy of {src.filename}, sha256 {src.sha256[:12]}...; loading the run "
+          f"runs it)")
+    print(f"next: quadexport export {a.out} model.onnx --mode fused && quadexport bench {a.out}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "adopt", help="turn a quadratic network written with research code (neurons inline in forward) into a run",
+        description="Import FILE.py (THIS RUNS YOUR CODE, as importing it would), build the model with "
+                    "BUILDER(**--model-arg), load --weights, find the quadratic neurons written inline in its "
+                    "forward (conv_r(x) * conv_g(x) + conv_b(x.pow(2)), BN per branch, compact, T2, T4...) and "
+                    "replace each by the quadexport layer of its type, verified to give the same outputs. Writes a "
+                    "run dir that export (decomposed/function/fused), check, bench, compress and quadratize "
+                    "accept. The run keeps a copy of FILE.py with its sha256; loading the run runs that code.",
+        epilog="example: quadexport adopt models/qresnet.py:qresnet20 --weights save/model.th --input-shape 3,32,32 "
+               "--out runs/qresnet20 && quadexport export runs/qresnet20 q.onnx --mode fused")
+    p.add_argument("target", metavar="FILE.py:BUILDER",
+                   help="your model file and the function in it that returns the model (the file is executed)")
+    p.add_argument("--model-arg", action="append", type=model_arg, default=None, metavar="KEY=VALUE",
+                   help="keyword argument of BUILDER (VALUE read as JSON when it parses), repeatable")
+    p.add_argument("--weights", default=None, metavar="CKPT",
+                   help="the trained checkpoint: a state dict, bare or under state_dict/model/model_state_dict/net, "
+                        "module./_orig_mod. prefixes stripped; read weights-only (argparse.Namespace and numpy "
+                        "scalars allowed)")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="unpickle --weights without restriction: this RUNS ARBITRARY CODE the file may hold; only "
+                        "for a checkpoint from a source you trust that pickles other types")
+    p.add_argument("--input-shape", type=input_shape, default=None, metavar="C,H,W",
+                   help="shape of one input (C,L for Conv1d models); default: the --dataset's")
+    p.add_argument("--dataset", default=None, type=dataset_spec, metavar="DATASET",
+                   help="measure and record the test accuracy on this dataset (digits, mnist, cifar10, "
+                        "imagefolder:PATH, npz:FILE); export and check then use its preprocessing")
+    p.add_argument("--data-dir", default=None, help="dataset location override")
+    p.add_argument("--image-size", type=image_size, default=None, metavar="H[xW]",
+                   help="imagefolder: datasets: the input size")
+    p.add_argument("--include", nargs="+", default=None, metavar="GLOB",
+                   help="adopt only neurons whose module paths match (globs)")
+    p.add_argument("--exclude", nargs="+", default=None, metavar="GLOB", help="neurons to leave alone")
+    p.add_argument("--out", required=True, help="run directory to write")
+    p.add_argument("--overwrite", action="store_true", help="replace the run in --out")
+    p.set_defaults(func=run)
+
+
+__all__ = ["input_shape", "register", "run"]
