@@ -1,0 +1,165 @@
+"""``quadexport adopt`` as a user types it (issue #22 items 2, 3 and 6): the inline-style QResNet20 of the research
+code, saved from a ``DataParallel`` model with its training arguments and numpy scalars, goes adopt -> export fused
+(18 custom-domain nodes) -> check -> bench against its derived ReLU twin, each a ``python -m quadexport``
+subprocess; the run then loads in a fresh process from another directory with the user's file gone. Plus the
+checkpoint refusals through the CLI, one line each."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import onnx
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent))
+import adopt_models  # noqa: E402  (research-style quadratic modules of the project's own writing)
+
+SHAPE = (1, 16, 16)
+
+
+def _cli(*args: str | Path, cwd: Path = ROOT, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "quadexport", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, timeout=timeout, env=env)
+
+
+def _ok(r: subprocess.CompletedProcess) -> str:
+    assert r.returncode == 0, r.stdout + r.stderr
+    return r.stdout
+
+
+def _one_line_error(r: subprocess.CompletedProcess, *words: str) -> str:
+    assert r.returncode == 2, r.stdout + r.stderr
+    err = r.stderr.strip().splitlines()[-1]
+    assert err.startswith("quadexport adopt: error: "), r.stderr
+    for w in words:
+        assert w in err, err
+    return err
+
+
+@pytest.fixture(scope="module")
+def user(tmp_path_factory) -> SimpleNamespace:
+    """A user's directory: their model file (not importable as ``adopt_models``) and a DataParallel checkpoint."""
+    root = tmp_path_factory.mktemp("adopt-cli")
+    d = root / "user"
+    d.mkdir()
+    shutil.copy(Path(adopt_models.__file__), d / "qmodels.py")
+    model = adopt_models.build("qresnet20", input_shape=SHAPE)
+    adopt_models.save_dataparallel_checkpoint(model, d / "model.th", with_args=True, numpy_scalars=True)
+    x = torch.randn((4, *SHAPE), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        ref = model(x)
+    torch.save({"x": x, "ref": ref}, root / "io.pt")
+    return SimpleNamespace(root=root, dir=d, model=model, x=x, ref=ref)
+
+
+@pytest.fixture(scope="module")
+def run(user) -> Path:
+    out = user.root / "runs" / "qresnet20"
+    r = _cli("adopt", "qmodels.py:qresnet20", "--model-arg", "in_channels=1", "--weights", "model.th",
+             "--input-shape", ",".join(map(str, SHAPE)), "--out", out, cwd=user.dir)
+    stdout = _ok(r)
+    assert "18" in stdout and "fan" in stdout, stdout  # the report: 18 fan neurons adopted
+    return out
+
+
+def test_run_dir_is_whole_and_records_the_source(run, user):
+    files = {p.name for p in run.iterdir()}
+    assert {"checkpoint.pt", "config.json", "metrics.json", "qmodels.py"} <= files
+    cfg, metrics = json.loads((run / "config.json").read_text()), json.loads((run / "metrics.json").read_text())
+    assert cfg["command"] == "adopt" and cfg["builder"] == "qresnet20" and cfg["model_args"] == {"in_channels": 1}
+    assert (run / "qmodels.py").read_text() == (user.dir / "qmodels.py").read_text()
+    import hashlib
+
+    assert cfg["sha256"] == hashlib.sha256((run / "qmodels.py").read_bytes()).hexdigest()
+    assert cfg["run_id"] == metrics["run_id"]
+    ck = torch.load(run / "checkpoint.pt", weights_only=True)  # no code runs reading it
+    assert ck["config"]["name"] == "adopted:qmodels.py:qresnet20"
+    assert len(ck["config"]["adopt"]["neurons"]) == 18
+    assert not any(p.name.startswith(".") for p in run.parent.iterdir()), "staging leftovers"
+
+
+def test_fresh_process_from_elsewhere_without_the_users_file(run, user, tmp_path):
+    """q.load rebuilds the model from the source kept in the run: the user's file and directory are not needed."""
+    moved = tmp_path / "gone.py"
+    shutil.move(user.dir / "qmodels.py", moved)
+    try:
+        probe = ("import sys, torch, quadexport as q\n"
+                 "from quadexport.layers.quad import QuadLayer\n"
+                 f"m = q.load({str(run)!r}); io = torch.load({str(user.root / 'io.pt')!r})\n"
+                 "assert not any('qmodels' in p or 'user' in p for p in sys.path)\n"
+                 "with torch.no_grad(): y = m(io['x'])\n"
+                 "print(sum(isinstance(l, QuadLayer) for l in m.modules()), "
+                 "float((y - io['ref']).abs().max() / io['ref'].abs().max()))\n")
+        r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path, timeout=120,
+                           env={**os.environ, "PYTHONPATH": str(ROOT)})
+        assert r.returncode == 0, r.stderr
+        n, err = r.stdout.split()
+        assert int(n) == 18 and float(err) <= 1e-6
+    finally:
+        shutil.move(moved, user.dir / "qmodels.py")
+
+
+def test_export_fused_check_and_bench_against_the_derived_twin(run, tmp_path):
+    fused = tmp_path / "q-fused.onnx"
+    _ok(_cli("export", run, fused, "--mode", "fused", "--no-check", "-q"))
+    nodes = onnx.load(str(fused)).graph.node
+    assert sum(1 for n in nodes if n.domain not in ("", "ai.onnx")) == 18
+    out = _ok(_cli("check", fused, run, "--batch", "2", "--opt-level", "all"))
+    assert "fail" not in out.lower(), out
+    bench = tmp_path / "bench"
+    _ok(_cli("bench", run, "--batch", "1", "--mode", "decomposed", "--no-torch-eager", "--warmup", "1",
+             "--min-iters", "3", "--min-seconds", "0", "--out", bench, "--quiet"))
+    rep = json.loads((bench / "bench.json").read_text())
+    models = {m["role"]: m for m in rep["models"]}
+    twin = models["twin"]
+    assert "derived" in twin["note"] and twin["neuron"] == "relu"
+    assert twin["macs"] < models["quadratic"]["macs"]
+    assert any(r["role"] == "twin" and r["baseline"] == twin["id"] for r in rep["ratios"])
+
+
+def test_decomposed_and_function_exports_and_no_bn_or_pow(run, tmp_path):
+    for mode in ("decomposed", "function"):
+        f = tmp_path / f"{mode}.onnx"
+        _ok(_cli("export", run, f, "--mode", mode, "--no-check", "-q"))
+        ops = {n.op_type for n in onnx.load(str(f)).graph.node}
+        assert not ops & {"BatchNormalization", "Pow"}, (mode, ops)
+
+
+def test_refusals_are_one_line(user, tmp_path):
+    # another pickled type: refused, naming it and --trust-checkpoint; with the flag it loads
+    import fractions
+
+    state = {"module." + k: v for k, v in user.model.state_dict().items()}
+    torch.save({"state_dict": state, "best_prec1": fractions.Fraction(91, 1)}, user.dir / "odd.th")
+    base = ["adopt", "qmodels.py:qresnet20", "--model-arg", "in_channels=1", "--input-shape", "1,16,16"]
+    _one_line_error(_cli(*base, "--weights", "odd.th", "--out", tmp_path / "a", cwd=user.dir),
+                    "fractions.Fraction", "--trust-checkpoint")
+    assert not (tmp_path / "a").exists()
+    # keys that do not fit: one line naming a few
+    part = {k: v for k, v in state.items() if "layer3" not in k}
+    part["module.extra.weight"] = torch.zeros(1)
+    torch.save({"model": part}, user.dir / "part.th")
+    _one_line_error(_cli(*base, "--weights", "part.th", "--out", tmp_path / "b", cwd=user.dir),
+                    "missing", "layer3.0.conv1r.weight", "unexpected 1: extra.weight")
+    assert not (tmp_path / "b").exists()
+    # a builder option the builder does not take, and a target without :BUILDER
+    _one_line_error(_cli("adopt", "qmodels.py:qresnet20", "--model-arg", "width=3", "--input-shape", "1,16,16",
+                         "--out", tmp_path / "c", cwd=user.dir), "width")
+    _one_line_error(_cli("adopt", "qmodels.py", "--input-shape", "1,16,16", "--out", tmp_path / "d",
+                         cwd=user.dir), "FILE.py:BUILDER")
+
+
+def test_help_says_it_runs_the_users_code():
+    r = _cli("adopt", "--help")
+    assert r.returncode == 0
+    text = " ".join(r.stdout.split())
+    assert "RUNS YOUR CODE" in text and "ARBITRARY CODE" in text and "--trust-checkpoint" in text
