@@ -6,6 +6,7 @@ Public API::
     quadexport.export(model, "m.onnx", mode="decomposed")
     quadexport.check("m.onnx", model).ok
     qmodel = quadexport.quadratize(trained_model, neuron="fan")  # any model; unchanged until fine-tuned
+    amodel = quadexport.adopt(research_model, input_shape=(3, 32, 32))  # quadratic neurons written as plain layers
 
 Every name loads its module (torch, onnx, onnxruntime) on first use, so ``import quadexport`` and
 ``quadexport --help`` stay fast.
@@ -24,7 +25,8 @@ _LAZY = {**{n: "quadexport.layers" for n in ("QuadConv1d", "QuadConv2d", "QuadLi
          **{n: "quadexport.zoo" for n in ("count_macs", "count_params", "create_model", "list_models")},
          "load": "quadexport.checkpoint", "export": "quadexport.exporter.api",
          "make_session": "quadexport.exporter.session", "check": "quadexport.check",
-         "quadratize": "quadexport.quadratize", "QuadratizeReport": "quadexport.quadratize"}
+         "quadratize": "quadexport.quadratize", "QuadratizeReport": "quadexport.quadratize",
+         "adopt": "quadexport.adopt", "AdoptReport": "quadexport.adopt", "relu_twin": "quadexport.adopt"}
 
 __all__ = sorted([*_LAZY, "__version__"])
 

@@ -22,7 +22,7 @@ ROOT = PKG.parent
 LEVELS = {
     "errors": 0, "_compat": 0, "_version": 0, "_torchutil": 0, "layers": 0,
     "zoo": 1, "data": 1, "preprocess": 1,
-    "relinear": 2, "adapter": 2, "fit": 2, "trainlog": 2, "trainconfig": 2, "quadratize": 2, "startfrom": 2, "train": 2, "checkpoint": 2, "exporter": 2, "rundir": 2,
+    "relinear": 2, "adapter": 2, "fit": 2, "trainlog": 2, "trainconfig": 2, "quadratize": 2, "adopt": 2, "startfrom": 2, "train": 2, "checkpoint": 2, "exporter": 2, "rundir": 2,
     "atomicfile": 2,
     "check": 3, "bench": 3, "compress": 3, "deploy": 3,
     "pipeline": 4, "cli": 4, "experiments": 4,
