@@ -28,6 +28,7 @@ from quadexport.errors import QuadexportError, UsageError
 from quadexport.layers.neurons import get_neuron
 from quadexport.zoo import count_macs, count_params
 from quadexport.zoo._prune import set_module
+from quadexport.zoo.adopted import scan
 from quadexport.zoo.convert import (LayerSelector, SkippedLayer, convert_layers, make_spec, select_layers)
 
 log = logging.getLogger(__name__)
@@ -189,6 +190,17 @@ def _retag(model: nn.Module, neuron: str, rank: int | None, converted: list[str]
         model.quadexport_meta = meta
 
 
+def _refuse_plain_neurons(model: nn.Module) -> None:
+    """Quadratizing the branches of a quadratic neuron written as plain layers would square them again (a QResNet20
+    in the ReLinear authors' style: 54 branch convs, MACs x3): refuse in one line naming :func:`quadexport.adopt`."""
+    found = scan(model)
+    if found.neurons:
+        kind, mods = found.neurons[0]
+        raise UsageError(f"the model already holds {len(found.neurons)} quadratic neuron(s) written as plain layers "
+                         f"(e.g. {kind}: {', '.join(mods)}); quadratize would square their branches: run "
+                         f"quadexport.adopt(model) (CLI: quadexport adopt) first, then quadratize the adopted model")
+
+
 def quadratize(model: nn.Module, neuron: str = "fan", *, include: LayerSelector = None,
                exclude: LayerSelector = None, rank: int | None = None, inplace: bool = False,
                input_shape: tuple[int, ...] | None = None, return_report: bool = False) -> Any:
@@ -227,12 +239,15 @@ def quadratize(model: nn.Module, neuron: str = "fan", *, include: LayerSelector 
         ``(model, report)`` with ``return_report=True``. A one-line summary is logged at DEBUG (the CLI prints it).
 
     Raises:
-        UsageError: unknown neuron, a neuron without a linear branch (``t2``), a glob that matches nothing.
+        UsageError: unknown neuron, a neuron without a linear branch (``t2``), a glob that matches nothing, or a
+            model that already holds quadratic neurons written as plain layers (adopt it first:
+            :func:`quadexport.adopt`).
         QuadratizeError: the verified output differs (please report).
     """
     get_neuron(neuron)
     if rank is not None and (not isinstance(rank, int) or isinstance(rank, bool) or rank < 1):
         raise UsageError(f"rank must be an integer >= 1, got {rank!r}")
+    _refuse_plain_neurons(model)
     work = model if inplace else copy.deepcopy(model)
     sel = select_layers(work, include, exclude)
     shape = _input_shape(work, input_shape)

@@ -126,9 +126,33 @@ class FunctionTarget(ExportTarget):
         from quadexport.exporter import ops
         from quadexport.exporter.function import prepare_function
 
+        plain = self._plain_neurons(model)
         kept = prepare_function(model)
         notes = {"decomposed_layers": [f"{n}: {r}" for n, r in kept]} if kept else {}
+        if plain:
+            notes["plain_quadratic_neurons"] = plain
         return Prepared(translation_table=ops.translation_table(), notes=notes)
+
+    def _plain_neurons(self, model: nn.Module) -> int:
+        """Refuse a model without quadexport quadratic layers (the file would hold standard ops only, silently);
+        log how many quadratic neurons written as plain layers stay standard ops (see :func:`quadexport.adopt`)."""
+        from quadexport.layers.mixed import MixedQuad
+        from quadexport.layers.quad import QuadLayer
+        from quadexport.zoo.adopted import scan
+
+        found = scan(model)
+        n = len(found.neurons)
+        example = f", e.g. {'/'.join(found.neurons[0][1])} ({found.neurons[0][0]})" if n else ""
+        if not any(isinstance(m, (QuadLayer, MixedQuad)) for m in model.modules()):
+            what = (f"{n} quadratic neuron(s) written as plain layers{example}" if n else
+                    "no quadexport quadratic layer")
+            raise UsageError(f"mode={self.name!r} exports quadexport quadratic layers as custom nodes, and this model "
+                             f"has {what}: run quadexport.adopt(model) (CLI: quadexport adopt) first, or export with "
+                             f"mode='decomposed'")
+        if n:
+            log.warning("%d quadratic neuron(s) written as plain layers stay standard ops in this %s export%s; "
+                        "quadexport.adopt turns them into quadexport layers", n, self.name, example)
+        return n
 
     def postprocess(self, proto: onnx.ModelProto) -> dict[str, Any]:
         from quadexport.exporter import lowrank_ops, ops

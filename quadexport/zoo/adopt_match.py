@@ -16,6 +16,7 @@ geometry, shared or externally used branches) are returned as :class:`SkippedFor
 
 from __future__ import annotations
 
+import copy
 import operator
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,7 +28,7 @@ from quadexport.layers.convert import unsupported_reason
 from quadexport.layers.mixed import MixedQuad
 from quadexport.layers.quad import QuadLayer
 
-__all__ = ["Match", "SkippedForm", "Term", "Tracer", "find_matches", "trace"]
+__all__ = ["AdoptedGraphModule", "Match", "SkippedForm", "Term", "Tracer", "find_matches", "trace"]
 
 _LINEAR = (nn.Linear, nn.Conv1d, nn.Conv2d)
 _BN = nn.modules.batchnorm._BatchNorm
@@ -46,9 +47,22 @@ class Tracer(fx.Tracer):
         return isinstance(m, (QuadLayer, MixedQuad)) or super().is_leaf_module(m, qualname)
 
 
-def trace(model: nn.Module) -> fx.GraphModule:
+class AdoptedGraphModule(fx.GraphModule):
+    """A ``GraphModule`` whose deep copies keep the ``quadexport_*`` attributes (``quadexport_config``,
+    ``quadexport_meta``...): ``GraphModule.__deepcopy__`` rebuilds the module and drops attributes it does not know,
+    and every tool deep-copies before it exports, quadratizes or compresses."""
+
+    def __deepcopy__(self, memo: dict) -> "AdoptedGraphModule":
+        res = super().__deepcopy__(memo)
+        for k, v in self.__dict__.items():
+            if k.startswith("quadexport_"):
+                setattr(res, k, copy.deepcopy(v, memo))
+        return res
+
+
+def trace(model: nn.Module) -> AdoptedGraphModule:
     """``model`` as a ``GraphModule`` sharing its submodules (raises what ``torch.fx`` raises)."""
-    return fx.GraphModule(model, Tracer().trace(model), type(model).__name__)
+    return AdoptedGraphModule(model, Tracer().trace(model), type(model).__name__)
 
 
 @dataclass
