@@ -36,15 +36,6 @@ def _ok(r: subprocess.CompletedProcess) -> str:
     return r.stdout
 
 
-def _one_line_error(r: subprocess.CompletedProcess, *words: str) -> str:
-    assert r.returncode == 2, r.stdout + r.stderr
-    err = r.stderr.strip().splitlines()[-1]
-    assert err.startswith("quadexport adopt: error: "), r.stderr
-    for w in words:
-        assert w in err, err
-    return err
-
-
 @pytest.fixture(scope="module")
 def user(tmp_path_factory) -> SimpleNamespace:
     """A user's directory: their model file (not importable as ``adopt_models``) and a DataParallel checkpoint."""
@@ -124,38 +115,62 @@ def test_export_fused_check_and_bench_against_the_derived_twin(run, tmp_path):
     assert "derived" in twin["note"] and twin["neuron"] == "relu"
     assert twin["macs"] < models["quadratic"]["macs"]
     assert any(r["role"] == "twin" and r["baseline"] == twin["id"] for r in rep["ratios"])
-
-
-def test_decomposed_and_function_exports_and_no_bn_or_pow(run, tmp_path):
-    for mode in ("decomposed", "function"):
-        f = tmp_path / f"{mode}.onnx"
-        _ok(_cli("export", run, f, "--mode", mode, "--no-check", "-q"))
+    decomposed = [p for p in bench.rglob("*.onnx") if "relu" not in p.name]  # the adopted run's decomposed file
+    assert decomposed
+    for f in decomposed:
         ops = {n.op_type for n in onnx.load(str(f)).graph.node}
-        assert not ops & {"BatchNormalization", "Pow"}, (mode, ops)
+        assert "Conv" in ops and not ops & {"BatchNormalization", "Pow"}, (f.name, ops)
 
 
-def test_refusals_are_one_line(user, tmp_path):
-    # another pickled type: refused, naming it and --trust-checkpoint; with the flag it loads
+def test_refusals_are_one_line(user, tmp_path, capsys):
+    from quadexport.cli import main
+
+    def error(*args: str | Path) -> str:
+        assert main([*map(str, args), "-q"]) == 2
+        lines = [ln for ln in capsys.readouterr().err.strip().splitlines() if not ln.startswith("no --weights")]
+        assert len(lines) == 1 and lines[0].startswith("quadexport adopt: error: "), lines
+        return lines[0]
+
+    # another pickled type: refused, naming it and --trust-checkpoint
     import fractions
 
     state = {"module." + k: v for k, v in user.model.state_dict().items()}
-    torch.save({"state_dict": state, "best_prec1": fractions.Fraction(91, 1)}, user.dir / "odd.th")
-    base = ["adopt", "qmodels.py:qresnet20", "--model-arg", "in_channels=1", "--input-shape", "1,16,16"]
-    _one_line_error(_cli(*base, "--weights", "odd.th", "--out", tmp_path / "a", cwd=user.dir),
-                    "fractions.Fraction", "--trust-checkpoint")
-    assert not (tmp_path / "a").exists()
+    torch.save({"state_dict": state, "best_prec1": fractions.Fraction(91, 1)}, tmp_path / "odd.th")
+    base = ["adopt", user.dir / "qmodels.py:qresnet20", "--model-arg", "in_channels=1", "--input-shape", "1,16,16"]
+    err = error(*base, "--weights", tmp_path / "odd.th", "--out", tmp_path / "a")
+    assert "fractions.Fraction" in err and "--trust-checkpoint" in err
     # keys that do not fit: one line naming a few
     part = {k: v for k, v in state.items() if "layer3" not in k}
     part["module.extra.weight"] = torch.zeros(1)
-    torch.save({"model": part}, user.dir / "part.th")
-    _one_line_error(_cli(*base, "--weights", "part.th", "--out", tmp_path / "b", cwd=user.dir),
-                    "missing", "layer3.0.conv1r.weight", "unexpected 1: extra.weight")
-    assert not (tmp_path / "b").exists()
-    # a builder option the builder does not take, and a target without :BUILDER
-    _one_line_error(_cli("adopt", "qmodels.py:qresnet20", "--model-arg", "width=3", "--input-shape", "1,16,16",
-                         "--out", tmp_path / "c", cwd=user.dir), "width")
-    _one_line_error(_cli("adopt", "qmodels.py", "--input-shape", "1,16,16", "--out", tmp_path / "d",
-                         cwd=user.dir), "FILE.py:BUILDER")
+    torch.save({"model": part}, tmp_path / "part.th")
+    err = error(*base, "--weights", tmp_path / "part.th", "--out", tmp_path / "b")
+    assert "missing" in err and "layer3.0.conv1r.weight" in err and "unexpected 1: extra.weight" in err
+    # a builder option the builder does not take, a target without :BUILDER, a builder that is not there
+    assert "width" in error("adopt", user.dir / "qmodels.py:qresnet20", "--model-arg", "width=3",
+                            "--input-shape", "1,16,16", "--out", tmp_path / "c")
+    assert "FILE.py:BUILDER" in error("adopt", user.dir / "qmodels.py", "--input-shape", "1,16,16",
+                                      "--out", tmp_path / "d")
+    assert "no function 'qresnet21'" in error("adopt", user.dir / "qmodels.py:qresnet21", "--input-shape",
+                                              "1,16,16", "--out", tmp_path / "e")
+    # a model without any quadratic neuron: nothing to adopt, nothing written
+    assert "found no quadratic neuron" in error("adopt", user.dir / "qmodels.py:relu_factor_net",
+                                                "--input-shape", "1,12,12", "--out", tmp_path / "f")
+    assert not [p for p in tmp_path.iterdir() if p.is_dir()], "a refused adopt left a run dir behind"
+
+
+def test_trusted_checkpoint_through_the_cli(user, tmp_path, capsys):
+    """--trust-checkpoint loads a checkpoint pickling another type, and says what it did."""
+    import fractions
+
+    from quadexport.cli import main
+
+    state = {"module." + k: v for k, v in user.model.state_dict().items()}
+    torch.save({"state_dict": state, "best_prec1": fractions.Fraction(91, 1)}, tmp_path / "odd.th")
+    assert main(["adopt", str(user.dir / "qmodels.py:qresnet20"), "--model-arg", "in_channels=1", "--input-shape",
+                 "1,16,16", "--weights", str(tmp_path / "odd.th"), "--trust-checkpoint", "--out",
+                 str(tmp_path / "run")]) == 0
+    assert "arbitrary code" in capsys.readouterr().err
+    assert (tmp_path / "run" / "checkpoint.pt").exists()
 
 
 def test_help_says_it_runs_the_users_code():

@@ -103,7 +103,7 @@ def form_row(name: str, what: str, shape: tuple[int, ...] | None, work: Path) ->
     with torch.no_grad():
         ref, out = model(x).numpy(), gm(x).numpy()
     row = {"form": name, "what": what, "input_shape": list(shape), "adopted": dict(Counter(n.type for n in rep.neurons)),
-           "skipped": [f"{', '.join(s.paths)}: {s.reason}" for s in rep.skipped],
+           "skipped": [f"{', '.join(s.modules)}: {s.reason}" for s in rep.skipped],
            "torch_rel_err": rel_err(out, ref), "report_max_rel_diff": rep.max_rel_diff,
            "macs": [rep.macs_before, rep.macs_after], "params": [rep.params_before, rep.params_after]}
     naive = naive_export(model, shape, work / f"{name}-naive.onnx")

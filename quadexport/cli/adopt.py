@@ -158,7 +158,7 @@ def run(a: argparse.Namespace) -> int:
     model, src, kwargs, loaded = _build(a)
     adopted, report = adopt(model, input_shape=shape, include=a.include, exclude=a.exclude, return_report=True)
     if not report.neurons:
-        reasons = "; ".join(f"{', '.join(s.paths)}: {s.reason}" for s in report.skipped[:3])
+        reasons = "; ".join(f"{', '.join(s.modules)}: {s.reason}" for s in report.skipped[:3])
         raise UsageError(f"found no quadratic neuron to adopt in {a.target}"
                          f"{f' ({reasons})' if reasons else ''}; nothing was written")
     _configure(adopted, src, kwargs=kwargs, builder=a.target.rpartition(":")[2], shape=shape)

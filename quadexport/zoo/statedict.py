@@ -99,7 +99,7 @@ def _refused_type(path: str | os.PathLike, err: Exception) -> str | None:
 
 def _torch_load(path: str | os.PathLike, trust: bool, trust_option: str | None) -> Any:
     if trust:
-        log.warning("unpickling %s with weights_only=False: this runs any code the file holds", path)
+        log.warning("unpickling %s with weights_only=False (--trust-checkpoint): it may run arbitrary code", path)
         return torch.load(path, map_location="cpu", weights_only=False)
     try:
         with torch.serialization.safe_globals(safe_globals()):
