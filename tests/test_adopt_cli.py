@@ -178,3 +178,20 @@ def test_help_says_it_runs_the_users_code():
     assert r.returncode == 0
     text = " ".join(r.stdout.split())
     assert "RUNS YOUR CODE" in text and "ARBITRARY CODE" in text and "--trust-checkpoint" in text
+
+
+def test_compress_channel_groups_of_an_adopted_qresnet_are_consistent():
+    """The inline option-A shortcut (slice + F.pad over channels) joins streams of different widths in torch-pruning's
+    graph; compress must not put a 32-channel producer in a 16-channel group (it did: a shape error in the rewrite)."""
+    import quadexport as q
+    from quadexport.compress.graph import discover
+
+    model = adopt_models.build("qresnet20", input_shape=(1, 8, 8))
+    gm = q.adopt(model, input_shape=(1, 8, 8))
+    mods = dict(gm.named_modules())
+    st = discover(gm, torch.randn(1, 1, 8, 8))
+    assert st.groups
+    for g in st.groups:
+        for name, _bn in g.producers:
+            assert mods[name].out_channels == g.channels, (g.name, name)
+    assert any(not g.resolved and "changes the channel count" in g.reason for g in st.groups)

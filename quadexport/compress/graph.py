@@ -64,6 +64,13 @@ def _channels(m: nn.Module, out: bool) -> int | None:
     return int(v) if v is not None else None
 
 
+def _out_width(m: Any) -> int | None:
+    """Output channels of a layer or per-channel norm (``None`` for graph operations and unknown modules)."""
+    if isinstance(m, nn.modules.batchnorm._BatchNorm):
+        return int(m.num_features)
+    return _channels(m, True) if isinstance(m, nn.Module) and not _is_shortcut(m) else None
+
+
 def _pruner_class():
     import torch_pruning as tp
 
@@ -160,6 +167,12 @@ def _group_of(dg: Any, model: nn.Module, root: nn.Module, names: dict[nn.Module,
             g.resolved, g.reason = False, "its channels are the model's output"
             continue
         dim = "out" if dg.is_out_channel_pruning_fn(dep.handler) else "in"
+        width = _out_width(m) if dim == "out" else None
+        if width is not None and width != n:  # joined through an op torch-pruning reads as elementwise, e.g. an
+            g.resolved = False                # inline option-A shortcut (F.pad over channels): not this group's
+            g.reason = f"{names.get(m, dep.target.name)} has {width} channels, not {n} (joined through an op " \
+                       f"that changes the channel count)"
+            continue
         why = _permutable_member(m, dim, dg)
         if why:
             g.resolved, g.reason = False, f"{names.get(m, dep.target.name)}: {why}"
