@@ -26,7 +26,8 @@ from quadexport._torchutil import one_thread
 from quadexport.errors import QuadexportError, UsageError
 from quadexport.zoo import count_macs, count_params
 from quadexport.zoo.adopt_match import Match, SkippedForm, find_matches, trace
-from quadexport.zoo.adopted import choose_names, finish, make_spec, neuron_entry, relu_twin, rewrite
+from quadexport.zoo.adopted import (choose_names, finish, make_spec, merged_spec, neuron_entry, relu_twin,
+                                     rewrite)
 
 log = logging.getLogger(__name__)
 
@@ -230,7 +231,7 @@ def adopt(model: nn.Module, example_input: torch.Tensor | None = None, input_sha
     report.skipped = list(skipped)
     chosen = _choose(gm, matches, include, exclude, report)
     report.neurons = [AdoptedNeuron(**neuron_entry(m, n)) for m, n in chosen]
-    report.spec = make_spec([neuron_entry(m, n) for m, n in chosen], shape)
+    report.spec = merged_spec(model, make_spec([neuron_entry(m, n) for m, n in chosen], shape))
     adopted = finish(rewrite(gm, chosen), model, report.spec)
     report.params_after, report.adopted = count_params(adopted), adopted
     if x is not None:

@@ -390,7 +390,7 @@ EXPECTED: dict[str, dict[str, int]] = {
 
 @torch.no_grad()
 def randomize(model: nn.Module, input_shape: Sequence[int], seed: int = 0, scale: float = 0.1,
-              batch: int = 32) -> nn.Module:
+              batch: int = 16) -> nn.Module:
     """Move ``model`` off its ReLinear init the way training would: every conv/linear weight and bias gets
     noise (weights ``scale``·N(0,1)/√fan_in, biases ``scale``·N(0,1); so gates are no longer 1 and power terms no
     longer 0), every BatchNorm takes its running

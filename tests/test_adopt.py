@@ -27,7 +27,7 @@ from quadexport.zoo.adopted import apply_adopt_spec, relu_twin
 sys.path.insert(0, str(Path(__file__).parent))
 import adopt_models as am  # noqa: E402
 
-SMALL_RESNET = (3, 16, 16)  # the inline QResNet20 at a small input keeps the tests fast
+SMALL_RESNET = (3, 8, 8)  # the inline QResNet20 at a small input keeps the tests fast
 BITWISE = {"qresnet20", "compact_net", "t2_net", "t4_net", "qres_net", "fan_mlp", "partial_net", "fan_net1d",
            "t4_net1d", "relu_factor_net", "stride_mismatch_net", "stride_mismatch_net1d"}
 """Builders whose adopted model runs the same arithmetic as the source (no BatchNorm folded into a branch)."""
@@ -160,7 +160,7 @@ def test_relu_twin_keeps_r_branch_or_first_factor():
     assert torch.equal(conv.weight, src.layer2[0].conv1r.weight)
     assert not any(isinstance(m, QuadLayer) for m in twin.modules())
     assert twin.quadexport_config["neuron"] == "relu"
-    stem_head = 16 * 16 * 16 * 3 * 9 + 64 * 10  # conventional in both
+    stem_head = 8 * 8 * 16 * 3 * 9 + 64 * 10  # conventional in both
     macs, twin_macs = q.count_macs(model, SMALL_RESNET), q.count_macs(twin, SMALL_RESNET)
     assert macs - stem_head == 3 * (twin_macs - stem_head)  # three branch convs per neuron -> one
     assert twin(_x("qresnet20")).shape == (4, 10)
@@ -217,7 +217,7 @@ def test_export_refuses_model_without_quadexport_layers(tmp_path, mode):
     src, _, _ = adopted("qresnet20")
     with pytest.raises(QuadexportError, match="adopt") as e:
         q.export(src, tmp_path / "x.onnx", mode=mode, input_shape=SMALL_RESNET)
-    assert "\n" not in str(e.value) and "18 quadratic neuron(s)" in str(e.value)
+    assert "\n" not in str(e.value) and "18 quadratic neuron(s)" in str(e.value) and "conv1r" in str(e.value)
     with pytest.raises(QuadexportError, match="no quadexport quadratic layer"):
         q.export(q.create_model("cnn", "relu"), tmp_path / "y.onnx", mode=mode)
     assert not list(tmp_path.iterdir())
@@ -279,3 +279,15 @@ def test_partial_adoption_export_logs_how_many_stay_standard(tmp_path, caplog):
     assert sum(v for k, v in _ops(path).items() if "::" in k) == 1
     x = _x("t4_net", 3)
     assert _rel(src(x), _ort(path, x, kernel_library="never")) <= 1e-5
+
+
+def test_adopting_in_two_steps_records_both_for_replay():
+    src, _, _ = adopted("t4_net")
+    first = q.adopt(src, input_shape=_shape("t4_net"), exclude="conv4")
+    second = q.adopt(first, input_shape=_shape("t4_net"))
+    spec = second.quadexport_config["adopt"]
+    assert [n["branches"] for n in spec["neurons"]] == [{"r": "conv1", "g": "conv2"}, {"r": "conv4", "g": "conv3"}]
+    again = apply_adopt_spec(am.t4_net(), spec)
+    assert sorted(again.state_dict()) == sorted(second.state_dict())
+    again.load_state_dict(second.state_dict())
+    assert torch.equal(again.eval()(_x("t4_net")), src(_x("t4_net")))

@@ -166,6 +166,7 @@ def export(model: nn.Module, path: str | os.PathLike, *, mode: str = "decomposed
     """
     target = get_export_target(mode)
     opset = check_opset(opset, target)
+    target.validate(model)
     if fp16 and not target.supports_fp16:
         raise UsageError(f"fp16 export is available for mode='decomposed' only, not mode={target.name!r}")
     path = Path(path)

@@ -80,6 +80,9 @@ class ExportTarget:
     kernel_library: str = "never"
     runtime: str | None = None
 
+    def validate(self, model: nn.Module) -> None:
+        """Refuse (one-line :class:`UsageError`) a model this target cannot export meaningfully, before any work."""
+
     def prepare(self, model: nn.Module, *, stack_linear: bool | None = None) -> Prepared:
         """Swap in the export forms of this target (in place, on the exporter's deep copy)."""
         return Prepared()
@@ -125,34 +128,33 @@ class FunctionTarget(ExportTarget):
     def prepare(self, model: nn.Module, *, stack_linear: bool | None = None) -> Prepared:
         from quadexport.exporter import ops
         from quadexport.exporter.function import prepare_function
+        from quadexport.zoo.adopted import scan
 
-        plain = self._plain_neurons(model)
+        plain = len(scan(model).neurons)
+        if plain:
+            log.warning("%d quadratic neuron(s) written as plain layers stay standard ops in this %s export; "
+                        "quadexport.adopt turns them into quadexport layers", plain, self.name)
         kept = prepare_function(model)
         notes = {"decomposed_layers": [f"{n}: {r}" for n, r in kept]} if kept else {}
         if plain:
             notes["plain_quadratic_neurons"] = plain
         return Prepared(translation_table=ops.translation_table(), notes=notes)
 
-    def _plain_neurons(self, model: nn.Module) -> int:
-        """Refuse a model without quadexport quadratic layers (the file would hold standard ops only, silently);
-        log how many quadratic neurons written as plain layers stay standard ops (see :func:`quadexport.adopt`)."""
+    def validate(self, model: nn.Module) -> None:
+        """Refuse a model without quadexport quadratic layers: the file would hold standard ops only, silently (a
+        model whose neurons are written as plain layers needs :func:`quadexport.adopt` first)."""
         from quadexport.layers.mixed import MixedQuad
         from quadexport.layers.quad import QuadLayer
         from quadexport.zoo.adopted import scan
 
-        found = scan(model)
-        n = len(found.neurons)
-        example = f", e.g. {'/'.join(found.neurons[0][1])} ({found.neurons[0][0]})" if n else ""
-        if not any(isinstance(m, (QuadLayer, MixedQuad)) for m in model.modules()):
-            what = (f"{n} quadratic neuron(s) written as plain layers{example}" if n else
-                    "no quadexport quadratic layer")
-            raise UsageError(f"mode={self.name!r} exports quadexport quadratic layers as custom nodes, and this model "
-                             f"has {what}: run quadexport.adopt(model) (CLI: quadexport adopt) first, or export with "
-                             f"mode='decomposed'")
-        if n:
-            log.warning("%d quadratic neuron(s) written as plain layers stay standard ops in this %s export%s; "
-                        "quadexport.adopt turns them into quadexport layers", n, self.name, example)
-        return n
+        if any(isinstance(m, (QuadLayer, MixedQuad)) for m in model.modules()):
+            return
+        found = scan(model).neurons
+        what = (f"{len(found)} quadratic neuron(s) written as plain layers (e.g. {found[0][0]}: "
+                f"{', '.join(found[0][1])})" if found else "no quadexport quadratic layer")
+        raise UsageError(f"mode={self.name!r} exports quadexport quadratic layers as custom nodes, and this model has "
+                         f"{what}: run quadexport.adopt(model) (CLI: quadexport adopt) first, or export with "
+                         f"mode='decomposed'")
 
     def postprocess(self, proto: onnx.ModelProto) -> dict[str, Any]:
         from quadexport.exporter import lowrank_ops, ops

@@ -35,7 +35,7 @@ from quadexport.zoo.adopt_match import Match, SkippedForm, Term, find_matches, s
 
 SPEC_VERSION = 1
 
-__all__ = ["SPEC_VERSION", "Scan", "apply_adopt_spec", "choose_names", "make_spec", "neuron_entry",
+__all__ = ["SPEC_VERSION", "Scan", "apply_adopt_spec", "choose_names", "make_spec", "merged_spec", "neuron_entry",
            "relu_twin", "rewrite", "scan"]
 
 _QUAD: dict[type[nn.Module], type[QuadLayer]] = {nn.Linear: QuadLinear, nn.Conv1d: QuadConv1d,
@@ -173,6 +173,15 @@ def rewrite(gm: fx.GraphModule, chosen: Sequence[tuple[Match, str]]) -> fx.Graph
 # Replay, ReLU twin, scan
 # ---------------------------------------------------------------------------------------------------------------
 
+def merged_spec(source: nn.Module, spec: Mapping[str, Any]) -> dict[str, Any]:
+    """``spec`` after the adopt spec ``source`` already records (adopting an adopted model again adds neurons; one
+    replay on a fresh model finds them all, with their recorded names)."""
+    old = (getattr(source, "quadexport_config", None) or {}).get("adopt")
+    if not old:
+        return copy.deepcopy(dict(spec))
+    return make_spec([*old["neurons"], *spec["neurons"]], spec.get("input_shape") or old.get("input_shape"))
+
+
 def _config(model: nn.Module, spec: Mapping[str, Any]) -> dict[str, Any]:
     cfg = copy.deepcopy(getattr(model, "quadexport_config", None) or {})
     types = sorted({n["type"] for n in spec["neurons"]})
@@ -181,7 +190,8 @@ def _config(model: nn.Module, spec: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def finish(gm: fx.GraphModule, source: nn.Module, spec: Mapping[str, Any]) -> fx.GraphModule:
-    """Give the rewritten ``gm`` the source's ``quadexport_meta`` and a config recording ``spec``."""
+    """Give the rewritten ``gm`` the source's ``quadexport_meta`` and a config recording ``spec`` (which must already
+    include what the source recorded: :func:`merged_spec`)."""
     gm.quadexport_config = _config(source, spec)
     meta = getattr(source, "quadexport_meta", None)
     if meta is not None:
@@ -210,7 +220,7 @@ def apply_adopt_spec(model: nn.Module, spec: Mapping[str, Any]) -> fx.GraphModul
                              f"{', '.join(e['branches'].values())}) is not in this model's traced graph; does the "
                              f"spec belong to this model file and builder arguments?")
         chosen.append((m, e["name"]))
-    return finish(rewrite(gm, chosen), model, spec)
+    return finish(rewrite(gm, chosen), model, merged_spec(model, spec))
 
 
 def _twin_branch(layer: QuadLayer) -> nn.Module:
