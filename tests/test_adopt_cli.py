@@ -195,3 +195,37 @@ def test_compress_channel_groups_of_an_adopted_qresnet_are_consistent():
         for name, _bn in g.producers:
             assert mods[name].out_channels == g.channels, (g.name, name)
     assert any(not g.resolved and "changes the channel count" in g.reason for g in st.groups)
+
+
+def test_dataset_accuracy_is_measured_and_recorded(user, tmp_path, capsys):
+    """--dataset: the adopted run's test accuracy is measured on the dataset's test split and recorded (a Linear fan
+    MLP trained a little on digits, saved as {'model_state_dict': ...})."""
+    import quadexport as q
+    from quadexport.cli import main
+    from quadexport.data import load_dataset
+
+    ds = load_dataset("digits")
+    torch.manual_seed(0)
+    model = adopt_models.fan_mlp(num_classes=10, in_channels=1)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for i in range(150):
+        idx = torch.randint(0, len(ds.x_train), (64,))
+        loss = torch.nn.functional.cross_entropy(model(ds.x_train[idx]), ds.y_train[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        acc = int((model(ds.x_test).argmax(1) == ds.y_test).sum()) / len(ds.y_test)
+    assert acc > 0.5
+    torch.save({"model_state_dict": model.state_dict(), "epoch": 3}, tmp_path / "mlp.pt")
+    run = tmp_path / "mlp-run"
+    assert main(["adopt", str(user.dir / "qmodels.py:fan_mlp"), "--weights", str(tmp_path / "mlp.pt"),
+                 "--dataset", "digits", "--out", str(run), "-q"]) == 0
+    assert "accuracy" in capsys.readouterr().out
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["test_acc"] == pytest.approx(acc, abs=1e-9)
+    loaded = q.load(run)
+    assert loaded.quadexport_meta["dataset"] == "digits" and loaded.quadexport_meta["preprocessing"]
+    assert loaded.quadexport_meta["test_acc"] == metrics["test_acc"]
+    assert loaded.quadexport_config["neuron"] == "fan"
