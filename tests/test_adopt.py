@@ -291,3 +291,18 @@ def test_adopting_in_two_steps_records_both_for_replay():
     assert sorted(again.state_dict()) == sorted(second.state_dict())
     again.load_state_dict(second.state_dict())
     assert torch.equal(again.eval()(_x("t4_net")), src(_x("t4_net")))
+
+
+@pytest.mark.parametrize("name", ["qresnet20", "quadralib_net", "fan_mlp", "compact_net"])
+def test_exact_on_real_inputs(name):
+    from quadexport.data import load_dataset
+
+    digits = load_dataset("digits", test_subset=64)
+    x = digits.x_test  # (64, 1, 8, 8), normalised
+    torch.manual_seed(0)
+    src = am.randomize(getattr(am, name)(in_channels=1), (1, 8, 8))
+    model, rep = q.adopt(src, example_input=x, return_report=True)
+    assert rep.neurons and rep.input_shape == (1, 8, 8) and rep.max_rel_diff <= TOLERANCE
+    assert rep.verify(x * 3) <= TOLERANCE  # a "verify(x)" hook on any real batch
+    if name in BITWISE:
+        assert torch.equal(model(x), src(x))
