@@ -306,3 +306,17 @@ def test_exact_on_real_inputs(name):
     assert rep.verify(x * 3) <= TOLERANCE  # a "verify(x)" hook on any real batch
     if name in BITWISE:
         assert torch.equal(model(x), src(x))
+
+
+def test_bilinear_full_form_is_named_and_left_alone():
+    class Type1(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bil = nn.Bilinear(6, 6, 4)
+
+        def forward(self, x):
+            return self.bil(x, x)
+
+    model, rep = q.adopt(Type1(), input_shape=(6,), return_report=True)
+    assert not rep.neurons and [s.modules for s in rep.skipped] == [("bil",)]
+    assert "no registered neuron type" in rep.skipped[0].reason

@@ -330,5 +330,9 @@ def find_matches(gm: fx.GraphModule) -> tuple[list[Match], list[SkippedForm]]:
             elif found is not None and _free(found, used):
                 matches.append(found)
                 used.update(found.nodes())
+    for node in gm.graph.nodes:  # QuadraLib's type 1: a full quadratic form over patches
+        if isinstance(g.module(node), nn.Bilinear):
+            skipped.append(SkippedForm((str(node.target),), node.name, "nn.Bilinear is a full quadratic form x^T W y "
+                                       "(QuadraLib type 1): no registered neuron type matches it"))
     matches.sort(key=lambda m: g.order[m.output])
     return matches, skipped
