@@ -264,7 +264,8 @@ def _product(node: fx.Node, g: _Graph) -> Match | SkippedForm | None:
     ta, tb = g.term(ab[0]), g.term(ab[1])
     if ta is None or tb is None or ta.square is not None or tb.square is not None:
         (wa, oa), (wb, ob) = _through(ab[0], g), _through(ab[1], g)
-        if wa is not None and wb is not None and wa.base is wb.base and (oa or ob):
+        # two different linear maps of one input, one through an op (y * sigmoid(y) of one map is an activation)
+        if wa is not None and wb is not None and wa.node is not wb.node and wa.base is wb.base and (oa or ob):
             return _skip(node, [wa, wb], f"a factor passes through {(oa or ob)[0]}", g)
         return None
     if ta.base is not tb.base:
