@@ -229,3 +229,17 @@ def test_dataset_accuracy_is_measured_and_recorded(user, tmp_path, capsys):
     assert loaded.quadexport_meta["dataset"] == "digits" and loaded.quadexport_meta["preprocessing"]
     assert loaded.quadexport_meta["test_acc"] == metrics["test_acc"]
     assert loaded.quadexport_config["neuron"] == "fan"
+
+
+def test_edited_source_in_the_checkpoint_is_refused(run, tmp_path):
+    """The recorded model text must match its sha256 before it runs."""
+    import quadexport as q
+    from quadexport.checkpoint import CheckpointError
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    ck = torch.load(copy / "checkpoint.pt", weights_only=True)
+    ck["config"]["source"]["text"] += "\nprint('edited')\n"
+    torch.save(ck, copy / "checkpoint.pt")
+    with pytest.raises(CheckpointError, match="does not match its sha256"):
+        q.load(copy)

@@ -24,6 +24,7 @@ import contextlib
 import io
 import json
 import platform
+import statistics
 import sys
 import tempfile
 import warnings
@@ -102,7 +103,8 @@ def form_row(name: str, what: str, shape: tuple[int, ...] | None, work: Path) ->
     x = torch.randn((8, *shape), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         ref, out = model(x).numpy(), gm(x).numpy()
-    row = {"form": name, "what": what, "input_shape": list(shape), "adopted": dict(Counter(n.type for n in rep.neurons)),
+    row = {"form": name, "what": what, "input_shape": list(shape),
+           "adopted": dict(Counter(n.type for n in rep.neurons)),
            "skipped": [f"{', '.join(s.modules)}: {s.reason}" for s in rep.skipped],
            "torch_rel_err": rel_err(out, ref), "report_max_rel_diff": rep.max_rel_diff,
            "macs": [rep.macs_before, rep.macs_after], "params": [rep.params_before, rep.params_after]}
@@ -125,8 +127,9 @@ def form_row(name: str, what: str, shape: tuple[int, ...] | None, work: Path) ->
     return row
 
 
-def latency(work: Path, batches: list[int], min_seconds: float) -> dict:
-    """p50 latency of the naive, adopted decomposed and adopted fused QResNet20 files, interleaved per batch."""
+def latency(work: Path, batches: list[int], min_seconds: float, repeats: int) -> dict:
+    """p50 latency of the naive, adopted decomposed and adopted fused QResNet20 files, interleaved per batch,
+    ``repeats`` independent interleaved timings each (a ratio is taken within one timing)."""
     shape = (3, 32, 32)
     model = adopt_models.build("qresnet20", input_shape=shape)
     gm = q.adopt(model, input_shape=shape)
@@ -145,10 +148,12 @@ def latency(work: Path, batches: list[int], min_seconds: float) -> dict:
         errs = {k: rel_err(_run(s, x), ref) for k, s in sessions.items()}
         units = [TimingUnit(k, (lambda s=s: _run(s, x)), lambda o: bool(np.isfinite(o).all()))
                  for k, s in sessions.items()]
-        stats = time_sessions(units, TimingConfig(warmup=3, min_iters=20 if b == 1 else 10, min_seconds=min_seconds,
-                                                  batch=b))
-        out["batches"][str(b)] = {k: {"p50_ms": st.p50_ms, "p90_ms": st.p90_ms, "runs": st.runs,
-                                      "spread": st.spread, "rel_err": errs[k]} for k, st in stats.items()}
+        reps = [time_sessions(units, TimingConfig(warmup=3, min_iters=20 if b == 1 else 10,
+                                                  min_seconds=min_seconds, batch=b)) for _ in range(repeats)]
+        out["batches"][str(b)] = {
+            k: {"p50_ms": [st[k].p50_ms for st in reps], "spread": [st[k].spread for st in reps],
+                "runs": [st[k].runs for st in reps], "rel_err": errs[k],
+                "ratio": [st[k].p50_ms / st["naive"].p50_ms for st in reps]} for k in sessions}
     return out
 
 
@@ -162,8 +167,9 @@ def markdown(res: dict) -> str:
     for r in res["forms"]:
         left = "; ".join(r["skipped"]) or "–"
         if r["adopted"]:
-            fused = (f"{r['fused_custom_nodes']} custom nodes, max rel err {r['fused_rel_err']:.1e}"
-                     f"{' (kernel)' if r['fused_kernel'] else ' (function bodies)'}")
+            how = ("kernel" if r["fused_kernel"] else "function bodies") if r["fused_custom_nodes"] else \
+                "no fused form for this type: standard ops"
+            fused = f"{r['fused_custom_nodes']} custom nodes, max rel err {r['fused_rel_err']:.1e} ({how})"
             ops = (f"{r['naive_ops']['BatchNormalization']} / {r['naive_ops']['Pow']} → "
                    f"{r['decomposed_ops']['BatchNormalization']} / {r['decomposed_ops']['Pow']}")
         else:
@@ -173,14 +179,16 @@ def markdown(res: dict) -> str:
                      f"{r['torch_rel_err']:.1e} | {fused} | {ops} |")
     lat = res["latency"]
     lines += ["", "| QResNet20 3×32×32 file | nodes | BatchNormalization | Pow | custom-domain | "
-              + " | ".join(f"batch {b}: p50 ms (× naive)" for b in lat["batches"]) + " |",
+              + " | ".join(f"batch {b}: p50, × naive (min–max over timings)" for b in lat["batches"]) + " |",
               "|---|---|---|---|---|" + "---|" * len(lat["batches"])]
     for k, label in (("naive", "naive `torch.onnx.export` of the user's module"),
                      ("decomposed", "adopted, decomposed"), ("fused", "adopted, fused")):
         f = lat["files"][k]
         cells = []
         for b, rows in lat["batches"].items():
-            cells.append(f"{rows[k]['p50_ms']:.3f} ({rows[k]['p50_ms'] / rows['naive']['p50_ms']:.2f}×)")
+            r = rows[k]["ratio"]
+            cells.append(f"{statistics.median(rows[k]['p50_ms']):.2f} ms, {statistics.median(r):.2f}× "
+                         f"({min(r):.2f}–{max(r):.2f})")
         lines.append(f"| {label} | {f['nodes']} | {f['BatchNormalization']} | {f['Pow']} | {f['custom']} | "
                      + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -191,17 +199,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="write the measurements as JSON here")
     p.add_argument("--batch", type=int, nargs="+", default=[1, 64], help="latency batch sizes")
     p.add_argument("--min-seconds", type=float, default=3.0, help="minimum timed seconds per file and batch")
+    p.add_argument("--repeat", type=int, default=3, help="independent interleaved timings per batch")
     a = p.parse_args(argv)
     torch.manual_seed(0)
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         forms = [form_row(n, w, s, work) for n, w, s in FORMS]
-        lat = latency(work, a.batch, a.min_seconds)
+        lat = latency(work, a.batch, a.min_seconds, a.repeat)
     res = {"command": "python tools/adopt_study.py " + " ".join(argv if argv is not None else sys.argv[1:]),
            "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version(),
                        "torch": torch.__version__, "onnxruntime": __import__("onnxruntime").__version__,
-                       "loadavg": loadavg()},
+                       "loadavg_after": loadavg()},
            "forms": forms, "latency": lat}
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
