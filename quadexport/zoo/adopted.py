@@ -183,9 +183,12 @@ def merged_spec(source: nn.Module, spec: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _config(model: nn.Module, spec: Mapping[str, Any]) -> dict[str, Any]:
+    """The source's config plus the spec; ``neuron`` is the most common adopted type (a registered name, as tools
+    read it with ``get_neuron``), ``"relu"`` when nothing was adopted."""
     cfg = copy.deepcopy(getattr(model, "quadexport_config", None) or {})
-    types = sorted({n["type"] for n in spec["neurons"]})
-    cfg.update(neuron=",".join(types) if types else cfg.get("neuron", "relu"), adopt=copy.deepcopy(dict(spec)))
+    types = [n["type"] for n in spec["neurons"]]
+    common = max(sorted(set(types)), key=types.count) if types else cfg.get("neuron", "relu")
+    cfg.update(neuron=common, adopt=copy.deepcopy(dict(spec)))
     return cfg
 
 
