@@ -320,3 +320,21 @@ def test_bilinear_full_form_is_named_and_left_alone():
     model, rep = q.adopt(Type1(), input_shape=(6,), return_report=True)
     assert not rep.neurons and [s.modules for s in rep.skipped] == [("bil",)]
     assert "no registered neuron type" in rep.skipped[0].reason
+
+
+def test_cli_export_fused_of_a_model_without_quadexport_layers_names_adopt(tmp_path):
+    import os
+    import subprocess
+
+    from quadexport.checkpoint import save_checkpoint
+
+    run = tmp_path / "relu"
+    save_checkpoint(run, q.create_model("cnn", "relu", width=4), {"input_shape": [1, 8, 8]})
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
+    for mode in ("fused", "function"):
+        out = tmp_path / f"{mode}.onnx"
+        r = subprocess.run([sys.executable, "-m", "quadexport", "export", str(run), str(out), "--mode", mode],
+                           capture_output=True, text=True, env=env, timeout=300)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1 and "quadexport.adopt" in lines[0], r.stderr
+        assert not out.exists()
