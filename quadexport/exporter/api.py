@@ -166,11 +166,11 @@ def export(model: nn.Module, path: str | os.PathLike, *, mode: str = "decomposed
     """
     target = get_export_target(mode)
     opset = check_opset(opset, target)
-    target.validate(model)
     if fp16 and not target.supports_fp16:
         raise UsageError(f"fp16 export is available for mode='decomposed' only, not mode={target.name!r}")
     path = Path(path)
     x = _example_input(model, example_input, input_shape)
+    target.validate(model)
     work = copy.deepcopy(model).float().cpu().eval()
     for p in work.parameters():
         p.requires_grad_(False)
