@@ -19,6 +19,9 @@ from quadexport.cli.argtypes import dataset_spec, image_size, model_arg
 
 log = logging.getLogger(__name__)
 
+TOLERANCE = 1e-6
+"""Largest relative output difference to the user's model accepted on a real test batch (as on random inputs)."""
+
 
 def input_shape(s: str) -> tuple[int, ...]:
     """``C,H,W`` (or ``C,L`` for Conv1d models, ``F`` for an MLP), integers >= 1."""
@@ -150,9 +153,20 @@ def _write(a: argparse.Namespace, adopted: Any, meta: dict[str, Any], src: Any) 
             out.commit()
 
 
+def _print_report(report: Any) -> None:
+    """The summary line, each adopted neuron (source modules -> type, BatchNorms folded) and each form left alone."""
+    print(report.summary())
+    for n in report.neurons:
+        folded = [b for b in n.bn.values() if b]
+        print(f"  {n.name}: {' + '.join(f'{r}={p}' for r, p in n.branches.items())} -> {n.type}"
+              f"{f' (folded {len(folded)} BatchNorm)' if folded else ''}")
+    for s in report.skipped:
+        print(f"  left alone: {', '.join(s.modules)}: {s.reason}")
+
+
 def run(a: argparse.Namespace) -> int:
     from quadexport.adopt import adopt
-    from quadexport.errors import UsageError
+    from quadexport.errors import QuadexportError, UsageError
 
     data, shape = _data(a)
     model, src, kwargs, loaded = _build(a)
@@ -163,11 +177,15 @@ def run(a: argparse.Namespace) -> int:
                          f"{f' ({reasons})' if reasons else ''}; nothing was written")
     _configure(adopted, src, kwargs=kwargs, builder=a.target.rpartition(":")[2], shape=shape)
     meta = _meta(a, shape, adopted.quadexport_config["num_classes"], data, src, loaded, report)
-    print(report.summary())
+    _print_report(report)
     if data is not None:
-        meta["test_acc"], meta["max_rel_diff_test_batch"] = _on_data(adopted, report, data)
+        meta["test_acc"], diff = _on_data(adopted, report, data)
+        meta["max_rel_diff_test_batch"] = diff
+        if not diff <= TOLERANCE:
+            raise QuadexportError(f"the adopted model differs from yours by {diff:.2e} (relative) on {a.dataset}'s "
+                                  f"first test batch (> {TOLERANCE:g}); nothing was written")
         print(f"on {a.dataset}'s test set: accuracy {100 * meta['test_acc']:.2f}%, max relative difference to "
-              f"your model {meta['max_rel_diff_test_batch']:.2e} (first batch)")
+              f"your model {diff:.2e} (first batch)")
     _write(a, adopted, meta, src)
     print(f"{a.target} -> {a.out} (keeps a copy of {src.filename}, sha256 {src.sha256[:12]}...; loading the run "
           f"runs it)")
