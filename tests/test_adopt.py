@@ -8,6 +8,7 @@ import collections
 import copy
 import json
 import logging
+import pickle
 import sys
 from pathlib import Path
 
@@ -74,6 +75,8 @@ def test_each_style_adopted_or_left_alone_exactly(name):
     assert rep.macs_after == rep.macs_before  # same branches, same MACs (BN per branch is not a MAC)
     json.dumps(rep.to_dict())
     assert copy.deepcopy(model).quadexport_config == model.quadexport_config
+    back = pickle.loads(pickle.dumps(model))  # torch.save(model), spawn-based workers
+    assert back.quadexport_config == model.quadexport_config and torch.equal(back.eval()(x), out)
 
 
 @pytest.mark.parametrize("name,reason", [("relu_factor_net", "a factor passes through relu"),

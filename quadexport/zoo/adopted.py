@@ -164,6 +164,8 @@ def rewrite(gm: fx.GraphModule, chosen: Sequence[tuple[Match, str]]) -> fx.Graph
         gm.delete_submodule(path)
     for (_, name), layer in zip(chosen, layers):
         gm.add_submodule(name, layer)
+    for n in graph.nodes:  # type annotations from the user's forward: this torch's fx cannot pickle their globals
+        n.type = None
     graph.lint()
     gm.recompile()
     return gm
