@@ -77,6 +77,7 @@ def test_each_style_adopted_or_left_alone_exactly(name):
     assert copy.deepcopy(model).quadexport_config == model.quadexport_config
     back = pickle.loads(pickle.dumps(model))  # torch.save(model), spawn-based workers
     assert back.quadexport_config == model.quadexport_config and torch.equal(back.eval()(x), out)
+    assert copy.deepcopy(back).quadexport_config == model.quadexport_config
 
 
 @pytest.mark.parametrize("name,reason", [("relu_factor_net", "a factor passes through relu"),

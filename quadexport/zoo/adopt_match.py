@@ -59,6 +59,17 @@ class AdoptedGraphModule(fx.GraphModule):
                 setattr(res, k, copy.deepcopy(v, memo))
         return res
 
+    def __reduce__(self) -> tuple:
+        return _unpickle, super().__reduce__()
+
+
+def _unpickle(fn: Any, args: tuple) -> AdoptedGraphModule:
+    """Unpickle as :class:`AdoptedGraphModule` (``GraphModule`` pickles rebuild a plain ``GraphModule``)."""
+    plain = fn(*args)
+    res = AdoptedGraphModule(plain, plain.graph, type(plain).__name__)
+    res.__dict__.update({k: v for k, v in plain.__dict__.items() if k.startswith("quadexport_")})
+    return res.train(plain.training)
+
 
 def trace(model: nn.Module) -> AdoptedGraphModule:
     """``model`` as a ``GraphModule`` sharing its submodules (raises what ``torch.fx`` raises)."""
