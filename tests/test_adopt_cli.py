@@ -108,7 +108,7 @@ def test_export_fused_check_and_bench_against_the_derived_twin(run, tmp_path):
     assert "fail" not in out.lower(), out
     bench = tmp_path / "bench"
     _ok(_cli("bench", run, "--batch", "1", "--mode", "decomposed", "--no-torch-eager", "--warmup", "1",
-             "--min-iters", "3", "--min-seconds", "0", "--out", bench, "--quiet"))
+             "--min-iters", "3", "--min-seconds", "0", "--opset", "17", "--out", bench, "--quiet"))
     rep = json.loads((bench / "bench.json").read_text())
     models = {m["role"]: m for m in rep["models"]}
     twin = models["twin"]
@@ -164,11 +164,11 @@ def test_trusted_checkpoint_through_the_cli(user, tmp_path, capsys):
 
     from quadexport.cli import main
 
-    state = {"module." + k: v for k, v in user.model.state_dict().items()}
+    small = adopt_models.build("t4_net")
+    state = {"module." + k: v for k, v in small.state_dict().items()}
     torch.save({"state_dict": state, "best_prec1": fractions.Fraction(91, 1)}, tmp_path / "odd.th")
-    assert main(["adopt", str(user.dir / "qmodels.py:qresnet20"), "--model-arg", "in_channels=1", "--input-shape",
-                 "1,16,16", "--weights", str(tmp_path / "odd.th"), "--trust-checkpoint", "--out",
-                 str(tmp_path / "run")]) == 0
+    assert main(["adopt", str(user.dir / "qmodels.py:t4_net"), "--input-shape", "1,12,12",
+                 "--weights", str(tmp_path / "odd.th"), "--trust-checkpoint", "--out", str(tmp_path / "run")]) == 0
     assert "arbitrary code" in capsys.readouterr().err
     assert (tmp_path / "run" / "checkpoint.pt").exists()
 
