@@ -65,9 +65,7 @@ def _channels(m: nn.Module, out: bool) -> int | None:
 
 
 def _out_width(m: Any) -> int | None:
-    """Output channels of a layer or per-channel norm (``None`` for graph operations and unknown modules)."""
-    if isinstance(m, nn.modules.batchnorm._BatchNorm):
-        return int(m.num_features)
+    """Output channels of a producing layer (``None`` for shortcuts, graph operations and unknown modules)."""
     return _channels(m, True) if isinstance(m, nn.Module) and not _is_shortcut(m) else None
 
 
@@ -167,12 +165,12 @@ def _group_of(dg: Any, model: nn.Module, root: nn.Module, names: dict[nn.Module,
             g.resolved, g.reason = False, "its channels are the model's output"
             continue
         dim = "out" if dg.is_out_channel_pruning_fn(dep.handler) else "in"
-        width = _out_width(m) if dim == "out" else None
-        if width is not None and width != n:  # joined through an op torch-pruning reads as elementwise, e.g. an
-            g.resolved = False                # inline option-A shortcut (F.pad over channels): not this group's
+        width = _out_width(m) if dim == "out" and _producer_kind(m) else None
+        if width is not None and width != n:  # another producer joined through an op torch-pruning reads as
+            g.resolved = False                # elementwise, e.g. an inline option-A shortcut (F.pad over channels)
             g.reason = f"{names.get(m, dep.target.name)} has {width} channels, not {n} (joined through an op " \
                        f"that changes the channel count)"
-            continue
+            continue  # (a norm after a concatenation is wider than the group legitimately: kept, with offsets)
         why = _permutable_member(m, dim, dg)
         if why:
             g.resolved, g.reason = False, f"{names.get(m, dep.target.name)}: {why}"
