@@ -243,3 +243,19 @@ def test_edited_source_in_the_checkpoint_is_refused(run, tmp_path):
     torch.save(ck, copy / "checkpoint.pt")
     with pytest.raises(CheckpointError, match="does not match its sha256"):
         q.load(copy)
+
+
+def test_quadratize_accepts_an_adopted_run(run, tmp_path):
+    """quadratize RUN converts a plain layer the adopted model kept (its stem) and leaves the adopted neurons alone;
+    the new run rebuilds from the user's source, the adopt spec and the quadratize spec, computing the same."""
+    import quadexport as q
+    from quadexport.cli import main
+    from quadexport.layers.quad import QuadLayer
+
+    assert main(["quadratize", str(run), "--out", str(tmp_path / "q"), "--include", "conv1", "-q"]) == 0
+    a, b = q.load(run), q.load(tmp_path / "q")
+    assert sum(isinstance(m, QuadLayer) for m in b.modules()) == 19
+    assert isinstance(b.get_submodule("conv1"), QuadLayer) and b.quadexport_config["adopt"] == a.quadexport_config["adopt"]
+    x = torch.randn((2, *SHAPE), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        assert torch.equal(a(x), b(x))
