@@ -255,7 +255,8 @@ def test_quadratize_accepts_an_adopted_run(run, tmp_path):
     assert main(["quadratize", str(run), "--out", str(tmp_path / "q"), "--include", "conv1", "-q"]) == 0
     a, b = q.load(run), q.load(tmp_path / "q")
     assert sum(isinstance(m, QuadLayer) for m in b.modules()) == 19
-    assert isinstance(b.get_submodule("conv1"), QuadLayer) and b.quadexport_config["adopt"] == a.quadexport_config["adopt"]
+    assert isinstance(b.get_submodule("conv1"), QuadLayer)
+    assert b.quadexport_config["adopt"] == a.quadexport_config["adopt"]
     x = torch.randn((2, *SHAPE), generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         assert torch.equal(a(x), b(x))
