@@ -132,3 +132,20 @@ def test_no_state_dict_and_corrupt_files(tmp_path):
         read_state_dict(tmp_path / "junk.pt")
     with pytest.raises(FileNotFoundError):
         read_state_dict(tmp_path / "absent.pt")
+
+
+def test_numpy1_scalar_name_loads(tmp_path):
+    """Checkpoints written under numpy 1 name the scalar constructor ``numpy.core.multiarray.scalar`` (numpy 2:
+    ``numpy._core``); both are allowed. The numpy 1 file is this file's pickle with the module name rewritten."""
+    import zipfile
+
+    torch.save({"state_dict": {"w": torch.ones(2)}, "best_prec1": np.float64(91.5)}, tmp_path / "np2.pt")
+    with zipfile.ZipFile(tmp_path / "np2.pt") as zin, zipfile.ZipFile(tmp_path / "np1.pt", "w") as out:
+        for info in zin.infolist():
+            data = zin.read(info.filename)
+            if info.filename.endswith("data.pkl"):
+                data = data.replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+            out.writestr(info, data)
+    assert "numpy.core.multiarray.scalar" in torch.serialization.get_unsafe_globals_in_checkpoint(tmp_path / "np1.pt")
+    got = read_state_dict(tmp_path / "np1.pt")
+    assert torch.equal(got.state["w"], torch.ones(2)) and got.others == ["best_prec1"]
