@@ -18,7 +18,6 @@ original in float64 on the example input and any pair that changes the output is
 
 from __future__ import annotations
 
-import copy
 import itertools
 import warnings
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
+from quadexport._torchutil import shared_copy
 from quadexport.layers.neurons import NeuronType
 from quadexport.layers.quad import QuadLayer
 
@@ -202,12 +202,18 @@ def _bn_affine(bn: _BN) -> tuple[Tensor, Tensor] | None:
     return s, t
 
 
+def _rebind(m: nn.Module, name: str, value: Tensor) -> None:
+    """Give ``m`` a new parameter ``name`` (never written in place: the work copies share the caller's tensors)."""
+    old = getattr(m, name)
+    setattr(m, name, nn.Parameter(value, requires_grad=old.requires_grad if old is not None else False))
+
+
 @torch.no_grad()
 def _scale(m: nn.Module, s: Tensor) -> None:
     w = m.weight
-    w.copy_((w.double() * s.reshape((-1,) + (1,) * (w.dim() - 1))).to(w.dtype))
+    _rebind(m, "weight", (w.double() * s.reshape((-1,) + (1,) * (w.dim() - 1))).to(w.dtype))
     if m.bias is not None:
-        m.bias.copy_((m.bias.double() * s).to(m.bias.dtype))
+        _rebind(m, "bias", (m.bias.double() * s).to(m.bias.dtype))
 
 
 @torch.no_grad()
@@ -215,7 +221,7 @@ def _shift(m: nn.Module, t: Tensor) -> None:
     if m.bias is None:
         m.bias = nn.Parameter(t.to(m.weight.dtype).clone(), requires_grad=m.weight.requires_grad)
     else:
-        m.bias.copy_((m.bias.double() + t).to(m.bias.dtype))
+        _rebind(m, "bias", (m.bias.double() + t).to(m.bias.dtype))
 
 
 def _fold_one(model: nn.Module, layer_name: str, bn_name: str) -> str | None:
@@ -256,7 +262,7 @@ def _rel(a: Any, b: Any) -> float:
 
 @torch.no_grad()
 def _run64(model: nn.Module, x: Tensor) -> Any:
-    return copy.deepcopy(model).double()(x.double())
+    return shared_copy(model).double()(x.double())
 
 
 def _finite(out: Any) -> bool:
@@ -284,10 +290,10 @@ def _refold_verified(model: nn.Module, done: list[tuple[str, str, str | None]], 
                      report: FoldReport) -> tuple[nn.Module, list[tuple[str, str, str | None]]]:
     """Some pair was not a true "BN directly after the layer": redo them one at a time on a fresh copy, keeping the
     folds that leave the output unchanged (the others go to ``report.skipped``)."""
-    work = copy.deepcopy(model).eval()
+    work = shared_copy(model).eval()
     kept = []
     for layer_name, bn_name, _ in done:
-        trial = copy.deepcopy(work)
+        trial = shared_copy(work)
         res = _fold_one(trial, layer_name, bn_name)
         if _change(ref, trial, x) <= FOLD_RTOL:
             work = trial
@@ -314,7 +320,7 @@ def fold_batchnorm(model: nn.Module, example_input: Tensor,
         pairs, report.method = find_bn_pairs(model)
     else:
         report.method = "given"
-    work = copy.deepcopy(model).eval()
+    work = shared_copy(model).eval()  # folding rebinds the folded tensors: the rest stays shared with ``model``
     if not pairs:
         return work, report
     done: list[tuple[str, str, str | None]] = []
@@ -334,7 +340,7 @@ def fold_batchnorm(model: nn.Module, example_input: Tensor,
                           "model could not be compared with the original", RuntimeWarning, stacklevel=2)
             return work, report
         report.skipped += [(a, b, "output not finite: cannot verify") for a, b, _ in done]
-        return copy.deepcopy(model).eval(), report
+        return shared_copy(model).eval(), report
     example_input = x
     change = _change(ref, work, example_input)
     if not change <= FOLD_RTOL:
