@@ -57,6 +57,7 @@ def build(case: str):
     from quadexport.layers import QuadLayer, QuadLinear
 
     torch.manual_seed(0)
+    scale = 1e-3  # deep untrained nets: larger quadratic terms compound to inf over 50 layers
     if case == "resnet50":
         model, shape = q.create_model("torchvision:resnet50", neuron="fan", num_classes=1000, in_channels=3,
                                       input_size=224), (3, 224, 224)
@@ -65,6 +66,7 @@ def build(case: str):
                                       input_size=224), (3, 224, 224)
     elif case == "linear3x8192":
         model, shape = torch.nn.Sequential(*(QuadLinear(8192, 8192, neuron="fan") for _ in range(3))), (8192,)
+        scale = 0.02
     else:
         raise SystemExit(f"unknown case {case!r}; choose from {', '.join(CASES)}")
     g = torch.Generator().manual_seed(1)
@@ -73,7 +75,7 @@ def build(case: str):
             if isinstance(m, QuadLayer):
                 for n in m.neuron_type.quadratic_branches:  # in place, small: the quadratic terms matter a little
                     w = getattr(m, n).weight
-                    w.add_(torch.randn(w.shape, generator=g).mul_(0.02 / w[0].numel() ** 0.5))
+                    w.add_(torch.randn(w.shape, generator=g).mul_(scale / w[0].numel() ** 0.5))
             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
                 m.running_var.uniform_(0.5, 1.5, generator=g)
                 m.running_mean.normal_(0, 0.1, generator=g)
