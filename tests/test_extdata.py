@@ -170,3 +170,30 @@ def _build_client() -> Path:
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return Path(proc.stdout.strip().splitlines()[-1])
+
+
+# -- memory: the export shares the caller's weights; BN folding verifies each pair on its own layer ------------------
+
+def test_export_leaves_the_shared_weights_alone_and_folds_per_layer(tmp_path):
+    from quadexport.exporter.fold import fold_batchnorm
+
+    model = _model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    grads = {k: p.requires_grad for k, p in model.named_parameters()}
+    export(model, tmp_path / "m.onnx", fp16=True)
+    export(model, tmp_path / "f.onnx", mode="function")
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert {k: p.requires_grad for k, p in model.named_parameters()} == grads
+    # a BatchNorm1d that normalises the token axis of a [N, T, F] Linear output (T == F): fx pairs it with the
+    # Linear, but folding would scale features; the per-layer check on the real input undoes it
+    seq = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4)).eval()
+    seq[1].running_var.uniform_(0.5, 2.0)
+    seq[1].running_mean.normal_()
+    x = torch.randn(2, 4, 4)
+    with pytest.warns(RuntimeWarning, match="left unfolded"):
+        folded, rep = fold_batchnorm(seq, x)
+    assert rep.method == "fx" and not rep.folded and rep.skipped
+    assert torch.allclose(folded(x), seq(x))
+    ok, rep = fold_batchnorm(torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4)).eval(),
+                             torch.randn(2, 4))
+    assert rep.folded == [("0", "1")] and rep.rel_change <= 1e-5

@@ -151,6 +151,7 @@ def child(case: str, out_dir: Path, profile: bool) -> dict:
     res["check_worst_rel_l2"] = max((ln.rel_l2 for ln in report.lines), default=float("nan"))
     res["check_lines"] = len(report.lines)
     res["peak_rss_total"] = _rss_peak()
+    res["loadavg_1min"] = os.getloadavg()[0]  # the machine is shared: times are only comparable at similar load
     return res
 
 
@@ -180,11 +181,12 @@ def _row(r: dict) -> str:
             f"{ph.get('save', 0):.1f}, checker {ph.get('checker', 0):.1f}) | {r['peak_rss_export'] / gb:.2f} GB "
             f"({r['peak_rss_export'] / r['param_bytes']:.2f}×) | {r['onnx_bytes'] / 1e6:.2f} MB + "
             f"{r['data_bytes'] / gb:.2f} GB | {r['ort_rel_l2']:.1e} | {'pass' if r['check_ok'] else 'FAIL'} "
-            f"({r['check_worst_rel_l2']:.1e}, {r['check_s']:.0f} s) | {r['peak_rss_total'] / gb:.2f} GB |")
+            f"({r['check_worst_rel_l2']:.1e}, {r['check_s']:.0f} s) | {r['peak_rss_total'] / gb:.2f} GB | "
+            f"{r['loadavg_1min']:.1f} |")
 
 
 HEADER = ("| case | parameters | fp32 bytes | export time (phases) | export peak RSS (× params) | .onnx + .data | "
-          "plain ORT rel_l2 | check | process peak RSS |\n|---|---|---|---|---|---|---|---|---|")
+          "plain ORT rel_l2 | check | process peak RSS | load |\n|---|---|---|---|---|---|---|---|---|---|")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,10 +13,10 @@ exists (T4, QRes) the shift stays as a per-channel ``Add`` (:class:`ChannelShift
 Pairs are found with ``torch.fx`` (a quadratic/conv/linear module call whose only user is a BatchNorm call, each
 module called once); when the model cannot be traced, a module-order heuristic (a foldable module immediately
 followed by a BatchNorm sibling of matching width) proposes pairs. Each fx pair is verified where it is: the folded
-layer against layer + BN in float64 on the layer's own input (captured at batch 1, convs cropped to a few receptive
-fields), so a big model is never copied to float64 nor run whole in it; heuristic pairs, which may not be adjacent in
-the computation, are verified by comparing the whole folded model with the original in float64 on the example
-input. Either way a pair that changes the output is undone.
+layer against layer + BN in float64 on an input of that layer (random for convs, a few receptive fields wide; the
+real one, from a float32 forward, for dense layers), so a big model is never copied to float64 nor run whole in
+it; heuristic pairs, which may not be adjacent in the computation, are verified by comparing the whole folded model
+with the original in float64 on the example input. Either way a pair that changes the output is undone.
 """
 
 from __future__ import annotations
@@ -308,10 +308,26 @@ def _refold_verified(model: nn.Module, done: list[tuple[str, str, str | None]], 
 
 @torch.no_grad()
 def _layer_inputs(model: nn.Module, names: list[str], x: Tensor) -> dict[str, Tensor]:
-    """The input of each named module in one float32 forward of the first sample."""
+    """An input for each named layer: convs get a random ``[1, C_in, ...]`` of a few receptive fields (BN acts on
+    dim 1, the conv's channels, whatever the size); dense layers their real input from one float32 forward of the
+    first sample, whose layout (``[N, F]`` or ``[N, T, F]``...) decides which axis a following BN normalises."""
     mods, got = dict(model.named_modules()), {}
+    g = torch.Generator().manual_seed(0)
+    dense = []
+    for n in names:
+        ks = getattr(mods[n], "kernel_size", None)
+        if ks is None:
+            dense.append(n)
+            continue
+        ks = tuple(ks) if isinstance(ks, (tuple, list)) else (ks,)
+        dil, st = (tuple(v) if isinstance(v, (tuple, list)) else (v,) * len(ks)
+                   for v in (mods[n].dilation, mods[n].stride))
+        size = [d * (k - 1) + 1 + 3 * s for k, d, s in zip(ks, dil, st)]
+        got[n] = torch.randn((1, mods[n].in_channels, *size), generator=g)
+    if not dense:
+        return got
     hooks = [mods[n].register_forward_pre_hook(lambda m, a, n=n: got.setdefault(n, a[0].detach()))
-             for n in names]
+             for n in dense]
     try:
         model(x[:1])
     finally:
@@ -320,24 +336,12 @@ def _layer_inputs(model: nn.Module, names: list[str], x: Tensor) -> dict[str, Te
     return got
 
 
-def _crop(x: Tensor, layer: nn.Module) -> Tensor:
-    """A conv input cut to a few receptive fields per spatial axis (BN is per channel: position does not matter)."""
-    ks = getattr(layer, "kernel_size", None)
-    if ks is None or x.dim() < 3:
-        return x
-    ks, dil, st = (tuple(v) if isinstance(v, (tuple, list)) else (v,) * (x.dim() - 2)
-                   for v in (ks, layer.dilation, layer.stride))
-    keep = [min(size, d * (k - 1) + 1 + 3 * s) for size, k, d, s in zip(x.shape[2:], ks, dil, st)]
-    return x[(slice(None), slice(None), *(slice(0, n) for n in keep))]
-
-
 @torch.no_grad()
 def _verify_local(model: nn.Module, work: nn.Module, done: list[tuple[str, str, str | None]], x: Tensor,
                   report: FoldReport) -> tuple[list[tuple[str, str, str | None]], float]:
     """Structural (fx) pairs: each folded layer, followed by what replaced its BN, against layer + BN in float64 on
-    the layer's own input (captured at batch 1, cropped for convs): as exact as comparing whole-model outputs, at
-    the cost of the folded layers on a few pixels instead of two float64 forwards of the model (and no float64
-    copy of it). A pair that changes its layer's output is undone. Returns the kept pairs and the worst change."""
+    an input of the layer's own (:func:`_layer_inputs`): as exact as comparing whole-model outputs, at the cost of
+    the folded layers on a few pixels instead of two float64 forwards of the model (and no float64 copy of it). A pair that changes its layer's output is undone. Returns the kept pairs and the worst change."""
     inputs = _layer_inputs(model, [a for a, _, _ in done], x)
     orig, new = dict(model.named_modules()), dict(work.named_modules())
     kept, worst = [], 0.0
@@ -345,7 +349,7 @@ def _verify_local(model: nn.Module, work: nn.Module, done: list[tuple[str, str, 
         xin = inputs.get(layer_name)
         change = float("inf")
         if xin is not None:
-            xin = _crop(xin, orig[layer_name]).double()
+            xin = xin.double()
             if not bool(torch.isfinite(xin).all()):
                 xin = torch.randn(xin.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
             ref = shared_copy(orig[bn_name]).double()(shared_copy(orig[layer_name]).double()(xin))
