@@ -197,3 +197,14 @@ def test_export_leaves_the_shared_weights_alone_and_folds_per_layer(tmp_path):
     ok, rep = fold_batchnorm(torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4)).eval(),
                              torch.randn(2, 4))
     assert rep.folded == [("0", "1")] and rep.rel_change <= 1e-5
+
+
+def test_make_session_refuses_an_external_data_proto_with_one_line(cnn):
+    from quadexport.errors import UsageError
+    from quadexport.exporter import make_session
+
+    _, path = cnn
+    with pytest.raises(UsageError, match="external data.*path") as e:
+        make_session(onnx.load(str(path), load_external_data=False))
+    assert "\n" not in str(e.value)
+    assert make_session(onnx.load(str(path))).get_inputs()[0].name == "input"  # weights loaded: bytes are fine

@@ -98,8 +98,9 @@ def total_size(path: str | os.PathLike) -> int:
 
 
 def is_big(path: str | os.PathLike) -> bool:
-    """The model's files hold more than :data:`BIG_FILE_BYTES` (readers keep one session alive at a time)."""
-    return total_size(path) > BIG_FILE_BYTES
+    """The model's files hold more than :data:`BIG_FILE_BYTES` (readers keep one session alive at a time); a big
+    self-contained file is told by its size, without parsing it."""
+    return Path(path).stat().st_size > BIG_FILE_BYTES or total_size(path) > BIG_FILE_BYTES
 
 
 def save_proto(proto: onnx.ModelProto, path: str | os.PathLike, external: bool) -> Path:
