@@ -13,7 +13,7 @@ exists (T4, QRes) the shift stays as a per-channel ``Add`` (:class:`ChannelShift
 Pairs are found with ``torch.fx`` (a quadratic/conv/linear module call whose only user is a BatchNorm call, each
 module called once); when the model cannot be traced, a module-order heuristic (a foldable module immediately
 followed by a BatchNorm sibling of matching width) proposes pairs. Each fx pair is verified where it is: the folded
-layer against layer + BN in float64 on an input of that layer (random for convs, a few receptive fields wide; the
+layer against layer + BN in float64 on an input of that layer (random for convs, one receptive field wide; the
 real one, from a float32 forward, for dense layers), so a big model is never copied to float64 nor run whole in
 it; heuristic pairs, which may not be adjacent in the computation, are verified by comparing the whole folded model
 with the original in float64 on the example input. Either way a pair that changes the output is undone.
@@ -308,7 +308,7 @@ def _refold_verified(model: nn.Module, done: list[tuple[str, str, str | None]], 
 
 @torch.no_grad()
 def _layer_inputs(model: nn.Module, names: list[str], x: Tensor) -> dict[str, Tensor]:
-    """An input for each named layer: convs get a random ``[1, C_in, ...]`` of a few receptive fields (BN acts on
+    """An input for each named layer: convs get a random ``[1, C_in, ...]`` one receptive field wide (BN acts on
     dim 1, the conv's channels, whatever the size); dense layers their real input from one float32 forward of the
     first sample, whose layout (``[N, F]`` or ``[N, T, F]``...) decides which axis a following BN normalises."""
     mods, got = dict(model.named_modules()), {}
@@ -320,9 +320,9 @@ def _layer_inputs(model: nn.Module, names: list[str], x: Tensor) -> dict[str, Te
             dense.append(n)
             continue
         ks = tuple(ks) if isinstance(ks, (tuple, list)) else (ks,)
-        dil, st = (tuple(v) if isinstance(v, (tuple, list)) else (v,) * len(ks)
-                   for v in (mods[n].dilation, mods[n].stride))
-        size = [d * (k - 1) + 1 + 3 * s for k, d, s in zip(ks, dil, st)]
+        d = mods[n].dilation
+        dil = tuple(d) if isinstance(d, (tuple, list)) else (d,) * len(ks)
+        size = [d * (k - 1) + 1 for k, d in zip(ks, dil)]  # one receptive field: >= 1 output pixel per channel
         got[n] = torch.randn((1, mods[n].in_channels, *size), generator=g)
     if not dense:
         return got
