@@ -18,7 +18,9 @@ ConvNeXt-L, 198 M, quadratized: ~0.6 B), ``linear3x8192`` (three ``QuadLinear(81
 
 Usage:
     .venv/bin/python tools/bigmodel_bench.py [CASE ...] [--json out.json] [--keep DIR] [--profile]
-    (no CASE: all three; --profile: the top cumulative-time functions of the export, cProfile)
+        [--compare OTHER_CHECKOUT --rounds N]
+    (no CASE: all three; --profile: the top cumulative-time functions of the export, cProfile; --compare: the same
+    cases with another checkout's quadexport, alternating, e.g. the code before this change)
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import warnings
 from pathlib import Path
 
 CASES = ("resnet50", "convnext_large", "linear3x8192")
+HERE = str(Path(__file__).resolve().parents[1])
 
 
 def _rss_peak() -> int:
@@ -90,12 +93,17 @@ class _Phases:
     def __init__(self) -> None:
         import onnx
 
-        from quadexport.exporter import api, extdata
+        from quadexport.exporter import api
 
         self.times: dict[str, float] = {}
         self._wrap(api, "fold_batchnorm", "fold")
         self._wrap(api, "_torch_export", "torch_export")
-        self._wrap(extdata, "save_proto", "save")
+        try:
+            from quadexport.exporter import extdata
+
+            self._wrap(extdata, "save_proto", "save")
+        except ImportError:  # --compare with a checkout from before external data: onnx.save is the save
+            self._wrap(onnx, "save", "save")
         self._wrap(onnx.checker, "check_model", "checker")
 
     def _wrap(self, owner, attr: str, label: str) -> None:
@@ -115,15 +123,21 @@ def child(case: str, out_dir: Path, profile: bool) -> dict:
     import torch
 
     from quadexport.check import check
+    import quadexport
     from quadexport.exporter import export
-    from quadexport.exporter.extdata import external_files
+
+    try:
+        from quadexport.exporter.extdata import external_files
+    except ImportError:  # --compare: an older checkout
+        def external_files(path):
+            return [p for p in path.parent.glob(path.name + ".*") if p.is_file()]
 
     warnings.simplefilter("ignore")
     t0 = time.perf_counter()
     model, shape = build(case)
     n_params = sum(p.numel() for p in model.parameters())
     pbytes = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
-    res = {"case": case, "params": n_params, "param_bytes": pbytes, "build_s": time.perf_counter() - t0,
+    res = {"case": case, "code": str(Path(quadexport.__file__).parents[1]), "params": n_params, "param_bytes": pbytes, "build_s": time.perf_counter() - t0,
            "rss_model": _rss_now(), "torch_threads": torch.get_num_threads()}
     phases = _Phases()
     path = out_dir / f"{case}.onnx"
@@ -176,7 +190,7 @@ def _plain_ort(model, path: Path, shape) -> dict:
 def _row(r: dict) -> str:
     gb = 1e9
     ph = r["phases_s"]
-    return (f"| {r['case']} | {r['params'] / 1e6:.0f} M | {r['param_bytes'] / gb:.2f} GB | {r['export_s']:.1f} s "
+    return (f"| {r['case']}{'' if r.get('code') == HERE else ' (' + Path(r.get('code', '?')).name + ')'} | {r['params'] / 1e6:.0f} M | {r['param_bytes'] / gb:.2f} GB | {r['export_s']:.1f} s "
             f"(fold {ph.get('fold', 0):.1f}, torch export {ph.get('torch_export', 0):.1f}, save "
             f"{ph.get('save', 0):.1f}, checker {ph.get('checker', 0):.1f}) | {r['peak_rss_export'] / gb:.2f} GB "
             f"({r['peak_rss_export'] / r['param_bytes']:.2f}×) | {r['onnx_bytes'] / 1e6:.2f} MB + "
@@ -195,6 +209,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", default=None, help="also write the results there")
     ap.add_argument("--keep", default=None, help="write the ONNX files there (default: a temporary folder)")
     ap.add_argument("--profile", action="store_true", help="cProfile the export (stderr)")
+    ap.add_argument("--compare", default=None, metavar="CHECKOUT",
+                    help="also run each case with the quadexport of another checkout (e.g. the main branch), "
+                         "alternating with this one, --rounds times")
+    ap.add_argument("--rounds", type=int, default=1, help="rounds of --compare (default: 1)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--out", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
@@ -206,12 +224,14 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unknown case {bad[0]!r}; choose from {', '.join(CASES)}")
     results = []
     with tempfile.TemporaryDirectory(prefix="bigmodel-") as tmp:
-        for case in a.cases or CASES:
+        trees = [HERE] if not a.compare else [str(Path(a.compare).resolve()), HERE] * max(1, a.rounds)
+        for case, tree in [(c, t) for c in (a.cases or CASES) for t in trees]:
             out = Path(a.keep or tmp)
             out.mkdir(parents=True, exist_ok=True)
             cmd = [sys.executable, __file__, "--child", case, "--out", str(out)] + (["--profile"] if a.profile else [])
             t0 = time.perf_counter()
-            proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ})
+            env = {**os.environ, "PYTHONPATH": tree + os.pathsep + os.environ.get("PYTHONPATH", "")}
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
             sys.stderr.write(proc.stderr[-6000:] if a.profile or proc.returncode else "")
             lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
             if proc.returncode or not lines:
