@@ -1,5 +1,6 @@
 """External data (models past 2 GB, quadexport.exporter.extdata), forced on a small model: the export writes
-``<name>.onnx.data`` beside the file (relative location) in every mode and with fp16, BN folded; every reader opens
+``<name>.onnx.data`` beside the file (relative location) in every mode, with fp16 and with the legacy exporter, BN
+folded; every reader opens
 it: plain onnxruntime, ``check`` (API, also one session at a time, and CLI), ``save_io``, OpenVINO, int8
 quantisation and the C++ client; the pair is staged together (discarded: neither file). The > 2 GB case itself is
 ``tools/bigmodel_bench.py`` (numbers in docs/export.md)."""
@@ -69,12 +70,13 @@ def test_export_writes_one_data_file_and_plain_onnxruntime_reads_it(cnn):
     onnx.checker.check_model(str(path), full_check=True)
 
 
-@pytest.mark.parametrize("mode,fp16", [("function", False), ("fused", False), ("decomposed", True)])
-def test_every_mode_and_fp16(tmp_path, mode, fp16):
+@pytest.mark.parametrize("mode,fp16,opset", [("function", False, 20), ("fused", False, 20), ("decomposed", True, 20),
+                                             ("decomposed", False, 17)])
+def test_every_mode_fp16_and_the_legacy_exporter(tmp_path, mode, fp16, opset):
     model = _model()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # fused without the kernel library
-        path = export(model, tmp_path / "m.onnx", mode=mode, fp16=fp16, external_data=True)
+        path = export(model, tmp_path / "m.onnx", mode=mode, fp16=fp16, opset=opset, external_data=True)
     assert _external(path) == ["m.onnx.data"]
     report = check(path, model, batches=(1, 3), opt_levels=("all",), dataset=False, verbose=False)
     assert report.ok, report.format()

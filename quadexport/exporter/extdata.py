@@ -6,8 +6,9 @@ export writes the weights as ONNX *external data*: ``model.onnx`` keeps the grap
 (under :data:`SIZE_THRESHOLD` bytes), and every large tensor points into one file beside it, ``model.onnx.data``,
 by a relative ``location`` (move the two files together). The names are the torch exporter's own convention.
 
-- Writing: the dynamo exporter streams the tensors straight from the torch parameters into the data file
-  (``ONNXProgram.save(external_data=True)``, onnx_ir), so no protobuf copy of the weights is ever built; the small
+- Writing: the dynamo exporter's program is saved with ``onnx_ir.save(..., external_data=...)`` (what
+  ``ONNXProgram.save(external_data=True)`` does), which streams the tensors straight from the torch parameters into
+  the data file, so no protobuf copy of the weights is ever built; the small
   ``.onnx`` is then re-read without its data (``onnx.load(load_external_data=False)``), post-processed (function
   bodies, metadata) and rewritten. A ModelProto that already holds its weights (the legacy TorchScript exporter) is
   written with onnx's helpers (``onnx.save_model(save_as_external_data=True, all_tensors_to_one_file=True)``).
