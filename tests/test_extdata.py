@@ -1,9 +1,8 @@
 """External data (models past 2 GB, quadexport.exporter.extdata), forced on a small model: the export writes
 ``<name>.onnx.data`` beside the file (relative location) in every mode, with fp16 and with the legacy exporter, BN
-folded; every reader opens
-it: plain onnxruntime, ``check`` (API, also one session at a time, and CLI), ``save_io``, OpenVINO, int8
-quantisation and the C++ client; the pair is staged together (discarded: neither file). The > 2 GB case itself is
-``tools/bigmodel_bench.py`` (numbers in docs/export.md)."""
+folded; every reader opens it: plain onnxruntime, ``check`` (API, also one session at a time, and CLI), ``save_io``,
+OpenVINO, int8 quantisation and the C++ client; the pair is staged together (discarded: neither file). The > 2 GB
+case itself is ``tools/bigmodel_bench.py`` (numbers in docs/export.md)."""
 
 from __future__ import annotations
 
