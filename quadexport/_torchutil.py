@@ -7,7 +7,7 @@ from typing import Iterator
 
 import torch
 
-__all__ = ["one_thread"]
+__all__ = ["one_thread", "shared_copy"]
 
 
 @contextlib.contextmanager
@@ -20,3 +20,18 @@ def one_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(n)
+
+
+def shared_copy(module: torch.nn.Module) -> torch.nn.Module:
+    """A deep copy of ``module`` whose parameters and buffers *share storage* with the original's: new module and
+    ``Parameter`` objects (so ``requires_grad``, ``.train()``, swapped submodules, ``.half()`` and rebinding a weight
+    leave the original alone), no copy of the weights. Writing into a tensor in place (``w.copy_``) would still reach
+    the original: replace tensors instead. Tied weights stay tied."""
+    import copy
+
+    memo: dict[int, object] = {}
+    for p in module.parameters():
+        memo[id(p)] = torch.nn.Parameter(p.detach(), requires_grad=p.requires_grad)
+    for b in module.buffers():
+        memo[id(b)] = b.detach()
+    return copy.deepcopy(module, memo)

@@ -1,14 +1,15 @@
 """Files that appear whole or not at all, with the permissions a plain ``open()`` would give.
 
-:class:`StagedFile` writes under a temporary sibling name and renames into place only when accepted (``quadexport
-export`` renames its ONNX file only after the parity check passed). ``tempfile.mkstemp``/``mkdtemp`` create 0600/0700;
-:func:`file_mode` / :func:`current_umask` give what the user's umask asks for (``checkpoint.atomic_write`` and the
+:class:`StagedFile` writes in a hidden sibling folder and renames into place only when accepted (``quadexport
+export`` renames its ONNX file, with its external data file if any, only after the parity check passed).
+``tempfile.mkstemp``/``mkdtemp`` create 0600/0700; :func:`file_mode` / :func:`current_umask` give what the user's umask asks for (``checkpoint.atomic_write`` and the
 run dir staging use them).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,12 +49,16 @@ def fsync_dir(path: Path) -> None:
 
 @dataclass
 class StagedFile:
-    """A file written under a temporary sibling name and renamed into place only when accepted::
+    """A file (and the files written beside it, e.g. an ONNX model's external data) staged in a hidden sibling folder
+    and moved into place only when accepted::
 
         with StagedFile(out) as f:
-            write(f.path)
+            write(f.path)          # f.path has out's name, in the staging folder: relative references stay valid
             if not good:
                 f.discard()        # nothing at ``out``; an older file there stays untouched
+
+    On acceptance every file of the staging folder is renamed next to ``out``, ``out`` itself last (so a reader that
+    finds the new ``out`` also finds the files it references); the folder is removed either way.
     """
 
     final: Path
@@ -62,26 +67,31 @@ class StagedFile:
 
     def __post_init__(self) -> None:
         self.final = Path(self.final)
-        self.path = self.final.parent / f".{self.final.name}.{uuid.uuid4().hex[:8]}.tmp"
+        self.folder = self.final.parent / f".{self.final.name}.{uuid.uuid4().hex[:8]}.tmp"
+        self.path = self.folder / self.final.name
 
     def discard(self) -> None:
         self.discarded = True
 
     def __enter__(self) -> StagedFile:
-        self.final.parent.mkdir(parents=True, exist_ok=True)
+        self.folder.mkdir(parents=True)
         return self
 
     def __exit__(self, exc_type: object, *exc: object) -> None:
-        if exc_type is None and not self.discarded and self.path.exists():
-            fd = os.open(self.path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(self.path, self.final)
-            fsync_dir(self.final.parent)
-        else:
-            self.path.unlink(missing_ok=True)
+        try:
+            if exc_type is None and not self.discarded and self.path.exists():
+                staged = sorted(self.folder.iterdir(), key=lambda p: p.name == self.final.name)
+                for p in staged:
+                    fd = os.open(p, os.O_RDONLY)
+                    try:
+                        os.fsync(fd)
+                    finally:
+                        os.close(fd)
+                for p in staged:
+                    os.replace(p, self.final.parent / p.name)
+                fsync_dir(self.final.parent)
+        finally:
+            shutil.rmtree(self.folder, ignore_errors=True)
 
 
 __all__ = ["StagedFile", "current_umask", "file_mode", "fsync_dir"]

@@ -143,8 +143,10 @@ void print_latency(std::vector<double> ms, const Options& o) {
 }
 
 int run(const Options& o) {
-  std::string bytes = read_file(o.model);
-  onnx_scan::ModelScan scan = onnx_scan::scan(bytes, kDomain);
+  // The scan reads the .onnx itself (graph and metadata; with external data the weights are not in it) and drops
+  // the bytes; the session opens the file by path, so onnxruntime finds an external data file (model.onnx.data,
+  // relative to the .onnx's folder) and never holds a second copy of an embedded model.
+  onnx_scan::ModelScan scan = onnx_scan::scan(read_file(o.model), kDomain);
   std::string kernel = choose_kernel(o, scan);
 
   Ort::Env env(ORT_LOGGING_LEVEL_WARNING, "quadexport_client");
@@ -155,7 +157,7 @@ int run(const Options& o) {
   so.AddConfigEntry("session.intra_op.allow_spinning", o.spin ? "1" : "0");
   so.AddConfigEntry("session.inter_op.allow_spinning", o.spin ? "1" : "0");
   if (!kernel.empty()) so.RegisterCustomOpsLibrary(kernel.c_str());
-  Ort::Session session(env, bytes.data(), bytes.size(), so);
+  Ort::Session session(env, o.model.c_str(), so);
 
   auto mode = scan.metadata.count("quadexport.export_mode") ? scan.metadata.at("quadexport.export_mode") : "?";
   std::cout << "model: " << o.model << " (mode " << mode << ", quadexport nodes " << scan.used_ops.size()

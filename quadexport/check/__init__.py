@@ -220,18 +220,30 @@ def _runtimes(info: Any, kernel_library: str, have_lib: bool, provider: str,
 def _open_sessions(onnx_path: str | os.PathLike, provider: str, opt_levels: Sequence[str],
                    runtimes: list[tuple[str, str]], threads: int | None, report: CheckReport,
                    say: Callable[[str], None]) -> dict[tuple[str, str], Any]:
+    from quadexport.exporter.extdata import is_big
     from quadexport.exporter.session import make_session
 
+    policy = dict(runtimes)
+
+    def open_one(key: tuple[str, str]) -> Any:
+        return make_session(onnx_path, provider, opt_level=key[0], threads=threads, kernel_library=policy[key[1]])
+
+    def failed(key: tuple[str, str], e: Exception) -> None:
+        where = LEVEL_NAMES.get(key[0], key[0]) + (f" [{key[1]}]" if key[1] else "")
+        report.errors.append(f"{where}: {type(e).__name__}: {e}")
+        say(f"-[✗] {report.errors[-1]}")
+
+    keys = [(level, label) for level in opt_levels for label, _ in runtimes]
+    if is_big(onnx_path):  # several GB of weights: one session (one copy of them) at a time
+        from quadexport.check.sessions import OneAtATime
+
+        return OneAtATime(keys, open_one, failed)  # type: ignore[return-value]
     sessions: dict[tuple[str, str], Any] = {}
-    for level in opt_levels:
-        for label, kl in runtimes:
-            try:
-                sessions[(level, label)] = make_session(onnx_path, provider, opt_level=level, threads=threads,
-                                                        kernel_library=kl)
-            except Exception as e:  # noqa: BLE001 - any failure to create a session is a hard failure
-                where = LEVEL_NAMES.get(level, level) + (f" [{label}]" if label else "")
-                report.errors.append(f"{where}: {type(e).__name__}: {e}")
-                say(f"-[✗] {report.errors[-1]}")
+    for key in keys:
+        try:
+            sessions[key] = open_one(key)
+        except Exception as e:  # noqa: BLE001 - any failure to create a session is a hard failure
+            failed(key, e)
     return sessions
 
 

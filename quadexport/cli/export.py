@@ -67,9 +67,13 @@ def _prepare(model, raw: bool):
 def _report_ops(a: argparse.Namespace, path) -> None:
     import onnx
 
+    from quadexport.exporter.extdata import external_files
+
     proto = onnx.load(str(path), load_external_data=False)
     ops = collections.Counter(f"{n.domain + '::' if n.domain else ''}{n.op_type}" for n in proto.graph.node)
-    print(f"exported {a.out} ({path.stat().st_size / 1e6:.2f} MB, mode {a.mode}, opset {a.opset}"
+    data = external_files(path, proto)
+    size = f"{path.stat().st_size / 1e6:.2f} MB" + "".join(f" + {d.name} {d.stat().st_size / 1e6:.2f} MB" for d in data)
+    print(f"exported {a.out} ({size}, mode {a.mode}, opset {a.opset}"
           f"{', fp16' if a.fp16 else ''}, input {a.input}): " + ", ".join(f"{k} {v}" for k, v in ops.most_common()))
 
 
@@ -96,7 +100,7 @@ def run(a: argparse.Namespace) -> int:
     # Written under a temporary name and renamed to a.out only once the parity check passed (or --no-check).
     with StagedFile(a.out) as staged:
         path = export(target, staged.path, mode=a.mode, opset=a.opset, fold_bn=not a.no_fold_bn, fp16=a.fp16,
-                      calibration_data=calib, metadata=meta)
+                      calibration_data=calib, metadata=meta, external_data=True if a.external_data else None)
         _report_ops(a, path)
         if not a.no_check:
             from quadexport.check import check
@@ -167,5 +171,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--save-io", default=None, metavar="DIR",
                    help="also write DIR/input.npy, expected.npy, io.json (4 test images) for a client's self-check "
                         "(default: none)")
+    p.add_argument("--external-data", action="store_true",
+                   help="write the weights to OUT.onnx.data beside the file (ONNX external data; move both files "
+                        "together) (default: only when they exceed ~1.8 GB, protobuf's limit being 2 GiB)")
     p.add_argument("--no-check", action="store_true", help="skip the parity check after export (default: checked)")
     p.set_defaults(func=run)

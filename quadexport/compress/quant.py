@@ -119,28 +119,36 @@ def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, cal
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    from quadexport.exporter.extdata import data_location, save_proto, uses_external_data
+
     methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
                "entropy": CalibrationMethod.Entropy}
     if method not in methods:
         raise UsageError(f"method must be one of {sorted(methods)}, got {method!r}")
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
+    # External data in (a big model): every intermediate and the result keep their weights in <name>.data too.
+    external = uses_external_data(onnx.load(str(fp32_path), load_external_data=False))
+    if external:
+        (out_path.parent / data_location(out_path)).unlink(missing_ok=True)  # onnx appends to an existing one
     with tempfile.TemporaryDirectory(prefix="quadexport-int8-") as tmp:
         pre = Path(tmp) / "pre.onnx"
-        quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=False)
-        proto = onnx.load(str(pre))
+        quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=False, save_as_external_data=external,
+                          all_tensors_to_one_file=True, external_data_location=data_location(pre))
+        proto = onnx.load(str(pre), load_external_data=False)  # the graph: node and input names
         excluded = nodes_to_keep_fp32(proto, keep_fp32)
         reader = _reader_class()(proto.graph.input[0].name, calib, batch_size)
         quantize_static(str(pre), str(out_path), reader, quant_format=QuantFormat.QDQ, per_channel=per_channel,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         nodes_to_exclude=excluded or None, calibrate_method=methods[method],
-                        extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
-    q = onnx.load(str(out_path))
+                        extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+                        use_external_data_format=external)
+    q = onnx.load(str(out_path), load_external_data=False)  # metadata only: the weights stay where they are
     meta = {p.key: p.value for p in onnx.load(str(fp32_path), load_external_data=False).metadata_props}
     meta.update({"quadexport.dtype": "int8", "quadexport.int8_keep_fp32": keep_fp32,
                  "quadexport.int8_method": method})
     onnx.helper.set_model_props(q, meta)
-    onnx.save(q, str(out_path))
+    save_proto(q, out_path, external)
     return {"path": str(out_path), "keep_fp32": keep_fp32, "excluded": excluded, "method": method,
             "per_channel": per_channel, "calib_samples": int(len(calib))}
 

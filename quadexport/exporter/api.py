@@ -2,14 +2,16 @@
 
 The mode (``decomposed``, ``function``, ``fused``) is an :class:`~quadexport.exporter.targets.ExportTarget` from the
 registry in :mod:`quadexport.exporter.targets`, which says how to prepare the model, post-process the graph and open
-a session. The caller's model is never modified: everything happens on a deep copy in eval mode.
+a session. The caller's model is never modified: everything happens on a copy in eval mode that shares its weights
+(``_torchutil.shared_copy``; folding and fp16 make new tensors, they never write into the shared ones). Weights past
+~1.8 GB (or ``external_data=True``) go to a data file beside the ``.onnx`` (:mod:`quadexport.exporter.extdata`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import io
+import itertools
 import json
 import logging
 import os
@@ -21,8 +23,10 @@ import onnx
 import torch
 from torch import nn
 
+from quadexport._torchutil import shared_copy
+from quadexport.atomicfile import StagedFile
 from quadexport.errors import UsageError
-from quadexport.exporter import ops
+from quadexport.exporter import extdata, ops
 from quadexport.exporter.fold import fold_batchnorm
 from quadexport.exporter.targets import DEFAULT_OPSET, DYNAMO_OPSETS, ExportTarget, check_opset, get_export_target
 
@@ -87,7 +91,10 @@ def _metadata(model: nn.Module, target: ExportTarget, opset: int, fp16: bool, ex
             if v is not None}
 
 
-def _torch_export(model: nn.Module, x: torch.Tensor, opset: int, n_out: int, table: dict | None) -> onnx.ModelProto:
+def _torch_export(model: nn.Module, x: torch.Tensor, opset: int, n_out: int, table: dict | None,
+                  external_to: Path | None = None) -> onnx.ModelProto:
+    """The traced model; with ``external_to`` (dynamo exporter), already written there with external data and
+    returned without it (:func:`quadexport.exporter.extdata.write_program`)."""
     out_names = [OUTPUT_NAME] + [f"output_{i}" for i in range(1, n_out)]
     quiet = contextlib.redirect_stdout(io.StringIO())
     with quiet, warnings.catch_warnings():
@@ -99,7 +106,7 @@ def _torch_export(model: nn.Module, x: torch.Tensor, opset: int, n_out: int, tab
                                      input_names=[INPUT_NAME], output_names=out_names,
                                      dynamic_shapes=({0: torch.export.Dim("batch")},),
                                      custom_translation_table=table)
-            return prog.model_proto
+            return prog.model_proto if external_to is None else extdata.write_program(prog, external_to)
         buf = io.BytesIO()
         torch.onnx.export(model, (x,), buf, dynamo=False, opset_version=opset, input_names=[INPUT_NAME],
                           output_names=out_names, dynamic_axes={n: {0: "batch"} for n in [INPUT_NAME, *out_names]})
@@ -132,14 +139,14 @@ def export(model: nn.Module, path: str | os.PathLike, *, mode: str = "decomposed
            example_input: torch.Tensor | None = None, input_shape: tuple[int, ...] | list[int] | None = None,
            fold_bn: bool = True, metadata: Mapping[str, Any] | None = None, fp16: bool = False,
            stack_linear: bool | None = None, calibration_data: torch.Tensor | None = None,
-           fp16_safety: float | None = None, check_model: bool = True) -> Path:
+           fp16_safety: float | None = None, check_model: bool = True, external_data: bool | None = None) -> Path:
     """Export a model built from quadexport layers (and any torch layers) to one ``.onnx`` file.
 
     Input ``"input"`` (dynamic batch ``"batch"``), output ``"logits"``. The dynamo exporter is used for opsets
     18–23; for ``mode="decomposed"`` with opsets 13–17 the legacy TorchScript exporter is used.
 
     Args:
-        model: the model (not modified; exported from a deep copy in eval mode).
+        model: the model (not modified; exported from a copy in eval mode that shares its weights).
         path: output ``.onnx`` file (parent folders are created).
         mode: an export target name, :func:`~quadexport.exporter.targets.list_export_targets`: ``"decomposed"``,
             ``"function"`` or ``"fused"`` (see :mod:`quadexport.exporter.targets`).
@@ -156,9 +163,12 @@ def export(model: nn.Module, path: str | os.PathLike, *, mode: str = "decomposed
         calibration_data: inputs for the fp16 range check (default: 64 random-normal samples; pass real data).
         fp16_safety: fraction of 65504 above which a quadratic layer stays float32 (default 0.25).
         check_model: run ``onnx.checker.check_model(full_check=True)`` on the result.
+        external_data: write the weights to ``<path>.data`` beside the file (ONNX external data, relative location);
+            ``None`` (default): when they exceed :data:`~quadexport.exporter.extdata.AUTO_BYTES` (~1.8 GB; protobuf
+            cannot hold 2 GiB). See :mod:`quadexport.exporter.extdata`.
 
     Returns:
-        The path written.
+        The path written (with its data file, if any, written as a pair: on an error neither appears).
 
     Raises:
         UsageError: unknown mode, opset out of range or unusable with the mode, fp16 with a mode other than
@@ -171,7 +181,7 @@ def export(model: nn.Module, path: str | os.PathLike, *, mode: str = "decomposed
     path = Path(path)
     x = _example_input(model, example_input, input_shape)
     target.validate(model)
-    work = copy.deepcopy(model).float().cpu().eval()
+    work = shared_copy(model).float().cpu().eval()  # shares the weights; nothing below writes into them
     for p in work.parameters():
         p.requires_grad_(False)
     notes: dict[str, Any] = {}
@@ -188,13 +198,17 @@ def export(model: nn.Module, path: str | os.PathLike, *, mode: str = "decomposed
         work = _to_fp16(work, fp16_report, fp16_safety, notes)
     log.debug("tracing %s (mode %s, opset %d, %s exporter)", type(model).__name__, target.name, opset,
               "dynamo" if opset in DYNAMO_OPSETS else "TorchScript")
-    proto = _torch_export(work, x, opset, n_out, prepared.translation_table)
-    notes.update(target.postprocess(proto))
-    onnx.helper.set_model_props(proto, _metadata(model, target, opset, fp16, metadata, notes))
-    if check_model:
-        ops.register_schemas()
-        onnx.checker.check_model(proto, full_check=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(proto, str(path))
-    log.debug("wrote %s (%d nodes)", path, len(proto.graph.node))
+    external = extdata.wants_external(external_data, extdata.parameter_bytes(
+        itertools.chain(work.parameters(), work.buffers())))
+    with StagedFile(path) as staged:  # the .onnx and its data file appear together, or neither
+        proto = _torch_export(work, x, opset, n_out, prepared.translation_table,
+                              staged.path if external and opset in DYNAMO_OPSETS else None)
+        notes.update(target.postprocess(proto))
+        onnx.helper.set_model_props(proto, _metadata(model, target, opset, fp16, metadata, notes))
+        extdata.save_proto(proto, staged.path, external)
+        if check_model:
+            ops.register_schemas()
+            onnx.checker.check_model(str(staged.path) if external else proto, full_check=True)
+    log.debug("wrote %s (%d nodes%s)", path, len(proto.graph.node),
+              f", weights in {extdata.data_location(path)}" if external else "")
     return path

@@ -13,13 +13,13 @@ whose *output* exceeds the float16 range cannot be rescued this way; it is repor
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
+from quadexport._torchutil import shared_copy
 from quadexport.layers.quad import QuadLayer
 
 Tensor = torch.Tensor
@@ -186,7 +186,7 @@ def to_fp16(model: nn.Module, report: RangeReport, safety: float = DEFAULT_SAFET
     limit = safety * FP16_MAX
     report.safety = safety
     report.islands = sorted(n for n, st in report.quad.items() if max(st.values(), default=0.0) > limit)
-    work = copy.deepcopy(model).half()
+    work = shared_copy(model).half()  # new half tensors; no float32 copy first
     mods = dict(work.named_modules())
     for name in report.islands:
         parent, _, attr = name.rpartition(".")

@@ -163,6 +163,12 @@ def make_session(path: str | os.PathLike | onnx.ModelProto, provider: str = "cpu
         raise UsageError(f"opt_level must be one of {', '.join(OPT_LEVELS)}, got {opt_level!r}")
     if provider not in ("cpu", "cuda"):
         raise UsageError(f"provider must be 'cpu' or 'cuda', got {provider!r}")
+    if isinstance(path, onnx.ModelProto):
+        from quadexport.exporter.extdata import uses_external_data
+
+        if uses_external_data(path):
+            raise UsageError("this ModelProto keeps its weights in an external data file, which onnxruntime cannot "
+                             "find from serialised bytes: pass the .onnx file's path instead")
     info = model_info(path)
     lib = _resolve_kernel(info, kernel_library, provider)
     so = ort.SessionOptions()
