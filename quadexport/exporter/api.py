@@ -22,8 +22,9 @@ import torch
 from torch import nn
 
 from quadexport.errors import UsageError
-from quadexport.exporter import ops
+from quadexport.exporter import dynamic, ops
 from quadexport.exporter.fold import fold_batchnorm
+from quadexport.exporter.outputs import FlatOutputs, OutputStructure, model_structure
 from quadexport.exporter.targets import DEFAULT_OPSET, DYNAMO_OPSETS, ExportTarget, check_opset, get_export_target
 
 log = logging.getLogger(__name__)
@@ -87,23 +88,43 @@ def _metadata(model: nn.Module, target: ExportTarget, opset: int, fp16: bool, ex
             if v is not None}
 
 
-def _torch_export(model: nn.Module, x: torch.Tensor, opset: int, n_out: int, table: dict | None) -> onnx.ModelProto:
-    out_names = [OUTPUT_NAME] + [f"output_{i}" for i in range(1, n_out)]
+def _torch_export(model: nn.Module, x: torch.Tensor, opset: int, out_names: list[str], table: dict | None,
+                  axes: dict[int, str]) -> onnx.ModelProto:
+    """Trace ``model`` (flat tensor outputs ``out_names``); ``axes``: the input's dynamic axes besides the batch."""
     quiet = contextlib.redirect_stdout(io.StringIO())
     with quiet, warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", message="Constant folding")  # TorchScript exporter on option-A Slices
         if opset >= DYNAMO_OPSETS.start:
+            shapes = {0: torch.export.Dim("batch"), **{a: torch.export.Dim.DYNAMIC for a in axes}}
             prog = torch.onnx.export(model, (x,), dynamo=True, opset_version=opset, external_data=False,
-                                     input_names=[INPUT_NAME], output_names=out_names,
-                                     dynamic_shapes=({0: torch.export.Dim("batch")},),
+                                     input_names=[INPUT_NAME], output_names=out_names, dynamic_shapes=(shapes,),
                                      custom_translation_table=table)
-            return prog.model_proto
+            proto = prog.model_proto
+            dynamic.rename_dims(proto, axes)
+            return proto
         buf = io.BytesIO()
+        out_axes = {n: {0: "batch"} for n in out_names}
         torch.onnx.export(model, (x,), buf, dynamo=False, opset_version=opset, input_names=[INPUT_NAME],
-                          output_names=out_names, dynamic_axes={n: {0: "batch"} for n in [INPUT_NAME, *out_names]})
+                          output_names=out_names, dynamic_axes={INPUT_NAME: {0: "batch", **axes}, **out_axes})
         return onnx.load_from_string(buf.getvalue())
+
+
+def _trace(work: nn.Module, x: torch.Tensor, opset: int, structure: OutputStructure, table: dict | None,
+           axes: dict[int, str]) -> onnx.ModelProto:
+    """:func:`_torch_export` with nested outputs flattened first, and a one-line error when dynamic axes fail."""
+    flat = isinstance(structure.tree, str) or (isinstance(structure.tree, dict) and all(
+        isinstance(t, str) for t in structure.tree.get("tuple", structure.tree.get("list", [None]))))
+    module = work if flat else FlatOutputs(work)
+    try:
+        return _torch_export(module, x, opset, structure.names, table, axes)
+    except Exception as e:
+        if not axes:
+            raise
+        raise dynamic.DynamicSizeError(f"cannot export with a dynamic input size: torch.export refused "
+                                       f"({dynamic.torch_error_line(e)}); export without dynamic_size/"
+                                       "--dynamic-size") from None
 
 
 def _fp16_form(work: nn.Module, x: torch.Tensor, calibration_data: torch.Tensor | None) -> Any:
@@ -132,10 +153,12 @@ def export(model: nn.Module, path: str | os.PathLike, *, mode: str = "decomposed
            example_input: torch.Tensor | None = None, input_shape: tuple[int, ...] | list[int] | None = None,
            fold_bn: bool = True, metadata: Mapping[str, Any] | None = None, fp16: bool = False,
            stack_linear: bool | None = None, calibration_data: torch.Tensor | None = None,
-           fp16_safety: float | None = None, check_model: bool = True) -> Path:
+           fp16_safety: float | None = None, check_model: bool = True, dynamic_size: bool = False) -> Path:
     """Export a model built from quadexport layers (and any torch layers) to one ``.onnx`` file.
 
-    Input ``"input"`` (dynamic batch ``"batch"``), output ``"logits"``. The dynamo exporter is used for opsets
+    Input ``"input"`` (dynamic batch ``"batch"``). Outputs: ``"logits"`` for one classifier output, else named by
+    :mod:`~quadexport.exporter.outputs` (dict keys, ``output_0..n``), with the structure recorded in the metadata
+    (:func:`~quadexport.exporter.outputs.rebuild_outputs` rebuilds it from onnxruntime's list). The dynamo exporter is used for opsets
     18–23; for ``mode="decomposed"`` with opsets 13–17 the legacy TorchScript exporter is used.
 
     Args:
@@ -156,13 +179,16 @@ def export(model: nn.Module, path: str | os.PathLike, *, mode: str = "decomposed
         calibration_data: inputs for the fp16 range check (default: 64 random-normal samples; pass real data).
         fp16_safety: fraction of 65504 above which a quadratic layer stays float32 (default 0.25).
         check_model: run ``onnx.checker.check_model(full_check=True)`` on the result.
+        dynamic_size: H and W (L for 1-D) dynamic besides the batch (:mod:`~quadexport.exporter.dynamic`); the
+            model is first run at twice the example size, and one that bakes its size in is refused naming the op.
 
     Returns:
         The path written.
 
     Raises:
         UsageError: unknown mode, opset out of range or unusable with the mode, fp16 with a mode other than
-            ``"decomposed"``, or an input shape that cannot be told.
+            ``"decomposed"``, an input shape that cannot be told, or (``DynamicSizeError``) a model that cannot
+            run at another size with ``dynamic_size``.
     """
     target = get_export_target(mode)
     opset = check_opset(opset, target)
@@ -174,9 +200,10 @@ def export(model: nn.Module, path: str | os.PathLike, *, mode: str = "decomposed
     for p in work.parameters():
         p.requires_grad_(False)
     notes: dict[str, Any] = {}
-    with torch.no_grad():
-        ref_out = work(x)
-    n_out = len(ref_out) if isinstance(ref_out, (tuple, list)) else 1
+    structure = model_structure(work, x)
+    axes = dynamic.dynamic_axes(x) if dynamic_size else {}
+    if dynamic_size:
+        dynamic.probe(work, x)
     if fold_bn:
         work, fold_report = fold_batchnorm(work, x)
         notes["bn_fold"] = fold_report.to_dict()
@@ -187,9 +214,11 @@ def export(model: nn.Module, path: str | os.PathLike, *, mode: str = "decomposed
         work = _to_fp16(work, fp16_report, fp16_safety, notes)
     log.debug("tracing %s (mode %s, opset %d, %s exporter)", type(model).__name__, target.name, opset,
               "dynamo" if opset in DYNAMO_OPSETS else "TorchScript")
-    proto = _torch_export(work, x, opset, n_out, prepared.translation_table)
+    proto = _trace(work, x, opset, structure, prepared.translation_table, axes)
     notes.update(target.postprocess(proto))
-    onnx.helper.set_model_props(proto, _metadata(model, target, opset, fp16, metadata, notes))
+    extra = {**structure.metadata(), **(dynamic.record(axes, dynamic.check_sizes(x)) if axes else {}),
+             **(metadata or {})}
+    onnx.helper.set_model_props(proto, _metadata(model, target, opset, fp16, extra, notes))
     if check_model:
         ops.register_schemas()
         onnx.checker.check_model(proto, full_check=True)
