@@ -26,6 +26,7 @@ from torch import nn
 from quadexport.checkpoint import write_json
 from quadexport.deploy.parity import ParityRow, parity_row, tolerance
 from quadexport.errors import QuadexportError, UsageError
+from quadexport.exporter.outputs import flatten
 
 log = logging.getLogger(__name__)
 
@@ -164,8 +165,7 @@ def save_io(model: nn.Module, onnx_path: str | os.PathLike, out_dir: str | os.Pa
             y = model.eval()(torch.from_numpy(x))
     finally:
         model.train(was_training)
-    expected = [np.ascontiguousarray(t.detach().float().cpu().numpy()) for t in (y if isinstance(y, (tuple, list))
-                                                                              else (y,))]
+    expected = [np.ascontiguousarray(t.detach().float().cpu().numpy()) for t in flatten(y)]
     if len(expected) != len(output_names):
         raise UsageError(f"the model returns {len(expected)} outputs, {onnx_path} has {len(output_names)}: pass the "
                          f"model the file was exported from")

@@ -30,8 +30,8 @@ from torch import nn
 
 from quadexport.errors import UsageError
 
-__all__ = ["KINDS", "OutputInfo", "OutputStructure", "TASKS", "describe_outputs", "flatten", "rebuild_outputs",
-           "structure_of"]
+__all__ = ["FlatOutputs", "KINDS", "OutputInfo", "OutputStructure", "TASKS", "describe_outputs", "flatten",
+           "model_structure", "rebuild_outputs", "run_meta", "structure_of"]
 
 KINDS = ("logits", "classes", "dense", "other")
 TASKS = ("classification", "segmentation", "dense", "multi-output", "detection")
@@ -213,13 +213,32 @@ def _replace_leaves(tree: Any, names: list[str]) -> Any:
 
 
 def model_structure(model: nn.Module, x: torch.Tensor) -> OutputStructure:
-    """Run ``model`` on ``x`` (no grad) and describe its outputs; ``quadexport_meta`` may set ``output_kinds`` and
-    ``task``."""
+    """Run ``model`` on ``x`` (no grad) and describe its outputs. ``quadexport_meta`` may set ``output_kinds``
+    (``{name: kind}``) and ``task``; a run's recorded ``outputs`` (:func:`run_meta`) give the kinds otherwise."""
     meta = getattr(model, "quadexport_meta", None) or {}
-    with torch.no_grad():
-        out = model(x)
-    return describe_outputs(out, int(x.shape[1]) if x.dim() >= 3 else None, meta.get("output_kinds"),
+    kinds = meta.get("output_kinds")
+    if kinds is None and isinstance(meta.get("outputs"), Mapping):
+        kinds = {o["name"]: o["kind"] for o in meta["outputs"].get("outputs", []) if o.get("kind") in KINDS}
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(x)
+    finally:
+        model.train(was)
+    return describe_outputs(out, int(x.shape[1]) if x.dim() >= 3 else None, kinds,
                             meta.get("task") if meta.get("task") in TASKS else None)
+
+
+def run_meta(model: nn.Module, input_shape: Sequence[int]) -> dict[str, Any]:
+    """What a run dir records about its model's outputs (``meta["task"]``, ``meta["outputs"]``): the model is run
+    on one random sample of ``input_shape`` (per sample, no batch dimension)."""
+    x = torch.randn((1, *[int(s) for s in input_shape]), generator=torch.Generator().manual_seed(0))
+    p = next(model.parameters(), None)
+    if p is not None:
+        x = x.to(p.device, p.dtype if p.is_floating_point() else None)
+    s = model_structure(model, x)
+    return {"task": s.task, "outputs": s.to_dict()}
 
 
 class FlatOutputs(nn.Module):
