@@ -97,6 +97,23 @@ def compress_run(run_dir: str | Path, out: str | Path, cfg: CompressConfig) -> C
     return report
 
 
+def _refuse_non_classifier(run_dir: Path, model: torch.nn.Module, meta: dict[str, Any]) -> None:
+    """compress measures top-1 accuracy and fine-tunes with cross-entropy on class labels: classifier runs only."""
+    from quadexport.exporter.outputs import OutputStructure, run_meta
+
+    rec = meta.get("outputs")
+    if isinstance(rec, dict) and rec.get("outputs"):
+        s = OutputStructure.from_dict(rec)
+    elif meta.get("input_shape"):
+        s = OutputStructure.from_dict(run_meta(model, meta["input_shape"])["outputs"])
+    else:
+        return
+    if not s.is_classifier:
+        raise CompressError(f"{run_dir} is a {s.task} run (outputs {s.summary()}): compress measures accuracy and "
+                            "fine-tunes with cross-entropy on class labels, so it takes classifier runs only (a task "
+                            "loss for other outputs is not supported)")
+
+
 def _open(run_dir: Path, out: Path, cfg: CompressConfig) -> Job:
     """Check the paths, load the source run; a run with nothing to prune is refused before any calibration."""
     from quadexport.checkpoint import build_from_checkpoint, read_checkpoint
@@ -118,6 +135,7 @@ def _open(run_dir: Path, out: Path, cfg: CompressConfig) -> Job:
             raise CompressError(f"{run_dir} has no quadratic (Fan-form) layer (neuron {neuron!r}): there is nothing "
                                 f"to prune; give --quantize int8 alone to quantise it")
     meta = dict(ckpt["meta"])
+    _refuse_non_classifier(run_dir, model, meta)
     if not meta.get("dataset"):
         raise CompressError(f"{run_dir} has no dataset in its metadata; cannot calibrate")
     shape = tuple(int(v) for v in meta["input_shape"])
