@@ -116,7 +116,7 @@ def _trace(work: nn.Module, x: torch.Tensor, opset: int, structure: OutputStruct
     """:func:`_torch_export` with nested outputs flattened first, and a one-line error when dynamic axes fail."""
     flat = isinstance(structure.tree, str) or (isinstance(structure.tree, dict) and all(
         isinstance(t, str) for t in structure.tree.get("tuple", structure.tree.get("list", [None]))))
-    module = work if flat else FlatOutputs(work)
+    module = work if flat else FlatOutputs(work).eval()
     try:
         return _torch_export(module, x, opset, structure.names, table, axes)
     except Exception as e:
