@@ -10,6 +10,7 @@ its auxiliary head: a dict with two dense heads) goes through the CLI as a user 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -276,11 +277,11 @@ def seg_run(tmp_path_factory) -> tuple[Path, Path, subprocess.CompletedProcess]:
     run = d / "run"
     r = _cli("quadratize", SEG, "--weights", d / "w.pt", "--input-shape", "3", "32", "32", "--model-arg",
              "num_classes=4", "--model-arg", "aux_loss=true", "--include", "backbone.1.*", "classifier.*",
-             "--out", run)
+             "aux_classifier.*", "--out", run)
     assert r.returncode == 0, r.stderr
     ckpt = read_checkpoint(run)
     model = q.load(run)
-    perturb(model, 0.02, calib_shape=(3, 32, 32))
+    perturb(model, 0.05)  # no BN recalibration: at 32x32 the dilated backbone's last stages see 2x2 maps
     save_checkpoint(run, model, ckpt["meta"], run_id=ckpt.get("run_id"))
     onnx_path = d / "seg.onnx"
     exported = _cli("export", run, onnx_path, "--dynamic-size")
@@ -299,13 +300,13 @@ def test_seg_cli_export_names_outputs_and_checks_two_sizes(seg_run):
 
 def test_seg_cli_check_and_info(seg_run):
     run, onnx_path, _ = seg_run
-    r = _cli("check", onnx_path, run, "--batch", "1", "2")
+    r = _cli("check", onnx_path, run, "--batch", "2", "--opt-level", "all")
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "random 64x64 aux:" in r.stdout and "all 16 checks passed" in r.stdout
+    assert "random 64x64 aux:" in r.stdout and "all 4 checks passed" in r.stdout
     info = _cli("info", run)
     assert info.returncode == 0, info.stderr
     assert "task: multi-output" in info.stdout and "no dataset" in info.stdout
-    assert all(f"{n}    Nx4x32x32  classes" in info.stdout for n in ("out", "aux"))
+    assert all(re.search(rf"^\s+{n}\s+Nx4x32x32\s+classes$", info.stdout, re.M) for n in ("out", "aux"))
 
 
 def test_seg_api_at_another_size(seg_run):
