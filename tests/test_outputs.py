@@ -322,3 +322,30 @@ def test_compress_refuses_a_non_classifier_run(seg_run, tmp_path):
     r = _cli("compress", run, "--out", tmp_path / "c")
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
     assert "multi-output run" in r.stderr and "classifier runs only" in r.stderr
+
+
+def _torchvision_ops_load() -> bool:
+    from quadexport._compat import import_torchvision
+
+    tv = import_torchvision()
+    try:
+        tv.ops.nms(torch.zeros(1, 4), torch.zeros(1), 0.5)
+    except RuntimeError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(_torchvision_ops_load(), reason="torchvision's compiled ops load here: the detector runs")
+def test_a_detector_with_post_processing_is_refused_in_one_line(tmp_path):
+    """A torchvision detector's forward ends in nms, which cannot run beside this torch build: quadratize and export
+    say so in one line (the backbone and head without post-processing export: docs/export.md, 'Detection')."""
+    from quadexport.errors import UsageError
+
+    det = q.create_model("torchvision:ssdlite320_mobilenet_v3_large", "relu", num_classes=3, in_channels=3,
+                         input_size=320).eval()
+    for call in (lambda: q.quadratize(det, "fan", input_shape=(3, 64, 64)),
+                 lambda: q.export(det, tmp_path / "det.onnx", input_shape=(3, 64, 64))):
+        with pytest.raises(UsageError) as e:
+            call()
+        assert "\n" not in str(e.value) and "nms/roi_align" in str(e.value) and "backbone and head" in str(e.value)
+    assert not (tmp_path / "det.onnx").exists()

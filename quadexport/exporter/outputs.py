@@ -28,6 +28,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
+from quadexport._compat import torchvision_ops_missing
 from quadexport.errors import UsageError
 
 __all__ = ["FlatOutputs", "KINDS", "OutputInfo", "OutputStructure", "TASKS", "describe_outputs", "flatten",
@@ -155,13 +156,13 @@ def _name(path: tuple[Any, ...]) -> str:
     return ".".join(parts)
 
 
-def _kind(t: torch.Tensor, in_channels: int | None) -> str:
+def _kind(t: torch.Tensor, in_shape: tuple[int, ...] | None) -> str:
+    """``logits`` for ``[N, C>1]``; for an output of the input's rank ``[N, C, *spatial]``: ``dense`` with as many
+    channels as the input (an image out), ``classes`` otherwise; anything else (``[N, anchors, 4]``...) ``other``."""
     if t.dim() == 2 and t.shape[1] > 1:
         return "logits"
-    if t.dim() >= 3 and t.shape[1] > 1 and t.shape[1] != in_channels:
-        return "classes"
-    if t.dim() >= 3:
-        return "dense"
+    if in_shape is not None and t.dim() == len(in_shape) >= 3:
+        return "classes" if t.shape[1] > 1 and t.shape[1] != in_shape[1] else "dense"
     return "other"
 
 
@@ -172,13 +173,14 @@ def _task(outs: list[OutputInfo]) -> str:
     return "multi-output"
 
 
-def describe_outputs(out: Any, in_channels: int | None = None, kinds: Mapping[str, str] | None = None,
+def describe_outputs(out: Any, in_shape: Sequence[int] | None = None, kinds: Mapping[str, str] | None = None,
                      task: str | None = None) -> OutputStructure:
     """The :class:`OutputStructure` of one model output (a batch run through the model).
 
     Args:
         out: what the model returned.
-        in_channels: the input's channels (a dense output with as many channels is an image, not a class map).
+        in_shape: the input batch's shape (an output of its rank is dense; with as many channels, an image out,
+            else a class map).
         kinds: ``{name: kind}`` overriding the guessed kinds (``quadexport_meta["output_kinds"]``).
         task: the task to record (default: guessed from the kinds).
     """
@@ -186,8 +188,9 @@ def describe_outputs(out: Any, in_channels: int | None = None, kinds: Mapping[st
     tree = _walk(out, (), leaves)
     if not leaves:
         raise UsageError("the model returns no tensor")
+    shape = tuple(int(d) for d in in_shape) if in_shape is not None else None
     if len(leaves) == 1 and not leaves[0][0]:
-        names = ["logits" if _kind(leaves[0][1], in_channels) == "logits" else "output"]
+        names = ["logits" if _kind(leaves[0][1], shape) == "logits" else "output"]
     else:
         names = [_name(p) for p, _ in leaves]
     names = [f"{n}_output" if n == INPUT_NAME else n for n in names]
@@ -197,7 +200,7 @@ def describe_outputs(out: Any, in_channels: int | None = None, kinds: Mapping[st
     bad = {k: v for k, v in kinds.items() if v not in KINDS}
     if bad:
         raise UsageError(f"output kinds must be one of {', '.join(KINDS)}, got {bad}")
-    infos = [OutputInfo(n, kinds.get(n) or _kind(t, in_channels), tuple(t.shape)) for n, (_, t) in zip(names, leaves)]
+    infos = [OutputInfo(n, kinds.get(n) or _kind(t, shape), tuple(t.shape)) for n, (_, t) in zip(names, leaves)]
     tree = _replace_leaves(tree, names)
     return OutputStructure(tree, infos, task or _task(infos))
 
@@ -224,9 +227,14 @@ def model_structure(model: nn.Module, x: torch.Tensor) -> OutputStructure:
     try:
         with torch.no_grad():
             out = model(x)
+    except RuntimeError as e:
+        err = torchvision_ops_missing(e, type(model).__name__)
+        if err is None:
+            raise
+        raise err from None
     finally:
         model.train(was)
-    return describe_outputs(out, int(x.shape[1]) if x.dim() >= 3 else None, kinds,
+    return describe_outputs(out, tuple(x.shape), kinds,
                             meta.get("task") if meta.get("task") in TASKS else None)
 
 
