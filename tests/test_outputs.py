@@ -349,3 +349,16 @@ def test_a_detector_with_post_processing_is_refused_in_one_line(tmp_path):
             call()
         assert "\n" not in str(e.value) and "nms/roi_align" in str(e.value) and "backbone and head" in str(e.value)
     assert not (tmp_path / "det.onnx").exists()
+
+
+def test_info_of_a_classifier_run_without_recorded_outputs(tmp_path):
+    """Runs that do not record their outputs (older runs, trained classifiers): info computes them from the model."""
+    run = tmp_path / "run"
+    save_checkpoint(run, q.create_model("mlp", "fan", in_channels=1, input_size=8, width=8),
+                    {"dataset": "digits", "input_shape": [1, 8, 8]})
+    r = _cli("info", run)
+    assert r.returncode == 0, r.stderr
+    assert "task: classification" in r.stdout and "(dataset digits)" in r.stdout
+    assert re.search(r"^\s+logits\s+Nx10\s+logits$", r.stdout, re.M)
+    bad = _cli("info", tmp_path / "nothing")
+    assert bad.returncode == 2 and "neither a run dir nor one of" in bad.stderr
