@@ -139,7 +139,8 @@ def measure(name: str, folder: Path, seconds: float) -> dict:
     row["rel_l2_traced"] = _worst_rel(sq, quad, shape)
     row["rel_l2_other"] = _worst_rel(sq, quad, other)
     x = np.random.default_rng(2).standard_normal((1, *other)).astype(np.float32)
-    units = [TimingUnit("quad", lambda: sq.run(None, {"input": x})), TimingUnit("twin", lambda: st.run(None, {"input": x}))]
+    units = [TimingUnit("quad", lambda: sq.run(None, {"input": x})),
+             TimingUnit("twin", lambda: st.run(None, {"input": x}))]
     stats = time_sessions(units, TimingConfig(warmup=5, min_iters=20, min_seconds=seconds, batch=1))
     row["quad_ms"], row["twin_ms"] = stats["quad"].p50_ms, stats["twin"].p50_ms
     row["ratio"] = stats["quad"].p50_ms / stats["twin"].p50_ms

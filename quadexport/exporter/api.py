@@ -158,8 +158,8 @@ def export(model: nn.Module, path: str | os.PathLike, *, mode: str = "decomposed
 
     Input ``"input"`` (dynamic batch ``"batch"``). Outputs: ``"logits"`` for one classifier output, else named by
     :mod:`~quadexport.exporter.outputs` (dict keys, ``output_0..n``), with the structure recorded in the metadata
-    (:func:`~quadexport.exporter.outputs.rebuild_outputs` rebuilds it from onnxruntime's list). The dynamo exporter is used for opsets
-    18–23; for ``mode="decomposed"`` with opsets 13–17 the legacy TorchScript exporter is used.
+    (:func:`~quadexport.exporter.outputs.rebuild_outputs` rebuilds it from onnxruntime's list). The dynamo
+    exporter is used for opsets 18–23; for ``mode="decomposed"`` with opsets 13–17 the legacy TorchScript exporter.
 
     Args:
         model: the model (not modified; exported from a deep copy in eval mode).

@@ -88,8 +88,8 @@ class OutputStructure:
                 META_OUTPUTS: json.dumps([o.to_dict() for o in self.outputs])}
 
     def summary(self) -> str:
-        """``seg [2, 5, 32, 32] classes, cls [2, 10] logits`` (one line)."""
-        return ", ".join(f"{o.name} {list(o.shape)} {o.kind}" for o in self.outputs)
+        """``seg Nx5x32x32 classes, cls Nx10 logits`` (one line; N: the batch)."""
+        return ", ".join(f"{o.name} {'x'.join(['N', *map(str, o.shape[1:])])} {o.kind}" for o in self.outputs)
 
     def rebuild(self, values: Sequence[Any]) -> Any:
         """The model's structure (dict/tuple/list/namedtuple) from the flat outputs, in graph order."""
