@@ -9,6 +9,7 @@ its auxiliary head: a dict with two dense heads) goes through the CLI as a user 
 
 from __future__ import annotations
 
+import collections
 import os
 import re
 import subprocess
@@ -200,6 +201,28 @@ def test_nested_structure_and_legacy_exporter(tmp_path):
         got = rebuild_outputs(path, q.make_session(path).run(None, {"input": np.zeros((1, 3, 8, 8), np.float32)}))
         assert isinstance(got["aux"], tuple) and len(got["aux"]) == 2
         assert q.check(path, model, batches=(2,), opt_levels=("all",), verbose=False).ok
+
+
+Pair = collections.namedtuple("Pair", ["mask", "score"])
+
+
+def test_namedtuple_output_rebuilds_as_namedtuple(tmp_path):
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = q.QuadConv2d(3, 2, 3, padding=1, neuron="fan")
+
+        def forward(self, x):
+            y = self.conv(x)
+            return Pair(y, y.mean((1, 2, 3)))
+
+    model = perturb(Net(), 0.05)
+    path = q.export(model, tmp_path / "nt.onnx", input_shape=(3, 8, 8), dynamic_size=True)
+    assert structure_of(path).names == ["mask", "score"]
+    sess = q.make_session(path)
+    got = rebuild_outputs(sess, sess.run(None, {"input": np.ones((1, 3, 9, 9), np.float32)}))
+    assert type(got).__name__ == "Pair" and got._fields == ("mask", "score") and got.mask.shape == (1, 2, 9, 9)
+    assert q.check(path, model, batches=(2,), opt_levels=("all",), verbose=False).ok
 
 
 def test_a_classifier_keeps_logits_and_fixed_size(tmp_path):
