@@ -61,18 +61,12 @@ def _models(neuron: str, in_channels: int, size: int) -> list[str]:
 def _run_info(path: str) -> list[str]:
     """What a run dir holds: model, neuron, task, input, and each output (name, shape, kind)."""
     from quadexport.checkpoint import load
-    from quadexport.exporter.outputs import OutputStructure, run_meta
+    from quadexport.exporter.outputs import run_structure
 
     model = load(path)
     meta, cfg = model.quadexport_meta or {}, model.quadexport_config or {}
     shape = meta.get("input_shape")
-    recorded = meta.get("outputs")
-    if isinstance(recorded, dict) and recorded.get("outputs"):
-        s = OutputStructure.from_dict(recorded)
-    elif shape:
-        s = OutputStructure.from_dict(run_meta(model, shape)["outputs"])
-    else:
-        s = None
+    s = run_structure(model)
     out = [f"run {path}: {cfg.get('name', '?')} ({cfg.get('neuron', '?')})",
            f"  task: {s.task if s else 'unknown (no input shape recorded)'}",
            f"  input: {'x'.join(map(str, shape)) if shape else '?'}"

@@ -97,18 +97,12 @@ def compress_run(run_dir: str | Path, out: str | Path, cfg: CompressConfig) -> C
     return report
 
 
-def _refuse_non_classifier(run_dir: Path, model: torch.nn.Module, meta: dict[str, Any]) -> None:
+def _refuse_non_classifier(run_dir: Path, model: torch.nn.Module) -> None:
     """compress measures top-1 accuracy and fine-tunes with cross-entropy on class labels: classifier runs only."""
-    from quadexport.exporter.outputs import OutputStructure, run_meta
+    from quadexport.exporter.outputs import run_structure
 
-    rec = meta.get("outputs")
-    if isinstance(rec, dict) and rec.get("outputs"):
-        s = OutputStructure.from_dict(rec)
-    elif meta.get("input_shape"):
-        s = OutputStructure.from_dict(run_meta(model, meta["input_shape"])["outputs"])
-    else:
-        return
-    if not s.is_classifier:
+    s = run_structure(model)
+    if s is not None and not s.is_classifier:
         raise CompressError(f"{run_dir} is a {s.task} run (outputs {s.summary()}): compress measures accuracy and "
                             "fine-tunes with cross-entropy on class labels, so it takes classifier runs only (a task "
                             "loss for other outputs is not supported)")
@@ -135,7 +129,7 @@ def _open(run_dir: Path, out: Path, cfg: CompressConfig) -> Job:
             raise CompressError(f"{run_dir} has no quadratic (Fan-form) layer (neuron {neuron!r}): there is nothing "
                                 f"to prune; give --quantize int8 alone to quantise it")
     meta = dict(ckpt["meta"])
-    _refuse_non_classifier(run_dir, model, meta)
+    _refuse_non_classifier(run_dir, model)
     if not meta.get("dataset"):
         raise CompressError(f"{run_dir} has no dataset in its metadata; cannot calibrate")
     shape = tuple(int(v) for v in meta["input_shape"])

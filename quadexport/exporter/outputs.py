@@ -32,7 +32,7 @@ from quadexport._compat import torchvision_ops_missing
 from quadexport.errors import UsageError
 
 __all__ = ["FlatOutputs", "KINDS", "OutputInfo", "OutputStructure", "TASKS", "describe_outputs", "flatten",
-           "model_structure", "rebuild_outputs", "run_meta", "structure_of"]
+           "model_structure", "rebuild_outputs", "run_meta", "run_structure", "structure_of"]
 
 KINDS = ("logits", "classes", "dense", "other")
 TASKS = ("classification", "segmentation", "dense", "multi-output", "detection")
@@ -258,6 +258,18 @@ class FlatOutputs(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return tuple(flatten(self.model(x)))
+
+
+def run_structure(model: nn.Module) -> OutputStructure | None:
+    """A run's model outputs: as recorded (``meta["outputs"]``, :func:`run_meta`), else computed on one random
+    sample of ``meta["input_shape"]``; ``None`` when neither is there."""
+    meta = getattr(model, "quadexport_meta", None) or {}
+    rec = meta.get("outputs")
+    if isinstance(rec, Mapping) and rec.get("outputs"):
+        return OutputStructure.from_dict(rec)
+    if meta.get("input_shape"):
+        return OutputStructure.from_dict(run_meta(model, meta["input_shape"])["outputs"])
+    return None
 
 
 def structure_of(source: Any) -> OutputStructure:
