@@ -136,7 +136,7 @@ def _calibrate_bn(model: nn.Module, shape: tuple[int, ...], gen: torch.Generator
 @torch.no_grad()
 def _finite_on_random(model: nn.Module, shape: tuple[int, ...], seed: int = 12345, n: int = 16) -> bool:
     x = torch.randn((n, *shape), generator=torch.Generator().manual_seed(seed))
-    return bool(torch.isfinite(model(x)).all())
+    return all(bool(torch.isfinite(t).all()) for t in flatten(model(x)))
 
 
 def _build(name: str, neuron: str, shape: tuple[int, ...], gen: torch.Generator, **kwargs: Any) -> nn.Module:
