@@ -167,6 +167,14 @@ def test_dynamic_size_any_structure(tmp_path, name):
     assert {line.output for line in report.lines} == set(names)
 
 
+@pytest.mark.parametrize("mode", ["function", "fused"])
+def test_function_and_fused_modes_take_a_dynamic_size(tmp_path, mode):
+    model = perturb(TwoHeads(), 0.05)
+    path = q.export(model, tmp_path / f"{mode}.onnx", input_shape=(3, 8, 8), mode=mode, dynamic_size=True)
+    assert max(_parity_at(path, model, (3, 12, 10)).values()) <= PARITY
+    assert q.check(path, model, batches=(2,), opt_levels=("all",), verbose=False).ok
+
+
 def test_check_rows_per_output_kind(tmp_path):
     """top-1 only for 2-D logits, pixel-wise argmax only for the class map."""
     model = perturb(TwoHeads(), 0.05, calib_shape=(3, 8, 8))
