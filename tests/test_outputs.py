@@ -25,7 +25,8 @@ import quadexport as q
 from quadexport.checkpoint import read_checkpoint, save_checkpoint
 from quadexport.exporter.dynamic import DynamicSizeError
 from quadexport.exporter.outputs import flatten, rebuild_outputs, structure_of
-from test_export import perturb  # tests/ is on sys.path
+from test_cpp_client import client  # noqa: F401  (fixture; tests/ is on sys.path)
+from test_export import perturb
 
 ROOT = Path(__file__).resolve().parents[1]
 PARITY = 1e-5
@@ -394,3 +395,28 @@ def test_info_of_a_classifier_run_without_recorded_outputs(tmp_path):
     assert re.search(r"^\s+logits\s+Nx10\s+logits$", r.stdout, re.M)
     bad = _cli("info", tmp_path / "nothing")
     assert bad.returncode == 2 and "neither a run dir nor one of" in bad.stderr
+
+
+def test_cpp_client_and_save_io_write_one_npy_per_output(tmp_path, client):  # noqa: F811 (fixture)
+    """The C++ client runs a dict-output file at another size and writes OUT.npy, OUT_1.npy in graph order; save_io
+    writes expected.npy, expected_1.npy for the same outputs, and verify_io compares them."""
+    from quadexport.deploy import save_io, verify_io
+
+    model = perturb(TwoHeads(), 0.05)
+    path = q.export(model, tmp_path / "two.onnx", input_shape=(3, 8, 8), dynamic_size=True)
+    saved = save_io(model, path, tmp_path / "io", batch=2)
+    assert saved.output_names == ["seg", "cls"] and saved.expected_files == ["expected.npy", "expected_1.npy"]
+    r = subprocess.run([str(client), str(path), str(tmp_path / "io" / "input.npy"), str(tmp_path / "y.npy")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    outs = [np.load(tmp_path / "y.npy"), np.load(tmp_path / "y_1.npy")]
+    assert all(row.ok for row in verify_io(tmp_path / "io", outs))
+    x = np.random.default_rng(3).standard_normal((1, 3, 12, 10)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    r = subprocess.run([str(client), str(path), str(tmp_path / "x.npy"), str(tmp_path / "z.npy")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x))
+    assert _rel(np.load(tmp_path / "z.npy"), ref["seg"].numpy()) <= PARITY
+    assert _rel(np.load(tmp_path / "z_1.npy"), ref["cls"].numpy()) <= PARITY
