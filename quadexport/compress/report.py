@@ -189,9 +189,6 @@ def render_report(r: CompressReport | dict[str, Any]) -> str:
              f"| original | {pct(a['original'])} | {m['original'] / 1e6:.2f}M | {m['original_ratio']:.2f} |",
              f"| compressed (pruned{', fine-tuned' if r['finetune'] else ''}) | {pct(a['final'])}{delta} "
              f"| {m['compressed'] / 1e6:.2f}M | {m['compressed_ratio']:.2f} |"]
-    if v.get("task_loss"):
-        lines += ["", f"Not a classifier: no accuracy. Validation {v['task_loss']} ({v['samples']} inputs): "
-                      f"{v['original_loss']:.4g} → {v.get('final_loss', float('nan')):.4g}."]
     if r["finetune"] and a["pruned"] is not None:
         lines.append(f"| pruned, before fine-tuning | {100 * a['pruned']:.2f}% | | |")
     if r.get("int8"):
@@ -235,6 +232,9 @@ def render_report(r: CompressReport | dict[str, Any]) -> str:
         lines.append(f"- left unpermuted: {n}")
     lines += _render_selection(r.get("layer_selection"))
     t = r.get("targets") or {}
+    if v.get("task_loss"):
+        lines += ["", f"Not a classifier: no accuracy. Validation {v['task_loss']} ({v['samples']} inputs, against "
+                      f"the uncompressed model): {v['original_loss']:.4g} → {v.get('final_loss', float('nan')):.4g}."]
     if v and v.get("original") is not None and v.get("final") is not None:
         lines += ["", f"Validation split ({v['samples']} training images, not used for calibration or fine-tuning): "
                       f"{100 * v['original']:.2f}% → {100 * v['final']:.2f}% ({t.get('val_drop_pp', 0):+.2f} pp drop; "
