@@ -353,7 +353,8 @@ def _measure(job: Job, acc: float | None, val: dict[str, Any]) -> str:
     """The original model's measure in words: test accuracy, or the validation task loss."""
     if acc is not None:
         return f"test accuracy {100 * acc:.2f}%"
-    return f"validation {job.cfg.task_loss} {val.get('original_loss', float('nan')):.4g} (no accuracy: not a classifier)"
+    loss = val.get("original_loss", float("nan"))
+    return f"validation {job.cfg.task_loss} {loss:.4g} (no accuracy: not a classifier)"
 
 
 def _val_drop_pp(job: Job) -> float | None:
