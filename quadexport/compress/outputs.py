@@ -26,6 +26,7 @@ def write_run(job: Job) -> Path:
                               "keep_fp32": cfg.keep_fp32, "align": job.align, "split": cfg.split,
                               "shortcut": cfg.shortcut, "calib_samples": cfg.calib_samples,
                               "max_drop": cfg.max_drop, "val_samples": o.val.get("samples"),
+                              "task_loss": cfg.task_loss,
                               "bn_recalibrated": bool(cfg.bn_recalibrate and job.changed),
                               "source_compression": meta.get("compression")})
     if cfg.quantize:
