@@ -69,3 +69,17 @@ def import_timm() -> ModuleType:
     """``import timm`` (which imports torchvision: see :func:`import_torchvision`)."""
     import_torchvision()
     return importlib.import_module("timm")
+
+
+def torchvision_ops_missing(e: BaseException, what: str) -> Exception | None:
+    """A one-line :class:`~quadexport.errors.UsageError` when ``e`` is torchvision's "Couldn't load custom C++ ops"
+    (a detector's post-processing calls ``nms``/``roi_align``, which this torchvision build cannot run), else None.
+
+    ``what``: the model, as the message names it."""
+    if not (isinstance(e, RuntimeError) and "custom C++ ops" in str(e)):
+        return None
+    from quadexport.errors import UsageError
+
+    return UsageError(f"{what} calls torchvision's compiled ops (nms/roi_align: a detector's post-processing), which "
+                      "cannot load beside this torch build; quadratize and export its backbone and head without the "
+                      "post-processing (docs/export.md, 'Detection')")

@@ -23,14 +23,19 @@ __all__ = ["fit_dataset", "fit_tensors"]
 
 def fit_tensors(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, *,
                 optimizer: torch.optim.Optimizer | None = None, progress: Callable[[Any, str], Any] | None = None,
-                log_fn: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+                log_fn: Callable[[str], None] | None = None,
+                loss_fn: Callable[[Any, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+                ) -> list[dict[str, Any]]:
     """:func:`fit_dataset` on in-memory ``x, y``."""
-    return fit_dataset(model, TensorDataset(x, y), cfg, optimizer=optimizer, progress=progress, log_fn=log_fn)
+    return fit_dataset(model, TensorDataset(x, y), cfg, optimizer=optimizer, progress=progress, log_fn=log_fn,
+                       loss_fn=loss_fn)
 
 
 def fit_dataset(model: nn.Module, data: Dataset, cfg: TrainConfig, *, workers: int = 0,
                 optimizer: torch.optim.Optimizer | None = None, progress: Callable[[Any, str], Any] | None = None,
-                log_fn: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+                log_fn: Callable[[str], None] | None = None,
+                loss_fn: Callable[[Any, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+                ) -> list[dict[str, Any]]:
     """Train ``model`` in place on ``data`` (map-style ``(image, label)``: a ``TensorDataset``, or a ``Subset`` of an
     image folder read by ``workers`` DataLoader processes) for ``cfg.epochs`` epochs (CPU, one process) with the
     recipe of ``cfg`` - optimizer (or ``optimizer``), schedule, ``sw`` penalty, gradient clipping - and
@@ -38,6 +43,7 @@ def fit_dataset(model: nn.Module, data: Dataset, cfg: TrainConfig, *, workers: i
     to the last good state with the LR halved (at most ``cfg.max_rollbacks`` times, then :class:`TrainingDiverged`).
     Each epoch visits ``data`` in a seeded random order (``RandomSampler``, generator seeded with ``cfg.seed``).
     Used by ``quadexport compress`` to fine-tune. ``progress(iterable, desc)`` wraps the batches (e.g. a tqdm bar).
+    ``loss_fn(outputs, x, y)`` replaces cross-entropy on the labels (a task loss of any output structure).
     Returns per-epoch ``{"epoch", "train_loss", "lr", "seconds", "skipped_steps", "rollbacks"}``."""
     opt = optimizer or make_optimizer(model, cfg)
     base_lrs = [g["lr"] for g in opt.param_groups]
@@ -55,7 +61,7 @@ def fit_dataset(model: nn.Module, data: Dataset, cfg: TrainConfig, *, workers: i
         model.train()
         t0, loss_sum, seen, bad = time.perf_counter(), 0.0, 0, 0
         for xb, yb in (progress(loader, f"fine-tune epoch {epoch + 1}/{cfg.epochs}") if progress else loader):
-            loss = F.cross_entropy(model(xb).float(), yb)
+            loss = F.cross_entropy(model(xb).float(), yb) if loss_fn is None else loss_fn(model(xb), xb, yb)
             total = loss + quadratic_penalty(model, cfg.relinear)
             opt.zero_grad(set_to_none=True)
             if not torch.isfinite(total):

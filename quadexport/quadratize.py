@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from quadexport._compat import torchvision_ops_missing
 from quadexport._torchutil import one_thread
 from quadexport.errors import QuadexportError, UsageError
 from quadexport.layers.neurons import get_neuron
@@ -257,9 +258,15 @@ def quadratize(model: nn.Module, neuron: str = "fan", *, include: LayerSelector 
         p = next(work.parameters(), None)
         x = torch.randn((2, *shape), generator=torch.Generator().manual_seed(0)).to(
             p.device if p is not None else "cpu", p.dtype if p is not None and p.is_floating_point() else None)
-        with one_thread():
-            report.input_shape, report.macs_before = shape, count_macs(work, shape)
-            reference, _ = _probe(work, x, {})
+        try:
+            with one_thread():
+                report.input_shape, report.macs_before = shape, count_macs(work, shape)
+                reference, _ = _probe(work, x, {})
+        except RuntimeError as e:
+            err = torchvision_ops_missing(e, type(work).__name__)
+            if err is None:
+                raise
+            raise err from None
     originals = convert_layers(work, {n: {"neuron": neuron, "rank": rank} for n in sel.convert})
     if x is not None:
         with one_thread():

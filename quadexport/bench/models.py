@@ -19,6 +19,7 @@ from torch import nn
 from quadexport._torchutil import one_thread
 from quadexport.bench.config import DEFAULT_INPUT_SHAPE, PERTURB_STD, BenchError
 from quadexport.errors import UsageError, did_you_mean
+from quadexport.exporter.outputs import flatten
 from quadexport.zoo import count_macs, count_params, create_model, get_model_info, list_models
 from quadexport.zoo.foreign import is_foreign
 
@@ -135,7 +136,7 @@ def _calibrate_bn(model: nn.Module, shape: tuple[int, ...], gen: torch.Generator
 @torch.no_grad()
 def _finite_on_random(model: nn.Module, shape: tuple[int, ...], seed: int = 12345, n: int = 16) -> bool:
     x = torch.randn((n, *shape), generator=torch.Generator().manual_seed(seed))
-    return bool(torch.isfinite(model(x)).all())
+    return all(bool(torch.isfinite(t).all()) for t in flatten(model(x)))
 
 
 def _build(name: str, neuron: str, shape: tuple[int, ...], gen: torch.Generator, **kwargs: Any) -> nn.Module:
@@ -190,7 +191,7 @@ def _check_forward(module: nn.Module, shape: tuple[int, ...], what: str) -> None
     except Exception as e:  # shape errors surface as RuntimeError from torch
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise BenchError(f"{what} cannot take input shape {' '.join(map(str, shape))} (C H W): {msg}") from None
-    if not torch.isfinite(out).all():
+    if not all(bool(torch.isfinite(t).all()) for t in flatten(out)):
         raise BenchError(f"{what} produces NaN/Inf outputs on N(0, 1) inputs of shape {shape}; the timing would "
                          f"be meaningless (NaN/Inf can take slow paths)")
 

@@ -21,6 +21,7 @@ from quadexport.bench.models import BenchModel
 from quadexport.bench.report import BenchReport
 from quadexport.bench.rows import BenchRow, compute_ratios
 from quadexport.bench.timing import NonFiniteOutput, TimingConfig, TimingStats, TimingUnit, loadavg, time_sessions
+from quadexport.exporter.outputs import flatten
 
 __all__ = ["bench"]
 
@@ -118,7 +119,7 @@ def _units(plan, sessions, batch: int, rng: np.random.Generator, cuda: bool) -> 
         if m == "torch":
             xt = torch.from_numpy(x).to("cuda" if cuda else "cpu")
             units.append(TimingUnit(f"{bm.id} [{m}]", _torch_runner(bm.module, xt, cuda),
-                                    lambda out: bool(torch.isfinite(out).all())))
+                                    lambda out: all(bool(torch.isfinite(t).all()) for t in flatten(out))))
         else:
             sess = sessions[(bm.id, m)]
             feed = {sess.get_inputs()[0].name: x}

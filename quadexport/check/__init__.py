@@ -39,22 +39,34 @@ QDQ_TOP1 = 95.0
 """Int8 QDQ files: default minimum top-1 agreement with torch on real data, in percent."""
 
 
-def _input_shape(sess: Any, model: nn.Module) -> tuple[int, ...]:
+def _input_shapes(sess: Any, model: nn.Module, metadata: dict[str, str]) -> list[tuple[int, ...]]:
+    """Per-sample input shapes to check: the file's (or the run's) and, for a dynamic-size file, each further size
+    recorded in its metadata (``quadexport.dynamic_size``)."""
+    from quadexport.exporter.dynamic import recorded
+
     dims = sess.get_inputs()[0].shape[1:]
-    if all(isinstance(d, int) for d in dims):
-        return tuple(dims)
     meta = getattr(model, "quadexport_meta", None) or {}
-    if meta.get("input_shape"):
-        return tuple(int(d) for d in meta["input_shape"])
-    raise UsageError(f"cannot tell the per-sample input shape (onnx input dims {dims}); the model has no "
-                     f"quadexport_meta['input_shape']")
+    dyn = recorded(metadata)
+    if all(isinstance(d, int) for d in dims):
+        shape = tuple(dims)
+    elif dyn and isinstance(dims[0], int):
+        shape = (dims[0], *dyn["sizes"][0])
+    elif meta.get("input_shape"):
+        shape = tuple(int(d) for d in meta["input_shape"])
+    else:
+        raise UsageError(f"cannot tell the per-sample input shape (onnx input dims {dims}); the model has no "
+                         f"quadexport_meta['input_shape']")
+    if not dyn:
+        return [shape]
+    sizes = [tuple(int(v) for v in s) for s in dyn["sizes"]]
+    return [shape] + [(shape[0], *s) for s in sizes if tuple(s) != tuple(shape[1:])]
 
 
 @torch.no_grad()
 def _torch_outputs(model: nn.Module, x: np.ndarray) -> list[np.ndarray]:
-    out = model(torch.from_numpy(x))
-    outs = out if isinstance(out, (tuple, list)) else (out,)
-    return [o.detach().float().cpu().numpy() for o in outs]
+    from quadexport.exporter.outputs import flatten
+
+    return [o.detach().float().cpu().numpy() for o in flatten(model(torch.from_numpy(x)))]
 
 
 def _load_dataset(spec: Any, meta: dict[str, Any], data_dir: str | os.PathLike | None,
@@ -162,8 +174,9 @@ def check(onnx_path: str | os.PathLike, model: nn.Module, *, provider: str = "cp
     try:
         sessions = _open_sessions(onnx_path, provider, opt_levels, runtimes, threads, report, say)
         if sessions:
-            shape = _input_shape(next(iter(sessions.values())), model)
-            sets = _input_sets(model, shape, batches, seed, dataset, data_dir, report, say, prep)
+            shapes = _input_shapes(next(iter(sessions.values())), model, info.metadata)
+            sets = _input_sets(model, shapes[0], batches, seed, dataset, data_dir, report, say, prep)
+            sets += _size_sets(model, shapes[1:], batches, seed, prep)
             if qdq:
                 sets = _qdq_sets(sets, report, qdq_top1, say)
             _compare_all(sessions, sets, ref, report, say, qdq_top1 if qdq else None)
@@ -255,13 +268,40 @@ class _InputSet:
     labels: np.ndarray | None = None
 
 
+def _random(model: nn.Module, rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """Random model inputs at the run's recorded input statistics (``meta["input_stats"]``: per-channel ``mean``
+    and ``std`` of the normalised inputs), standard normal when none are recorded."""
+    x = rng.standard_normal(shape).astype(np.float32)
+    stats = (getattr(model, "quadexport_meta", None) or {}).get("input_stats") or {}
+    if stats and len(shape) >= 3:
+        bc = (-1,) + (1,) * (len(shape) - 2)
+        mean = np.asarray(stats.get("mean", 0.0), np.float32).reshape(bc if np.ndim(stats.get("mean", 0)) else ())
+        std = np.asarray(stats.get("std", 1.0), np.float32).reshape(bc if np.ndim(stats.get("std", 1)) else ())
+        x = (x * std + mean).astype(np.float32)
+    return x
+
+
+def _size_sets(model: nn.Module, shapes: list[tuple[int, ...]], batches: Sequence[int], seed: int,
+               prep: Any) -> list[_InputSet]:
+    """A dynamic-size file: random inputs at each further size (the two smallest batch sizes)."""
+    rng = np.random.default_rng(seed + 1)
+    sets = [_InputSet(f"random {'x'.join(map(str, s[1:]))}", int(b), [_random(model, rng, (int(b), *s))])
+            for s in shapes for b in sorted(set(int(b) for b in batches))[:2]]
+    if prep is not None:
+        from quadexport.preprocess import denormalise
+
+        for st in sets:
+            st.chunks = [denormalise(torch.from_numpy(x), prep).numpy() for x in st.chunks]
+    return sets
+
+
 def _input_sets(model: nn.Module, shape: tuple[int, ...], batches: Sequence[int], seed: int,
                 dataset: Any, data_dir: str | os.PathLike | None, report: CheckReport,
                 say: Callable[[str], None], prep: Any = None) -> list[_InputSet]:
     """Random batches of every size, then the dataset's first test images (when known and loadable); with ``prep``
     (a raw-input file) both denormalised to raw pixel values."""
     rng = np.random.default_rng(seed)
-    sets = [_InputSet("random", int(b), [rng.standard_normal((int(b), *shape)).astype(np.float32)]) for b in batches]
+    sets = [_InputSet("random", int(b), [_random(model, rng, (int(b), *shape))]) for b in batches]
     meta = getattr(model, "quadexport_meta", None) or {}
     ds = None if dataset is False else (dataset or meta.get("dataset"))
     ds_name = getattr(ds, "name", ds)  # a DataSource: its spec
@@ -292,8 +332,11 @@ def _input_sets(model: nn.Module, shape: tuple[int, ...], batches: Sequence[int]
 
 def _compare_all(sessions: dict[tuple[str, str], Any], sets: list[_InputSet], model: nn.Module,
                  report: CheckReport, say: Callable[[str], None], qdq_top1: float | None = None) -> None:
+    from quadexport.exporter.outputs import structure_of
+
     refs = [[_torch_outputs(model, x) for x in s.chunks] for s in sets]
-    out_names = [o.name for o in next(iter(sessions.values())).get_outputs()]
+    structure = structure_of(next(iter(sessions.values())))
+    out_names = structure.names
     n_ref = len(refs[0][0]) if refs else 0
     if refs and n_ref != len(out_names):
         report.errors.append(f"onnx model has {len(out_names)} outputs {out_names}, torch model {n_ref}")
@@ -304,7 +347,7 @@ def _compare_all(sessions: dict[tuple[str, str], Any], sets: list[_InputSet], mo
             for k, name in enumerate(out_names[:n_ref]):
                 o = np.concatenate([c[k] for c in outs])
                 r = np.concatenate([c[k] for c in ref_chunks])
-                m = compare(o, r, report.rtol, report.atol)
+                m = compare(o, r, report.rtol, report.atol, classes=structure.kind(name) == "classes")
                 if qdq_top1 is not None and m["top1"] is not None:  # int8: judged by top-1 agreement only
                     m["ok"] = 100 * m["top1"] >= qdq_top1  # the threshold is given in percent
                     m["reason"] = "" if m["ok"] else f"top1 < {qdq_top1:g}%"

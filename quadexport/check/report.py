@@ -33,6 +33,7 @@ class CheckLine:
     ok: bool
     reason: str = ""
     accuracy: float | None = None
+    argmax: float | None = None
 
     def format(self) -> str:
         mark = "✓" if self.ok else "✗"
@@ -42,6 +43,8 @@ class CheckLine:
              f"rel_l2 {self.rel_l2:.1e} max_abs {self.max_abs:.1e} nan/inf {self.nan_inf}")
         if self.top1 is not None:
             s += f" top1 {100 * self.top1:.2f}%"
+        if self.argmax is not None:
+            s += f" argmax {100 * self.argmax:.2f}%"
         if self.accuracy is not None:
             s += f" acc {100 * self.accuracy:.2f}%"
         return s + (f"  ({self.reason})" if self.reason else "")
@@ -112,16 +115,21 @@ def _json_float(v: Any) -> Any:
     return v
 
 
-def compare(out: np.ndarray, ref: np.ndarray, rtol: float, atol: float | None = None) -> dict[str, Any]:
+def compare(out: np.ndarray, ref: np.ndarray, rtol: float, atol: float | None = None, *,
+            classes: bool = False) -> dict[str, Any]:
     """Metrics of one output against the torch reference.
+
+    Args:
+        classes: the output is a dense class map ``[N, C>1, ...]``: also report pixel-wise argmax agreement.
 
     Returns:
         dict with ``rel_l2``, ``max_abs``, ``nan_inf``, ``nan_inf_torch``, ``top1`` (fraction of rows whose argmax agrees, for
-        ``[N, C>1]`` outputs, else ``None``), ``ok`` and ``reason``.
+        ``[N, C>1]`` outputs, else ``None``), ``argmax`` (fraction of positions whose class agrees, for ``classes``
+        outputs, else ``None``), ``ok`` and ``reason``.
     """
     if out.shape != ref.shape:
         return {"rel_l2": float("inf"), "max_abs": float("inf"), "nan_inf": 0, "nan_inf_torch": 0, "top1": None,
-                "ok": False, "reason": f"shape {out.shape} != torch {ref.shape}"}
+                "argmax": None, "ok": False, "reason": f"shape {out.shape} != torch {ref.shape}"}
     out64, ref64 = out.astype(np.float64), ref.astype(np.float64)
     fo, fr = np.isfinite(out64), np.isfinite(ref64)
     both = fo & fr
@@ -133,6 +141,10 @@ def compare(out: np.ndarray, ref: np.ndarray, rtol: float, atol: float | None = 
     top1 = None
     if out.ndim == 2 and out.shape[1] > 1:
         top1 = float((np.argmax(np.where(fo, out64, -np.inf), 1) == np.argmax(np.where(fr, ref64, -np.inf), 1)).mean())
+    argmax = None
+    if classes and out.ndim >= 3 and out.shape[1] > 1:
+        argmax = float((np.argmax(np.where(fo, out64, -np.inf), 1) == np.argmax(np.where(fr, ref64, -np.inf), 1)
+                        ).mean())
     reasons = []
     if not np.array_equal(fo, fr):
         reasons.append(f"nan/inf {int((~fo).sum())} where torch has {int((~fr).sum())}")
@@ -141,6 +153,6 @@ def compare(out: np.ndarray, ref: np.ndarray, rtol: float, atol: float | None = 
     if atol is not None and not max_abs <= atol:
         reasons.append(f"max_abs > {atol:g}")
     return {"rel_l2": rel, "max_abs": max_abs, "nan_inf": int((~fo).sum()), "nan_inf_torch": int((~fr).sum()),
-            "top1": top1, "ok": not reasons, "reason": "; ".join(reasons)}
+            "top1": top1, "argmax": argmax, "ok": not reasons, "reason": "; ".join(reasons)}
 
 __all__ = ["CheckLine", "CheckReport", "LEVEL_NAMES", "TOLERANCES", "compare"]

@@ -60,7 +60,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "onnxruntime and torch; print one line per opt level × batch; exit code 1 if "
                                    "any line misses (rel_l2 > rtol, max_abs > atol, NaN/Inf torch does not have). "
                                    "Raw-input files (export --input raw) are fed raw pixels; int8 QDQ files are "
-                                   "judged by top-1 agreement on the dataset. --runtime openvino checks the file "
+                                   "judged by top-1 agreement on the dataset. Every output gets its own rows (top-1 "
+                                   "for classifier logits, pixel-wise argmax agreement for class maps); a dynamic-size "
+                                   "file (export --dynamic-size) is checked at each size it records. --runtime "
+                                   "openvino checks the file "
                                    "under OpenVINO's CPU plugin instead (decomposed files only).")
     p.add_argument("onnx", metavar="MODEL.onnx", help="the exported .onnx file")
     p.add_argument("run_dir", metavar="RUN_DIR", help="run directory the model was exported from")

@@ -25,12 +25,17 @@ def run(a: argparse.Namespace) -> int:
                          shortcut=a.shortcut, drop_branches=not a.no_drop_branches, bn_recalibrate=a.bn_recalibrate,
                          bench=not a.no_bench, batches=tuple(a.batches), threads=a.threads,
                          min_seconds=a.min_seconds, twin=a.twin, data_dir=a.data_dir, check=not a.no_check,
-                         overwrite=a.overwrite)
+                         overwrite=a.overwrite, task_loss=a.task_loss)
     r = compress(a.run_dir, a.out, cfg)
     acc, v, t = r.accuracy, r.validation, r.targets
-    print(f"test accuracy {100 * acc['final']:.2f}% (original {100 * acc['original']:.2f}%, "
-          f"{acc['delta_pp']:+.2f} pp); MACs ×{r.macs['compressed_ratio']:.2f} of the ReLU twin")
-    if v.get("samples"):
+    if acc["final"] is None:  # not a classifier: the task loss instead of an accuracy
+        print(f"validation {v['task_loss']} {v.get('final_loss', float('nan')):.4g} (original "
+              f"{v['original_loss']:.4g}; no accuracy: not a classifier); MACs ×{r.macs['compressed_ratio']:.2f} of "
+              f"the ReLU twin")
+    else:
+        print(f"test accuracy {100 * acc['final']:.2f}% (original {100 * acc['original']:.2f}%, "
+              f"{acc['delta_pp']:+.2f} pp); MACs ×{r.macs['compressed_ratio']:.2f} of the ReLU twin")
+    if v.get("samples") and v.get("final") is not None:
         print(f"validation accuracy {100 * v['final']:.2f}% (original {100 * v['original']:.2f}%, "
               f"{-t['val_drop_pp']:+.2f} pp; budget --max-drop {t['max_drop_pp']})")
     for x in r.latency_ratios:
@@ -106,6 +111,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", default=None,
                    help="built-in dataset location override (imagefolder:/npz: runs reopen the path they were "
                         "trained on)")
+    p.add_argument("--task-loss", default=None, metavar="NAME",
+                   help="what to measure and fine-tune with instead of accuracy and cross-entropy on class labels; "
+                        "required for a run that is not a classifier (dense maps, several heads). distill-mse: mean "
+                        "squared error of every output against the uncompressed model's (no labels; a run without "
+                        "a dataset gets random inputs at its recorded input statistics)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the run in --out (the old one stays intact until the new one is complete)")
     p.set_defaults(func=run)

@@ -71,10 +71,15 @@ def _report_ops(a: argparse.Namespace, path) -> None:
 
     proto = onnx.load(str(path), load_external_data=False)
     ops = collections.Counter(f"{n.domain + '::' if n.domain else ''}{n.op_type}" for n in proto.graph.node)
+    from quadexport.exporter.outputs import structure_of
+
     data = external_files(path, proto)
     size = f"{path.stat().st_size / 1e6:.2f} MB" + "".join(f" + {d.name} {d.stat().st_size / 1e6:.2f} MB" for d in data)
     print(f"exported {a.out} ({size}, mode {a.mode}, opset {a.opset}"
-          f"{', fp16' if a.fp16 else ''}, input {a.input}): " + ", ".join(f"{k} {v}" for k, v in ops.most_common()))
+          f"{', fp16' if a.fp16 else ''}, input {a.input}{', dynamic size' if a.dynamic_size else ''}): "
+          + ", ".join(f"{k} {v}" for k, v in ops.most_common()))
+    s = structure_of(proto)
+    print(f"outputs ({s.task}): {s.summary()}")
 
 
 def run(a: argparse.Namespace) -> int:
@@ -100,7 +105,8 @@ def run(a: argparse.Namespace) -> int:
     # Written under a temporary name and renamed to a.out only once the parity check passed (or --no-check).
     with StagedFile(a.out) as staged:
         path = export(target, staged.path, mode=a.mode, opset=a.opset, fold_bn=not a.no_fold_bn, fp16=a.fp16,
-                      calibration_data=calib, metadata=meta, external_data=True if a.external_data else None)
+                      calibration_data=calib, metadata=meta, dynamic_size=a.dynamic_size,
+                      external_data=True if a.external_data else None)
         _report_ops(a, path)
         if not a.no_check:
             from quadexport.check import check
@@ -163,6 +169,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="normalized: the model's own input, (pixels*scale - mean)/std; raw: the training "
                         "preprocessing inside the graph, feed decoded pixels (uint8 or float, 0-255) as they are "
                         "(default: normalized)")
+    p.add_argument("--dynamic-size", action="store_true",
+                   help="H and W (L for 1-D models) dynamic besides the batch; the check runs at the recorded size "
+                        "and twice it (default: the run's fixed input size)")
     p.add_argument("--no-fold-bn", action="store_true", help="keep BatchNorm nodes (default: folded)")
     p.add_argument("--fp16", action="store_true",
                    help="float16 weights/activations (float32 I/O, fp32 islands) (default: float32)")

@@ -6,6 +6,8 @@ import argparse
 
 from quadexport.cli.argtypes import pos_int
 
+WHAT = ("models", "neurons", "datasets", "all")
+
 
 def _table(header: tuple[str, ...], rows: list[tuple[str, ...]], right: set[int] = frozenset()) -> list[str]:
     """Aligned text columns under a header (columns in ``right`` right-aligned)."""
@@ -56,9 +58,38 @@ def _models(neuron: str, in_channels: int, size: int) -> list[str]:
             *_table(("model", "params relu", "MACs relu", f"params {neuron}", f"MACs {neuron}"), rows, {1, 2, 3, 4})]
 
 
+def _run_info(path: str) -> list[str]:
+    """What a run dir holds: model, neuron, task, input, and each output (name, shape, kind)."""
+    from quadexport.checkpoint import load
+    from quadexport.exporter.outputs import run_structure
+
+    model = load(path)
+    meta, cfg = model.quadexport_meta or {}, model.quadexport_config or {}
+    shape = meta.get("input_shape")
+    s = run_structure(model)
+    out = [f"run {path}: {cfg.get('name', '?')} ({cfg.get('neuron', '?')})",
+           f"  task: {s.task if s else 'unknown (no input shape recorded)'}",
+           f"  input: {'x'.join(map(str, shape)) if shape else '?'}"
+           + (f" (dataset {meta['dataset']})" if meta.get("dataset") else " (no dataset: random inputs)")]
+    if s:
+        out.append("  outputs:")
+        out += _table(("name", "shape", "kind"), [(o.name, "x".join(["N", *map(str, o.shape[1:])]), o.kind)
+                                                  for o in s.outputs])
+    return out
+
+
 def run(a: argparse.Namespace) -> int:
     import quadexport as q
     from quadexport.errors import UsageError, did_you_mean
+
+    if a.what not in WHAT:
+        from pathlib import Path
+
+        if not Path(a.what).is_dir():
+            raise UsageError(f"{a.what!r} is neither a run dir nor one of {', '.join(WHAT)}"
+                             f"{did_you_mean(a.what, WHAT)}")
+        print("\n".join(_run_info(a.what)))
+        return 0
 
     if a.neuron != "relu" and a.neuron not in q.list_neurons():
         raise UsageError(f"unknown neuron type {a.neuron!r}{did_you_mean(a.neuron, q.list_neurons())}; see "
@@ -77,12 +108,13 @@ def run(a: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("info", help="list models, neuron types and datasets",
+    p = sub.add_parser("info", help="list models, neuron types and datasets, or describe a run dir",
                        description="List the neuron types (formula, quadratic branches, MAC cost over a plain "
                                    "layer), the zoo models (parameters and MACs of the ReLU twin and of the "
                                    "quadratic model) and the datasets.")
-    p.add_argument("what", nargs="?", choices=("models", "neurons", "datasets", "all"), default="all",
-                   help="what to list (default: all)")
+    p.add_argument("what", nargs="?", default="all", metavar="{models,neurons,datasets,all,RUN_DIR}",
+                   help="what to list, or a run dir to describe (its model, task, input and outputs) "
+                        "(default: all)")
     p.add_argument("--neuron", default="fan", help="neuron type of the models table (default: fan)")
     p.add_argument("--in-channels", type=pos_int, default=1, help="input channels of the models (default: 1)")
     p.add_argument("--size", type=pos_int, default=28, help="input height and width of the models (default: 28)")

@@ -37,9 +37,11 @@ def _from_name(a: argparse.Namespace) -> Any:
     from quadexport.zoo import create_model
     from quadexport.zoo.foreign import load_weights
 
+    if a.dataset is None and a.input_shape is None:
+        raise UsageError(f"{a.source} is not a run dir; building the model needs --dataset, or --input-shape C H W "
+                         f"for a model without one (segmentation, denoising...), and --weights FILE for its weights")
     if a.dataset is None:
-        raise UsageError(f"{a.source} is not a run dir; building the model needs --dataset (and --weights FILE "
-                         f"for its trained weights)")
+        return _without_data(a)
     data = open_dataset(a.dataset, DataOptions(data_dir=a.data_dir, image_size=a.image_size))
     shape, kw = data.input_shape, dict(a.model_arg or [])
     model = create_model(a.source, neuron="relu", num_classes=data.num_classes, in_channels=shape[0],
@@ -55,6 +57,24 @@ def _from_name(a: argparse.Namespace) -> Any:
     return model
 
 
+def _without_data(a: argparse.Namespace) -> Any:
+    """SOURCE a model name with ``--input-shape`` and no dataset: built for that shape (``--model-arg num_classes=N``
+    sizes its head, default 10); the run has no data, so ``check`` feeds random inputs."""
+    from quadexport.zoo import create_model
+    from quadexport.zoo.foreign import load_weights
+
+    kw = dict(a.model_arg or [])
+    shape = tuple(a.input_shape)
+    num_classes = int(kw.pop("num_classes", 10))
+    size = tuple(shape[1:]) if len(shape) == 3 else shape[-1]
+    model = create_model(a.source, neuron="relu", num_classes=num_classes, in_channels=shape[0], input_size=size,
+                         **kw)
+    if a.weights:
+        load_weights(model, a.weights)
+    model.quadexport_meta = {"input_shape": list(shape), "num_classes": num_classes}
+    return model
+
+
 def run(a: argparse.Namespace) -> int:
     from quadexport.checkpoint import load, save_checkpoint, write_json
     from quadexport.errors import UsageError
@@ -64,8 +84,9 @@ def run(a: argparse.Namespace) -> int:
 
     src = Path(a.source)
     if src.exists():
-        if a.dataset is not None:
-            raise UsageError(f"{src} is a run dir: it brings its own data; drop --dataset")
+        if a.dataset is not None or a.input_shape is not None:
+            raise UsageError(f"{src} is a run dir: it brings its own data and input shape; drop "
+                             f"{'--dataset' if a.dataset is not None else '--input-shape'}")
         model = load(src)
         if a.weights:
             load_weights(model, a.weights)
@@ -76,6 +97,10 @@ def run(a: argparse.Namespace) -> int:
         raise UsageError(f"no layer of {src} was quadratized ({len(report.skipped)} conv/linear layers left alone); "
                          f"name some with --include")
     meta, config, metrics = _run_files(src, q, report, a.weights)
+    if meta.get("input_shape"):
+        from quadexport.exporter.outputs import run_meta
+
+        meta.update(run_meta(q, meta["input_shape"]))  # task and outputs, for `info RUN`, check and compress
     with open_run(a.out, "overwrite" if a.overwrite else "new", resumable=False) as out:
         with out.saving():
             write_json(out.path / METRICS, out.stamp(metrics))
@@ -109,6 +134,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="state dict file with the trained weights (weights-only load; nothing is downloaded)")
     p.add_argument("--dataset", default=None, type=dataset_spec, metavar="DATASET",
                    help="for a model name: the data it was trained on (digits, imagefolder:PATH, npz:FILE)")
+    p.add_argument("--input-shape", type=pos_int, nargs="+", default=None, metavar="N",
+                   help="for a model name without a dataset (segmentation, denoising, ...): the per-sample input "
+                        "shape, e.g. 3 64 64; --model-arg num_classes=N sizes the head")
     p.add_argument("--data-dir", default=None, help="for a model name: dataset location override")
     p.add_argument("--image-size", type=image_size, default=None, metavar="H[xW]",
                    help="for a model name on imagefolder: data: the input size")

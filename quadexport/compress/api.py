@@ -22,8 +22,10 @@ from quadexport.compress.outputs import FP32_ONNX, INT8_ONNX
 from quadexport.compress.plan import Plan, nchwc_block, plan, search_threshold
 from quadexport.compress.report import CompressOutcome, CompressReport, build_report, render_report
 from quadexport.compress.rewrite import compress_model, fold_mixed_bn
-from quadexport.compress.rundata import open_data
+from quadexport.compress.rundata import open_data, random_data
+from quadexport.compress.taskloss import outputs_rel
 from quadexport.compress.stats import channel_scores, collect_stats, is_fan_form, splittable
+from quadexport.exporter.outputs import flatten
 from quadexport.zoo._prune import get_spec
 
 REPORT_JSON, REPORT_MD = "compress_report.json", "compress_report.md"
@@ -97,6 +99,47 @@ def compress_run(run_dir: str | Path, out: str | Path, cfg: CompressConfig) -> C
     return report
 
 
+def _is_classifier(run_dir: Path, model: torch.nn.Module, cfg: CompressConfig) -> bool:
+    """Whether the run is a classifier; without a task loss compress measures top-1 accuracy and fine-tunes with
+    cross-entropy on class labels, so any other run is refused naming ``--task-loss``."""
+    from quadexport.exporter.outputs import run_structure
+
+    s = run_structure(model)
+    if s is not None and not s.is_classifier:
+        if cfg.task_loss is None:
+            raise CompressError(f"{run_dir} is a {s.task} run (outputs {s.summary()}): without a task loss compress "
+                                f"takes classifier runs only; give --task-loss distill-mse (match the uncompressed "
+                                f"model's outputs, no labels needed)")
+        if cfg.quantize:
+            raise CompressError(f"{run_dir} is a {s.task} run: --quantize int8 judges the int8 file by test "
+                                f"accuracy, which only classifier runs have; compress it without --quantize")
+        return False
+    return True
+
+
+def _open_data(run_dir: Path, meta: dict[str, Any], shape: tuple[int, ...], cfg: CompressConfig,
+               model: torch.nn.Module) -> Any:
+    """The run's data (its dataset, or random inputs for a task loss without labels), with the task loss and the
+    uncompressed model (its teacher) attached."""
+    from quadexport.compress.taskloss import get_task_loss
+
+    task = get_task_loss(cfg.task_loss) if cfg.task_loss else None
+    if meta.get("dataset"):
+        # the data last of the checks, and before anything is written: a dataset that is gone is a one-line error
+        data = open_data(run_dir, meta, cfg.calib_samples, cfg.val_samples, cfg.data_dir)
+    elif task is not None and not task.needs_labels:
+        data = random_data(meta, shape, cfg.calib_samples, cfg.val_samples)
+    elif task is not None:
+        raise CompressError(f"{run_dir} has no dataset, and --task-loss {task.name} needs labels; use "
+                            f"--task-loss distill-mse")
+    else:
+        raise CompressError(f"{run_dir} has no dataset in its metadata; cannot calibrate (--task-loss distill-mse "
+                            f"needs no dataset)")
+    if task is not None:
+        data.task, data.teacher = task, copy.deepcopy(model).eval()
+    return data
+
+
 def _open(run_dir: Path, out: Path, cfg: CompressConfig) -> Job:
     """Check the paths, load the source run; a run with nothing to prune is refused before any calibration."""
     from quadexport.checkpoint import build_from_checkpoint, read_checkpoint
@@ -118,32 +161,36 @@ def _open(run_dir: Path, out: Path, cfg: CompressConfig) -> Job:
             raise CompressError(f"{run_dir} has no quadratic (Fan-form) layer (neuron {neuron!r}): there is nothing "
                                 f"to prune; give --quantize int8 alone to quantise it")
     meta = dict(ckpt["meta"])
-    if not meta.get("dataset"):
-        raise CompressError(f"{run_dir} has no dataset in its metadata; cannot calibrate")
+    classifier = _is_classifier(run_dir, model, cfg)
     shape = tuple(int(v) for v in meta["input_shape"])
     align = nchwc_block() if cfg.align is None else int(cfg.align)
-    # the data last of the checks, and before anything is written: a dataset that is gone is a one-line error
-    data = open_data(run_dir, meta, cfg.calib_samples, cfg.val_samples, cfg.data_dir)
+    data = _open_data(run_dir, meta, shape, cfg, model)
     return Job(cfg, ckpt, meta, shape, align, already, CompressOutcome(run_dir, out, model), data=data,
-               threshold=cfg.initial_threshold())
+               threshold=cfg.initial_threshold(), accuracy=classifier and data.source is not None)
 
 
 def _calibrate(job: Job) -> None:
     """Original accuracies (test and validation), channel groups, channel scores, MACs."""
     cfg, o, meta, data = job.cfg, job.o, job.meta, job.data
-    job.say(f"== calibrate on {len(job.calib)} {meta['dataset']} training images")
+    what = f"{meta['dataset']} training images" if meta.get("dataset") else "random inputs (the run has no dataset)"
+    job.say(f"== calibrate on {len(job.calib)} {what}")
     with torch.no_grad():
-        if not bool(torch.isfinite(o.model(job.calib[:256])).all()):
+        if not all(bool(torch.isfinite(t).all()) for t in flatten(o.model(job.calib[:256]))):
             raise CompressError(f"{o.run_dir}: the model's outputs on its own training images are NaN/Inf; "
                                 f"retrain the run (e.g. with --relinear sg) before compressing it")
     t0 = time.perf_counter()
     tc = meta.get("train_config") or {}
-    if isinstance(meta.get("test_acc"), float) and tc and tc.get("test_subset") is None and not cfg.data_dir:
+    if not job.accuracy:  # a task loss on a run without accuracy: the validation split reports that loss
+        o.acc_orig = None
+    elif isinstance(meta.get("test_acc"), float) and tc and tc.get("test_subset") is None and not cfg.data_dir:
         o.acc_orig = float(meta["test_acc"])  # the run's own evaluation on this same (full) test split
     else:
         o.acc_orig = data.accuracy(o.model, "test")
     nv = len(data.val)
-    o.val = {"samples": nv, "original": data.accuracy(o.model, "val") if nv else None}
+    if job.accuracy:
+        o.val = {"samples": nv, "original": data.accuracy(o.model, "val") if nv else None}
+    else:
+        o.val = {"samples": nv, "task_loss": cfg.task_loss, "original_loss": data.loss(o.model, "val")}
     if not job.already:
         from quadexport.compress.permute import verify_permutations
         from quadexport.compress.structure import describe
@@ -154,7 +201,7 @@ def _calibrate(job: Job) -> None:
         o.unresolved = sorted(set(o.unresolved))
         batches = list(job.bar(job.calib.split(256), "calibration"))
         job.scores = channel_scores(collect_stats(o.model, torch.cat(batches) if batches else job.calib))
-    job.say(f"   original test accuracy {100 * o.acc_orig:.2f}% ({time.perf_counter() - t0:.0f} s)")
+    job.say(f"   original {_measure(job, o.acc_orig, o.val)} ({time.perf_counter() - t0:.0f} s)")
     job.twin_model = twin_of(o.model)
     o.macs_twin = macs(job.twin_model, job.shape)
     o.macs_orig = macs(o.model, job.shape)
@@ -257,8 +304,7 @@ def _rewrite(job: Job) -> None:
 
         recalibrate_bn(o.cmodel, job.calib)
     with torch.no_grad():
-        ref = o.model(job.calib[:256])
-        o.rel = float((o.cmodel(job.calib[:256]) - ref).norm() / ref.norm())
+        o.rel = outputs_rel(o.cmodel(job.calib[:256]), o.model(job.calib[:256]))
     if o.plan is not None:
         layers = o.plan.layers.values()
         job.say(f"== threshold {job.threshold:.4g}: {sum(p.k for p in layers)}/{sum(p.channels for p in layers)} "
@@ -270,27 +316,45 @@ def _finetune_and_fold(job: Job) -> None:
     """Fine-tuning (when something changed), BatchNorm folding into mixed layers, final accuracies and MACs."""
     cfg, o, data = job.cfg, job.o, job.data
     o.ft_hist = []
+    acc = job.accuracy
     if cfg.finetune_epochs and job.changed:
-        o.acc_pruned = data.accuracy(o.cmodel, "test")
-        job.say(f"   pruned test accuracy before fine-tuning {100 * o.acc_pruned:.2f}% "
-                f"(original {100 * o.acc_orig:.2f}%)")
+        o.acc_pruned = data.accuracy(o.cmodel, "test") if acc else None
+        if acc:
+            job.say(f"   pruned test accuracy before fine-tuning {100 * o.acc_pruned:.2f}% "
+                    f"(original {100 * o.acc_orig:.2f}%)")
         from quadexport.compress.finetune import finetune
 
-        job.say(f"== fine-tune {cfg.finetune_epochs} epoch(s) on {len(data.fit)} training images")
+        job.say(f"== fine-tune {cfg.finetune_epochs} epoch(s) on {len(data.fit)} "
+                f"{'training images' if data.source is not None else 'random inputs'}"
+                f"{f' (task loss {cfg.task_loss})' if data.task is not None else ''}")
         o.ft_hist = finetune(o.cmodel, data.fit, job.meta.get("train_config") or {}, cfg.finetune_epochs,
-                             lr=cfg.finetune_lr, progress=job.bar, log=job.say, workers=data.workers)
+                             lr=cfg.finetune_lr, progress=job.bar, log=job.say, workers=data.workers,
+                             loss_fn=data.batch_loss if data.task is not None else None)
     else:
         o.acc_pruned = None
     o.folded = fold_mixed_bn(o.cmodel, job.spec, job.structure) if not job.already else []
     o.cmodel.eval()
-    o.acc_final = data.accuracy(o.cmodel, "test") if job.changed else o.acc_orig
+    o.acc_final = (data.accuracy(o.cmodel, "test") if job.changed else o.acc_orig) if acc else None
     if o.acc_pruned is None:  # no fine-tuning: the pruned model is the final one (BN folding aside)
         o.acc_pruned = o.acc_final
-    if o.val.get("samples"):
+    if o.val.get("samples") and acc:
         o.val["final"] = data.accuracy(o.cmodel, "val") if job.changed else o.val["original"]
-    job.say(f"   test accuracy {100 * o.acc_final:.2f}% (original {100 * o.acc_orig:.2f}%, "
-            f"{100 * (o.acc_final - o.acc_orig):+.2f} pp)")
+    elif o.val.get("samples"):
+        o.val["final_loss"] = data.loss(o.cmodel, "val") if job.changed else o.val["original_loss"]
+    if acc:
+        job.say(f"   test accuracy {100 * o.acc_final:.2f}% (original {100 * o.acc_orig:.2f}%, "
+                f"{100 * (o.acc_final - o.acc_orig):+.2f} pp)")
+    elif o.val.get("samples"):
+        job.say(f"   validation {cfg.task_loss} {o.val['final_loss']:.4g} (original {o.val['original_loss']:.4g})")
     o.macs_c = macs(o.cmodel, job.shape)
+
+
+def _measure(job: Job, acc: float | None, val: dict[str, Any]) -> str:
+    """The original model's measure in words: test accuracy, or the validation task loss."""
+    if acc is not None:
+        return f"test accuracy {100 * acc:.2f}%"
+    loss = val.get("original_loss", float("nan"))
+    return f"validation {job.cfg.task_loss} {loss:.4g} (no accuracy: not a classifier)"
 
 
 def _val_drop_pp(job: Job) -> float | None:

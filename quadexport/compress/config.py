@@ -55,6 +55,10 @@ class CompressConfig:
         overwrite: replace an existing output run dir.
         verbose: log progress at INFO (else DEBUG).
         progress: progress bars (terminals only) on calibration, search and fine-tuning.
+        task_loss: a registered task loss (:mod:`quadexport.compress.taskloss`, e.g. ``"distill-mse"``): what
+            layer selection, the accuracy budget's place and fine-tuning minimise instead of cross-entropy on class
+            labels. Required for a run that is not a classifier (dense maps, several heads); such a run has no
+            accuracy: the report's accuracy fields are ``None`` and the validation split reports this loss.
     """
 
     threshold: float | None = None
@@ -83,6 +87,7 @@ class CompressConfig:
     overwrite: bool = False
     verbose: bool = True
     progress: bool = True
+    task_loss: str | None = None
 
     def __post_init__(self) -> None:
         self.batches = tuple(self.batches)
@@ -109,6 +114,10 @@ class CompressConfig:
             raise CompressError(f"--max-drop must be a finite number of percentage points >= 0, got {self.max_drop}")
         if self.val_samples < 1:
             raise CompressError("--val-samples must be >= 1")
+        if self.task_loss is not None:
+            from quadexport.compress.taskloss import get_task_loss
+
+            get_task_loss(self.task_loss)  # an unknown name is a one-line error naming the choices
 
     def initial_threshold(self) -> float | None:
         """The threshold when none was given: 0 for a quantisation-only pass, else :data:`DEFAULT_THRESHOLD`

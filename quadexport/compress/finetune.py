@@ -59,19 +59,21 @@ def recipe(train_config: dict[str, Any], epochs: int, lr: float | None = None, l
 
 def finetune(model: nn.Module, data: Dataset, train_config: dict[str, Any], epochs: int, lr: float | None = None,
              progress: Callable[[Any, str], Any] | None = None, log: Callable[[str], None] | None = None,
-             workers: int = 0) -> list[dict[str, Any]]:
+             workers: int = 0, loss_fn: Callable[[Any, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+             ) -> list[dict[str, Any]]:
     """Fine-tune ``model`` in place on ``data`` (map-style ``(image, label)``: in-memory tensors, or image files read
     by ``workers`` DataLoader processes) with the run's recipe through the training loop of :mod:`quadexport.train`
     (:func:`~quadexport.fit.fit_dataset`: NaN steps skipped, NaN epochs rolled back with the LR halved); gate and
-    power branches of quadratic and mixed layers at the run's ReLinear LR ratios (:func:`param_groups`). Returns
-    per-epoch metrics."""
+    power branches of quadratic and mixed layers at the run's ReLinear LR ratios (:func:`param_groups`).
+    ``loss_fn(outputs, x, y)`` (a task loss) replaces cross-entropy on the labels. Returns per-epoch metrics."""
     from quadexport.fit import fit_dataset
 
     cfg = recipe(train_config, epochs, lr)
     groups = param_groups(model, cfg.lr, cfg.relinear.to_dict(), cfg.weight_decay)
     opt = (torch.optim.Adam(groups, lr=cfg.lr) if cfg.optimizer == "adam"
            else torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9))
-    hist = fit_dataset(model, data, cfg, workers=workers, optimizer=opt, progress=progress, log_fn=log)
+    hist = fit_dataset(model, data, cfg, workers=workers, optimizer=opt, progress=progress, log_fn=log,
+                       loss_fn=loss_fn)
     for row in hist:
         (log or _log.info)(f"   fine-tune epoch {row['epoch']}/{epochs}: train_loss {row['train_loss']:.4f} "
                            f"({row['seconds']:.0f} s)")

@@ -42,6 +42,7 @@ class Job:
     structure: Structure | None = None
     searched_cost: float | None = None
     keep: dict[str, int] | None = None  # layer selection (--select layers): layer → quadratic channels
+    accuracy: bool = True  # a classifier with labelled data: test/validation accuracy measured (else the task loss)
     run: Any = None  # quadexport.rundir.RunDir: the locked staging dir that becomes ``o.out`` once complete
 
     @property
@@ -80,7 +81,7 @@ def twin_of(model: nn.Module) -> nn.Module:
     """The ReLU twin (same builder and options, ``neuron="relu"``, fresh weights) of a zoo model."""
     from quadexport.zoo import create_model
 
-    cfg = {k: v for k, v in model.quadexport_config.items() if k != "compress"}
+    cfg = {k: v for k, v in model.quadexport_config.items() if k not in ("compress", "quadratize")}
     name = cfg.pop("name")
     cfg["neuron"] = "relu"
     with torch.random.fork_rng(devices=[]):

@@ -26,6 +26,7 @@ def write_run(job: Job) -> Path:
                               "keep_fp32": cfg.keep_fp32, "align": job.align, "split": cfg.split,
                               "shortcut": cfg.shortcut, "calib_samples": cfg.calib_samples,
                               "max_drop": cfg.max_drop, "val_samples": o.val.get("samples"),
+                              "task_loss": cfg.task_loss,
                               "bn_recalibrated": bool(cfg.bn_recalibrate and job.changed),
                               "source_compression": meta.get("compression")})
     if cfg.quantize:
@@ -38,7 +39,7 @@ def write_run(job: Job) -> Path:
                                            "train_config": meta.get("train_config")}))
     write_json(out / "metrics.json", stamp({"model": o.cmodel.quadexport_config.get("name"),
                                             "neuron": o.cmodel.quadexport_config.get("neuron"),
-                                            "dataset": meta["dataset"], "test_acc": o.acc_final,
+                                            "dataset": meta.get("dataset"), "test_acc": o.acc_final,
                                             "uncompressed_test_acc": o.acc_orig, "pruned_test_acc": o.acc_pruned,
                                             "finetune": o.ft_hist, "epochs": []}))
     return export_onnx(o.cmodel, out / FP32_ONNX, job.shape)
@@ -48,7 +49,8 @@ def parity(job: Job, fp32_path: Path) -> None:
     from quadexport.check import check as run_check
 
     # the real-data lines on the test split already open (any dataset kind: no second scan of a folder)
-    rep = run_check(fp32_path, job.o.cmodel, batches=(1, 3, 64), verbose=False, dataset=job.data.source)
+    src = job.data.source if job.data.source is not None else False  # no dataset: random inputs only
+    rep = run_check(fp32_path, job.o.cmodel, batches=(1, 3, 64), verbose=False, dataset=src)
     rep.onnx_path = str(job.o.out / FP32_ONNX)  # where it will be once the staged run is in place
     rep.save(job.dir / "parity.json")
     job.o.parity = {"ok": rep.ok, "worst_rel_l2": rep.worst_rel_l2}
@@ -73,7 +75,7 @@ def trained_twin(job: Job) -> None:
 
     tm = load(job.cfg.twin)
     acc = tm.quadexport_meta.get("test_acc")
-    job.o.twin_acc = float(acc) if acc is not None else job.data.accuracy(tm, "test")
+    job.o.twin_acc = float(acc) if acc is not None else job.data.accuracy(tm, "test") if job.accuracy else None
     job.twin_model = tm
 
 

@@ -40,9 +40,9 @@ class CompressOutcome:
     model: nn.Module
     cmodel: nn.Module | None = None
     plan: Plan | None = None
-    acc_orig: float = float("nan")
+    acc_orig: float | None = float("nan")  # None: the run is not a classifier (a task loss was measured)
     acc_pruned: float | None = None
-    acc_final: float = float("nan")
+    acc_final: float | None = float("nan")
     twin_acc: float | None = None
     macs_orig: int = 0
     macs_c: int = 0
@@ -72,8 +72,9 @@ class CompressReport:
         layers: one row per quadratic layer (channels, kept prefix ``k``, branches, error, form).
         quadratic_channels: ``{"kept", "total"}``.
         accuracy: test accuracy ``original``/``pruned``/``final``, ``delta_pp``, ``relu_twin``,
-            ``calibration_logits_rel_change``.
-        validation: accuracy on the validation split carved from the training data (the budget's measure).
+            ``calibration_logits_rel_change`` (the accuracies ``None`` for a run that is not a classifier).
+        validation: accuracy on the validation split carved from the training data (the budget's measure); with
+            a task loss on a run without accuracy, ``task_loss``, ``original_loss`` and ``final_loss`` instead.
         targets: ``max_drop_pp``, ``val_drop_pp``, ``target_ratio``, ``cost``, ``reached_ratio`` and ``missed``
             (plain sentences; empty when every target held).
         macs: MACs of the original, compressed and ReLU-twin models and their ratios.
@@ -140,7 +141,8 @@ def build_report(o: CompressOutcome) -> CompressReport:
         source=str(run_dir), out=str(out), model=cmodel.quadexport_config.get("name"),
         neuron=cmodel.quadexport_config.get("neuron"), plan=pdict, layers=layers, quadratic_channels=qch,
         accuracy={"original": o.acc_orig, "pruned": o.acc_pruned, "final": o.acc_final,
-                  "delta_pp": 100 * (o.acc_final - o.acc_orig), "relu_twin": o.twin_acc,
+                  "delta_pp": (100 * (o.acc_final - o.acc_orig) if o.acc_final is not None and o.acc_orig is not None
+                               else None), "relu_twin": o.twin_acc,
                   "calibration_logits_rel_change": o.rel},
         validation=dict(o.val), targets=dict(o.targets),
         macs={"original": o.macs_orig, "compressed": o.macs_c, "relu_twin": o.macs_twin,
@@ -179,12 +181,15 @@ def render_report(r: CompressReport | dict[str, Any]) -> str:
             if r["plan"]["threshold"] is not None else
             f"{r['model']} ({r['neuron']}): int8 of an already compressed run "
             f"({r['quadratic_channels']['kept']} quadratic channels).")
+    v = r.get("validation") or {}
+    pct = lambda x: "–" if x is None else f"{100 * x:.2f}%"  # noqa: E731  (absent: not a classifier)
+    delta = "" if a["delta_pp"] is None else f" ({a['delta_pp']:+.2f} pp)"
     lines = [f"# Compression of `{r['source']}`", "", head, "",
              "| | test accuracy | MACs | MACs / ReLU twin |", "|---|---|---|---|",
-             f"| original | {100 * a['original']:.2f}% | {m['original'] / 1e6:.2f}M | {m['original_ratio']:.2f} |",
-             f"| compressed (pruned{', fine-tuned' if r['finetune'] else ''}) | {100 * a['final']:.2f}% "
-             f"({a['delta_pp']:+.2f} pp) | {m['compressed'] / 1e6:.2f}M | {m['compressed_ratio']:.2f} |"]
-    if r["finetune"]:
+             f"| original | {pct(a['original'])} | {m['original'] / 1e6:.2f}M | {m['original_ratio']:.2f} |",
+             f"| compressed (pruned{', fine-tuned' if r['finetune'] else ''}) | {pct(a['final'])}{delta} "
+             f"| {m['compressed'] / 1e6:.2f}M | {m['compressed_ratio']:.2f} |"]
+    if r["finetune"] and a["pruned"] is not None:
         lines.append(f"| pruned, before fine-tuning | {100 * a['pruned']:.2f}% | | |")
     if r.get("int8"):
         lines.append(f"| compressed int8 (keep fp32: {r['int8']['keep_fp32']}) | {100 * r['int8']['test_acc']:.2f}% "
@@ -226,8 +231,11 @@ def render_report(r: CompressReport | dict[str, Any]) -> str:
     for n in r.get("unresolved", []):
         lines.append(f"- left unpermuted: {n}")
     lines += _render_selection(r.get("layer_selection"))
-    t, v = r.get("targets") or {}, r.get("validation") or {}
-    if v:
+    t = r.get("targets") or {}
+    if v.get("task_loss"):
+        lines += ["", f"Not a classifier: no accuracy. Validation {v['task_loss']} ({v['samples']} inputs, against "
+                      f"the uncompressed model): {v['original_loss']:.4g} → {v.get('final_loss', float('nan')):.4g}."]
+    if v and v.get("original") is not None and v.get("final") is not None:
         lines += ["", f"Validation split ({v['samples']} training images, not used for calibration or fine-tuning): "
                       f"{100 * v['original']:.2f}% → {100 * v['final']:.2f}% ({t.get('val_drop_pp', 0):+.2f} pp drop; "
                       f"budget {t.get('max_drop_pp')})."]

@@ -16,13 +16,15 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
+import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from quadexport.compress.config import CompressError
+from quadexport.compress.taskloss import TaskLoss
 from quadexport.data import DataSource, DatasetNotFoundError, open_run_dataset, parse_dataset_spec
 
-__all__ = ["EVAL_BATCH", "CompressData", "open_data"]
+__all__ = ["EVAL_BATCH", "CompressData", "open_data", "random_data"]
 
 log = logging.getLogger(__name__)
 
@@ -39,21 +41,36 @@ class CompressData:
         calib: calibration images (normalised model inputs, in memory), from ``fit``'s part of the training split.
         fit: the training split without the validation split (fine-tuning).
         val: the validation split (``val_samples``, at most a fifth of the training split).
+        task: the task loss (``None``: cross-entropy on the class labels) and ``teacher``, the uncompressed model
+            whose outputs it compares against.
+    A run without a dataset (:func:`random_data`) has ``source`` ``None``: random inputs, no labels, no test split
+    (``test`` is the validation split).
     """
 
-    source: DataSource
+    source: DataSource | None
     calib: torch.Tensor
     fit: Dataset
     val: Dataset
+    task: TaskLoss | None = None
+    teacher: nn.Module | None = None
 
     @property
     def workers(self) -> int:
         """DataLoader worker processes for this dataset (0 for in-memory tensors)."""
-        return self.source.workers
+        return self.source.workers if self.source is not None else 0
 
     @property
     def test(self) -> Dataset:
-        return self.source.test
+        return self.source.test if self.source is not None else self.val
+
+    def batch_loss(self, out: Any, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The loss of one batch's outputs: the task loss against the teacher's outputs on ``x``, else
+        cross-entropy on the labels ``y``."""
+        if self.task is None:
+            return F.cross_entropy(out.float(), y)
+        with torch.no_grad():
+            ref = self.teacher.eval()(x)
+        return self.task(out, ref, y)
 
     def batches(self, split: str | Dataset, batch_size: int = EVAL_BATCH) -> DataLoader:
         """The ``(x, y)`` batches of ``split`` (``"test"``, ``"val"``, ``"fit"`` or a dataset), in order."""
@@ -67,10 +84,17 @@ class CompressData:
         return float(evaluate_batches(model, self.batches(split), torch.device("cpu"))[1])
 
     def loss(self, model: nn.Module, split: str) -> float:
-        """Mean cross-entropy of ``model`` (eval mode, CPU) on ``split``."""
+        """Mean loss of ``model`` (eval mode, CPU) on ``split``: the task loss, else cross-entropy."""
         from quadexport.train import evaluate_batches
 
-        return float(evaluate_batches(model, self.batches(split), torch.device("cpu"))[0])
+        if self.task is None:
+            return float(evaluate_batches(model, self.batches(split), torch.device("cpu"))[0])
+        model.eval()
+        total, n = 0.0, 0
+        with torch.no_grad():
+            for x, y in self.batches(split):
+                total, n = total + float(self.batch_loss(model(x), x, y)) * len(x), n + len(x)
+        return total / max(n, 1)
 
 
 def _missing(run_dir: Path, spec: str, err: Exception) -> CompressError:
@@ -116,3 +140,27 @@ def open_data(run_dir: str | Path, meta: Mapping[str, Any], calib_samples: int, 
               len(src.test), len(calib))
     return CompressData(source=src, calib=calib, fit=Subset(src.train, rest.sort().values.tolist()),
                         val=Subset(src.train, val.tolist()))
+
+
+def random_inputs(meta: Mapping[str, Any], n: int, shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    """``n`` random model inputs at the run's recorded input statistics (``meta["input_stats"]``: per-channel
+    ``mean``/``std`` of the normalised inputs), N(0, 1) when none are recorded."""
+    x = torch.randn((n, *shape), generator=torch.Generator().manual_seed(int(seed)))
+    stats = meta.get("input_stats") or {}
+    if stats and len(shape) >= 2:
+        bc = (-1,) + (1,) * (len(shape) - 1)
+        mean, std = (torch.as_tensor(stats.get(k, d), dtype=torch.float32) for k, d in (("mean", 0.0), ("std", 1.0)))
+        x = x * (std.reshape(bc) if std.dim() else std) + (mean.reshape(bc) if mean.dim() else mean)
+    return x
+
+
+def random_data(meta: Mapping[str, Any], shape: tuple[int, ...], calib_samples: int, val_samples: int,
+                seed: int = 0) -> CompressData:
+    """The data of a run without a dataset (a task loss that needs no labels): ``calib_samples`` random inputs for
+    calibration and fine-tuning, ``val_samples`` others for validation, labels all 0 (unused)."""
+    calib = random_inputs(meta, int(calib_samples), shape, seed)
+    val = random_inputs(meta, int(val_samples), shape, seed + 1)
+    zeros = lambda t: torch.zeros(len(t), dtype=torch.long)  # noqa: E731
+    log.debug("no dataset: %d random calibration/fine-tuning inputs, %d validation inputs", len(calib), len(val))
+    return CompressData(source=None, calib=calib, fit=TensorDataset(calib, zeros(calib)),
+                        val=TensorDataset(val, zeros(val)))

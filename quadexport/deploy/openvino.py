@@ -25,6 +25,7 @@ from torch import nn
 
 from quadexport.deploy.parity import BF16_RTOL, ParityRow, parity_row, tolerance
 from quadexport.errors import QuadexportError, UsageError
+from quadexport.exporter.outputs import flatten
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,7 @@ def _cases(model: nn.Module | None, io_dir: str | os.PathLike | None, batches: S
             x = g.standard_normal((int(b), *input_shape), dtype=np.float32)
             with torch.no_grad():
                 y = model(torch.from_numpy(x))
-            cases.append((x, [t.float().numpy() for t in (y if isinstance(y, (tuple, list)) else (y,))]))
+            cases.append((x, [t.float().numpy() for t in flatten(y)]))
     finally:
         model.train(was_training)
     return cases

@@ -26,6 +26,8 @@ from torch import nn
 from quadexport.checkpoint import write_json
 from quadexport.deploy.parity import ParityRow, parity_row, tolerance
 from quadexport.errors import QuadexportError, UsageError
+from quadexport.exporter.dynamic import recorded
+from quadexport.exporter.outputs import flatten
 
 log = logging.getLogger(__name__)
 
@@ -88,9 +90,12 @@ def _graph_io(proto: onnx.ModelProto) -> tuple[str, list[int | None], list[str]]
     return inputs[0].name, dims[1:], [o.name for o in proto.graph.output]
 
 
-def _sample_shape(onnx_dims: list[int | None], model: nn.Module) -> list[int]:
+def _sample_shape(onnx_dims: list[int | None], model: nn.Module, props: dict[str, str]) -> list[int]:
     if onnx_dims and all(d for d in onnx_dims):
         return [int(d) for d in onnx_dims]
+    dyn = recorded(props)  # a dynamic-size file: the size it was traced at
+    if dyn and onnx_dims and onnx_dims[0]:
+        return [int(onnx_dims[0]), *[int(v) for v in dyn["sizes"][0]]]
     meta = getattr(model, "quadexport_meta", None) or {}
     cfg = getattr(model, "quadexport_config", None) or {}
     if meta.get("input_shape"):
@@ -156,16 +161,16 @@ def save_io(model: nn.Module, onnx_path: str | os.PathLike, out_dir: str | os.Pa
         raise UsageError(f"no ONNX file at {onnx_path}: export the model first")
     proto = onnx.load(str(onnx_path), load_external_data=False)
     input_name, dims, output_names = _graph_io(proto)
-    model_dtype = {p.key: p.value for p in proto.metadata_props}.get("quadexport.dtype", "float32")
-    x, source = _batch(_sample_shape(dims, model), int(batch), data, dataset, data_dir, seed)
+    props = {p.key: p.value for p in proto.metadata_props}
+    model_dtype = props.get("quadexport.dtype", "float32")
+    x, source = _batch(_sample_shape(dims, model, props), int(batch), data, dataset, data_dir, seed)
     was_training = model.training
     try:
         with torch.no_grad():
             y = model.eval()(torch.from_numpy(x))
     finally:
         model.train(was_training)
-    expected = [np.ascontiguousarray(t.detach().float().cpu().numpy()) for t in (y if isinstance(y, (tuple, list))
-                                                                              else (y,))]
+    expected = [np.ascontiguousarray(t.detach().float().cpu().numpy()) for t in flatten(y)]
     if len(expected) != len(output_names):
         raise UsageError(f"the model returns {len(expected)} outputs, {onnx_path} has {len(output_names)}: pass the "
                          f"model the file was exported from")

@@ -26,8 +26,9 @@ from torch import nn
 from quadexport._torchutil import shared_copy
 from quadexport.atomicfile import StagedFile
 from quadexport.errors import UsageError
-from quadexport.exporter import extdata, ops
+from quadexport.exporter import dynamic, extdata, ops
 from quadexport.exporter.fold import fold_batchnorm
+from quadexport.exporter.outputs import FlatOutputs, OutputStructure, model_structure
 from quadexport.exporter.targets import DEFAULT_OPSET, DYNAMO_OPSETS, ExportTarget, check_opset, get_export_target
 
 log = logging.getLogger(__name__)
@@ -91,26 +92,45 @@ def _metadata(model: nn.Module, target: ExportTarget, opset: int, fp16: bool, ex
             if v is not None}
 
 
-def _torch_export(model: nn.Module, x: torch.Tensor, opset: int, n_out: int, table: dict | None,
-                  external_to: Path | None = None) -> onnx.ModelProto:
-    """The traced model; with ``external_to`` (dynamo exporter), already written there with external data and
-    returned without it (:func:`quadexport.exporter.extdata.write_program`)."""
-    out_names = [OUTPUT_NAME] + [f"output_{i}" for i in range(1, n_out)]
+def _torch_export(model: nn.Module, x: torch.Tensor, opset: int, out_names: list[str], table: dict | None,
+                  axes: dict[int, str], external_to: Path | None = None) -> onnx.ModelProto:
+    """Trace ``model`` (flat tensor outputs ``out_names``); ``axes``: the input's dynamic axes besides the batch.
+    With ``external_to`` (dynamo exporter), the file is already written there with external data and returned
+    without it (:func:`quadexport.exporter.extdata.write_program`)."""
     quiet = contextlib.redirect_stdout(io.StringIO())
     with quiet, warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", message="Constant folding")  # TorchScript exporter on option-A Slices
         if opset >= DYNAMO_OPSETS.start:
+            shapes = {0: torch.export.Dim("batch"), **{a: torch.export.Dim.DYNAMIC for a in axes}}
             prog = torch.onnx.export(model, (x,), dynamo=True, opset_version=opset, external_data=False,
-                                     input_names=[INPUT_NAME], output_names=out_names,
-                                     dynamic_shapes=({0: torch.export.Dim("batch")},),
+                                     input_names=[INPUT_NAME], output_names=out_names, dynamic_shapes=(shapes,),
                                      custom_translation_table=table)
-            return prog.model_proto if external_to is None else extdata.write_program(prog, external_to)
+            proto = prog.model_proto if external_to is None else extdata.write_program(prog, external_to)
+            dynamic.rename_dims(proto, axes)
+            return proto
         buf = io.BytesIO()
+        out_axes = {n: {0: "batch"} for n in out_names}
         torch.onnx.export(model, (x,), buf, dynamo=False, opset_version=opset, input_names=[INPUT_NAME],
-                          output_names=out_names, dynamic_axes={n: {0: "batch"} for n in [INPUT_NAME, *out_names]})
+                          output_names=out_names, dynamic_axes={INPUT_NAME: {0: "batch", **axes}, **out_axes})
         return onnx.load_from_string(buf.getvalue())
+
+
+def _trace(work: nn.Module, x: torch.Tensor, opset: int, structure: OutputStructure, table: dict | None,
+           axes: dict[int, str], external_to: Path | None = None) -> onnx.ModelProto:
+    """:func:`_torch_export` with nested outputs flattened first, and a one-line error when dynamic axes fail."""
+    flat = isinstance(structure.tree, str) or (isinstance(structure.tree, dict) and all(
+        isinstance(t, str) for t in structure.tree.get("tuple", structure.tree.get("list", [None]))))
+    module = work if flat else FlatOutputs(work).eval()
+    try:
+        return _torch_export(module, x, opset, structure.names, table, axes, external_to)
+    except Exception as e:
+        if not axes:
+            raise
+        raise dynamic.DynamicSizeError(f"cannot export with a dynamic input size: torch.export refused "
+                                       f"({dynamic.torch_error_line(e)}); export without dynamic_size/"
+                                       "--dynamic-size") from None
 
 
 def _fp16_form(work: nn.Module, x: torch.Tensor, calibration_data: torch.Tensor | None) -> Any:
@@ -139,11 +159,14 @@ def export(model: nn.Module, path: str | os.PathLike, *, mode: str = "decomposed
            example_input: torch.Tensor | None = None, input_shape: tuple[int, ...] | list[int] | None = None,
            fold_bn: bool = True, metadata: Mapping[str, Any] | None = None, fp16: bool = False,
            stack_linear: bool | None = None, calibration_data: torch.Tensor | None = None,
-           fp16_safety: float | None = None, check_model: bool = True, external_data: bool | None = None) -> Path:
+           fp16_safety: float | None = None, check_model: bool = True, dynamic_size: bool = False,
+           external_data: bool | None = None) -> Path:
     """Export a model built from quadexport layers (and any torch layers) to one ``.onnx`` file.
 
-    Input ``"input"`` (dynamic batch ``"batch"``), output ``"logits"``. The dynamo exporter is used for opsets
-    18–23; for ``mode="decomposed"`` with opsets 13–17 the legacy TorchScript exporter is used.
+    Input ``"input"`` (dynamic batch ``"batch"``). Outputs: ``"logits"`` for one classifier output, else named by
+    :mod:`~quadexport.exporter.outputs` (dict keys, ``output_0..n``), with the structure recorded in the metadata
+    (:func:`~quadexport.exporter.outputs.rebuild_outputs` rebuilds it from onnxruntime's list). The dynamo
+    exporter is used for opsets 18–23; for ``mode="decomposed"`` with opsets 13–17 the legacy TorchScript exporter.
 
     Args:
         model: the model (not modified; exported from a copy in eval mode that shares its weights).
@@ -163,6 +186,8 @@ def export(model: nn.Module, path: str | os.PathLike, *, mode: str = "decomposed
         calibration_data: inputs for the fp16 range check (default: 64 random-normal samples; pass real data).
         fp16_safety: fraction of 65504 above which a quadratic layer stays float32 (default 0.25).
         check_model: run ``onnx.checker.check_model(full_check=True)`` on the result.
+        dynamic_size: H and W (L for 1-D) dynamic besides the batch (:mod:`~quadexport.exporter.dynamic`); the
+            model is first run at twice the example size, and one that bakes its size in is refused naming the op.
         external_data: write the weights to ``<path>.data`` beside the file (ONNX external data, relative location);
             ``None`` (default): when they exceed :data:`~quadexport.exporter.extdata.AUTO_BYTES` (~1.8 GB; protobuf
             cannot hold 2 GiB). See :mod:`quadexport.exporter.extdata`.
@@ -172,7 +197,8 @@ def export(model: nn.Module, path: str | os.PathLike, *, mode: str = "decomposed
 
     Raises:
         UsageError: unknown mode, opset out of range or unusable with the mode, fp16 with a mode other than
-            ``"decomposed"``, or an input shape that cannot be told.
+            ``"decomposed"``, an input shape that cannot be told, or (``DynamicSizeError``) a model that cannot
+            run at another size with ``dynamic_size``.
     """
     target = get_export_target(mode)
     opset = check_opset(opset, target)
@@ -185,9 +211,10 @@ def export(model: nn.Module, path: str | os.PathLike, *, mode: str = "decomposed
     for p in work.parameters():
         p.requires_grad_(False)
     notes: dict[str, Any] = {}
-    with torch.no_grad():
-        ref_out = work(x)
-    n_out = len(ref_out) if isinstance(ref_out, (tuple, list)) else 1
+    structure = model_structure(work, x)
+    axes = dynamic.dynamic_axes(x) if dynamic_size else {}
+    if dynamic_size:
+        dynamic.probe(work, x)
     if fold_bn:
         work, fold_report = fold_batchnorm(work, x)
         notes["bn_fold"] = fold_report.to_dict()
@@ -201,10 +228,12 @@ def export(model: nn.Module, path: str | os.PathLike, *, mode: str = "decomposed
     external = extdata.wants_external(external_data, extdata.parameter_bytes(
         itertools.chain(work.parameters(), work.buffers())))
     with StagedFile(path) as staged:  # the .onnx and its data file appear together, or neither
-        proto = _torch_export(work, x, opset, n_out, prepared.translation_table,
-                              staged.path if external and opset in DYNAMO_OPSETS else None)
+        proto = _trace(work, x, opset, structure, prepared.translation_table, axes,
+                       staged.path if external and opset in DYNAMO_OPSETS else None)
         notes.update(target.postprocess(proto))
-        onnx.helper.set_model_props(proto, _metadata(model, target, opset, fp16, metadata, notes))
+        extra = {**structure.metadata(), **(dynamic.record(axes, dynamic.check_sizes(x)) if axes else {}),
+                 **(metadata or {})}
+        onnx.helper.set_model_props(proto, _metadata(model, target, opset, fp16, extra, notes))
         extdata.save_proto(proto, staged.path, external)
         if check_model:
             ops.register_schemas()

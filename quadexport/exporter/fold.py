@@ -31,6 +31,7 @@ from torch import fx, nn
 
 from quadexport._torchutil import shared_copy
 from quadexport.layers.neurons import NeuronType
+from quadexport.exporter.outputs import flatten
 from quadexport.layers.quad import QuadLayer
 
 Tensor = torch.Tensor
@@ -256,8 +257,7 @@ def _fold_one(model: nn.Module, layer_name: str, bn_name: str) -> str | None:
 
 
 def _rel(a: Any, b: Any) -> float:
-    fa = [t for t in (a if isinstance(a, (tuple, list)) else (a,)) if isinstance(t, Tensor)]
-    fb = [t for t in (b if isinstance(b, (tuple, list)) else (b,)) if isinstance(t, Tensor)]
+    fa, fb = flatten(a), flatten(b)  # any output structure (dicts too)
     num = sum(float(torch.linalg.vector_norm((x - y).double())) ** 2 for x, y in zip(fa, fb)) ** 0.5
     den = sum(float(torch.linalg.vector_norm(y.double())) ** 2 for y in fb) ** 0.5
     return num / den if den > 0 else num
@@ -269,8 +269,7 @@ def _run64(model: nn.Module, x: Tensor) -> Any:
 
 
 def _finite(out: Any) -> bool:
-    outs = out if isinstance(out, (tuple, list)) else (out,)
-    return all(bool(torch.isfinite(t).all()) for t in outs if isinstance(t, Tensor))
+    return all(bool(torch.isfinite(t).all()) for t in flatten(out))
 
 
 def _change(ref: Any, candidate: nn.Module, x: Tensor) -> float:

@@ -169,10 +169,9 @@ class Fp16IO(nn.Module):
         self.model = model
 
     def forward(self, x: Tensor) -> Any:
-        out = self.model(x.half())
-        if isinstance(out, (tuple, list)):
-            return type(out)(o.float() for o in out)
-        return out.float()
+        from torch.utils._pytree import tree_map
+
+        return tree_map(lambda o: o.float() if isinstance(o, Tensor) else o, self.model(x.half()))
 
 
 def to_fp16(model: nn.Module, report: RangeReport, safety: float = DEFAULT_SAFETY) -> nn.Module:

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 SOURCES = ("torchvision", "timm")
 """Prefixes of foreign model names (``torchvision:resnet18``, ``timm:vit_tiny_patch16_224``)."""
-_NO_DOWNLOAD = ("weights", "pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "checkpoint_path")
+_NO_DOWNLOAD = ("weights", "weights_backbone", "pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "checkpoint_path")
 
 __all__ = ["SOURCES", "WeightsError", "build_foreign", "check_foreign_name", "is_foreign", "load_weights"]
 
@@ -69,6 +69,11 @@ def _torchvision(arch: str, num_classes: int, in_channels: int, size: tuple[int,
                  ) -> nn.Module:
     tv = import_torchvision()
     check_foreign_name(f"torchvision:{arch}")
+    import inspect
+
+    params = inspect.signature(tv.models.get_model_builder(arch)).parameters
+    if "weights_backbone" in params:  # segmentation/detection: an ImageNet backbone would be downloaded by default
+        kwargs = {**kwargs, "weights_backbone": None}
     model = _call_with_size(lambda **kw: tv.models.get_model(arch, weights=None, num_classes=num_classes, **kw),
                             "image_size", size, kwargs)
     if in_channels != 3:

@@ -117,9 +117,13 @@ def create_model(name: str, neuron: str = "fan", num_classes: int = 10, in_chann
     if spec is not None:  # a quadratized model: its source architecture, then the same layers converted again
         from quadexport.zoo.convert import apply_spec as quadratize_again
 
+        compress = kwargs.pop("compress", None)  # a compressed quadratized run: pruned after the quadratization
         base = spec.get("base_neuron", "relu") if isinstance(spec, dict) else "relu"
         model = quadratize_again(create_model(name, base, num_classes, in_channels, input_size, **kwargs), spec)
         model.quadexport_config.update(neuron=neuron, quadratize=spec)
+        if compress is not None and neuron != "relu":
+            apply_spec(model, compress)
+            model.quadexport_config["compress"] = compress
         return model
     size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
     config = {"name": name, "neuron": neuron, "num_classes": num_classes, "in_channels": in_channels,
@@ -138,8 +142,12 @@ def create_model(name: str, neuron: str = "fan", num_classes: int = 10, in_chann
         from quadexport.zoo.foreign import build_foreign, is_foreign
 
         if is_foreign(name):
+            compress = kwargs.pop("compress", None)
             model = build_foreign(name, neuron, num_classes, in_channels, size, **kwargs)
             model.quadexport_config = {**config, **kwargs}
+            if compress is not None and neuron != "relu":
+                apply_spec(model, compress)
+                model.quadexport_config["compress"] = compress
             return model
     info = get_model_info(name)
     compress = kwargs.pop("compress", None)  # compressed architecture (quadexport.compress); ignored for ReLU twins
