@@ -104,16 +104,28 @@ def create_model(name: str, neuron: str = "fan", num_classes: int = 10, in_chann
         in_channels: input channels (1 for MNIST-family and digits, 3 for CIFAR-10).
         input_size: input height and width (int or pair); the MLP needs it, conv nets are size-agnostic.
         **kwargs: builder-specific options (e.g. ``width`` for mlp/cnn, ``patch_size`` for a timm ViT);
-            ``quadratize`` (a spec recorded by :func:`quadexport.quadratize`) rebuilds a quadratized model.
+            ``quadratize`` (a spec recorded by :func:`quadexport.quadratize`) rebuilds a quadratized model;
+            ``compress`` (a spec recorded by :mod:`quadexport.compress`) then replays the compressor's rewrite.
 
     The returned model carries ``model.quadexport_config`` (the arguments needed to rebuild it).
     """
+    compress = kwargs.pop("compress", None)  # a compressed architecture (quadexport.compress), whatever built it
+    model = _build(name, neuron, num_classes, in_channels, input_size, kwargs)
+    if compress is not None:  # replay the compressor's rewrite on the model it rewrote (zoo, foreign, quadratized)
+        apply_spec(model, compress)
+        model.quadexport_config["compress"] = compress
+    return model
+
+
+def _build(name: str, neuron: str, num_classes: int, in_channels: int, input_size: tuple[int, int] | int,
+           kwargs: dict) -> nn.Module:
+    """:func:`create_model` before any compression: a quadratized model, a foreign one or a zoo model."""
     spec = kwargs.pop("quadratize", None)
     if spec is not None:  # a quadratized model: its source architecture, then the same layers converted again
         from quadexport.zoo.convert import apply_spec as quadratize_again
 
         base = spec.get("base_neuron", "relu") if isinstance(spec, dict) else "relu"
-        model = quadratize_again(create_model(name, base, num_classes, in_channels, input_size, **kwargs), spec)
+        model = quadratize_again(_build(name, base, num_classes, in_channels, input_size, kwargs), spec)
         model.quadexport_config.update(neuron=neuron, quadratize=spec)
         return model
     if neuron != "relu":
@@ -129,10 +141,6 @@ def create_model(name: str, neuron: str = "fan", num_classes: int = 10, in_chann
             model.quadexport_config = {**config, **kwargs}
             return model
     info = get_model_info(name)
-    compress = kwargs.pop("compress", None)  # compressed architecture (quadexport.compress); ignored for ReLU twins
     model = info.builder(neuron=neuron, num_classes=num_classes, in_channels=in_channels, input_size=size, **kwargs)
     model.quadexport_config = {**config, **kwargs}
-    if compress is not None and neuron != "relu":
-        apply_spec(model, compress)
-        model.quadexport_config["compress"] = compress
     return model
