@@ -25,6 +25,9 @@ from quadexport.cli import build_parser, main
 from quadexport.errors import UsageError
 from quadexport.exporter import MAX_OPSET, MIN_OPSET, list_export_targets
 
+sys.path.insert(0, str(Path(__file__).parent))
+from childsignals import popen_interruptible  # noqa: E402  (SIGINT reaches the child however the suite runs)
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY_TRAIN = ["train", "--model", "mlp", "--width", "8", "--dataset", "digits", "--epochs", "1", "--train-subset",
               "100", "--test-subset", "50"]
@@ -80,8 +83,8 @@ def test_keyboard_interrupt_exits_130(tmp_path):
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     args = ["train", "--model", "mlp", "--width", "8", "--dataset", "digits", "--epochs", "200", "--train-subset", "200", "--out", str(out)]
-    proc = subprocess.Popen([sys.executable, "-m", "quadexport", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+    proc = popen_interruptible([sys.executable, "-m", "quadexport", *args], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
     t0 = time.time()
     while not (out / "metrics.json").exists():  # training is under way
         assert proc.poll() is None and time.time() - t0 < 120, "training did not start"
