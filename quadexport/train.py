@@ -48,10 +48,12 @@ def _dist() -> tuple[int, int]:
 
 def build_model(cfg: TrainConfig, num_classes: int, input_shape: tuple[int, int, int]) -> nn.Module:
     """Create the model of ``cfg`` for a dataset (seeded): its init, or the weights of ``--from`` /
-    ``--warm-start`` / ``--weights``; then freeze what ``--train-only`` leaves out."""
+    ``--warm-start`` / ``--weights``; then freeze what ``--train-only`` leaves out. A model that cannot take the
+    dataset's input size is refused here (:func:`~quadexport.zoo.inputsize.check_input_size`)."""
     from quadexport.checkpoint import read_checkpoint
     from quadexport.zoo import create_model
     from quadexport.zoo.foreign import load_weights
+    from quadexport.zoo.inputsize import check_input_size
 
     torch.manual_seed(cfg.seed)
     if cfg.from_run:
@@ -62,6 +64,7 @@ def build_model(cfg: TrainConfig, num_classes: int, input_shape: tuple[int, int,
                              input_size=tuple(input_shape[1:]), **kw, **cfg.model_args)
         if cfg.relinear.init == "kaiming":
             plain_init(model)
+    check_input_size(model, input_shape, cfg.model)  # one line naming the size that works, before any training
     if cfg.warm_start:
         src = read_checkpoint(cfg.warm_start)
         if src["config"].get("neuron") != "relu":

@@ -111,7 +111,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="for a model name: the data it was trained on (digits, imagefolder:PATH, npz:FILE)")
     p.add_argument("--data-dir", default=None, help="for a model name: dataset location override")
     p.add_argument("--image-size", type=image_size, default=None, metavar="H[xW]",
-                   help="for a model name on imagefolder: data: the input size")
+                   help="for a model name: the input size it was trained at (images resized with PIL bilinear)")
     p.add_argument("--model-arg", action="append", type=model_arg, default=None, metavar="KEY=VALUE",
                    help="for a model name: builder option, repeatable")
     p.add_argument("--out", required=True, help="run directory to write")
