@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 MAX_SIZE = 1024
 """The largest side :func:`smallest_input_size` tries."""
-_SIZE_ERRORS = (RuntimeError, ValueError, AssertionError, IndexError)  # what torch/timm raise for too small inputs
+_SIZE_ERRORS = (RuntimeError, ValueError, AssertionError, IndexError, ZeroDivisionError)  # what torch/timm raise for too small inputs
 
 __all__ = ["MAX_SIZE", "InputSizeError", "check_input_size", "smallest_input_size"]
 
