@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from quadexport._torchutil import load_state
 from quadexport.adapter import set_trainable
 from quadexport.checkpoint import CHECKPOINT, read_checkpoint, save_checkpoint, write_json
 from quadexport.errors import UsageError
@@ -223,7 +224,7 @@ def _resumed(cfg: TrainConfig, run_dir: Path, model: nn.Module, opt: torch.optim
     diff = [k for k in mine if k not in ("epochs", "out") and saved.get(k, defaults.get(k)) != mine[k]]
     if diff:
         raise UsageError(f"--resume: {run_dir} was trained with other settings ({', '.join(diff)})")
-    model.load_state_dict(ckpt["model"])
+    load_state(model, ckpt["model"])
     if ckpt["optimizer"]:
         opt.load_state_dict(ckpt["optimizer"])
     st = _Progressed(int(ckpt["epoch"]), float(ckpt["extra"].get("lr_mult", 1.0)),
