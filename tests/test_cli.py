@@ -95,6 +95,21 @@ def test_keyboard_interrupt_exits_130(tmp_path):
     assert "Traceback" not in err
 
 
+def test_interrupted_children_get_the_default_sigint_even_when_the_suite_ignores_it():
+    """As under `nohup make test &`: this process ignores SIGINT; the child the SIGINT tests start must not."""
+    probe = [sys.executable, "-c", "import signal; print(signal.getsignal(signal.SIGINT) is signal.SIG_IGN)"]
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        plain = subprocess.run(probe, capture_output=True, text=True, timeout=60)
+        proc = popen_interruptible(probe, stdout=subprocess.PIPE, text=True)
+        out, _ = proc.communicate(timeout=60)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # this process ignores it again
+    finally:
+        signal.signal(signal.SIGINT, old)
+    assert plain.stdout.strip() == "True"  # what a plain child inherits: the reason for the helper
+    assert out.strip() == "False"
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # verbosity
 # ---------------------------------------------------------------------------------------------------------------

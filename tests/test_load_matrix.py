@@ -52,6 +52,8 @@ ORIGINS: dict[str, list[str]] = {
     "warm_start": ["train", *ZOO, "--neuron", "fan", "--warm-start", "{zoo_relu}", *DATA],
     "cheap_neuron": ["train", *ZOO, "--neuron", "fan_pw", *DATA],
     "torchvision_relu": ["train", "--model", "torchvision:resnet18", "--neuron", "relu", *DATA],
+    # MNASNet checks its state dict's module versions, which a checkpoint's plain dict does not carry
+    "torchvision_mnasnet": ["train", "--model", "torchvision:mnasnet0_5", "--neuron", "relu", "--lr", "0.01", *DATA],
     "timm": ["train", *TIMM, "--neuron", "fan", *DATA],
     "quadratize": ["quadratize", "{torchvision_relu}", "--neuron", "fan"],
     "from": ["train", "--from", "{quadratize}", "--epochs", "1"],  # data: the source run's
