@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections import OrderedDict
+from typing import Any, Iterator, Mapping
 
 import torch
+from torch import nn
 
-__all__ = ["one_thread", "shared_copy"]
+__all__ = ["load_state", "one_thread", "shared_copy"]
 
 
 @contextlib.contextmanager
@@ -35,3 +37,18 @@ def shared_copy(module: torch.nn.Module) -> torch.nn.Module:
     for b in module.buffers():
         memo[id(b)] = b.detach()
     return copy.deepcopy(module, memo)
+
+
+def load_state(model: nn.Module, state: Mapping[str, torch.Tensor], strict: bool = True) -> Any:
+    """``model.load_state_dict(state, strict)`` for a state dict kept as a plain dict (a checkpoint's, a mapped one).
+
+    ``state_dict()`` carries the modules' versions in its ``_metadata``; a plain dict has none, and a module that
+    checks its version refuses it (torchvision's MNASNet: "version should be set to 1 or 2 instead of None"). The
+    model's own versions are attached then: the state was saved from a model built by the same code.
+    """
+    if getattr(state, "_metadata", None) is None:
+        own = getattr(model.state_dict(), "_metadata", None)
+        state = OrderedDict(state)
+        if own is not None:
+            state._metadata = own  # type: ignore[attr-defined]
+    return model.load_state_dict(state, strict=strict)

@@ -20,6 +20,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from quadexport._torchutil import load_state
 from quadexport.atomicfile import file_mode
 from quadexport.rundir import read_consistent
 from quadexport.errors import QuadexportError
@@ -150,7 +151,7 @@ def build_from_checkpoint(ckpt: dict[str, Any]) -> nn.Module:
     except (TypeError, KeyError, ValueError) as e:
         raise CheckpointError(f"checkpoint describes a model this quadexport cannot build: {e}") from None
     try:
-        model.load_state_dict(ckpt["model"], strict=True)
+        load_state(model, ckpt["model"], strict=True)
     except RuntimeError as e:
         raise CheckpointError(f"checkpoint weights do not fit model {ckpt['config'].get('name')}: "
                               f"{str(e).splitlines()[0]}") from None

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from quadexport._torchutil import load_state
 from quadexport.adapter import set_trainable
 from quadexport.checkpoint import CHECKPOINT, read_checkpoint, save_checkpoint, write_json
 from quadexport.errors import UsageError
@@ -48,10 +49,12 @@ def _dist() -> tuple[int, int]:
 
 def build_model(cfg: TrainConfig, num_classes: int, input_shape: tuple[int, int, int]) -> nn.Module:
     """Create the model of ``cfg`` for a dataset (seeded): its init, or the weights of ``--from`` /
-    ``--warm-start`` / ``--weights``; then freeze what ``--train-only`` leaves out."""
+    ``--warm-start`` / ``--weights``; then freeze what ``--train-only`` leaves out. A model that cannot take the
+    dataset's input size is refused here (:func:`~quadexport.zoo.inputsize.check_input_size`)."""
     from quadexport.checkpoint import read_checkpoint
     from quadexport.zoo import create_model
     from quadexport.zoo.foreign import load_weights
+    from quadexport.zoo.inputsize import check_input_size
 
     torch.manual_seed(cfg.seed)
     if cfg.from_run:
@@ -62,6 +65,7 @@ def build_model(cfg: TrainConfig, num_classes: int, input_shape: tuple[int, int,
                              input_size=tuple(input_shape[1:]), **kw, **cfg.model_args)
         if cfg.relinear.init == "kaiming":
             plain_init(model)
+    check_input_size(model, input_shape, cfg.model)  # one line naming the size that works, before any training
     if cfg.warm_start:
         src = read_checkpoint(cfg.warm_start)
         if src["config"].get("neuron") != "relu":
@@ -220,7 +224,7 @@ def _resumed(cfg: TrainConfig, run_dir: Path, model: nn.Module, opt: torch.optim
     diff = [k for k in mine if k not in ("epochs", "out") and saved.get(k, defaults.get(k)) != mine[k]]
     if diff:
         raise UsageError(f"--resume: {run_dir} was trained with other settings ({', '.join(diff)})")
-    model.load_state_dict(ckpt["model"])
+    load_state(model, ckpt["model"])
     if ckpt["optimizer"]:
         opt.load_state_dict(ckpt["optimizer"])
     st = _Progressed(int(ckpt["epoch"]), float(ckpt["extra"].get("lr_mult", 1.0)),

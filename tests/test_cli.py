@@ -25,6 +25,9 @@ from quadexport.cli import build_parser, main
 from quadexport.errors import UsageError
 from quadexport.exporter import MAX_OPSET, MIN_OPSET, list_export_targets
 
+sys.path.insert(0, str(Path(__file__).parent))
+from childsignals import popen_interruptible  # noqa: E402  (SIGINT reaches the child however the suite runs)
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY_TRAIN = ["train", "--model", "mlp", "--width", "8", "--dataset", "digits", "--epochs", "1", "--train-subset",
               "100", "--test-subset", "50"]
@@ -80,8 +83,8 @@ def test_keyboard_interrupt_exits_130(tmp_path):
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     args = ["train", "--model", "mlp", "--width", "8", "--dataset", "digits", "--epochs", "200", "--train-subset", "200", "--out", str(out)]
-    proc = subprocess.Popen([sys.executable, "-m", "quadexport", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+    proc = popen_interruptible([sys.executable, "-m", "quadexport", *args], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
     t0 = time.time()
     while not (out / "metrics.json").exists():  # training is under way
         assert proc.poll() is None and time.time() - t0 < 120, "training did not start"
@@ -90,6 +93,21 @@ def test_keyboard_interrupt_exits_130(tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "quadexport train: interrupted" in err, err
     assert "Traceback" not in err
+
+
+def test_interrupted_children_get_the_default_sigint_even_when_the_suite_ignores_it():
+    """As under `nohup make test &`: this process ignores SIGINT; the child the SIGINT tests start must not."""
+    probe = [sys.executable, "-c", "import signal; print(signal.getsignal(signal.SIGINT) is signal.SIG_IGN)"]
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        plain = subprocess.run(probe, capture_output=True, text=True, timeout=60)
+        proc = popen_interruptible(probe, stdout=subprocess.PIPE, text=True)
+        out, _ = proc.communicate(timeout=60)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # this process ignores it again
+    finally:
+        signal.signal(signal.SIGINT, old)
+    assert plain.stdout.strip() == "True"  # what a plain child inherits: the reason for the helper
+    assert out.strip() == "False"
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -22,6 +22,9 @@ from quadexport.atomicfile import StagedFile
 from quadexport.rundir import RunDirError, RunDirLocked, lock_path, open_run
 from quadexport.train import TrainConfig, train
 
+sys.path.insert(0, str(Path(__file__).parent))
+from childsignals import popen_interruptible  # noqa: E402  (SIGINT reaches the child however the suite runs)
+
 ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "quadexport", "train"]
 TINY = ["--model", "mlp", "--width", "16", "--dataset", "digits", "--train-subset", "200", "--test-subset", "60"]
@@ -54,8 +57,8 @@ def _cli(*argv, timeout=300):
 
 
 def _popen(*argv, **kw):
-    return subprocess.Popen([*CLI, *map(str, argv)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=ENV, **kw)
+    return popen_interruptible([*CLI, *map(str, argv)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=ENV, **kw)
 
 
 def _wait(cond, proc=None, timeout=240.0):

@@ -225,8 +225,10 @@ def _load_entry(entry: str, neuron: str, shape: tuple[int, ...] | None, gen: tor
 
 
 def _zoo_kwargs(m: BenchModel) -> dict[str, Any]:
-    """Builder options of ``m`` for its ReLU relatives (a quadratized model's layer list is not one)."""
-    return {k: v for k, v in m.config.items() if k not in ("neuron", "in_channels", "input_size", "quadratize")}
+    """Builder options of ``m`` for its ReLU relatives (a quadratized model's layer list is not one, nor is a
+    compressed model's rewrite: ``create_model`` replays it on any model and a ReLU relative has nothing to prune)."""
+    return {k: v for k, v in m.config.items()
+            if k not in ("neuron", "in_channels", "input_size", "quadratize", "compress")}
 
 
 def _source_run(m: BenchModel, max_hops: int = 8) -> str | None:

@@ -139,7 +139,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "shape, e.g. 3 64 64; --model-arg num_classes=N sizes the head")
     p.add_argument("--data-dir", default=None, help="for a model name: dataset location override")
     p.add_argument("--image-size", type=image_size, default=None, metavar="H[xW]",
-                   help="for a model name on imagefolder: data: the input size")
+                   help="for a model name: the input size it was trained at (images resized with PIL bilinear)")
     p.add_argument("--model-arg", action="append", type=model_arg, default=None, metavar="KEY=VALUE",
                    help="for a model name: builder option, repeatable")
     p.add_argument("--out", required=True, help="run directory to write")

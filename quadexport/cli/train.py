@@ -33,7 +33,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"{', '.join(BUILTIN_DATASETS)} (default digits), imagefolder:PATH (PATH/train/<class>/*.png "
                    "and PATH/val/) or npz:FILE (x_train, y_train, x_test, y_test)")
     p.add_argument("--image-size", type=image_size, default=None, metavar="H[xW]",
-                   help="imagefolder: resize images to this size (default: their common size)")
+                   help="resize images to this size with PIL bilinear (any dataset; default: the built-in's own "
+                        "size, an image folder's common size)")
     p.add_argument("--mean", type=float_list, default=None, metavar="M[,M,M]",
                    help="imagefolder:/npz: per-channel mean on the 0-1 scale (default: computed on the train split)")
     p.add_argument("--std", type=float_list, default=None, metavar="S[,S,S]", help="per-channel std, with --mean")

@@ -78,7 +78,8 @@ def macs(model: nn.Module, shape: Sequence[int]) -> int:
 
 
 def twin_of(model: nn.Module) -> nn.Module:
-    """The ReLU twin (same builder and options, ``neuron="relu"``, fresh weights) of a zoo model."""
+    """The ReLU twin (same builder and options, ``neuron="relu"``, fresh weights) of a zoo, foreign or quadratized
+    model (a quadratized one's twin is its source architecture: its ``quadratize`` spec is left out too)."""
     from quadexport.zoo import create_model
 
     cfg = {k: v for k, v in model.quadexport_config.items() if k not in ("compress", "quadratize")}

@@ -94,8 +94,9 @@ def collect_stats(model: nn.Module, x: Tensor, batch_size: int = 256,
         def hook(m: QuadLayer, inp, out) -> None:
             r, g, b = branch_outputs(m, inp[0])
             p = r * g
-            c = r.shape[1]
-            t = torch.stack([v.transpose(0, 1).reshape(c, -1) for v in (r, p, b)]).double()  # (3, C, M)
+            d = -1 if isinstance(m.r, nn.Linear) else 1  # a Linear's channels are its last dim (NHWC in ConvNeXt)
+            c = r.shape[d]
+            t = torch.stack([v.movedim(d, 0).reshape(c, -1) for v in (r, p, b)]).double()  # (3, C, M)
             s1 = t.sum(-1)
             s2 = torch.einsum("icm,jcm->ijc", t, t)
             if name not in acc:

@@ -3,7 +3,7 @@
 Images may be ``(N, H, W)`` (grey), NHWC or NCHW with 1 or 3 channels, ``uint8`` (scale ``1/255``) or float (used as
 they are: scale ``1``). Labels are integers ``0..K-1``; an optional ``class_names`` array names them. The file is
 read with ``allow_pickle=False`` (an ``.npz`` cannot run code) and held in memory as normalised float32 tensors.
-Mean and std are computed on the training split unless given.
+Mean and std are computed on the training split unless given. ``--image-size`` resizes the images (PIL bilinear).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from quadexport.data.builtin import DatasetNotFoundError
+from quadexport.data.resize import RESIZE, resize_images
 from quadexport.data.source import DataOptions, DataSource, stratified_subset
 from quadexport.errors import UsageError
 from quadexport.preprocess import Preprocessing, normalise
@@ -108,12 +109,15 @@ def open_npz(spec: str, path: str | os.PathLike, opts: DataOptions) -> DataSourc
     if names and len(names) != num_classes:
         raise UsageError(f"npz: class_names has {len(names)} names but labels go up to {num_classes - 1}")
     scale = 1.0 / 255.0 if x_tr.dtype == np.uint8 else 1.0
+    if opts.image_size is not None:  # before the statistics: the model sees the resized images
+        x_tr, x_te = resize_images(x_tr, opts.image_size), resize_images(x_te, opts.image_size)
     mean, std = (opts.mean, opts.std) if opts.mean is not None else _stats(x_tr, scale)
     split = f"the x_test/y_test arrays of {path}"
     if opts.test_subset is not None:
         split += f"; stratified subset of at most {opts.test_subset} (seed {opts.seed})"
     prep = Preprocessing(channels=x_tr.shape[1], size=x_tr.shape[2:], scale=scale, mean=mean, std=std,
-                         class_names=names or [str(i) for i in range(num_classes)], test_split=split, source=spec)
+                         class_names=names or [str(i) for i in range(num_classes)], test_split=split, source=spec,
+                         resize=RESIZE if opts.image_size is not None else None)
     train = TensorDataset(normalise(torch.from_numpy(x_tr), prep), torch.from_numpy(y_tr))
     test = TensorDataset(normalise(torch.from_numpy(x_te), prep), torch.from_numpy(y_te))
     return DataSource(name=spec, train=stratified_subset(train, y_tr, opts.train_subset, opts.seed, stream=0),

@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from quadexport.data.errors import CorruptDataError, DatasetNotFoundError
+from quadexport.data.resize import resize_images
 from quadexport.data.cifar import _file_key, _read_cifar_cached, _read_cifar_files, _readonly
 from quadexport.errors import UsageError, did_you_mean
 
@@ -133,7 +134,7 @@ def install_hint(name: str) -> str:
 
 
 def load_dataset(name: str, data_dir: str | os.PathLike | None = None, train_subset: int | None = None,
-                 test_subset: int | None = None, seed: int = 0) -> Dataset:
+                 test_subset: int | None = None, seed: int = 0, image_size: tuple[int, int] | None = None) -> Dataset:
     """Load a dataset as normalised tensors.
 
     Args:
@@ -144,6 +145,8 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, train_sub
             random sample (the whole split when it has no more than ``train_subset`` examples).
         test_subset: Same for the test split.
         seed: Seed of the subset sampling.
+        image_size: ``(height, width)`` to resize the raw images to (PIL bilinear, before normalising:
+            :mod:`quadexport.data.resize`); default: the dataset's own size.
 
     Raises:
         ValueError: Unknown name, bad subset size, or a corrupt/truncated data file (the message names the file).
@@ -154,9 +157,13 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, train_sub
     x_tr, y_tr, x_te, y_te = _LOADERS[key](data_dir)
     x_tr, y_tr = _subset(x_tr, y_tr, train_subset, seed, stream=0)
     x_te, y_te = _subset(x_te, y_te, test_subset, seed, stream=1)
+    shape = spec.input_shape
+    if image_size is not None:
+        x_tr, x_te = resize_images(x_tr, image_size), resize_images(x_te, image_size)
+        shape = (shape[0], *(int(s) for s in image_size))
     return Dataset(name=key, x_train=_normalise(x_tr, spec), y_train=torch.from_numpy(y_tr.astype(np.int64)),
                    x_test=_normalise(x_te, spec), y_test=torch.from_numpy(y_te.astype(np.int64)),
-                   num_classes=spec.num_classes, input_shape=spec.input_shape, mean=spec.mean, std=spec.std)
+                   num_classes=spec.num_classes, input_shape=shape, mean=spec.mean, std=spec.std)
 
 
 # ---------------------------------------------------------------------------------------------- names and paths

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 
 from quadexport._compat import import_torchvision
 from quadexport.data.builtin import DatasetNotFoundError
+from quadexport.data.resize import RESIZE
 from quadexport.data.source import DataOptions, DataSource, auto_workers, stratified_subset
 from quadexport.errors import UsageError
 from quadexport.preprocess import Preprocessing, affine
@@ -32,7 +33,6 @@ log = logging.getLogger(__name__)
 
 _GREY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"})
 _STATS_MAX = 10000
-RESIZE = "PIL bilinear"
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 from quadexport.data.arrays import open_npz
 from quadexport.data.builtin import _SPECS, _canonical_name, list_datasets, load_dataset
 from quadexport.data.folder import open_imagefolder
+from quadexport.data.resize import RESIZE
 from quadexport.data.source import DataOptions, DataSource
 from quadexport.errors import UsageError, did_you_mean
 from quadexport.preprocess import Preprocessing
@@ -39,13 +40,15 @@ _TEST_SPLITS = {
 }
 
 
-def builtin_preprocessing(name: str, test_subset: int | None = None, seed: int = 0) -> Preprocessing:
+def builtin_preprocessing(name: str, test_subset: int | None = None, seed: int = 0,
+                          image_size: tuple[int, int] | None = None) -> Preprocessing:
     """The full preprocessing of a built-in dataset: scale (``1/16`` digits, ``1/255`` others), mean, std, classes.
 
     Args:
         name: a name from :func:`list_datasets`.
         test_subset: the run's ``test_subset`` (recorded in ``test_split``).
         seed: the run's seed (the subset is drawn with it).
+        image_size: the run's ``--image-size`` (the images are resized with :data:`~quadexport.data.resize.RESIZE`).
     """
     key = _canonical_name(name)
     spec = _SPECS[key]
@@ -54,8 +57,9 @@ def builtin_preprocessing(name: str, test_subset: int | None = None, seed: int =
         split += f"; stratified subset of at most {test_subset} (seed {seed})"
     mean = spec.mean if isinstance(spec.mean, tuple) else (spec.mean,)
     std = spec.std if isinstance(spec.std, tuple) else (spec.std,)
-    return Preprocessing(channels=spec.input_shape[0], size=spec.input_shape[1:], scale=1.0 / spec.scale, mean=mean,
-                         std=std, class_names=_CLASS_NAMES[key], test_split=split, source=key)
+    return Preprocessing(channels=spec.input_shape[0], size=image_size or spec.input_shape[1:], scale=1.0 / spec.scale,
+                         mean=mean, std=std, class_names=_CLASS_NAMES[key], test_split=split, source=key,
+                         resize=RESIZE if image_size is not None else None)
 
 
 @dataclass(frozen=True)
@@ -94,12 +98,11 @@ def open_dataset(spec: str, opts: DataOptions | None = None) -> DataSource:
         return open_imagefolder(spec, ds.target, opts)
     if ds.kind == "npz":
         return open_npz(spec, ds.target, opts)
-    if opts.image_size is not None or opts.mean is not None:
-        raise UsageError(f"--image-size/--mean/--std apply to imagefolder: and npz: datasets; {ds.target} has "
-                         "fixed ones")
+    if opts.mean is not None:
+        raise UsageError(f"--mean/--std apply to imagefolder: and npz: datasets; {ds.target} has fixed ones")
     d = load_dataset(ds.target, data_dir=opts.data_dir, train_subset=opts.train_subset,
-                     test_subset=opts.test_subset, seed=opts.seed)
-    prep = builtin_preprocessing(d.name, opts.test_subset, opts.seed)
+                     test_subset=opts.test_subset, seed=opts.seed, image_size=opts.image_size)
+    prep = builtin_preprocessing(d.name, opts.test_subset, opts.seed, opts.image_size)
     return DataSource(name=d.name, train=TensorDataset(d.x_train, d.y_train), test=TensorDataset(d.x_test, d.y_test),
                       num_classes=d.num_classes, preprocessing=prep)
 

@@ -199,10 +199,10 @@ class MixedQuad(nn.Module):
             lin.bias[sl] += t[k:].to(lin.bias.dtype)
 
     def forward(self, x: Tensor) -> Tensor:
-        k = self.k
+        k, d = self.k, -1 if self.dense else 1  # a Linear's channels are its last dim (timm's ConvNeXt: NHWC)
         if self.r is not None:
             full = self.r(x)
-            q, lin = full[:, :k], full[:, k:]
+            q, lin = full.narrow(d, 0, k), full.narrow(d, k, self.out_channels - k)
         else:
             q = self.r_q(x)
             lin = self.r_l(x) if self.r_l is not None else None
@@ -212,7 +212,7 @@ class MixedQuad(nn.Module):
             q = q + self.b(x * x)
         if self.qbias is not None:
             q = self._add_qbias(q)
-        return q if lin is None else torch.cat([q, lin], 1)
+        return q if lin is None else torch.cat([q, lin], d)
 
     def _add_qbias(self, q: Tensor) -> Tensor:
         """``q + qbias`` per channel.
@@ -223,6 +223,8 @@ class MixedQuad(nn.Module):
         wholly gate-only (3 interleaved runs, ``tools/qbias_forms.py``): 1.12–1.13× → 1.07–1.09× the ReLU twin at
         batch 1, 1.20× → 1.08–1.09× at batch 64. A mixed layer's ``Concat`` leaves the layout anyway (no difference
         there)."""
+        if self.dense:
+            return q + self.qbias
         if q.dim() == 4 and not self.training:
             ones = torch.ones(self.k, 1, 1, 1, dtype=q.dtype, device=q.device)  # a constant kernel for both exporters
             return F.conv2d(q, ones, self.qbias.to(q.dtype), groups=self.k)

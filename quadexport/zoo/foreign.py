@@ -16,6 +16,7 @@ from typing import Any, Callable
 from torch import nn
 
 from quadexport._compat import import_timm, import_torchvision
+from quadexport._torchutil import load_state
 from quadexport.errors import UsageError, did_you_mean
 from quadexport.layers.convert import primary_branch
 from quadexport.layers.quad import QuadLayer
@@ -162,7 +163,7 @@ def load_weights(model: nn.Module, path: str | os.PathLike, strict: bool = True)
                  for x, what in ((missing, "missing"), (unexpected, "unexpected"), (wrong, "of another shape")) if x]
         raise WeightsError(f"{path} does not fit the model ({'; '.join(parts)}); is it the same architecture, "
                            f"num_classes and in_channels?")
-    model.load_state_dict(mapped, strict=False)
+    load_state(model, mapped, strict=False)
     return model
 
 

@@ -105,7 +105,8 @@ def create_model(name: str, neuron: str = "fan", num_classes: int = 10, in_chann
         in_channels: input channels (1 for MNIST-family and digits, 3 for CIFAR-10).
         input_size: input height and width (int or pair); the MLP needs it, conv nets are size-agnostic.
         **kwargs: builder-specific options (e.g. ``width`` for mlp/cnn, ``patch_size`` for a timm ViT);
-            ``quadratize`` (a spec recorded by :func:`quadexport.quadratize`) rebuilds a quadratized model.
+            ``quadratize`` (a spec recorded by :func:`quadexport.quadratize`) rebuilds a quadratized model;
+            ``compress`` (a spec recorded by :mod:`quadexport.compress`) then replays the compressor's rewrite.
             ``adopted:<file>:<builder>`` names a model built by the user's own code (``quadexport adopt``): its
             kwargs ``source`` (the file's text and sha256), ``builder``, ``model_args`` and ``adopt`` (the spec of
             :func:`quadexport.adopt`) rebuild it, **running that code** (:mod:`quadexport.zoo.usercode`);
@@ -113,28 +114,31 @@ def create_model(name: str, neuron: str = "fan", num_classes: int = 10, in_chann
 
     The returned model carries ``model.quadexport_config`` (the arguments needed to rebuild it).
     """
+    compress = kwargs.pop("compress", None)  # a compressed architecture (quadexport.compress), whatever built it
+    model = _build(name, neuron, num_classes, in_channels, input_size, kwargs)
+    if compress is not None:  # replay the compressor's rewrite on the model it rewrote (zoo, foreign, quadratized)
+        apply_spec(model, compress)
+        model.quadexport_config["compress"] = compress
+    return model
+
+
+def _build(name: str, neuron: str, num_classes: int, in_channels: int, input_size: tuple[int, int] | int,
+           kwargs: dict) -> nn.Module:
+    """:func:`create_model` before any compression: a quadratized model, a foreign one or a zoo model."""
     spec = kwargs.pop("quadratize", None)
     if spec is not None:  # a quadratized model: its source architecture, then the same layers converted again
         from quadexport.zoo.convert import apply_spec as quadratize_again
 
-        compress = kwargs.pop("compress", None)  # a compressed quadratized run: pruned after the quadratization
         base = spec.get("base_neuron", "relu") if isinstance(spec, dict) else "relu"
-        model = quadratize_again(create_model(name, base, num_classes, in_channels, input_size, **kwargs), spec)
+        model = quadratize_again(_build(name, base, num_classes, in_channels, input_size, kwargs), spec)
         model.quadexport_config.update(neuron=neuron, quadratize=spec)
-        if compress is not None and neuron != "relu":
-            apply_spec(model, compress)
-            model.quadexport_config["compress"] = compress
         return model
     size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
     config = {"name": name, "neuron": neuron, "num_classes": num_classes, "in_channels": in_channels,
               "input_size": list(size)}
     if is_user_model(name):  # built by the user's own file, recorded in the config (quadexport adopt)
-        compress = kwargs.pop("compress", None)
         model = build_recorded(neuron, **kwargs)
         model.quadexport_config = {**config, **kwargs}
-        if compress is not None and neuron != "relu":
-            apply_spec(model, compress)
-            model.quadexport_config["compress"] = compress
         return model
     if neuron != "relu":
         get_neuron(neuron)
@@ -142,18 +146,10 @@ def create_model(name: str, neuron: str = "fan", num_classes: int = 10, in_chann
         from quadexport.zoo.foreign import build_foreign, is_foreign
 
         if is_foreign(name):
-            compress = kwargs.pop("compress", None)
             model = build_foreign(name, neuron, num_classes, in_channels, size, **kwargs)
             model.quadexport_config = {**config, **kwargs}
-            if compress is not None and neuron != "relu":
-                apply_spec(model, compress)
-                model.quadexport_config["compress"] = compress
             return model
     info = get_model_info(name)
-    compress = kwargs.pop("compress", None)  # compressed architecture (quadexport.compress); ignored for ReLU twins
     model = info.builder(neuron=neuron, num_classes=num_classes, in_channels=in_channels, input_size=size, **kwargs)
     model.quadexport_config = {**config, **kwargs}
-    if compress is not None and neuron != "relu":
-        apply_spec(model, compress)
-        model.quadexport_config["compress"] = compress
     return model
