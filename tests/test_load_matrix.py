@@ -2,7 +2,7 @@
 
 Each run is made through the CLI (``python -m quadexport ...`` in a subprocess), as a user makes it: zoo,
 ``torchvision:``, ``timm:`` (at ``--image-size 32``), ``quadratize``, ``train --from``, ``--warm-start``, a cheap
-neuron, and ``compress`` of each of these with every compress option (a threshold, ``--select layers``, the threshold
+neuron, ``adopt`` (a research-style QResNet from a DataParallel checkpoint) and its fine-tuning, and ``compress`` of each of these with every compress option (a threshold, ``--select layers``, the threshold
 search, int8, int8 of a ReLU run). Then each run
 
 * loads in a fresh process (one interpreter loads them all) with outputs bitwise equal to an in-process load on the
@@ -66,8 +66,12 @@ ORIGINS: dict[str, list[str]] = {
     "compress_quadratize_int8": ["compress", "{quadratize}", "--quantize", "int8", *COMPRESS],
     "compress_from": ["compress", "{from}", *COMPRESS],  # the chain of issue #25: torchvision -> quadratize -> from
     "compress_zoo_relu_int8": ["compress", "{zoo_relu}", "--quantize", "int8", *COMPRESS],
-    # ADOPT: add the `adopt` origins here once `quadexport adopt` exists (e.g. "adopt": ["adopt", FILE, ...] and
-    # "compress_adopt": ["compress", "{adopt}", *COMPRESS]); the tests below pick every entry up.
+    # a research-style quadratic network (tests/adopt_models.py, inline three-conv neurons) from a DataParallel
+    # checkpoint ({ckpt}, written by the fixture), then fine-tuned and compressed like any run
+    "adopt": ["adopt", f"{ROOT / 'tests' / 'adopt_models.py'}:qresnet", "--model-arg", "depth=8", "--model-arg",
+              "in_channels=1", "--weights", "{ckpt}", "--input-shape", "1,8,8", "--dataset", "digits"],
+    "from_adopt": ["train", "--from", "{adopt}", "--epochs", "1", "--train-subset", "200"],
+    "compress_adopt": ["compress", "{from_adopt}", *COMPRESS],
 }
 TRAINED = {n for n, argv in ORIGINS.items() if argv[0] == "train"}
 
@@ -98,7 +102,21 @@ def _cli(argv: list[str], cwd: Path) -> None:
 
 
 def _deps(argv: list[str]) -> list[str]:
-    return [a[1:-1] for a in argv if a.startswith("{") and a.endswith("}")]
+    return [a[1:-1] for a in argv if a.startswith("{") and a.endswith("}") and a[1:-1] in ORIGINS]
+
+
+def _adopt_source(ckpt: Path | None = None) -> torch.nn.Module:
+    """The research-style network the `adopt` origin starts from (seeded), saved as a DataParallel checkpoint with
+    training arguments and numpy scalars when ``ckpt`` is given."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    try:
+        import adopt_models
+    finally:
+        sys.path.remove(str(ROOT / "tests"))
+    model = adopt_models.build("qresnet", input_shape=(1, 8, 8), depth=8)
+    if ckpt is not None:
+        adopt_models.save_dataparallel_checkpoint(model, ckpt, with_args=True, numpy_scalars=True)
+    return model
 
 
 @pytest.fixture(scope="module")
@@ -107,12 +125,14 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     reads are made (submitted in dependency order, so a waiting command's sources are already running)."""
     base = tmp_path_factory.mktemp("origins")
     made = {name: base / name for name in ORIGINS}
+    files = {"ckpt": base / "qresnet8.th"}
+    _adopt_source(files["ckpt"])
     futures: dict[str, Future] = {}
 
     def make(name: str) -> None:
         for dep in _deps(ORIGINS[name]):
             futures[dep].result()
-        argv = [a.format(**{k: str(v) for k, v in made.items()}) for a in ORIGINS[name]]
+        argv = [a.format(**{k: str(v) for k, v in {**made, **files}.items()}) for a in ORIGINS[name]]
         _cli([*argv, "--out", str(made[name]), *QUIET], base)
 
     with ThreadPoolExecutor(max_workers=2) as pool:
@@ -174,6 +194,11 @@ def test_equals_the_model_that_wrote_it(origin, runs, fresh):
         last = metrics["epochs"][-1]
         assert acc == last["test_acc"] == metrics["test_acc"]
         assert loss == pytest.approx(last["test_loss"], rel=1e-5)
+    elif origin == "adopt":  # adopted: the research network it came from, with the checkpoint's weights
+        assert acc == metrics["test_acc"]
+        x = torch.from_numpy(np.load(fresh / f"{origin}.x.npy"))
+        with torch.no_grad():
+            assert np.array_equal(model(x).numpy(), _adopt_source().eval()(x).numpy())
     elif origin == "quadratize":  # ReLinear: the quadratized model computes its ReLU source exactly
         src = q.load(runs["torchvision_relu"])
         x = torch.from_numpy(np.load(fresh / f"{origin}.x.npy"))

@@ -83,6 +83,8 @@ def get_model_info(name: str) -> ModelInfo:
 def check_model_name(name: str) -> None:
     """Raise ``UsageError`` (with a suggestion) unless ``name`` is a zoo model or a known ``torchvision:<arch>`` /
     ``timm:<arch>``."""
+    if is_user_model(name):  # a run made by `quadexport adopt`: rebuilt from the source its config records
+        return
     if ":" in name:
         from quadexport.zoo.foreign import check_foreign_name, is_foreign
 
