@@ -111,3 +111,16 @@ def test_cli_compress_non_classifier_with_distill_mse(feature_run, tmp_path):
     res = json.loads(p.stdout.strip().splitlines()[-1])
     assert res["compressed"] and res["n"] == 2
     assert max(res["rel"].values()) <= 1e-5, res
+
+
+def test_cli_bench_of_a_multi_output_run_against_its_twin(feature_run, tmp_path):
+    """``bench RUN`` on a run whose model returns a list of feature maps (options holding lists): both the run and
+    its ReLU twin export and time, and the ratio row names the pair."""
+    out = tmp_path / "bench"
+    r = _cli("bench", feature_run, "--batch", "1", "--min-iters", "5", "--min-seconds", "0.05", "--warmup", "2",
+             "--opset", "17", "--no-torch-eager", "--out", out)
+    assert r.returncode == 0, r.stderr[-2000:]
+    report = json.loads((out / "bench.json").read_text())
+    text = json.dumps(report)
+    assert "timm:test_resnet-relu" in text and "timm:test_resnet-fan" in text
+    assert "timm:test_resnet-fan / timm:test_resnet-relu" in r.stdout

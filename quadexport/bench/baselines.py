@@ -8,6 +8,7 @@ e.g. ``mlp``, ``cnn``) the ReLU twin widened until its MACs match.
 
 from __future__ import annotations
 
+import json
 from typing import Any, Callable, Sequence
 
 import torch
@@ -150,7 +151,7 @@ def resolve_models(entries: Sequence[str], neuron: str, shape: tuple[int, ...] |
     built: dict[Any, nn.Module] = {}
 
     def build(name: str, shp: tuple[int, ...], **kw: Any) -> nn.Module:
-        key = (name, tuple(shp), tuple(sorted(kw.items())))
+        key = (name, tuple(shp), json.dumps(kw, sort_keys=True, default=str))  # options may hold lists
         if key not in built:
             built[key] = _build(name, "relu", shp, gen, **kw)
         return built[key]
