@@ -370,6 +370,60 @@ def t4_net1d(num_classes: int = 10, in_channels: int = 2) -> T4Net1d:
     return T4Net1d(num_classes, in_channels)
 
 
+# ------------------------------------------------------------------------------------- beyond classifiers
+class QSegBlock(nn.Module):
+    """relu(bn(conv_r(x) * conv_g(x) + conv_b(x.pow(2)))), the authors' inline neuron, at any stride."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv_r = nn.Conv2d(cin, cout, 3, stride, 1)
+        self.conv_g = nn.Conv2d(cin, cout, 3, stride, 1)
+        self.conv_b = nn.Conv2d(cin, cout, 3, stride, 1)
+        self.bn = nn.BatchNorm2d(cout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.bn(self.conv_r(x) * self.conv_g(x) + self.conv_b(x.pow(2))))
+
+
+class QSegNet(nn.Module):
+    """A fully convolutional segmentation net: encoder (one stride-2 quadratic block), nearest upsampling back to the
+    input size, a skip, a 1x1 class map ``[N, classes, H, W]`` (any even H and W)."""
+
+    def __init__(self, classes: int = 4, in_channels: int = 3) -> None:
+        super().__init__()
+        self.enc1 = QSegBlock(in_channels, 8)
+        self.enc2 = QSegBlock(8, 16, stride=2)
+        self.dec = QSegBlock(24, 8)
+        self.head = nn.Conv2d(8, classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.enc1(x)
+        b = F.interpolate(self.enc2(a), scale_factor=2.0, mode="nearest")
+        return self.head(self.dec(torch.cat([a, b], 1)))
+
+
+class QTwoHeads(QSegNet):
+    """:class:`QSegNet` with a classifier head too: ``{"seg": [N, classes, H, W], "cls": [N, num_classes]}``."""
+
+    def __init__(self, classes: int = 4, num_classes: int = 10, in_channels: int = 3) -> None:
+        super().__init__(classes, in_channels)
+        self.cls = nn.Linear(16, num_classes)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        a = self.enc1(x)
+        e = self.enc2(a)
+        b = F.interpolate(e, scale_factor=2.0, mode="nearest")
+        return {"seg": self.head(self.dec(torch.cat([a, b], 1))), "cls": self.cls(e.mean((2, 3)))}
+
+
+def seg_net(classes: int = 4, in_channels: int = 3) -> QSegNet:
+    return QSegNet(classes, in_channels)
+
+
+def two_heads(classes: int = 4, num_classes: int = 10, in_channels: int = 3) -> QTwoHeads:
+    return QTwoHeads(classes, num_classes, in_channels)
+
+
 # --------------------------------------------------------------------------------------------------- table
 INPUT_SHAPES: dict[str, tuple[int, ...]] = {
     "qresnet20": (3, 32, 32), "quadralib_net": (1, 12, 12), "compact_net": (1, 12, 12), "t2_net": (1, 12, 12),

@@ -260,3 +260,43 @@ def test_quadratize_accepts_an_adopted_run(run, tmp_path):
     x = torch.randn((2, *SHAPE), generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         assert torch.equal(a(x), b(x))
+
+
+@pytest.mark.parametrize("builder, names", [("seg_net", ["output"]), ("two_heads", ["seg", "cls"])])
+def test_non_classifier_adopt_export_dynamic_size_and_check(builder, names, tmp_path):
+    """Issue #23 through adopt: a research-style segmentation net and a two-headed dict model (inline neurons) become
+    run dirs that ``info`` describes, export with ``--dynamic-size`` (fused kernels; the export checks two sizes)
+    under their own output names, pass ``check`` (CLI and API) and run at another H x W in onnxruntime."""
+    import quadexport as q
+    from quadexport.exporter.outputs import rebuild_outputs
+    from quadexport.exporter.session import make_session
+
+    d = tmp_path / "user"
+    d.mkdir()
+    shutil.copy(Path(adopt_models.__file__), d / "qmodels.py")
+    model = adopt_models.build(builder, input_shape=(3, 16, 16))
+    adopt_models.save_dataparallel_checkpoint(model, d / "model.th")
+    run = tmp_path / "run"
+    _ok(_cli("adopt", f"qmodels.py:{builder}", "--weights", "model.th", "--input-shape", "3,16,16", "--out", run,
+             cwd=d))
+    info = _ok(_cli("info", run))
+    assert ("segmentation" if builder == "seg_net" else "multi-output") in info
+    assert all(n in info for n in names)
+    onnx_path = tmp_path / "m.onnx"
+    _ok(_cli("export", run, onnx_path, "--dynamic-size", "--mode", "fused"))
+    proto = onnx.load(str(onnx_path))
+    assert [o.name for o in proto.graph.output] == names
+    assert sum(n.domain not in ("", "ai.onnx") for n in proto.graph.node) == 3  # one kernel node per neuron
+    _ok(_cli("check", onnx_path, run))
+    loaded = q.load(run)
+    assert q.check(onnx_path, loaded).ok
+    x = torch.randn((2, 3, 24, 20), generator=torch.Generator().manual_seed(5))  # another H x W than exported at
+    sess = make_session(onnx_path)  # onnxruntime with the kernel library registered
+    got = rebuild_outputs(sess, sess.run(None, {sess.get_inputs()[0].name: x.numpy()}))
+    with torch.no_grad():
+        ref, src = loaded(x), model(x)
+    ref, src, got = ({"output": v} if builder == "seg_net" else v for v in (ref, src, got))
+    for n in ref:
+        assert torch.equal(ref[n], src[n])  # the adopted run computes the user's model
+        err = float((torch.as_tensor(got[n]) - ref[n]).norm() / ref[n].norm())
+        assert err <= 1e-5, (n, err)

@@ -74,8 +74,9 @@ def _data(a: argparse.Namespace) -> tuple[Any, tuple[int, ...]]:
     return data, shape
 
 
-def _on_data(adopted: Any, report: Any, data: Any) -> tuple[float, float]:
-    """(test accuracy of the adopted model, max relative difference to the source on the first test batch)."""
+def _on_data(adopted: Any, report: Any, data: Any, classifier: bool) -> tuple[float | None, float]:
+    """(test accuracy of the adopted model (``None`` unless ``classifier``), max relative difference to the source
+    on the first test batch)."""
     import torch
     from torch.utils.data import DataLoader
 
@@ -83,6 +84,8 @@ def _on_data(adopted: Any, report: Any, data: Any) -> tuple[float, float]:
 
     loader = DataLoader(data.test, batch_size=256, shuffle=False, num_workers=data.workers)
     diff = float(report.verify(next(iter(loader))[0]))
+    if not classifier:  # no accuracy to measure for other tasks: the real batch still verifies the adoption
+        return None, diff
     return float(evaluate_batches(adopted, loader, torch.device("cpu"))[1]), diff
 
 
@@ -95,10 +98,12 @@ def _configure(adopted: Any, src: Any, builder: str, kwargs: dict[str, Any], sha
     from quadexport.zoo import create_model
     from quadexport.zoo.usercode import model_name
 
+    from quadexport.exporter.outputs import flatten
+
     with torch.no_grad():
         x = torch.randn((2, *shape), generator=torch.Generator().manual_seed(0))
-        y = adopted(x)
-    num_classes = int(y.shape[-1]) if isinstance(y, torch.Tensor) and y.dim() >= 2 else 0
+        y = flatten(adopted(x))  # any output structure: its tensors in torch's order
+    num_classes = int(y[0].shape[-1]) if len(y) == 1 and y[0].dim() == 2 else 0  # a classifier's logits
     adopt_cfg = dict(getattr(adopted, "quadexport_config", None) or {})
     cfg = {"name": model_name(src.filename, builder), "neuron": adopt_cfg.get("neuron", "fan"),
            "num_classes": num_classes, "in_channels": int(shape[0]), "input_size": list(shape[1:]),
@@ -108,7 +113,8 @@ def _configure(adopted: Any, src: Any, builder: str, kwargs: dict[str, Any], sha
         again = create_model(**{k: v for k, v in cfg.items()})
     again.load_state_dict(adopted.state_dict(), strict=True)
     with torch.no_grad():
-        if not torch.equal(again.eval()(x), y):
+        z = flatten(again.eval()(x))
+        if len(z) != len(y) or not all(torch.equal(a, b) for a, b in zip(z, y)):
             raise QuadexportError(f"{src.filename}:{builder} rebuilt from the recorded source and adopt spec does "
                                   f"not reproduce the adopted model (does the builder depend on state outside "
                                   f"the file?); nothing was written")
@@ -116,12 +122,14 @@ def _configure(adopted: Any, src: Any, builder: str, kwargs: dict[str, Any], sha
 
 def _meta(a: argparse.Namespace, shape: tuple[int, ...], num_classes: int, data: Any, src: Any,
           loaded: Any, report: Any) -> dict[str, Any]:
+    from quadexport.exporter.outputs import run_meta
+
     meta: dict[str, Any] = {"input_shape": list(shape), "num_classes": num_classes,
                             "source": {"file": str(Path(a.target.rpartition(":")[0]).resolve()),
                                        "sha256": src.sha256, "weights": str(a.weights) if a.weights else None,
                                        "container": loaded.container if loaded else None,
                                        "stripped": loaded.stripped if loaded else []},
-                            "adopt": report.to_dict()}
+                            "adopt": report.to_dict(), **run_meta(report.adopted, shape)}  # task, outputs
     if data is not None:
         prep = data.preprocessing
         meta.update(dataset=a.dataset, normalization=prep.normalization(), preprocessing=prep.to_dict(),
@@ -179,13 +187,15 @@ def run(a: argparse.Namespace) -> int:
     meta = _meta(a, shape, adopted.quadexport_config["num_classes"], data, src, loaded, report)
     _print_report(report)
     if data is not None:
-        meta["test_acc"], diff = _on_data(adopted, report, data)
+        acc, diff = _on_data(adopted, report, data, classifier=meta["task"] == "classification")
         meta["max_rel_diff_test_batch"] = diff
+        if acc is not None:
+            meta["test_acc"] = acc
         if not diff <= TOLERANCE:
             raise QuadexportError(f"the adopted model differs from yours by {diff:.2e} (relative) on {a.dataset}'s "
                                   f"first test batch (> {TOLERANCE:g}); nothing was written")
-        print(f"on {a.dataset}'s test set: accuracy {100 * meta['test_acc']:.2f}%, max relative difference to "
-              f"your model {diff:.2e} (first batch)")
+        print(f"on {a.dataset}'s test set: {'' if acc is None else f'accuracy {100 * acc:.2f}%, '}max relative "
+              f"difference to your model {diff:.2e} (first batch)")
     _write(a, adopted, meta, src)
     print(f"{a.target} -> {a.out} (keeps a copy of {src.filename}, sha256 {src.sha256[:12]}...; loading the run "
           f"runs it)")
