@@ -74,6 +74,9 @@ ORIGINS: dict[str, list[str]] = {
     "compress_adopt": ["compress", "{from_adopt}", *COMPRESS],
 }
 TRAINED = {n for n, argv in ORIGINS.items() if argv[0] == "train"}
+# a --target-ratio met by measured latency: on a busy machine it may be missed (exit 3, the run still written); the
+# matrix is about loading what was written, so either outcome is taken
+MEASURED_TARGET = {"compress_zoo_select_layers"}
 
 _FRESH = r"""
 import sys, numpy as np, onnxruntime as ort, torch
@@ -95,10 +98,12 @@ print("compress imported:", "quadexport.compress" in sys.modules)
 """
 
 
-def _cli(argv: list[str], cwd: Path) -> None:
+def _cli(argv: list[str], cwd: Path, codes: tuple[int, ...] = (0,)) -> None:
     r = subprocess.run([sys.executable, "-m", "quadexport", *argv], capture_output=True, text=True, cwd=cwd,
                        env=ENV, timeout=600)
-    assert r.returncode == 0, f"quadexport {' '.join(argv)}: exit {r.returncode}\n{r.stderr[-3000:]}"
+    assert r.returncode in codes, f"quadexport {' '.join(argv)}: exit {r.returncode}\n{r.stderr[-3000:]}"
+    if r.returncode == 3:  # a missed latency target is reported, and the run is written all the same
+        assert "MISSED --target-ratio" in r.stdout + r.stderr
 
 
 def _deps(argv: list[str]) -> list[str]:
@@ -133,7 +138,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
         for dep in _deps(ORIGINS[name]):
             futures[dep].result()
         argv = [a.format(**{k: str(v) for k, v in {**made, **files}.items()}) for a in ORIGINS[name]]
-        _cli([*argv, "--out", str(made[name]), *QUIET], base)
+        _cli([*argv, "--out", str(made[name]), *QUIET], base, (0, 3) if name in MEASURED_TARGET else (0,))
 
     with ThreadPoolExecutor(max_workers=2) as pool:
         for name in ORIGINS:
