@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from quadexport.compress.config import CompressError
+from quadexport.errors import UsageError
 from quadexport.exporter.outputs import flatten
 
 __all__ = ["TaskLoss", "get_task_loss", "list_task_losses", "outputs_rel", "register_task_loss"]
@@ -55,7 +56,7 @@ _REGISTRY: dict[str, TaskLoss] = {}
 def register_task_loss(loss: TaskLoss) -> TaskLoss:
     """Add ``loss`` to the registry (raises on a duplicate name)."""
     if loss.name in _REGISTRY:
-        raise ValueError(f"task loss {loss.name!r} is already registered")
+        raise UsageError(f"task loss {loss.name!r} is already registered")
     _REGISTRY[loss.name] = loss
     return loss
 
