@@ -20,7 +20,7 @@ PKG = Path(quadexport.__file__).resolve().parent
 ROOT = PKG.parent
 
 LEVELS = {
-    "errors": 0, "_compat": 0, "_version": 0, "_torchutil": 0, "layers": 0,
+    "errors": 0, "_compat": 0, "_version": 0, "_torchutil": 0, "layers": 0, "parity": 0,
     "zoo": 1, "data": 1, "preprocess": 1,
     "relinear": 2, "adapter": 2, "fit": 2, "trainlog": 2, "trainconfig": 2, "quadratize": 2, "adopt": 2, "startfrom": 2, "train": 2, "checkpoint": 2, "exporter": 2, "rundir": 2,
     "atomicfile": 2,

@@ -285,7 +285,8 @@ def _time_ratios(job: Job, paths: list[Path], twin_onnx: Path, seconds: float) -
     from quadexport.compress.latency import p50, time_onnx
 
     named = {f"m{i}": p for i, p in enumerate(paths)}
-    t = time_onnx({**named, "twin": twin_onnx}, job.shape, job.cfg.batches, job.cfg.threads, min_seconds=seconds)
+    t = time_onnx({**named, "twin": twin_onnx}, job.shape, job.cfg.batches, job.cfg.threads, min_seconds=seconds,
+                  inputs=job.calib)  # the run's calibration data (its own images, or its recorded input range)
     return [max(p50(t, k, b) / p50(t, "twin", b) for b in job.cfg.batches) for k in named]
 
 
