@@ -143,3 +143,77 @@ def test_adopt_refuses_nan_source_in_one_line():
         next(p for p in src.parameters() if p.dim() > 1).fill_(float("nan"))
     with pytest.raises(NonFiniteOutputs, match=r"not finite .* N\(0, 1\) random inputs.*--input-range"):
         q.adopt(src, input_shape=(1, 8, 8))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# CLI: what a user types
+# ---------------------------------------------------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+
+NAN_USER_FILE = '''
+import torch
+from torch import nn
+
+
+class Q(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.r, self.g, self.b = nn.Linear(8, 4), nn.Linear(8, 4), nn.Linear(8, 4)
+        with torch.no_grad():
+            self.r.weight.fill_(float("nan"))
+
+    def forward(self, x):
+        return self.r(x) * self.g(x) + self.b(x * x)
+
+
+def build():
+    return Q()
+'''
+
+
+def _cli(*args, cwd: Path = ROOT):
+    import os
+    import subprocess
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "quadexport", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, timeout=600, env=env)
+
+
+@pytest.mark.slow
+def test_cli_float64_verdicts(tmp_path):
+    import json
+
+    from quadexport.checkpoint import save_checkpoint
+    from test_export import perturb
+
+    model = perturb(q.create_model("cnn", in_channels=1, input_size=8), 0.02, calib_shape=(1, 8, 8))
+    meta = {"dataset": "digits", "input_shape": [1, 8, 8], "test_acc": 0.5, "relinear": {"mode": "sg"}}
+    run = tmp_path / "run"
+    save_checkpoint(run, model, meta)
+    good = tmp_path / "good.onnx"
+    r = _cli("export", run, good)
+    assert r.returncode == 0 and "vs_fp64" in r.stdout and "floor" in r.stdout and "digits[64]" in r.stdout, \
+        r.stdout + r.stderr
+    scale_largest_weight(good, tmp_path / "scaled.onnx", 1 + 1e-4)  # negative control, through the CLI
+    r = _cli("check", tmp_path / "scaled.onnx", run, "--batch", "1", "64", "--json", tmp_path / "c.json")
+    saved = json.loads((tmp_path / "c.json").read_text())
+    assert r.returncode == 1 and "checks failed" in r.stdout and saved["reference"] == "float64"
+    assert saved["lines"] and all(not line["ok"] and line["err_fp64"] > 1e-5 and line["floor"] < 1e-5
+                                  for line in saved["lines"])
+
+    with torch.no_grad():
+        for w in (model.conv1.r.weight, model.conv1.g.weight):
+            w.mul_(1e20)  # finite weights, whose products overflow float32: every output is NaN/Inf
+    save_checkpoint(tmp_path / "inf", model, meta)
+    r = _cli("export", tmp_path / "inf", tmp_path / "inf.onnx")
+    assert r.returncode == 1 and not (tmp_path / "inf.onnx").exists(), r.stdout + r.stderr
+    refusals = [line for line in r.stdout.splitlines() if "not finite" in line]
+    assert len(refusals) == 1 and "--input-range" in refusals[0] and "rel_l2" not in r.stdout
+
+    (tmp_path / "nanq.py").write_text(NAN_USER_FILE)
+    r = _cli("adopt", "nanq.py:build", "--input-shape", "8", "--out", tmp_path / "adopted", cwd=tmp_path)
+    assert r.returncode == 2 and not (tmp_path / "adopted").exists(), r.stdout + r.stderr
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1 and "not finite" in err[0] and "--input-range" in err[0] and "Traceback" not in r.stderr
