@@ -217,3 +217,28 @@ def test_cli_float64_verdicts(tmp_path):
     assert r.returncode == 2 and not (tmp_path / "adopted").exists(), r.stdout + r.stderr
     err = r.stderr.strip().splitlines()
     assert len(err) == 1 and "not finite" in err[0] and "--input-range" in err[0] and "Traceback" not in r.stderr
+
+
+@pytest.mark.slow
+def test_cli_mobilenet_chain_compresses(tmp_path):
+    """The chain of issue #29 item 5, shrunk (subsets, one epoch, a few layers quadratic, short timings): ReLU
+    mobilenet_v3_small on digits -> quadratize --neuron fan -> train --from -> compress --target-ratio 1.1. Its
+    depthwise convs run on 1x1 maps, where channels fed by a dead hardswish are constant on the calibration data;
+    their refit was NaN and the all-linear candidate with it."""
+    relu, quad, ft, out = (tmp_path / n for n in ("relu", "quad", "ft", "comp"))
+    small = ("--train-subset", "256", "--test-subset", "64", "--seed", "0")
+    for args in (("train", "--model", "torchvision:mobilenet_v3_small", "--neuron", "relu", "--dataset", "digits",
+                  "--epochs", "1", *small, "--out", relu),
+                 ("quadratize", relu, "--neuron", "fan", "--include", "features.9.*", "features.1[01].*",
+                  "--out", quad),
+                 ("train", "--from", quad, "--epochs", "1", *small, "--out", ft)):
+        r = _cli("-q", *args)
+        assert r.returncode == 0, r.stdout + r.stderr
+    r = _cli("compress", ft, "--target-ratio", "1.1", "--calib-samples", "256", "--val-samples", "51",
+             "--finetune-epochs", "0", "--batch", "1", "--min-seconds", "0.05", "--max-drop", "-1", "--no-bench",
+             "--out", out)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "nan" not in r.stdout.lower() and "NaN" not in r.stderr
+    linear = [line for line in r.stdout.splitlines() if "all-linear validation loss" in line]
+    assert linear and float(linear[0].split("loss ")[1].split(";")[0]) < 10
+    assert (out / "checkpoint.pt").exists() and "parity" in r.stdout and ": ok" in r.stdout

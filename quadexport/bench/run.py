@@ -22,6 +22,7 @@ from quadexport.bench.report import BenchReport
 from quadexport.bench.rows import BenchRow, compute_ratios
 from quadexport.bench.timing import NonFiniteOutput, TimingConfig, TimingStats, TimingUnit, loadavg, time_sessions
 from quadexport.exporter.outputs import flatten
+from quadexport.parity import random_inputs
 
 __all__ = ["bench"]
 
@@ -113,8 +114,9 @@ def _units(plan, sessions, batch: int, rng: np.random.Generator, cuda: bool) -> 
     inputs: dict[tuple[int, ...], np.ndarray] = {}
     units = []
     for bm, m in plan:
-        if bm.input_shape not in inputs:
-            inputs[bm.input_shape] = rng.standard_normal((batch, *bm.input_shape)).astype(np.float32)
+        if bm.input_shape not in inputs:  # the run's recorded input range/statistics when it has them
+            meta = getattr(bm.module, "quadexport_meta", None) or {}
+            inputs[bm.input_shape] = random_inputs(meta, [bm.input_shape], batch, rng)[0]
         x = inputs[bm.input_shape]
         if m == "torch":
             xt = torch.from_numpy(x).to("cuda" if cuda else "cpu")
