@@ -92,12 +92,14 @@ def test_check_reports_missing_kernel_as_failure(out_dir, monkeypatch):
 
 def test_compare_nan_handling():
     ref = np.array([[1.0, 2.0], [np.nan, 4.0]], np.float32)
-    same = compare(ref.copy(), ref, 1e-5)
-    assert same["ok"] and same["nan_inf"] == 1 and same["nan_inf_torch"] == 1
-    worse = ref.copy()
+    same = compare(ref.copy(), ref, 1e-5)  # NaN where torch has NaN is no match: comparisons with NaN are false
+    assert not same["ok"] and same["nan_inf"] == 1 and same["nan_inf_torch"] == 1 and "NaN/Inf" in same["reason"]
+    finite = np.array([[1.0, 2.0], [3.0, 4.0]], np.float32)
+    worse = finite.copy()
     worse[0, 0] = np.inf
-    bad = compare(worse, ref, 1e-5)
-    assert not bad["ok"] and "nan/inf" in bad["reason"]
+    bad = compare(worse, finite, 1e-5, ref64=finite.astype(np.float64))
+    assert not bad["ok"] and bad["rule"] == "nonfinite" and "1 NaN/Inf in the output" in bad["reason"]
+    assert compare(finite.copy(), finite, 1e-5, ref64=finite.astype(np.float64))["ok"]
     assert not compare(ref[:1], ref, 1e-5)["ok"]  # shape mismatch
 
 
