@@ -5,6 +5,7 @@ Public API::
     from quadexport import QuadLinear, QuadConv1d, QuadConv2d, create_model, list_models, list_neurons, load
     quadexport.export(model, "m.onnx", mode="decomposed")
     quadexport.check("m.onnx", model).ok
+    quadexport.check("m.onnx", model, runtime="openvino").ok    # any of quadexport.list_runtimes()
     qmodel = quadexport.quadratize(trained_model, neuron="fan")  # any model; unchanged until fine-tuned
     amodel = quadexport.adopt(research_model, input_shape=(3, 32, 32))  # quadratic neurons written as plain layers
 
@@ -25,6 +26,7 @@ _LAZY = {**{n: "quadexport.layers" for n in ("QuadConv1d", "QuadConv2d", "QuadLi
          **{n: "quadexport.zoo" for n in ("count_macs", "count_params", "create_model", "list_models")},
          "load": "quadexport.checkpoint", "export": "quadexport.exporter.api",
          "make_session": "quadexport.exporter.session", "check": "quadexport.check",
+         "list_runtimes": "quadexport.runtimes", "register_runtime": "quadexport.runtimes",
          "quadratize": "quadexport.quadratize", "QuadratizeReport": "quadexport.quadratize",
          "adopt": "quadexport.adopt", "AdoptReport": "quadexport.adopt", "relu_twin": "quadexport.adopt"}
 

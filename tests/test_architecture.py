@@ -24,6 +24,7 @@ LEVELS = {
     "zoo": 1, "data": 1, "preprocess": 1,
     "relinear": 2, "adapter": 2, "fit": 2, "trainlog": 2, "trainconfig": 2, "quadratize": 2, "adopt": 2, "startfrom": 2, "train": 2, "checkpoint": 2, "exporter": 2, "rundir": 2,
     "atomicfile": 2,
+    "runtimes": 3,  # the runtime registry: imported by check, bench and deploy (same level), importing none of them
     "check": 3, "bench": 3, "compress": 3, "deploy": 3,
     "pipeline": 4, "cli": 4, "experiments": 4,
     "__init__": 4,  # the package facade (``import quadexport``) re-exports the public API of every level
