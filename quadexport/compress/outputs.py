@@ -15,7 +15,7 @@ __all__ = ["FP32_ONNX", "INT8_ONNX", "bench", "int8", "parity", "trained_twin", 
 
 def write_run(job: Job) -> Path:
     """The new run dir: checkpoint, config, metrics and the fp32 ONNX export (returned)."""
-    from quadexport.checkpoint import save_checkpoint, write_json
+    from quadexport.runs.checkpoint import save_checkpoint, write_json
 
     cfg, o, meta, out = job.cfg, job.o, job.meta, job.dir
     out.mkdir(parents=True, exist_ok=True)
@@ -71,7 +71,7 @@ def int8(job: Job, fp32_path: Path) -> None:
 
 def trained_twin(job: Job) -> None:
     """The trained ReLU twin given by the user: its accuracy, and it replaces the zoo-built twin for timing."""
-    from quadexport.checkpoint import load
+    from quadexport.runs.checkpoint import load
 
     tm = load(job.cfg.twin)
     acc = tm.quadexport_meta.get("test_acc")

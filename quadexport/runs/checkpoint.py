@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 from quadexport._torchutil import load_state
-from quadexport.atomicfile import file_mode
-from quadexport.rundir import read_consistent
+from quadexport.runs.atomicfile import file_mode
+from quadexport.runs.rundir import read_consistent
 from quadexport.errors import QuadexportError
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ def save_checkpoint(run_dir: str | os.PathLike, model: nn.Module, meta: dict[str
         optimizer_state: ``optimizer.state_dict()`` for ``--resume``.
         epoch: number of completed epochs.
         extra: further plain values (e.g. the LR multiplier after a rollback).
-        run_id: the run's id (``quadexport.rundir``); config.json and metrics.json carry the same one.
+        run_id: the run's id (``quadexport.runs.rundir``); config.json and metrics.json carry the same one.
 
     Raises:
         CheckpointError: if the model has NaN/Inf parameters (a NaN checkpoint is never written).
@@ -143,7 +143,7 @@ def read_checkpoint(run_dir: str | os.PathLike) -> dict[str, Any]:
 
 def build_from_checkpoint(ckpt: dict[str, Any]) -> nn.Module:
     """Rebuild the model described by a checkpoint and load its weights (strict)."""
-    from quadexport.zoo import create_model
+    from quadexport.transforms import create_model
 
     cfg = dict(ckpt["config"])
     try:
