@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from quadexport.runs.checkpoint import write_json
+from quadexport.runs.atomicfile import write_json
 from quadexport.errors import UsageError, did_you_mean
 from quadexport.training.relinear import ReLinearConfig
 from quadexport.training.loop import TrainConfig

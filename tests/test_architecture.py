@@ -149,6 +149,48 @@ def test_the_checker_sees_function_local_and_upward_imports(tmp_path):
     assert _cycles({"a": {"b"}, "b": set()}) == []
 
 
+def _module_graph(pkg: Path = PKG) -> dict[str, set[str]]:
+    """Imports between the package's modules (dotted names; a package is its ``__init__``), function-local ones
+    included."""
+    mods: dict[str, tuple[Path, bool]] = {}
+    for path in pkg.rglob("*.py"):
+        parts = list(path.relative_to(pkg.parent).with_suffix("").parts)
+        is_pkg = parts[-1] == "__init__"
+        mods[".".join(parts[:-1] if is_pkg else parts)] = (path, is_pkg)
+    edges: dict[str, set[str]] = {}
+    for name, (path, is_pkg) in mods.items():
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = name.split(".") if is_pkg else name.split(".")[:-1]
+                mod = ".".join(base[:len(base) - (node.level - 1)] + ([node.module] if node.module else [])) \
+                    if node.level else (node.module or "")
+                targets = [mod] + [f"{mod}.{a.name}" for a in node.names]
+            else:
+                continue
+            for target in targets:
+                while target and target not in mods:
+                    target = target.rpartition(".")[0]
+                if target and target != name:
+                    edges.setdefault(name, set()).add(target)
+    return edges
+
+
+def test_no_import_cycles_between_modules():
+    # finer than the component check: no two modules anywhere in the package import each other, directly or not
+    cycles = _cycles(_module_graph())
+    assert not cycles, "module import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
+
+
+def test_few_loose_modules_and_no_long_files():
+    loose = sorted(p.name for p in PKG.glob("*.py"))
+    assert len(loose) <= 8, f"{len(loose)} loose top-level modules ({', '.join(loose)}): put features in packages"
+    long = sorted(f"{p.relative_to(ROOT)} ({n} lines)" for p in PKG.rglob("*.py")
+                  if (n := len(p.read_text().splitlines())) > 450)
+    assert not long, "library files over 450 lines: " + ", ".join(long)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # registries
 # ---------------------------------------------------------------------------------------------------------------

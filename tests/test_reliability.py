@@ -13,7 +13,8 @@ import pytest
 import torch
 
 import quadexport as q
-from quadexport.runs.checkpoint import atomic_write, save_checkpoint
+from quadexport.runs.atomicfile import atomic_write
+from quadexport.runs.checkpoint import save_checkpoint
 from quadexport.cli import main
 
 

@@ -16,7 +16,8 @@ import pytest
 import torch
 
 import quadexport as q
-from quadexport.runs.checkpoint import atomic_write, read_checkpoint
+from quadexport.runs.atomicfile import atomic_write
+from quadexport.runs.checkpoint import read_checkpoint
 from quadexport.cli import main
 from quadexport.runs.atomicfile import StagedFile
 from quadexport.runs.rundir import RunDirError, RunDirLocked, lock_path, open_run

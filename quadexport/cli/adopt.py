@@ -141,8 +141,8 @@ def _meta(a: argparse.Namespace, shape: tuple[int, ...], num_classes: int, data:
 
 def _write(a: argparse.Namespace, adopted: Any, meta: dict[str, Any], src: Any) -> None:
     """The run dir, staged and swapped in whole (:func:`quadexport.runs.rundir.open_run`)."""
-    from quadexport.runs.checkpoint import atomic_write, save_checkpoint, write_json
-    from quadexport.runs.rundir import CONFIG, METRICS, open_run
+    from quadexport.runs.rundir import open_run
+    from quadexport.runs.write import write_run
 
     cfg = adopted.quadexport_config
     config = {"command": "adopt", "model": cfg["name"], "neuron": cfg["neuron"], "target": a.target,
@@ -153,12 +153,7 @@ def _write(a: argparse.Namespace, adopted: Any, meta: dict[str, Any], src: Any) 
     metrics = {"model": cfg["name"], "neuron": cfg["neuron"], "dataset": a.dataset, "epochs": [],
                "adopt": meta["adopt"], **({"test_acc": meta["test_acc"]} if "test_acc" in meta else {})}
     with open_run(a.out, "overwrite" if a.overwrite else "new", resumable=False) as out:
-        with out.saving():
-            atomic_write(out.path / src.filename, lambda f: f.write(src.text), mode="w")
-            write_json(out.path / METRICS, out.stamp(metrics))
-            write_json(out.path / CONFIG, out.stamp(config))
-            save_checkpoint(out.path, adopted, meta, None, 0, {}, run_id=out.run_id)
-            out.commit()
+        write_run(out, adopted, meta, config=config, metrics=metrics, files={src.filename: src.text})
 
 
 def _print_report(report: Any) -> None:

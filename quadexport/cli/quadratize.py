@@ -76,10 +76,11 @@ def _without_data(a: argparse.Namespace) -> Any:
 
 
 def run(a: argparse.Namespace) -> int:
-    from quadexport.runs.checkpoint import load, save_checkpoint, write_json
+    from quadexport.runs.checkpoint import load
     from quadexport.errors import UsageError
     from quadexport.transforms.quadratizer import quadratize
-    from quadexport.runs.rundir import CONFIG, METRICS, open_run
+    from quadexport.runs.rundir import open_run
+    from quadexport.runs.write import write_run
     from quadexport.transforms.weights import load_weights
 
     src = Path(a.source)
@@ -102,11 +103,7 @@ def run(a: argparse.Namespace) -> int:
 
         meta.update(run_meta(q, meta["input_shape"]))  # task and outputs, for `info RUN`, check and compress
     with open_run(a.out, "overwrite" if a.overwrite else "new", resumable=False) as out:
-        with out.saving():
-            write_json(out.path / METRICS, out.stamp(metrics))
-            write_json(out.path / CONFIG, out.stamp(config))
-            save_checkpoint(out.path, q, meta, None, 0, {}, run_id=out.run_id)
-            out.commit()
+        write_run(out, q, meta, config=config, metrics=metrics)
     print(report.summary())
     unselected = [s for s in report.skipped if s.reason in ("not selected by include", "excluded")]
     for s in report.skipped:

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from quadexport.compress import outputs
+import quadexport.compress.outputs as outputs
 from quadexport.compress.config import DEFAULT_THRESHOLD, CompressConfig, CompressError
 from quadexport.compress.job import FAST_OPSET, Job, export_onnx, macs, twin_of
 from quadexport.compress.outputs import FP32_ONNX, INT8_ONNX
@@ -54,7 +54,7 @@ def compress(run_dir: str | Path, out: str | Path, config: CompressConfig | None
 
 def compress_run(run_dir: str | Path, out: str | Path, cfg: CompressConfig) -> CompressReport:
     """:func:`compress` with its options as one :class:`~quadexport.compress.config.CompressConfig`."""
-    from quadexport.runs.checkpoint import write_json
+    from quadexport.runs.atomicfile import write_json
     from quadexport.runs.rundir import open_run
 
     t_start = time.perf_counter()

@@ -23,7 +23,8 @@ from torch import nn
 
 from quadexport._torchutil import load_state
 from quadexport.training.adapter import set_trainable
-from quadexport.runs.checkpoint import CHECKPOINT, read_checkpoint, save_checkpoint, write_json
+from quadexport.runs.checkpoint import CHECKPOINT, read_checkpoint
+from quadexport.runs.write import write_run
 from quadexport.errors import UsageError
 from quadexport.training.relinear import param_groups, plain_init, quadratic_norms, quadratic_penalty, warm_start
 from quadexport.runs.rundir import RunDir, RunDirError, disagreement, open_run
@@ -271,12 +272,8 @@ def _save_epoch(run: RunDir, cfg: TrainConfig, model: nn.Module, opt: torch.opti
     meta.update(test_acc=row["test_acc"], epochs_done=st.epoch)
     metrics = {"model": cfg.model, "neuron": cfg.neuron, "dataset": cfg.dataset, "epochs": st.history,
                "test_acc": row["test_acc"]}
-    with run.saving():
-        write_json(run.path / "metrics.json", run.stamp(metrics))
-        write_json(run.path / "config.json", run.stamp({**cfg.to_dict(), "preprocessing": prep.to_dict()}))
-        save_checkpoint(run.path, model, meta, opt.state_dict(), st.epoch,
-                        {"lr_mult": st.lr_mult, "rollbacks": st.rollbacks}, run_id=run.run_id)
-        run.commit()
+    write_run(run, model, meta, config={**cfg.to_dict(), "preprocessing": prep.to_dict()}, metrics=metrics,
+              optimizer_state=opt.state_dict(), epoch=st.epoch, extra={"lr_mult": st.lr_mult, "rollbacks": st.rollbacks})
 
 
 def _train(cfg: TrainConfig, run: RunDir, resume: bool, progress: bool, stop_after: int | None,

@@ -28,6 +28,7 @@ import torch
 from torch import fx, nn
 
 from quadexport.errors import UsageError
+from quadexport.layers.bnfold import fold_bn
 from quadexport.layers.neurons import get_neuron
 from quadexport.layers.quad import QuadConv1d, QuadConv2d, QuadLayer, QuadLinear
 from quadexport.transforms.adopt_match import Match, SkippedForm, Term, find_matches, square_base, trace
@@ -52,14 +53,7 @@ def _folded(t: Term, mods: Mapping[str, nn.Module]) -> tuple[torch.Tensor, torch
     w, b = m.weight.detach(), None if m.bias is None else m.bias.detach()
     if t.bn is None:
         return w.clone(), None if b is None else b.clone()
-    bn = mods[t.bn]
-    s = 1.0 / torch.sqrt(bn.running_var.double() + bn.eps)
-    if bn.weight is not None:
-        s = s * bn.weight.detach().double()
-    shift = bn.bias.detach().double() if bn.bias is not None else torch.zeros_like(s)
-    b64 = (b.double() if b is not None else torch.zeros_like(s)) - bn.running_mean.double()
-    w64 = w.double() * s.reshape((-1,) + (1,) * (w.dim() - 1))
-    return w64.to(w.dtype), (b64 * s + shift).to(w.dtype)
+    return fold_bn(w, b, mods[t.bn], transpose=isinstance(m, nn.modules.conv._ConvTransposeNd))
 
 
 def _kwargs(m: nn.Module) -> dict[str, Any]:
