@@ -16,7 +16,7 @@ import torch
 import quadexport as q
 from quadexport.bench import BenchError, bench
 from quadexport.check import check
-from quadexport.checkpoint import save_checkpoint
+from quadexport.runs.checkpoint import save_checkpoint
 from quadexport.errors import UsageError
 from quadexport.exporter import export
 from quadexport.runtimes import (OnnxruntimeCPU, RuntimeUnavailable, Support, get_runtime, register_runtime,
