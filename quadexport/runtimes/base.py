@@ -243,8 +243,11 @@ class Runtime:
         """``(label, kernel_library policy)`` of each way a file is run (bodies, kernel), and notes."""
         if not info.uses_domain or not sup.kernel_library:
             return [("", "auto" if sup.kernel_library else "never")], []
-        if kernel_library != "auto":
-            return [("kernel" if kernel_library in ("always", True) else "bodies", kernel_library)], []
+        policy = {True: "always", False: "never", None: "never"}.get(kernel_library, kernel_library)
+        if policy not in ("auto", "always", "never"):
+            raise UsageError(f"kernel_library must be 'auto', 'always' or 'never', got {kernel_library!r}")
+        if policy != "auto":
+            return [("kernel" if policy == "always" else "bodies", policy)], []
         from quadexport.exporter.session import find_kernel_library
 
         out = [] if info.needs_kernel else [("bodies", "never")]
