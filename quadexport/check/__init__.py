@@ -156,10 +156,9 @@ def check(onnx_path: str | os.PathLike, model: nn.Module, *, provider: str = "cp
         RuntimeUnavailable: the runtime does not run on this machine (the message says why).
     """
     import onnx
-    import onnxruntime as ort
 
     from quadexport.exporter.extdata import uses_external_data
-    from quadexport.exporter.session import find_kernel_library, model_info
+    from quadexport.exporter.session import model_info
     from quadexport.runtimes import file_io, resolve_runtime
 
     rt = resolve_runtime(runtime, provider)
@@ -174,12 +173,8 @@ def check(onnx_path: str | os.PathLike, model: nn.Module, *, provider: str = "cp
     sup = rt.require()
     rt.refuse(onnx_path, (info.mode or "function") if info.uses_domain else "decomposed", "int8" if qdq else dtype,
               uses_external_data(proto))
-    lib = find_kernel_library()
     report = CheckReport(onnx_path=str(onnx_path), provider=provider, rtol=tol, atol=atol)
-    report.env = {"onnxruntime": ort.__version__, "onnx": onnx.__version__, "torch": torch.__version__,
-                  "kernel_library": str(lib) if lib else None, "export_mode": info.mode or None, "dtype": dtype,
-                  "opset": info.metadata.get("quadexport.opset"), "input": info.metadata.get("quadexport.input"),
-                  "qdq": qdq, "runtime": rt.name, "runtime_version": sup.version}
+    report.env = {**_environment(info, dtype, qdq), "runtime": rt.name, "runtime_version": sup.version}
     say: Callable[[str], None] = log.info if verbose else (lambda msg: None)
     settings, notes = rt.settings(info, opt_levels, kernel_library, threads)
     report.notes += notes
@@ -199,6 +194,19 @@ def check(onnx_path: str | os.PathLike, model: nn.Module, *, provider: str = "cp
     finally:
         model.train(was_training)
     return _finish(report, json_path)
+
+
+def _environment(info: Any, dtype: str, qdq: bool) -> dict[str, Any]:
+    """Library versions, the kernel library and the file's metadata, for the report."""
+    import onnx
+    import onnxruntime as ort
+
+    from quadexport.exporter.session import find_kernel_library
+
+    lib = find_kernel_library()
+    return {"onnxruntime": ort.__version__, "onnx": onnx.__version__, "torch": torch.__version__,
+            "kernel_library": str(lib) if lib else None, "export_mode": info.mode or None, "dtype": dtype,
+            "opset": info.metadata.get("quadexport.opset"), "input": info.metadata.get("quadexport.input"), "qdq": qdq}
 
 
 def _reference(model: nn.Module, raw: bool) -> tuple[nn.Module, Any]:
