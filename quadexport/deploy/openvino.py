@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from quadexport.runmeta import RunMeta
 from quadexport.deploy.parity import BF16_RTOL, ParityRow, parity_row, tolerance
 from quadexport.errors import UsageError
 from quadexport.exporter.outputs import flatten
@@ -98,9 +99,9 @@ def _input_shape(onnx_path: Path, model: nn.Module | None) -> list[int]:
     dims = file_io(onnx_path).input_dims[1:]
     if all(isinstance(d, int) for d in dims):
         return [int(d) for d in dims]
-    meta = getattr(model, "quadexport_meta", None) or {}
-    if meta.get("input_shape"):
-        return [int(d) for d in meta["input_shape"]]
+    recorded = RunMeta.of(model).input_shape
+    if recorded:
+        return list(recorded)
     raise UsageError(f"cannot tell the per-sample input shape (ONNX input dims {dims}): pass io_dir=")
 
 
