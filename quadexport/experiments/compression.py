@@ -75,14 +75,20 @@ class CompressionStudy:
         return list(self.recipe["models"])
 
     def variants(self) -> dict[str, dict[str, Any]]:
-        """The selected ``[variants.*]`` (``compression.variants``; empty: all), in recipe order."""
-        allv, chosen = self.recipe.get("variants", {}), self.settings.get("variants") or []
-        unknown = [v for v in chosen if v not in allv]
-        if unknown:
-            from quadexport.errors import UsageError
+        """The selected ``[variants.*]`` (``compression.variants``; empty: all) and the variants they start from, in
+        recipe order."""
+        from quadexport.errors import UsageError
 
-            raise UsageError(f"compression.variants names unknown variants {unknown}; known: {', '.join(allv)}")
-        return {k: v for k, v in allv.items() if not chosen or k in chosen}
+        allv = self.recipe.get("variants", {})
+        names = list(self.settings.get("variants") or allv)
+        for name in names:  # grows while sources are added
+            if name not in allv:
+                raise UsageError(f"unknown variant {name!r} (compression.variants or a source); known: "
+                                 f"{', '.join(allv)}")
+            src = allv[name].get("source")
+            if src is not None and src not in names:
+                names.append(src)
+        return {k: v for k, v in allv.items() if k in names}
 
 
 def stamp(path: Path) -> list[int] | None:
