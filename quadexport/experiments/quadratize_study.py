@@ -86,8 +86,6 @@ def _task(study: QuadratizeStudy, name: str, seed: int) -> Task:
     cfg = dict(study.recipe["train"], **spec, seed=seed)
     if src is not None:
         cfg["warm_start"] = str(study.run_dir(src, seed))
-    if cfg.get("neuron") == "relu":
-        cfg.setdefault("relinear", {"mode": "none"})
     c = cost(cfg["model"], cfg["neuron"], cfg.get("train_subset") or 60000, cfg.get("test_subset") or 10000,
              cfg["epochs"])
     return train_task("quadratize", f"{name}-s{seed}", study.out, cfg, {"config": name, "seed": seed}, c)
