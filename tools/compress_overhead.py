@@ -70,7 +70,8 @@ from quadexport.experiments.ort_profile import families, profile
 from quadexport.exporter import export
 from quadexport.layers.init import perturb_quadratic
 from quadexport.layers.mixed import copy_rows, like
-from quadexport.zoo import count_macs, create_model
+from quadexport.transforms import create_model
+from quadexport.zoo import count_macs
 
 log = logging.getLogger("compress_overhead")
 
@@ -194,7 +195,7 @@ def build(v: Variant, fan: nn.Module, scores: dict, structure: Any, shortcut: st
 
 def source_model(a: argparse.Namespace) -> nn.Module:
     if a.run:
-        from quadexport.checkpoint import build_from_checkpoint, read_checkpoint
+        from quadexport.runs.checkpoint import build_from_checkpoint, read_checkpoint
 
         return build_from_checkpoint(read_checkpoint(a.run)).eval()
     return fan_model(a.model, a.seed, a.rel)

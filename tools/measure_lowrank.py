@@ -45,7 +45,7 @@ from quadexport._compat import import_torchvision
 from quadexport.bench.timing import TimingConfig, TimingUnit, loadavg, time_sessions
 from quadexport.layers import QuadConv2d, QuadLayer
 from quadexport.layers.init import perturb_quadratic
-from quadexport.zoo import create_model
+from quadexport.transforms import create_model
 
 from quadexport.exporter.decomposed import replace_modules
 from quadexport.exporter.fold import fold_batchnorm

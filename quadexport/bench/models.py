@@ -22,7 +22,8 @@ from quadexport.bench.config import DEFAULT_INPUT_SHAPE, PERTURB_STD, BenchError
 from quadexport.errors import UsageError, did_you_mean
 from quadexport.layers.init import calibrate_bn, perturb_quadratic
 from quadexport.exporter.outputs import flatten
-from quadexport.zoo import count_macs, count_params, create_model, get_model_info, list_models
+from quadexport.zoo import count_macs, count_params, get_model_info, list_models
+from quadexport.transforms import create_model
 from quadexport.zoo.foreign import is_foreign
 
 __all__ = ["BenchModel"]  # the helpers below are used by the bench package
@@ -165,7 +166,7 @@ def _check_forward(module: nn.Module, shape: tuple[int, ...], what: str) -> None
 def _load_entry(entry: str, neuron: str, shape: tuple[int, ...] | None, gen: torch.Generator) -> BenchModel:
     p = Path(entry)
     if p.exists():
-        from quadexport.checkpoint import load
+        from quadexport.runs.checkpoint import load
 
         module = load(p)
         meta = getattr(module, "quadexport_meta", {}) or {}
@@ -202,7 +203,7 @@ def _source_run(m: BenchModel, max_hops: int = 8) -> str | None:
     ``train --from`` record their source run in ``meta["source"]["run"]``; the chain is followed to a ReLU run."""
     if "quadratize" not in m.config:
         return None
-    from quadexport.checkpoint import CheckpointError, read_checkpoint
+    from quadexport.runs.checkpoint import CheckpointError, read_checkpoint
 
     meta = getattr(m.module, "quadexport_meta", None) or {}
     for _ in range(max_hops):

@@ -119,7 +119,7 @@ def check(onnx_path: str | os.PathLike, model: nn.Module, *, provider: str = "cp
     """Compare an exported model with its torch model under onnxruntime; fail hard on any miss.
 
     Files exported with ``input="raw"`` (metadata ``quadexport.input = raw``) are fed raw pixels (the same inputs,
-    denormalised) and compared with the model behind its preprocessing (:class:`~quadexport.preprocess.RawInput`).
+    denormalised) and compared with the model behind its preprocessing (:class:`~quadexport.data.preprocess.RawInput`).
     Int8 QDQ files are not expected to match float outputs: they are checked on the dataset only, each line
     passing when the top-1 class agrees with torch on at least ``qdq_top1`` percent of the images.
 
@@ -188,11 +188,11 @@ def check(onnx_path: str | os.PathLike, model: nn.Module, *, provider: str = "cp
 
 def _reference(model: nn.Module, raw: bool) -> tuple[nn.Module, Any]:
     """The torch model to compare with and, for raw-input files, the preprocessing that maps inputs to raw pixels
-    (None otherwise). A model that already is a :class:`~quadexport.preprocess.RawInput` is used as it is."""
+    (None otherwise). A model that already is a :class:`~quadexport.data.preprocess.RawInput` is used as it is."""
     if not raw:
         return model, None
     from quadexport.data import run_preprocessing
-    from quadexport.preprocess import RawInput
+    from quadexport.data.preprocess import RawInput
 
     if isinstance(model, RawInput):
         return model, model.preprocessing
@@ -288,7 +288,7 @@ def _size_sets(model: nn.Module, shapes: list[tuple[int, ...]], batches: Sequenc
     sets = [_InputSet(f"random {'x'.join(map(str, s[1:]))}", int(b), [_random(model, rng, (int(b), *s))])
             for s in shapes for b in sorted(set(int(b) for b in batches))[:2]]
     if prep is not None:
-        from quadexport.preprocess import denormalise
+        from quadexport.data.preprocess import denormalise
 
         for st in sets:
             st.chunks = [denormalise(torch.from_numpy(x), prep).numpy() for x in st.chunks]
@@ -323,7 +323,7 @@ def _input_sets(model: nn.Module, shape: tuple[int, ...], batches: Sequence[int]
             bs = max(int(b) for b in batches)
             sets.append(_InputSet(f"{ds_name}[{len(xs)}]", bs, [xs[i:i + bs] for i in range(0, len(xs), bs)], ys))
     if prep is not None:
-        from quadexport.preprocess import denormalise
+        from quadexport.data.preprocess import denormalise
 
         for s in sets:
             s.chunks = [denormalise(torch.from_numpy(x), prep).numpy() for x in s.chunks]

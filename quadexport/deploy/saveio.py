@@ -23,7 +23,7 @@ import onnx
 import torch
 from torch import nn
 
-from quadexport.checkpoint import write_json
+from quadexport.runs.atomicfile import write_json
 from quadexport.deploy.parity import ParityRow, parity_row, tolerance
 from quadexport.errors import QuadexportError, UsageError
 from quadexport.exporter.dynamic import recorded

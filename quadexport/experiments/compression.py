@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -108,10 +107,10 @@ def read_json(path: Path) -> dict[str, Any] | None:
 
 
 def write_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
+    """Write ``obj`` as JSON atomically (NaN allowed: a diverged run's record holds NaN losses)."""
+    from quadexport.runs.atomicfile import atomic_write
+
+    atomic_write(path, lambda f: json.dump(obj, f, indent=1), mode="w")
 
 
 def model_config(recipe: dict[str, Any], m: dict[str, Any]) -> dict[str, Any]:
@@ -154,9 +153,10 @@ def control(study: CompressionStudy) -> Path | None:
     if done is not None and done.get("made_from") == made_from and (out / "checkpoint.pt").exists():
         log.info("  control %s: done (%.2f%%)", label, 100 * done["test_acc"])
         return out
-    from quadexport.checkpoint import load, save_checkpoint
     from quadexport.compress.finetune import finetune
     from quadexport.compress.rundata import open_data
+    from quadexport.runs.checkpoint import load
+    from quadexport.runs.write import write_run
 
     model = load(src)
     meta = dict(model.quadexport_meta)
@@ -165,8 +165,10 @@ def control(study: CompressionStudy) -> Path | None:
     hist = finetune(model, data.fit, meta["train_config"], epochs, workers=data.workers)
     acc = data.accuracy(model, "test")
     meta.update(test_acc=acc, finetuned_from=str(src), finetune=hist)
-    save_checkpoint(out, model, meta, epoch=int(meta["train_config"]["epochs"]) + epochs)
-    write_json(out / "metrics.json", {"test_acc": acc, "finetune": hist, "made_from": made_from})
+    config = {**(read_json(src / "config.json") or {}), "finetuned_from": str(src), "finetune_epochs": epochs}
+    write_run(out, model, meta, config=config, metrics={"test_acc": acc, "finetune": hist, "made_from": made_from,
+                                                          "epochs": []},
+              epoch=int(meta["train_config"]["epochs"]) + epochs)
     log.info("  control %s: %.2f%% -> %.2f%% after %d fine-tuning epoch(s)", label, 100 * acc0, 100 * acc,
              epochs)
     return out

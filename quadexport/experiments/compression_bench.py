@@ -41,7 +41,7 @@ KINDS = {"relu": "relu", "quadratic": "quadratic", "cheap neuron": "cheap neuron
 
 def _export(study: CompressionStudy, run: Path, name: str) -> str:
     """``compression/onnx/<name>.onnx`` of run dir ``run`` (exported again when the checkpoint is newer)."""
-    from quadexport.checkpoint import load
+    from quadexport.runs.checkpoint import load
     from quadexport.exporter import export
 
     path = study.root / "onnx" / f"{name}.onnx"
@@ -52,7 +52,7 @@ def _export(study: CompressionStudy, run: Path, name: str) -> str:
 
 
 def _trained(study: CompressionStudy, records: dict[str, dict[str, Any]]) -> list[Entry]:
-    from quadexport.checkpoint import load
+    from quadexport.runs.checkpoint import load
     from quadexport.zoo import count_macs
 
     out = []
@@ -92,7 +92,7 @@ def _variants(study: CompressionStudy, variants: dict[str, Path]) -> list[Entry]
 
 def _twin_forms(study: CompressionStudy, twin: Entry) -> list[Entry]:
     """The trained ReLU twin with 1×1-conv shortcuts, and quantised like the int8 variants."""
-    from quadexport.checkpoint import load
+    from quadexport.runs.checkpoint import load
     from quadexport.compress.prune import conv_shortcuts
     from quadexport.compress.quant import compare_int8, quantize_int8
     from quadexport.compress.rundata import open_data
@@ -155,7 +155,7 @@ def time_all(study: CompressionStudy, ents: list[Entry]) -> list[dict[str, Any]]
 
 
 def _input_shape(ents: list[Entry]) -> tuple[int, ...]:
-    from quadexport.checkpoint import read_checkpoint
+    from quadexport.runs.checkpoint import read_checkpoint
 
     run = next(e.run for e in ents if e.run)
     return tuple(read_checkpoint(run)["meta"]["input_shape"])

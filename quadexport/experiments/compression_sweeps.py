@@ -30,7 +30,7 @@ def _open_source(study: CompressionStudy, calib_samples: int) -> tuple[Any, Any,
     """``(model, data, input shape, channel scores)`` of the study's source run."""
     import torch
 
-    from quadexport.checkpoint import load
+    from quadexport.runs.checkpoint import load
     from quadexport.compress import channel_scores, collect_stats
     from quadexport.compress.rundata import open_data
 

@@ -148,7 +148,7 @@ def _step_nets(study: QuadratizeStudy, combos: list[tuple[str, str]], shape: tup
     import torch
 
     import quadexport as q
-    from quadexport.adapter import set_trainable
+    from quadexport.training.adapter import set_trainable
 
     nets, opts = {}, {}
     for neuron, parts in combos:

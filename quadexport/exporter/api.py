@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from quadexport._torchutil import shared_copy
-from quadexport.atomicfile import StagedFile
+from quadexport.runs.atomicfile import StagedFile
 from quadexport.errors import UsageError
 from quadexport.exporter import dynamic, extdata, ops
 from quadexport.exporter.fold import fold_batchnorm

@@ -22,14 +22,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from quadexport._torchutil import load_state
-from quadexport.adapter import set_trainable
-from quadexport.checkpoint import CHECKPOINT, read_checkpoint, save_checkpoint, write_json
+from quadexport.training.adapter import set_trainable
+from quadexport.runs.checkpoint import CHECKPOINT, read_checkpoint
+from quadexport.runs.write import write_run
 from quadexport.errors import UsageError
-from quadexport.relinear import param_groups, plain_init, quadratic_norms, quadratic_penalty, warm_start
-from quadexport.rundir import RunDir, RunDirError, disagreement, open_run
-from quadexport.trainconfig import TrainConfig, TrainingDiverged
-from quadexport.trainlog import LOG_EVERY_STEPS, _plot, _Progress, curves_figure  # noqa: F401  (re-exported)
-from quadexport.startfrom import from_run_model, from_run_overrides, source_meta
+from quadexport.training.relinear import param_groups, plain_init, quadratic_norms, quadratic_penalty, warm_start
+from quadexport.runs.rundir import RunDir, RunDirError, disagreement, open_run
+from quadexport.training.config import TrainConfig, TrainingDiverged
+from quadexport.training.log import LOG_EVERY_STEPS, _plot, _Progress, curves_figure  # noqa: F401  (re-exported)
+from quadexport.training.startfrom import from_run_model, from_run_overrides, source_meta
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +52,9 @@ def build_model(cfg: TrainConfig, num_classes: int, input_shape: tuple[int, int,
     """Create the model of ``cfg`` for a dataset (seeded): its init, or the weights of ``--from`` /
     ``--warm-start`` / ``--weights``; then freeze what ``--train-only`` leaves out. A model that cannot take the
     dataset's input size is refused here (:func:`~quadexport.zoo.inputsize.check_input_size`)."""
-    from quadexport.checkpoint import read_checkpoint
-    from quadexport.zoo import create_model
-    from quadexport.zoo.foreign import load_weights
+    from quadexport.runs.checkpoint import read_checkpoint
+    from quadexport.transforms import create_model
+    from quadexport.transforms.weights import load_weights
     from quadexport.zoo.inputsize import check_input_size
 
     torch.manual_seed(cfg.seed)
@@ -157,7 +158,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
     """Train ``cfg.model`` on ``cfg.dataset`` and write the run dir ``cfg.out``.
 
     A dir that already holds a run is refused unless ``resume`` or ``overwrite``; one process writes a run dir at a
-    time (``quadexport.rundir``; under torchrun only rank 0 locks and writes).
+    time (``quadexport.runs.rundir``; under torchrun only rank 0 locks and writes).
 
     Args:
         cfg: the training configuration.
@@ -271,12 +272,8 @@ def _save_epoch(run: RunDir, cfg: TrainConfig, model: nn.Module, opt: torch.opti
     meta.update(test_acc=row["test_acc"], epochs_done=st.epoch)
     metrics = {"model": cfg.model, "neuron": cfg.neuron, "dataset": cfg.dataset, "epochs": st.history,
                "test_acc": row["test_acc"]}
-    with run.saving():
-        write_json(run.path / "metrics.json", run.stamp(metrics))
-        write_json(run.path / "config.json", run.stamp({**cfg.to_dict(), "preprocessing": prep.to_dict()}))
-        save_checkpoint(run.path, model, meta, opt.state_dict(), st.epoch,
-                        {"lr_mult": st.lr_mult, "rollbacks": st.rollbacks}, run_id=run.run_id)
-        run.commit()
+    write_run(run, model, meta, config={**cfg.to_dict(), "preprocessing": prep.to_dict()}, metrics=metrics,
+              optimizer_state=opt.state_dict(), epoch=st.epoch, extra={"lr_mult": st.lr_mult, "rollbacks": st.rollbacks})
 
 
 def _train(cfg: TrainConfig, run: RunDir, resume: bool, progress: bool, stop_after: int | None,

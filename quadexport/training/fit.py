@@ -1,5 +1,5 @@
 """Training on a map-style dataset (in-memory tensors or files streamed through DataLoader workers) with
-:func:`quadexport.train.train`'s recipe and NaN handling (used by ``quadexport compress`` to fine-tune a rewritten
+:func:`quadexport.training.loop.train`'s recipe and NaN handling (used by ``quadexport compress`` to fine-tune a rewritten
 model)."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler, TensorDataset
 
-from quadexport.relinear import quadratic_penalty
-from quadexport.train import TrainConfig, _all_finite, lr_factor, make_optimizer, roll_back
+from quadexport.training.relinear import quadratic_penalty
+from quadexport.training.loop import TrainConfig, _all_finite, lr_factor, make_optimizer, roll_back
 
 __all__ = ["fit_dataset", "fit_tensors"]
 
