@@ -12,9 +12,16 @@ if TYPE_CHECKING:
     from quadexport.experiments.quadratize_study import QuadratizeStudy
 
 
-def _x(study: "QuadratizeStudy", cfg: str, lat: dict[str, dict[int, float]], batch: int, i: int) -> float | None:
-    from quadexport.experiments.quadratize_report import arch_latency
+def arch_latency(study: "QuadratizeStudy", cfg: str, lat: dict[str, dict[int, float]], batch: int) -> float | None:
+    """Latency ratio of a config's architecture: that of a timed run with the same neuron (a config whose run was not
+    timed has the architecture of a timed one with its neuron)."""
+    for m, d in lat.items():
+        if study.neuron(m.rsplit("-s", 1)[0]) == study.neuron(cfg) and batch in d:
+            return d[batch]
+    return None
 
+
+def _x(study: "QuadratizeStudy", cfg: str, lat: dict[str, dict[int, float]], batch: int, i: int) -> float | None:
     x = arch_latency(study, cfg, lat, batch)
     if x is None:
         return None
@@ -58,4 +65,4 @@ def accuracy_vs_latency(study: "QuadratizeStudy", runs: dict[str, dict[int, floa
     plt.close(fig)
 
 
-__all__ = ["accuracy_vs_latency"]
+__all__ = ["accuracy_vs_latency", "arch_latency"]

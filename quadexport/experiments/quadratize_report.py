@@ -56,14 +56,6 @@ def latency(bench: dict[str, Any] | None, ref: str) -> dict[str, dict[int, float
     return out
 
 
-def arch_latency(study: QuadratizeStudy, cfg: str, lat: dict[str, dict[int, float]], batch: int) -> float | None:
-    """Latency ratio of a config's architecture: that of a timed run with the same neuron (module docstring)."""
-    for m, d in lat.items():
-        if study.neuron(m.rsplit("-s", 1)[0]) == study.neuron(cfg) and batch in d:
-            return d[batch]
-    return None
-
-
 def table_md(study: QuadratizeStudy, runs: dict[str, dict[int, float]], lat: dict[str, dict[int, float]],
              step: dict[str, dict[str, float]]) -> str:
     """The accuracy table (paired deltas against every control that ran, step-time ratio) and the latency table."""
@@ -116,4 +108,4 @@ def write_report(study: QuadratizeStudy, records: dict[str, dict[str, Any]], ben
     return folder / "table.md"
 
 
-__all__ = ["accuracies", "arch_latency", "latency", "mean_sd", "paired", "table_md", "write_report"]
+__all__ = ["accuracies", "latency", "mean_sd", "paired", "table_md", "write_report"]
