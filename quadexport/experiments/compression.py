@@ -156,6 +156,7 @@ def control(study: CompressionStudy) -> Path | None:
     from quadexport.compress.finetune import finetune
     from quadexport.compress.rundata import open_data
     from quadexport.runs.checkpoint import load
+    from quadexport.runs.rundir import open_run
     from quadexport.runs.write import write_run
 
     model = load(src)
@@ -165,10 +166,11 @@ def control(study: CompressionStudy) -> Path | None:
     hist = finetune(model, data.fit, meta["train_config"], epochs, workers=data.workers)
     acc = data.accuracy(model, "test")
     meta.update(test_acc=acc, finetuned_from=str(src), finetune=hist)
-    config = {**(read_json(src / "config.json") or {}), "finetuned_from": str(src), "finetune_epochs": epochs}
-    write_run(out, model, meta, config=config, metrics={"test_acc": acc, "finetune": hist, "made_from": made_from,
-                                                          "epochs": []},
-              epoch=int(meta["train_config"]["epochs"]) + epochs)
+    config = {k: v for k, v in (read_json(src / "config.json") or {}).items() if k != "run_id"}
+    config.update(finetuned_from=str(src), finetune_epochs=epochs)
+    metrics = {"test_acc": acc, "finetune": hist, "made_from": made_from, "epochs": []}
+    with open_run(out, "overwrite", resumable=False) as run:  # a fresh run id on all three files
+        write_run(run, model, meta, config=config, metrics=metrics, epoch=int(meta["train_config"]["epochs"]) + epochs)
     log.info("  control %s: %.2f%% -> %.2f%% after %d fine-tuning epoch(s)", label, 100 * acc0, 100 * acc,
              epochs)
     return out
