@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from quadexport.runmeta import RunMeta, config_dict, meta_dict
 from quadexport._torchutil import one_thread
 from quadexport.bench.config import DEFAULT_INPUT_SHAPE, PERTURB_STD, BenchError
 from quadexport.errors import UsageError, did_you_mean
@@ -126,10 +127,10 @@ def _build(name: str, neuron: str, shape: tuple[int, ...], gen: torch.Generator,
 
 def _make(module: nn.Module, role: str, shape: tuple[int, ...], source: str = "zoo",
           note: str | None = None) -> BenchModel:
-    cfg = dict(getattr(module, "quadexport_config", {}))
+    cfg = config_dict(module)
     name, neuron = cfg.get("name", type(module).__name__.lower()), cfg.get("neuron", "relu")
     label = _label(name, cfg)
-    meta = getattr(module, "quadexport_meta", {}) or {}
+    meta = meta_dict(module)
     acc = meta.get("test_acc")
     kw = tuple(sorted((k, v) for k, v in cfg.items() if k not in ("name", "neuron", "in_channels", "input_size")))
     try:
@@ -147,7 +148,7 @@ def _make(module: nn.Module, role: str, shape: tuple[int, ...], source: str = "z
 
 
 def _check_forward(module: nn.Module, shape: tuple[int, ...], what: str) -> None:
-    cfg = getattr(module, "quadexport_config", {}) or {}
+    cfg = config_dict(module)
     cin = cfg.get("in_channels")
     if cin is not None and cin != shape[0]:
         raise BenchError(f"{what} takes {cin} input channel(s), but the input shape is {' '.join(map(str, shape))} "
@@ -169,10 +170,8 @@ def _load_entry(entry: str, neuron: str, shape: tuple[int, ...] | None, gen: tor
         from quadexport.runs.checkpoint import load
 
         module = load(p)
-        meta = getattr(module, "quadexport_meta", {}) or {}
-        trained = meta.get("input_shape")
-        s = tuple(shape) if shape is not None else (tuple(int(v) for v in trained) if trained else
-                                                    DEFAULT_INPUT_SHAPE)
+        trained = RunMeta.of(module).input_shape
+        s = tuple(shape) if shape is not None else (trained or DEFAULT_INPUT_SHAPE)
         _check_forward(module, s, f"run dir {entry}")
         cfg = module.quadexport_config
         role = "quadratic" if cfg.get("neuron", "relu") != "relu" else "relu"
@@ -205,7 +204,7 @@ def _source_run(m: BenchModel, max_hops: int = 8) -> str | None:
         return None
     from quadexport.runs.checkpoint import CheckpointError, read_checkpoint
 
-    meta = getattr(m.module, "quadexport_meta", None) or {}
+    meta = meta_dict(m.module)
     for _ in range(max_hops):
         src = (meta.get("source") or {}).get("run")
         if not src or not Path(src, "checkpoint.pt").exists():

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from quadexport.runmeta import RunMeta, config_dict, meta_dict
 from quadexport.check.report import LEVEL_NAMES, TOLERANCES, CheckLine, CheckReport, compare
 from quadexport.errors import UsageError
 
@@ -45,14 +46,14 @@ def _input_shapes(sess: Any, model: nn.Module, metadata: dict[str, str]) -> list
     from quadexport.exporter.dynamic import recorded
 
     dims = sess.get_inputs()[0].shape[1:]
-    meta = getattr(model, "quadexport_meta", None) or {}
+    recorded_shape = RunMeta.of(model).input_shape
     dyn = recorded(metadata)
     if all(isinstance(d, int) for d in dims):
         shape = tuple(dims)
     elif dyn and isinstance(dims[0], int):
         shape = (dims[0], *dyn["sizes"][0])
-    elif meta.get("input_shape"):
-        shape = tuple(int(d) for d in meta["input_shape"])
+    elif recorded_shape:
+        shape = recorded_shape
     else:
         raise UsageError(f"cannot tell the per-sample input shape (onnx input dims {dims}); the model has no "
                          f"quadexport_meta['input_shape']")
@@ -95,7 +96,7 @@ def _load_dataset(spec: Any, meta: dict[str, Any], data_dir: str | os.PathLike |
 
 def _pairing_error(info: Any, model: nn.Module) -> str | None:
     """Why the ONNX file was not exported from ``model`` (model name or neuron differ), or None."""
-    cfg = getattr(model, "quadexport_config", None) or {}
+    cfg = config_dict(model)
     pairs = [("model", info.metadata.get("quadexport.model"), cfg.get("name")),
              ("neuron", info.metadata.get("quadexport.neuron"), cfg.get("neuron"))]
     diff = [(k, f, r) for k, f, r in pairs if f and r and f != r]
@@ -196,7 +197,7 @@ def _reference(model: nn.Module, raw: bool) -> tuple[nn.Module, Any]:
 
     if isinstance(model, RawInput):
         return model, model.preprocessing
-    prep = run_preprocessing(getattr(model, "quadexport_meta", None) or {})
+    prep = run_preprocessing(meta_dict(model))
     return RawInput(model, prep), prep
 
 
@@ -272,7 +273,7 @@ def _random(model: nn.Module, rng: np.random.Generator, shape: tuple[int, ...]) 
     """Random model inputs at the run's recorded input statistics (``meta["input_stats"]``: per-channel ``mean``
     and ``std`` of the normalised inputs), standard normal when none are recorded."""
     x = rng.standard_normal(shape).astype(np.float32)
-    stats = (getattr(model, "quadexport_meta", None) or {}).get("input_stats") or {}
+    stats = meta_dict(model).get("input_stats") or {}
     if stats and len(shape) >= 3:
         bc = (-1,) + (1,) * (len(shape) - 2)
         mean = np.asarray(stats.get("mean", 0.0), np.float32).reshape(bc if np.ndim(stats.get("mean", 0)) else ())
@@ -302,7 +303,7 @@ def _input_sets(model: nn.Module, shape: tuple[int, ...], batches: Sequence[int]
     (a raw-input file) both denormalised to raw pixel values."""
     rng = np.random.default_rng(seed)
     sets = [_InputSet("random", int(b), [_random(model, rng, (int(b), *shape))]) for b in batches]
-    meta = getattr(model, "quadexport_meta", None) or {}
+    meta = meta_dict(model)
     ds = None if dataset is False else (dataset or meta.get("dataset"))
     ds_name = getattr(ds, "name", ds)  # a DataSource: its spec
     if ds:

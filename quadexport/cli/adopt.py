@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from quadexport.cli.argtypes import dataset_spec, image_size, model_arg
+from quadexport.runmeta import config_dict
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,7 @@ def _configure(adopted: Any, src: Any, builder: str, kwargs: dict[str, Any], sha
         x = torch.randn((2, *shape), generator=torch.Generator().manual_seed(0))
         y = flatten(adopted(x))  # any output structure: its tensors in torch's order
     num_classes = int(y[0].shape[-1]) if len(y) == 1 and y[0].dim() == 2 else 0  # a classifier's logits
-    adopt_cfg = dict(getattr(adopted, "quadexport_config", None) or {})
+    adopt_cfg = config_dict(adopted)
     cfg = {"name": model_name(src.filename, builder), "neuron": adopt_cfg.get("neuron", "fan"),
            "num_classes": num_classes, "in_channels": int(shape[0]), "input_size": list(shape[1:]),
            "source": src.to_dict(), "builder": builder, "model_args": kwargs, "adopt": adopt_cfg["adopt"]}

@@ -6,6 +6,7 @@ import argparse
 import collections
 import logging
 import sys
+from quadexport.runmeta import meta_dict
 
 log = logging.getLogger(__name__)
 
@@ -14,7 +15,7 @@ USAGE = "quadexport export RUN_DIR OUT.onnx"
 
 def _test_inputs(model, data_dir, n: int):
     """The first ``n`` test inputs (normalised) of the run's own dataset, or None when unavailable."""
-    meta = getattr(model, "quadexport_meta", None) or {}
+    meta = meta_dict(model)
     if not meta.get("dataset"):
         return None
     try:

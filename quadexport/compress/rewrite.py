@@ -15,7 +15,7 @@ from quadexport.compress.plan import LayerPlan, Plan
 from quadexport.compress.stats import Fit
 from quadexport.compress.structure import Structure, describe
 from quadexport.errors import UsageError
-from quadexport.exporter.fold import _bn_affine
+from quadexport.layers.bnfold import bn_scale_shift
 from quadexport.layers.mixed import MixedQuad, PermShortcut, like
 from quadexport.transforms.prune_spec import SPEC_VERSION, set_spec
 
@@ -191,7 +191,7 @@ def fold_mixed_bn(model: nn.Module, spec: dict[str, Any], structure: Structure |
             continue
         was = bn.training
         bn.eval()
-        s, t = _bn_affine(bn)
+        s, t = bn_scale_shift(bn)
         bn.train(was)
         m.fold_affine(s, t)
         model.set_submodule(bn_name, nn.Identity())

@@ -27,6 +27,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import fx, nn
 
+from quadexport.runmeta import config_dict
 from quadexport.errors import UsageError
 from quadexport.layers.bnfold import fold_bn
 from quadexport.layers.neurons import get_neuron
@@ -171,7 +172,7 @@ def rewrite(gm: fx.GraphModule, chosen: Sequence[tuple[Match, str]]) -> fx.Graph
 def merged_spec(source: nn.Module, spec: Mapping[str, Any]) -> dict[str, Any]:
     """``spec`` after the adopt spec ``source`` already records (adopting an adopted model again adds neurons; one
     replay on a fresh model finds them all, with their recorded names)."""
-    old = (getattr(source, "quadexport_config", None) or {}).get("adopt")
+    old = (config_dict(source)).get("adopt")
     if not old:
         return copy.deepcopy(dict(spec))
     return make_spec([*old["neurons"], *spec["neurons"]], spec.get("input_shape") or old.get("input_shape"))
@@ -180,7 +181,7 @@ def merged_spec(source: nn.Module, spec: Mapping[str, Any]) -> dict[str, Any]:
 def _config(model: nn.Module, spec: Mapping[str, Any]) -> dict[str, Any]:
     """The source's config plus the spec; ``neuron`` is the most common adopted type (a registered name, as tools
     read it with ``get_neuron``), ``"relu"`` when nothing was adopted."""
-    cfg = copy.deepcopy(getattr(model, "quadexport_config", None) or {})
+    cfg = copy.deepcopy(config_dict(model))
     types = [n["type"] for n in spec["neurons"]]
     common = max(sorted(set(types)), key=types.count) if types else cfg.get("neuron", "relu")
     cfg.update(neuron=common, adopt=copy.deepcopy(dict(spec)))

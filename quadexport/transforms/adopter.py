@@ -20,6 +20,7 @@ from typing import Any, Callable, Sequence, Union
 import torch
 from torch import fx, nn
 
+from quadexport.runmeta import RunMeta
 from quadexport._torchutil import one_thread
 from quadexport.errors import QuadexportError, UsageError
 from quadexport.zoo import count_macs, count_params
@@ -175,10 +176,7 @@ def _example(model: nn.Module, example_input: torch.Tensor | None, input_shape: 
              ) -> torch.Tensor | None:
     if example_input is not None:
         return example_input.detach()
-    shape = input_shape
-    if shape is None:
-        meta = getattr(model, "quadexport_meta", None) or {}
-        shape = meta.get("input_shape")
+    shape = input_shape if input_shape is not None else RunMeta.of(model).input_shape
     if shape is None:
         return None
     p = next(model.parameters(), None)

@@ -16,6 +16,7 @@ from typing import Any
 
 from torch import nn
 
+from quadexport.runmeta import config_dict
 from quadexport.errors import UsageError
 from quadexport.layers.mixed import MixedQuad, PermShortcut, like
 from quadexport.layers.quad import QuadLayer
@@ -27,7 +28,7 @@ __all__ = ["SPEC_VERSION", "apply_spec", "get_spec", "set_spec"]
 
 def set_spec(model: nn.Module, spec: dict[str, Any]) -> None:
     """Record ``spec`` in ``model.quadexport_config["compress"]`` (as a JSON string, so configs stay hashable)."""
-    cfg = dict(getattr(model, "quadexport_config", {}) or {})
+    cfg = config_dict(model)
     cfg["compress"] = json.dumps(spec, sort_keys=True)
     model.quadexport_config = cfg
 

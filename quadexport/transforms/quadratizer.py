@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from quadexport.runmeta import config_dict, input_shape_of
 from quadexport._compat import torchvision_ops_missing
 from quadexport._torchutil import one_thread
 from quadexport.errors import QuadexportError, UsageError
@@ -93,16 +94,7 @@ class QuadratizeReport:
 
 
 def _input_shape(model: nn.Module, given: Any) -> tuple[int, ...] | None:
-    if given is not None:
-        return tuple(int(s) for s in given)
-    meta = getattr(model, "quadexport_meta", None) or {}
-    cfg = getattr(model, "quadexport_config", None) or {}
-    if meta.get("input_shape"):
-        return tuple(int(s) for s in meta["input_shape"])
-    if cfg.get("in_channels") is not None and cfg.get("input_size") is not None:
-        size = cfg["input_size"]
-        return (int(cfg["in_channels"]), *([size, size] if isinstance(size, int) else size))
-    return None
+    return input_shape_of(model, given)
 
 
 def _tensors(out: Any) -> list[torch.Tensor]:
@@ -173,7 +165,7 @@ def _verify(model: nn.Module, x: torch.Tensor, reference: list[torch.Tensor], or
 def _retag(model: nn.Module, neuron: str, rank: int | None, converted: list[str]) -> None:
     """Record the new neuron and the converted layers in ``quadexport_config``; move the source's training outcome
     (test accuracy, ReLinear settings...) from ``quadexport_meta`` to ``quadexport_meta["source"]``."""
-    cfg = copy.deepcopy(getattr(model, "quadexport_config", None) or {})
+    cfg = copy.deepcopy(config_dict(model))
     old = dict(cfg.get("quadratize") or {})
     base = old.get("base_neuron", cfg.get("neuron", "relu"))
     layers = {**old.get("layers", {}), **{n: {"neuron": neuron, "rank": rank} for n in converted}}
