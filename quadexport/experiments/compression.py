@@ -155,12 +155,13 @@ def control(study: CompressionStudy) -> Path | None:
         return out
     from quadexport.compress.finetune import finetune
     from quadexport.compress.rundata import open_data
+    from quadexport.runmeta import meta_dict
     from quadexport.runs.checkpoint import load
     from quadexport.runs.rundir import open_run
     from quadexport.runs.write import write_run
 
     model = load(src)
-    meta = dict(model.quadexport_meta)
+    meta = meta_dict(model)
     acc0 = float(meta.get("test_acc") or 0.0)
     data = open_data(src, meta, 1, val_samples=0)
     hist = finetune(model, data.fit, meta["train_config"], epochs, workers=data.workers)

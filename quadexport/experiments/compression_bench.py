@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from quadexport.experiments.compression import CompressionStudy, read_json, stamp, write_json
+from quadexport.runmeta import input_shape_of, meta_dict
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ def _export(study: CompressionStudy, run: Path, name: str) -> str:
     path = study.root / "onnx" / f"{name}.onnx"
     if not path.exists() or path.stat().st_mtime_ns < (run / "checkpoint.pt").stat().st_mtime_ns:
         m = load(run)
-        export(m, path, input_shape=tuple(m.quadexport_meta["input_shape"]))
+        export(m, path, input_shape=input_shape_of(m))
     return str(path)
 
 
@@ -62,7 +63,7 @@ def _trained(study: CompressionStudy, records: dict[str, dict[str, Any]]) -> lis
             continue
         model = load(run)
         out.append(Entry(m["label"], KINDS.get(m["role"], m["role"]), rec["final_acc"],
-                         count_macs(model, tuple(model.quadexport_meta["input_shape"])), _export(study, run, m["label"]),
+                         count_macs(model, input_shape_of(model)), _export(study, run, m["label"]),
                          str(run)))
     if study.control_label and (study.run_dir(study.control_label) / "checkpoint.pt").exists():
         run = study.run_dir(study.control_label)
@@ -100,7 +101,7 @@ def _twin_forms(study: CompressionStudy, twin: Entry) -> list[Entry]:
     from quadexport.zoo import count_macs
 
     model = load(twin.run)
-    meta, shape = model.quadexport_meta, tuple(model.quadexport_meta["input_shape"])
+    meta, shape = meta_dict(model), input_shape_of(model)
     convsc = conv_shortcuts(model)
     path = study.root / "onnx" / f"{twin.label}-convsc.onnx"
     if not path.exists() or path.stat().st_mtime_ns < Path(twin.onnx).stat().st_mtime_ns:
@@ -155,10 +156,9 @@ def time_all(study: CompressionStudy, ents: list[Entry]) -> list[dict[str, Any]]
 
 
 def _input_shape(ents: list[Entry]) -> tuple[int, ...]:
-    from quadexport.runs.checkpoint import read_checkpoint
+    from quadexport.runs.checkpoint import load
 
-    run = next(e.run for e in ents if e.run)
-    return tuple(read_checkpoint(run)["meta"]["input_shape"])
+    return input_shape_of(load(next(e.run for e in ents if e.run)))
 
 
 __all__ = ["Entry", "entries", "time_all"]

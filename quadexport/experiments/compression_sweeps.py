@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from quadexport.experiments.compression import CompressionStudy, read_json, stamp, write_json
+from quadexport.runmeta import input_shape_of, meta_dict
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +38,8 @@ def _open_source(study: CompressionStudy, calib_samples: int) -> tuple[Any, Any,
     torch.set_num_threads(study.threads)
     src = study.run_dir(study.settings["source"])
     model = load(src)
-    meta = model.quadexport_meta
-    data = open_data(src, meta, calib_samples, val_samples=0)
-    return model, data, tuple(meta["input_shape"]), channel_scores(collect_stats(model, data.calib))
+    data = open_data(src, meta_dict(model), calib_samples, val_samples=0)
+    return model, data, input_shape_of(model), channel_scores(collect_stats(model, data.calib))
 
 
 def _params(study: CompressionStudy, section: str) -> dict[str, Any]:
