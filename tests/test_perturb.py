@@ -57,7 +57,7 @@ def test_reproducible_by_seed_and_scales():
     d_rel = rel.get_submodule(name).g.weight - layer.g.weight
     d_abs = a.get_submodule(name).g.weight - layer.g.weight
     # same draws, scaled by std(W_r) of the layer
-    torch.testing.assert_close(d_rel, d_abs * float(layer.r.weight.std()), rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(d_rel, d_abs * float(layer.r.weight.detach().std()), rtol=1e-4, atol=1e-7)
     fan_in = perturb_quadratic(build(), 0.1, seed=1, scale="fan_in")
     d_fan = fan_in.get_submodule(name).g.weight - layer.g.weight
     torch.testing.assert_close(d_fan, d_abs / layer.g.weight[0].numel() ** 0.5, rtol=1e-4, atol=1e-7)
