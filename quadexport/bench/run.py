@@ -23,6 +23,7 @@ from quadexport.bench.rows import BenchRow, compute_ratios
 from quadexport.bench.timing import NonFiniteOutput, TimingConfig, TimingStats, TimingUnit, loadavg, time_sessions
 from quadexport.exporter.outputs import flatten
 from quadexport.parity import random_inputs
+from quadexport.runmeta import meta_dict
 
 __all__ = ["bench"]
 
@@ -121,8 +122,7 @@ def _units(plan, sessions, batch: int, rng: np.random.Generator, cuda: bool) -> 
     units = []
     for bm, m in plan:
         if bm.input_shape not in inputs:  # the run's recorded input range/statistics when it has them
-            meta = getattr(bm.module, "quadexport_meta", None) or {}
-            inputs[bm.input_shape] = random_inputs(meta, [bm.input_shape], batch, rng)[0]
+            inputs[bm.input_shape] = random_inputs(meta_dict(bm.module), [bm.input_shape], batch, rng)[0]
         x = inputs[bm.input_shape]
         if m == "torch":
             xt = torch.from_numpy(x).to("cuda" if cuda else "cpu")

@@ -20,7 +20,7 @@ from typing import Any, Callable, Sequence, Union
 import torch
 from torch import fx, nn
 
-from quadexport.runmeta import RunMeta
+from quadexport.runmeta import RunMeta, meta_dict
 from quadexport._torchutil import one_thread
 from quadexport.errors import QuadexportError, UsageError
 from quadexport.parity import ConversionCheck, random_inputs, verify_conversion
@@ -209,8 +209,8 @@ def _example(model: nn.Module, example_input: torch.Tensor | None, input_shape: 
     if shape is None:
         return None
     p = next(model.parameters(), None)
-    meta = getattr(model, "quadexport_meta", None) or {}  # its recorded input range/statistics, else N(0, 1)
-    x = torch.from_numpy(random_inputs(meta, [shape], 2, 0)[0])
+    # its recorded input range/statistics, else N(0, 1)
+    x = torch.from_numpy(random_inputs(meta_dict(model), [shape], 2, 0)[0])
     return x.to(p.device, p.dtype) if p is not None and p.is_floating_point() else x
 
 
@@ -266,7 +266,7 @@ def adopt(model: nn.Module, example_input: torch.Tensor | None = None, input_sha
         with one_thread():
             report.macs_before, report.macs_after = count_macs(source, shape), count_macs(adopted, shape)
             res = report.verify_fp64(x, "the given example input" if example_input is not None else
-                                     describe_inputs(getattr(model, "quadexport_meta", None)))
+                                     describe_inputs(meta_dict(model)))
         if not res.ok:
             raise AdoptError(f"the adopted model's output differs from the source's ({res.summary()}); please "
                              f"report this model")
