@@ -13,7 +13,8 @@ def count_params(model: nn.Module) -> int:
 
 @torch.no_grad()
 def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
-    """MACs of one sample: every ``nn.Linear``/``nn.Conv1d``/``nn.Conv2d`` (so every branch of a quadratic layer),
+    """MACs of one sample: every ``nn.Linear``/``nn.Conv1d``/``nn.Conv2d``/``nn.ConvTranspose1d``/``2d`` (so every
+    branch of a quadratic layer; a transposed conv costs ``in·(out/groups)·k`` per input position),
     counted with forward hooks on a zero input of ``(1, *input_shape)``. Elementwise ops (square, product, add,
     BN, ReLU) are not counted.
 
@@ -27,6 +28,11 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
         nonlocal total
         if isinstance(m, nn.Linear):
             total += m.in_features * m.out_features * (out.numel() // out.shape[-1])
+        elif isinstance(m, nn.modules.conv._ConvTransposeNd):
+            k = 1
+            for s in m.kernel_size:
+                k *= s
+            total += inp[0].numel() * (m.out_channels // m.groups) * k
         else:
             k = 1
             for s in m.kernel_size:
@@ -34,7 +40,7 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
             total += out.numel() * (m.in_channels // m.groups) * k
 
     handles = [m.register_forward_hook(hook) for m in model.modules()
-               if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))]
+               if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.ConvTranspose1d, nn.ConvTranspose2d))]
     was_training = model.training
     model.eval()
     try:
