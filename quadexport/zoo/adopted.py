@@ -30,6 +30,7 @@ from torch import fx, nn
 from quadexport.errors import UsageError
 from quadexport.layers.neurons import get_neuron
 from quadexport.layers.quad import QuadConv1d, QuadConv2d, QuadLayer, QuadLinear
+from quadexport.layers.transposed import QuadConvTranspose1d, QuadConvTranspose2d, scale_out_channels
 from quadexport.zoo._prune import set_module
 from quadexport.zoo.adopt_match import Match, SkippedForm, Term, find_matches, square_base, trace
 
@@ -38,57 +39,56 @@ SPEC_VERSION = 1
 __all__ = ["SPEC_VERSION", "Scan", "apply_adopt_spec", "choose_names", "make_spec", "merged_spec", "neuron_entry",
            "relu_twin", "rewrite", "scan"]
 
-_QUAD: dict[type[nn.Module], type[QuadLayer]] = {nn.Linear: QuadLinear, nn.Conv1d: QuadConv1d,
-                                                 nn.Conv2d: QuadConv2d}
+_QUAD: dict[str, type[QuadLayer]] = {"linear": QuadLinear, "conv1d": QuadConv1d, "conv2d": QuadConv2d,
+                                     "convT1d": QuadConvTranspose1d, "convT2d": QuadConvTranspose2d}
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # One neuron -> one quadexport layer
 # ---------------------------------------------------------------------------------------------------------------
 
+def _tensor(root: nn.Module, path: str) -> torch.Tensor:
+    owner, _, name = path.rpartition(".")
+    return getattr(root.get_submodule(owner) if owner else root, name)
+
+
 @torch.no_grad()
-def _folded(t: Term, mods: Mapping[str, nn.Module]) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The term's weight and bias, its BatchNorm (running statistics) folded in, in float64 then the layer dtype."""
-    m = mods[t.module]
-    w, b = m.weight.detach(), None if m.bias is None else m.bias.detach()
+def _folded(t: Term, root: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The term's weight (``[out, in, k...]`` as the torch layer holds it) and bias, its BatchNorm (running
+    statistics) folded in, in float64 then the layer dtype."""
+    w = _tensor(root, t.weight_path).detach()
+    w = w.t() if t.stored_transposed else w
+    b = None if t.bias_path is None else _tensor(root, t.bias_path).detach()
     if t.bn is None:
         return w.clone(), None if b is None else b.clone()
-    bn = mods[t.bn]
+    bn = root.get_submodule(t.bn)
     s = 1.0 / torch.sqrt(bn.running_var.double() + bn.eps)
     if bn.weight is not None:
         s = s * bn.weight.detach().double()
     shift = bn.bias.detach().double() if bn.bias is not None else torch.zeros_like(s)
     b64 = (b.double() if b is not None else torch.zeros_like(s)) - bn.running_mean.double()
-    w64 = w.double() * s.reshape((-1,) + (1,) * (w.dim() - 1))
-    return w64.to(w.dtype), (b64 * s + shift).to(w.dtype)
-
-
-def _kwargs(m: nn.Module) -> dict[str, Any]:
-    factory = {"device": m.weight.device, "dtype": m.weight.dtype}
-    if isinstance(m, nn.Linear):
-        return {"in_features": m.in_features, "out_features": m.out_features, **factory}
-    return {"in_channels": m.in_channels, "out_channels": m.out_channels, "kernel_size": m.kernel_size,
-            "stride": m.stride, "padding": m.padding, "dilation": m.dilation, "groups": m.groups,
-            "padding_mode": m.padding_mode, **factory}
+    w = scale_out_channels(w, s, t.kind.startswith("convT"), int(t.config.get("groups", 1)))
+    return w, (b64 * s + shift).to(w.dtype)
 
 
 @torch.no_grad()
-def build_layer(match: Match, mods: Mapping[str, nn.Module]) -> QuadLayer:
+def build_layer(match: Match, root: nn.Module) -> QuadLayer:
     """The quadexport layer of ``match.type`` computing the neuron, each branch holding its term's weights."""
     nt = get_neuron(match.type)
-    src = {role: _folded(t, mods) for role, t in match.roles.items()}
-    first = mods[next(iter(match.roles.values())).module]
-    cls = next(q for base, q in _QUAD.items() if isinstance(first, base))
+    src = {role: _folded(t, root) for role, t in match.roles.items()}
+    first = next(iter(match.roles.values()))
+    w0 = _tensor(root, first.weight_path)
     per_layer = [b.name for b in nt.branches if b.bias == "layer"]
     bias = any(src[r][1] is not None for r in per_layer)
-    layer = cls(neuron=match.type, bias=bias, **_kwargs(first))
+    layer = _QUAD[first.kind](neuron=match.type, bias=bias, device=w0.device, dtype=w0.dtype, **first.config)
     for role, (w, b) in src.items():
         br = getattr(layer, role)
         br.weight.copy_(w)
-        br.weight.requires_grad_(mods[match.roles[role].module].weight.requires_grad)
+        br.weight.requires_grad_(_tensor(root, match.roles[role].weight_path).requires_grad)
         if br.bias is not None:
             br.bias.copy_(b if b is not None else torch.zeros_like(br.bias))
-    return layer.train(first.training)
+    owner = root.get_submodule(first.module) if not first.functional else root
+    return layer.train(owner.training)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -109,14 +109,38 @@ def _candidate(paths: Sequence[str]) -> str:
     return ".".join(parent + [leaf])
 
 
+def _params_going(matches: Sequence[Match]) -> set[str]:
+    """Paths of the parameters functional branches read (they move into the new layers)."""
+    return {p for m in matches for t in m.roles.values() if t.functional
+            for p in (t.weight_path, t.bias_path) if p}
+
+
+def _emptied(gm: fx.GraphModule, params: set[str], modules: set[str]) -> set[str]:
+    """Modules (other than the root) left with nothing once ``params`` and ``modules`` are gone: no parameter,
+    buffer or child of their own, and no graph node that names them."""
+    named = {str(n.target) for n in gm.graph.nodes if n.op in ("call_module", "get_attr")} - params - modules
+    out: set[str] = set()
+    for path, mod in sorted(gm.named_modules(), key=lambda pm: -pm[0].count(".")):
+        if not path or path in modules:
+            continue
+        own = ([f"{path}.{k}" for k, v in mod._parameters.items() if v is not None]
+               + [f"{path}.{k}" for k, v in mod._buffers.items() if v is not None])
+        kids = [f"{path}.{k}" for k in mod._modules]
+        if (all(p in params for p in own) and all(k in out or k in modules for k in kids)
+                and not any(n == path or n.startswith(path + ".") for n in named) and (own or kids)):
+            out.add(path)
+    return out
+
+
 def choose_names(gm: fx.GraphModule, matches: Sequence[Match]) -> list[str]:
-    """A new module name per neuron (deterministic): the branches' common name, made unique among the modules
-    that stay."""
-    going = {p for m in matches for t in m.roles.values() for p in (t.module, t.bn) if p}
+    """A new module name per neuron (deterministic): the branches' common name (for functional branches, the
+    module holding their parameters), made unique among the modules that stay."""
+    going = {p for m in matches for t in m.roles.values() for p in (t.module, t.bn) if p and not t.functional}
+    going |= _emptied(gm, _params_going(matches), going)
     taken = {n for n, _ in gm.named_modules() if n and n not in going}
     names = []
     for m in matches:
-        base = cand = _candidate(m.modules())
+        base = cand = _candidate([t.owner or t.module for t in m.roles.values()])
         i = 2
         while cand in taken or any(t.startswith(cand + ".") for t in taken):
             cand, i = f"{base}_{i}", i + 1
@@ -138,15 +162,24 @@ def make_spec(entries: Sequence[Mapping[str, Any]], input_shape: Sequence[int] |
             "neurons": [dict(e) for e in entries]}
 
 
+def _drop(gm: fx.GraphModule, modules: set[str], params: set[str]) -> None:
+    """Delete the branch modules, the parameters functional branches read, and the modules that leaves empty."""
+    emptied = _emptied(gm, params, modules)
+    for path in sorted(params):
+        owner, _, name = path.rpartition(".")
+        delattr(gm.get_submodule(owner) if owner else gm, name)
+    for path in sorted(modules | emptied, key=lambda p: -p.count(".")):  # children before their parents
+        gm.delete_submodule(path)
+
+
 def rewrite(gm: fx.GraphModule, chosen: Sequence[tuple[Match, str]]) -> fx.GraphModule:
     """Replace each ``(match, name)`` of ``gm`` (traced, with ``find_matches``) by one quadexport layer called
     ``name``, in place; the branch modules and their BatchNorms leave ``gm``. Returns ``gm`` recompiled."""
-    mods = dict(gm.named_modules())
-    layers = [build_layer(m, mods) for m, _ in chosen]
+    layers = [build_layer(m, gm) for m, _ in chosen]
     graph, erased, going = gm.graph, set(), set()
     for (m, name) in chosen:
         first = next(iter(m.roles.values()))
-        x = first.node.args[0]
+        x = first.node.args[0] if first.node.args else first.node.kwargs["input"]
         x = square_base(x) if first.square is not None else x  # args are live: earlier rewrites updated them
         with graph.inserting_before(m.output):
             new = graph.create_node("call_module", name, (x,), {}, name=name.replace(".", "_"))
@@ -159,9 +192,12 @@ def rewrite(gm: fx.GraphModule, chosen: Sequence[tuple[Match, str]]) -> fx.Graph
             if t.square is not None and t.square not in erased and not t.square.users:
                 graph.erase_node(t.square)
                 erased.add(t.square)
-            going.update(p for p in (t.module, t.bn) if p)
-    for path in sorted(going, key=lambda p: -p.count(".")):
-        gm.delete_submodule(path)
+            going.update(p for p in (t.module, t.bn) if p and not t.functional)
+            for p in t.params:
+                if p not in erased and not p.users:
+                    graph.erase_node(p)
+                    erased.add(p)
+    _drop(gm, going, _params_going([m for m, _ in chosen]))
     for (_, name), layer in zip(chosen, layers):
         gm.add_submodule(name, layer)
     for n in graph.nodes:  # type annotations from the user's forward: this torch's fx cannot pickle their globals
