@@ -200,8 +200,25 @@ class _Expr:
         else:
             return None
         self.ops.append(n)
+        if is_call(n, _ADDS, "add") and len(args) == 2:
+            for e, b in (args, args[::-1]):
+                p = self.g.param(b)
+                if p is not None and p.dim() == 1 and not isinstance(self.g.param(e), torch.Tensor):
+                    poly = self.walk(e)
+                    return None if poly is None else self._bias(poly, b)
         parts = [self.walk(a) for a in args]
         return None if any(p is None for p in parts) else fn(*parts)
+
+    def _bias(self, poly: Poly, b: fx.Node) -> Poly | None:
+        """``poly + b`` for a 1-D parameter ``b`` added after a sum (``r * g + x2 @ W_b.t() + b_b``): ``b`` becomes
+        the bias of the dense term that enters ``poly`` only additively (and has none), else ``None``."""
+        n = int(self.g.param(b).shape[0])
+        for s, t in self.terms.items():
+            alone = poly.terms.get((s,)) == 1.0 and sum(s in k for k in poly.terms) == 1
+            if alone and t.kind == "linear" and t.bias_path is None and t.bn_node is None and t.out_features == n:
+                t.bias_path, t.params = str(b.target), [*t.params, b]
+                return poly
+        return None
 
 
 def _candidate(root: fx.Node, g: TermGraph) -> tuple[Match | None, str | None]:

@@ -220,11 +220,12 @@ def merged_spec(source: nn.Module, spec: Mapping[str, Any]) -> dict[str, Any]:
     return make_spec([*old["neurons"], *spec["neurons"]], spec.get("input_shape") or old.get("input_shape"))
 
 
-def _config(model: nn.Module, spec: Mapping[str, Any]) -> dict[str, Any]:
-    """The source's config plus the spec; ``neuron`` is the most common adopted type (a registered name, as tools
-    read it with ``get_neuron``), ``"relu"`` when nothing was adopted."""
+def _config(model: nn.Module, spec: Mapping[str, Any], result: nn.Module) -> dict[str, Any]:
+    """The source's config plus the spec; ``neuron`` is the most common type among the quadratic layers of
+    ``result`` (adopted or already quadexport layers; a registered name, as tools read it with ``get_neuron``),
+    the source's own ``neuron`` (``"relu"``: none) when it has none."""
     cfg = copy.deepcopy(getattr(model, "quadexport_config", None) or {})
-    types = [n["type"] for n in spec["neurons"]]
+    types = [m.neuron for m in result.modules() if isinstance(m, QuadLayer)]
     common = max(sorted(set(types)), key=types.count) if types else cfg.get("neuron", "relu")
     cfg.update(neuron=common, adopt=copy.deepcopy(dict(spec)))
     return cfg
@@ -233,7 +234,7 @@ def _config(model: nn.Module, spec: Mapping[str, Any]) -> dict[str, Any]:
 def finish(gm: fx.GraphModule, source: nn.Module, spec: Mapping[str, Any]) -> fx.GraphModule:
     """Give the rewritten ``gm`` the source's ``quadexport_meta`` and a config recording ``spec`` (which must already
     include what the source recorded: :func:`merged_spec`)."""
-    gm.quadexport_config = _config(source, spec)
+    gm.quadexport_config = _config(source, spec, gm)
     meta = getattr(source, "quadexport_meta", None)
     if meta is not None:
         gm.quadexport_meta = copy.deepcopy(meta)
@@ -250,7 +251,12 @@ def apply_adopt_spec(model: nn.Module, spec: Mapping[str, Any]) -> fx.GraphModul
     """
     if not isinstance(spec, Mapping) or not isinstance(spec.get("neurons"), list):
         raise UsageError("adopt spec must be a mapping with a 'neurons' list (model.quadexport_config['adopt'])")
-    gm = trace(model)
+    try:
+        gm = trace(model)
+    except Exception:  # nothing rewritten (a model of quadexport layers fx cannot trace): adopt kept it as it is
+        if spec["neurons"]:
+            raise
+        return finish(model, model, merged_spec(model, spec))
     matches, _ = find_matches(gm)
     by_branches = {tuple(sorted((r, t.module) for r, t in m.roles.items())): m for m in matches}
     chosen = []
