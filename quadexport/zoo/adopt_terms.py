@@ -221,7 +221,9 @@ class TermGraph:
     def _param_term(self, node: fx.Node, x: fx.Node, kind: str, cfg: dict[str, Any], w: fx.Node,
                     b: fx.Node | None, inner: list[fx.Node], stored_transposed: bool) -> Term:
         wpath = str(w.target)
-        owner = wpath.rpartition(".")[0]
+        owner, _, leaf = wpath.rpartition(".")
+        if leaf.isdigit():  # an nn.ParameterList entry: the module holding the list names the neuron
+            owner = owner.rpartition(".")[0]
         return Term(node, wpath, None, x, None, kind, cfg, wpath, None if b is None else str(b.target),
                     stored_transposed, owner, inner, [w] + ([b] if b is not None else []))
 
