@@ -16,6 +16,8 @@ Builders (``INPUT_SHAPES`` gives each one's example input shape, ``EXPECTED`` th
   ``forward(x, t)`` and concatenates, ``qres_mlp`` is the same network on one tensor.
 - ``qae``: the low-dose-CT quadratic autoencoder: five ``nn.Conv2d`` neurons down and five
   ``nn.ConvTranspose2d`` neurons up (``r·g + b(x²)``), residual adds, ReLU; inputs in [0, 1].
+- ``quadranet``: QuadraNet's depthwise quadratic mixer ``dwa(x) * dwb(x) + dwc(x)`` with an NHWC ``nn.Linear`` MLP.
+- ``quadralib_types``: QuadraLib's types 2, 3 (``y * y`` of one conv), 4 and 1 (``nn.Bilinear``, left alone).
 - ``qx_heads``: a model of quadexport's own layers (``QuadConv2d``, ``QuadLinear``) and nothing else to adopt.
 - ``qx_mixed``: quadexport layers plus one inline ``F.conv2d`` neuron.
 
@@ -272,6 +274,63 @@ def qae(in_channels: int = 1) -> QAE:
     return QAE(in_channels)
 
 
+# ------------------------------------------------------------------------------------- QuadraNet (ConvNeXt base)
+class QuadraBlock(nn.Module):
+    """QuadraNet's block in ConvNeXt's code base: a depthwise quadratic mixer ``dwa(x) * dwb(x) + dwc(x)`` (three
+    7x7 depthwise convs), then channels-last LayerNorm and a plain ``nn.Linear`` MLP on NHWC, a residual."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.dwa, self.dwb, self.dwc = (nn.Conv2d(dim, dim, 7, padding=3, groups=dim) for _ in range(3))
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.pw1, self.pw2 = nn.Linear(dim, 4 * dim), nn.Linear(4 * dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.dwa(x) * self.dwb(x) + self.dwc(x)
+        y = self.norm(y.permute(0, 2, 3, 1))
+        y = self.pw2(F.gelu(self.pw1(y))).permute(0, 3, 1, 2)
+        return x + y
+
+
+class QuadraNetTiny(nn.Module):
+    def __init__(self, num_classes: int = 10, in_channels: int = 3, dim: int = 16) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(in_channels, dim, 2, 2)
+        self.blocks = nn.Sequential(QuadraBlock(dim), QuadraBlock(dim))
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.blocks(self.stem(x)).mean((2, 3)))
+
+
+def quadranet(num_classes: int = 10, in_channels: int = 3) -> QuadraNetTiny:
+    return QuadraNetTiny(num_classes, in_channels)
+
+
+# ------------------------------------------------------------------------------------- QuadraLib's four types
+class QuadraLibTypes(nn.Module):
+    """QuadraLib's other neuron types in one net: type 2 ``conv(x * x)``, type 3 ``y = conv(x); y * y`` (the square
+    of one map), type 4 ``torch.mul(conv1(x), conv2(x))`` and type 1, an ``nn.Bilinear`` (a full quadratic form)."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1) -> None:
+        super().__init__()
+        self.t2 = nn.Conv2d(in_channels, 8, 3, padding=1)
+        self.t3 = nn.Conv2d(8, 8, 3, padding=1)
+        self.t4a, self.t4b = nn.Conv2d(8, 8, 3, 2, 1), nn.Conv2d(8, 8, 3, 2, 1)
+        self.t1 = nn.Bilinear(8, 8, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.t2(x * x))
+        y = self.t3(x)
+        x = F.relu(y * y)
+        x = torch.mul(self.t4a(x), self.t4b(x)).mean((2, 3))
+        return self.t1(x, x)
+
+
+def quadralib_types(num_classes: int = 10, in_channels: int = 1) -> QuadraLibTypes:
+    return QuadraLibTypes(num_classes, in_channels)
+
+
 # ------------------------------------------------------------------------------------- quadexport's own layers
 class QxHeads(nn.Module):
     """A user's model built from quadexport layers: two quadratic convs, a quadratic linear head."""
@@ -302,13 +361,15 @@ def qx_mixed(num_classes: int = 10, in_channels: int = 1) -> QxHeads:
 # ------------------------------------------------------------------------------------- tables, helpers
 INPUT_SHAPES: dict[str, tuple[int, ...]] = {
     "qcnn1d": (1, 256), "qmlp": (1, 8, 8), "qunet": (1, 16, 16), "qres_mlp": (2,), "qae": (1, 16, 16),
-    "qx_heads": (1, 12, 12), "qx_mixed": (1, 12, 12),
+    "qx_heads": (1, 12, 12), "qx_mixed": (1, 12, 12), "quadranet": (3, 16, 16),
+    "quadralib_types": (1, 12, 12),
 }
 """Builder -> one sample's shape (``qres_pinn`` takes two ``(1,)`` tensors)."""
 
 EXPECTED: dict[str, dict[str, int]] = {
     "qcnn1d": {"fan": 6}, "qmlp": {"fan": 2}, "qunet": {"fan": 6}, "qres_mlp": {"qres": 4}, "qae": {"fan": 10},
-    "qx_heads": {}, "qx_mixed": {"fan": 1},
+    "qx_heads": {}, "qx_mixed": {"fan": 1}, "quadranet": {"quadralib": 2},
+    "quadralib_types": {"t2": 1, "t4": 2},
 }
 """Builder -> neuron type -> neurons adopt rewrites."""
 
@@ -354,7 +415,8 @@ def build(name: str, seed: int = 0) -> nn.Module:
 
 
 CHECKPOINT_LAYOUTS = {"qcnn1d": "bare", "qmlp": "model+optimizer+args", "qunet": "model+optimizer+args",
-                      "qres_mlp": "model_state_dict", "qae": "dataparallel", "qx_heads": "net"}
+                      "qres_mlp": "model_state_dict", "qae": "dataparallel", "qx_heads": "net",
+                      "quadranet": "model+optimizer+args", "quadralib_types": "net"}
 """One real layout per style: the bearing-fault QCNN saves a bare ``state_dict`` (``checkpoint.pth``); the
 quadratic-efficiency scripts ``{'model', 'optimizer', 'args'}``; PINN code ``{'epoch', 'model_state_dict',
 'optimizer_state_dict', 'loss'}``; the CT autoencoder a ``DataParallel`` state dict (``module.`` keys), bare."""

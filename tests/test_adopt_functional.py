@@ -27,7 +27,7 @@ from quadexport.zoo.statedict import load_into
 sys.path.insert(0, str(Path(__file__).parent))
 import adopt_functional_models as fm  # noqa: E402
 
-BITWISE = {"qcnn1d", "qunet", "qres_mlp", "qae", "qx_heads", "qx_mixed"}
+BITWISE = {"qcnn1d", "qunet", "qres_mlp", "qae", "qx_heads", "qx_mixed", "quadranet", "quadralib_types"}
 """Builders whose adopted model runs the same arithmetic (qmlp: its ``+ b_b`` moves into the power branch's map)."""
 
 _CACHE: dict[str, tuple] = {}
@@ -45,13 +45,18 @@ def adopted(name: str):
 def test_functional_and_transposed_styles_adopted_exactly(name):
     src, model, rep = adopted(name)
     assert dict(collections.Counter(n.type for n in rep.neurons)) == fm.EXPECTED[name]
-    assert not rep.skipped
     x = fm.example(name, 8, seed=7)
     with torch.no_grad():
         ref, out = src(x), model(x)
     if name in BITWISE:
         assert torch.equal(ref, out)
-    assert rep.verify(x) <= TOLERANCE and rep.macs_after == rep.macs_before
+    assert rep.verify(x) <= TOLERANCE
+    if name == "quadralib_types":  # type 3 (y * y of one conv) is a t4 whose branches both hold that conv
+        assert [s.modules for s in rep.skipped] == [("t1",)] and "QuadraLib type 1" in rep.skipped[0].reason
+        assert [n.branches for n in rep.neurons][1] == {"r": "t3", "g": "t3"}
+        assert rep.macs_after - rep.macs_before == q.count_macs(nn.Sequential(src.t3), (8, 12, 12))
+    else:
+        assert not rep.skipped and rep.macs_after == rep.macs_before
     keys = set(model.state_dict())
     moved = {p for n in rep.neurons for p in n.branches.values()}
     assert not moved & keys  # the source's weights left the model (moved into the layers)
