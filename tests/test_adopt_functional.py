@@ -221,3 +221,11 @@ def test_untraceable_model_of_quadexport_layers_is_kept(caplog):
         model, rep = q.adopt(Branchy(), input_shape=(4,), return_report=True)
     assert rep.already == ["fc"] and rep.max_rel_diff == 0.0 and "cannot trace" in caplog.text
     assert "torch.fx cannot trace" in rep.skipped[0].reason
+
+
+def test_the_pinn_form_forward_x_t_is_matched_in_its_graph():
+    from quadexport.zoo.adopted import scan
+
+    found = scan(fm.qres_pinn())  # forward(x, t): two placeholders, the same four QRes neurons
+    assert found.traced and [t for t, _ in found.neurons] == ["qres"] * 4
+    assert found.neurons[0][1] == ("blocks.0.W1", "blocks.0.W2")
