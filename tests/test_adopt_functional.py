@@ -18,11 +18,11 @@ import torch.nn.functional as F
 from torch import nn
 
 import quadexport as q
-from quadexport.adopt import TOLERANCE
+from quadexport.transforms.adopter import TOLERANCE
 from quadexport.errors import UsageError
 from quadexport.layers import QuadConvTranspose2d, QuadLayer
-from quadexport.zoo.adopted import apply_adopt_spec
-from quadexport.zoo.statedict import load_into
+from quadexport.transforms.adopted import apply_adopt_spec
+from quadexport.transforms.statedict import load_into
 
 sys.path.insert(0, str(Path(__file__).parent))
 import adopt_functional_models as fm  # noqa: E402
@@ -224,7 +224,7 @@ def test_untraceable_model_of_quadexport_layers_is_kept(caplog):
 
 
 def test_the_pinn_form_forward_x_t_is_matched_in_its_graph():
-    from quadexport.zoo.adopted import scan
+    from quadexport.transforms.adopted import scan
 
     found = scan(fm.qres_pinn())  # forward(x, t): two placeholders, the same four QRes neurons
     assert found.traced and [t for t, _ in found.neurons] == ["qres"] * 4

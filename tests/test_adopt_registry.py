@@ -11,7 +11,7 @@ from torch import nn
 
 import quadexport as q
 from quadexport.layers import Branch, NeuronType, QuadLayer, list_neurons, register_neuron, unregister_neuron
-from quadexport.zoo.adopt_patterns import patterns
+from quadexport.transforms.adopt_patterns import patterns
 
 R = Branch("r", "x", quadratic=False, bias="layer", init="kaiming")
 G = Branch("g", "x", quadratic=True, bias="always", init="one")

@@ -33,7 +33,7 @@ import adopt_functional_models as fm  # noqa: E402
 import adopt_models as am  # noqa: E402
 
 import quadexport as q  # noqa: E402
-from quadexport.zoo.statedict import load_into  # noqa: E402
+from quadexport.transforms.statedict import load_into  # noqa: E402
 
 CODEBASES = [
     ("FengleiFan/ReLinear (QResNet)", "inline `conv1r(x) * conv1g(x) + conv1b(x.pow(2))`, BN after the sum",
