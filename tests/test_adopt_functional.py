@@ -229,3 +229,31 @@ def test_the_pinn_form_forward_x_t_is_matched_in_its_graph():
     found = scan(fm.qres_pinn())  # forward(x, t): two placeholders, the same four QRes neurons
     assert found.traced and [t for t, _ in found.neurons] == ["qres"] * 4
     assert found.neurons[0][1] == ("blocks.0.W1", "blocks.0.W2")
+
+
+class _Deconv1d(nn.Module):
+    """A functional transposed-conv neuron (``F.conv_transpose1d`` on raw parameters, geometry as keywords)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.ParameterList([nn.Parameter(0.3 * torch.randn(4, 3, 5)) for _ in range(3)])
+        self.b = nn.ParameterList([nn.Parameter(0.1 * torch.randn(3)) for _ in range(3)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        kw = dict(stride=2, padding=1, output_padding=1)
+        return (F.conv_transpose1d(x, self.w[0], self.b[0], **kw) * F.conv_transpose1d(x, self.w[1], self.b[1], **kw)
+                + F.conv_transpose1d(x * x, self.w[2], self.b[2], **kw))
+
+
+def test_functional_transposed_conv1d_neuron(tmp_path):
+    src = _Deconv1d().eval()
+    model, rep = q.adopt(src, input_shape=(4, 9), return_report=True)
+    layer = model.get_submodule("w")
+    assert isinstance(layer, q.QuadConvTranspose1d) and [n.type for n in rep.neurons] == ["fan"]
+    assert (layer.stride, layer.padding, layer.output_padding, layer.kernel_size) == ((2,), (1,), (1,), (5,))
+    assert sorted(model.state_dict()) == sorted(f"w.{r}.{p}" for r in "rgb" for p in ("weight", "bias"))
+    x = torch.randn(2, 4, 9)
+    with torch.no_grad():
+        assert torch.equal(model(x), src(x)) and rep.macs_after == rep.macs_before > 0
+        path = q.export(model, tmp_path / "d.onnx", mode="decomposed", input_shape=(4, 9))
+        assert _rel(path, x, src(x)) <= 1e-5

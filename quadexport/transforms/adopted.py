@@ -136,6 +136,15 @@ def _emptied(gm: fx.GraphModule, params: set[str], modules: set[str]) -> set[str
     return out
 
 
+def _name_source(t: Term) -> str:
+    """What a branch contributes to its neuron's name: its module, or the module holding a functional branch's
+    parameters (a root-level ``ParameterList``: the list; a root-level parameter: its own name)."""
+    if t.owner:
+        return t.owner
+    head, _, leaf = t.module.rpartition(".")
+    return head if leaf.isdigit() and head else t.module
+
+
 def choose_names(gm: fx.GraphModule, matches: Sequence[Match]) -> list[str]:
     """A new module name per neuron (deterministic): the branches' common name (for functional branches, the
     module holding their parameters), made unique among the modules that stay."""
@@ -144,7 +153,7 @@ def choose_names(gm: fx.GraphModule, matches: Sequence[Match]) -> list[str]:
     taken = {n for n, _ in gm.named_modules() if n and n not in going}
     names = []
     for m in matches:
-        base = cand = _candidate([t.owner or t.module for t in m.roles.values()])
+        base = cand = _candidate([_name_source(t) for t in m.roles.values()])
         i = 2
         while cand in taken or any(t.startswith(cand + ".") for t in taken):
             cand, i = f"{base}_{i}", i + 1
