@@ -120,3 +120,19 @@ def test_a_type_whose_combine_is_not_a_polynomial_takes_no_part():
         assert "gelu_gate_test" not in [p.type for p in patterns()]
     finally:
         unregister_neuron(nt.name)
+
+
+def test_deep_products_are_read_in_bounded_time():
+    class Tower(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(2, 2, 3, padding=1)
+
+        def forward(self, x):
+            y = self.conv(x)
+            for _ in range(40):
+                y = y * y * 1e-3
+            return y
+
+    _, rep = q.adopt(Tower(), input_shape=(2, 4, 4), return_report=True)
+    assert [n.type for n in rep.neurons] == ["t4"] and rep.max_rel_diff <= 1e-6  # y * y: QuadraLib type 3

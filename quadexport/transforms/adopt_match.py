@@ -46,6 +46,8 @@ _GEOMETRY = (("in_features", "input size"), ("out_features", "output size"), ("i
              ("padding", "padding"), ("output_padding", "output padding"), ("dilation", "dilation"),
              ("groups", "groups"), ("padding_mode", "padding mode"))
 _MAX_TERMS = 6
+_MAX_DEGREE = 4
+"""Expressions of more linear maps, or of higher degree, are no neuron (and are not expanded further)."""
 _KIND = {"linear": "linear", "conv1d": "conv1d", "conv2d": "conv2d", "conv3d": "conv3d",
          "convT1d": "transposed conv1d", "convT2d": "transposed conv2d", "convT3d": "transposed conv3d"}
 
@@ -175,13 +177,20 @@ class _Expr:
     """A node read as a polynomial over terms: symbols are the terms' output node names, in the order written."""
 
     def __init__(self, g: TermGraph) -> None:
-        self.g, self.terms, self.ops = g, {}, []
+        self.g, self.terms, self.ops, self.seen = g, {}, [], {}
 
     def walk(self, n: Any) -> Poly | None:
         if isinstance(n, (int, float)) and not isinstance(n, bool):
             return Poly({(): float(n)})
         if not isinstance(n, fx.Node) or len(self.terms) > _MAX_TERMS:
             return None
+        if n not in self.seen:  # a node reached twice (qres's h1) is read once
+            poly = self._read(n)
+            big = poly is not None and (len(poly.terms) > 4 * _MAX_TERMS or poly.degree() > _MAX_DEGREE)
+            self.seen[n] = None if big else poly
+        return self.seen[n]
+
+    def _read(self, n: fx.Node) -> Poly | None:
         t = self.g.term(n)
         if t is not None:
             self.terms.setdefault(n.name, t)
