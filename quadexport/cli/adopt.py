@@ -156,8 +156,12 @@ def _write(a: argparse.Namespace, adopted: Any, meta: dict[str, Any], src: Any) 
 
 
 def _print_report(report: Any) -> None:
-    """The summary line, each adopted neuron (source modules -> type, BatchNorms folded) and each form left alone."""
+    """The summary line, each adopted neuron (source modules -> type, BatchNorms folded), the layers that already
+    were quadexport layers and each form left alone."""
     print(report.summary())
+    if report.already:
+        more = f" (+{len(report.already) - 5} more)" if len(report.already) > 5 else ""
+        print(f"  already quadexport: {', '.join(report.already[:5])}{more}")
     for n in report.neurons:
         folded = [b for b in n.bn.values() if b]
         print(f"  {n.name}: {' + '.join(f'{r}={p}' for r, p in n.branches.items())} -> {n.type}"
@@ -173,9 +177,9 @@ def run(a: argparse.Namespace) -> int:
     data, shape = _data(a)
     model, src, kwargs, loaded = _build(a)
     adopted, report = adopt(model, input_shape=shape, include=a.include, exclude=a.exclude, return_report=True)
-    if not report.neurons:
+    if not report.neurons and not report.already:
         reasons = "; ".join(f"{', '.join(s.modules)}: {s.reason}" for s in report.skipped[:3])
-        raise UsageError(f"found no quadratic neuron to adopt in {a.target}"
+        raise UsageError(f"found no quadratic neuron to adopt and no quadexport layer in {a.target}"
                          f"{f' ({reasons})' if reasons else ''}; nothing was written")
     _configure(adopted, src, kwargs=kwargs, builder=a.target.rpartition(":")[2], shape=shape)
     meta = _meta(a, shape, adopted.quadexport_config["num_classes"], data, src, loaded, report)

@@ -23,6 +23,8 @@ from torch import fx, nn
 from quadexport.runmeta import RunMeta, meta_dict
 from quadexport._torchutil import one_thread
 from quadexport.errors import QuadexportError, UsageError
+from quadexport.layers.mixed import MixedQuad
+from quadexport.layers.quad import QuadLayer
 from quadexport.parity import ConversionCheck, random_inputs, verify_conversion
 from quadexport.parity.inputs import describe as describe_inputs
 from quadexport.zoo import count_macs, count_params
@@ -76,9 +78,11 @@ class AdoptReport:
         rule: what accepted or refused the conversion (``rtol``: within :data:`TOLERANCE`; ``floor``: within
             K × floor; ``fp32``: no float64 reference, the old rule; ``nonfinite``).
         spec: the JSON spec recorded in ``quadexport_config["adopt"]``.
+        already: quadratic layers the source already held as quadexport layers (kept as they are).
     """
 
     neurons: list[AdoptedNeuron] = field(default_factory=list)
+    already: list[str] = field(default_factory=list)
     skipped: list[SkippedForm] = field(default_factory=list)
     params_before: int = 0
     params_after: int = 0
@@ -120,8 +124,9 @@ class AdoptReport:
         counts: dict[str, int] = {}
         for n in self.neurons:
             counts[n.type] = counts.get(n.type, 0) + 1
-        s = (f"adopt: {len(self.neurons)} neuron(s) ({', '.join(f'{v} {k}' for k, v in counts.items()) or 'none'}),"
-             f" {len(self.skipped)} form(s) left alone; params {self.params_before:,} -> {self.params_after:,}")
+        types = ", ".join(f"{v} {k}" for k, v in counts.items()) or "none"
+        s = (f"adopt: {len(self.neurons)} neuron(s) rewritten ({types}), {len(self.already)} already quadexport, "
+             f"{len(self.skipped)} form(s) left alone; params {self.params_before:,} -> {self.params_after:,}")
         if self.macs_before is not None:
             s += f", MACs {self.macs_before:,} -> {self.macs_after:,}"
         if self.max_rel_diff is None:
@@ -130,7 +135,7 @@ class AdoptReport:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON values (for a run dir)."""
-        return {"neurons": [asdict(n) for n in self.neurons],
+        return {"neurons": [asdict(n) for n in self.neurons], "already": list(self.already),
                 "skipped": [{"modules": list(s.modules), "node": s.node, "reason": s.reason} for s in self.skipped],
                 "params_before": self.params_before, "params_after": self.params_after,
                 "macs_before": self.macs_before, "macs_after": self.macs_after,
@@ -246,25 +251,42 @@ def adopt(model: nn.Module, example_input: torch.Tensor | None = None, input_sha
         quadexport.parity.NonFiniteOutputs: the source's own outputs are NaN/Inf on the verification inputs.
     """
     source = copy.deepcopy(model)
+    already: list[str] = []
+    for n, m in model.named_modules():  # the outermost quadexport quadratic layers
+        if isinstance(m, (QuadLayer, MixedQuad)) and not any(n.startswith(a + ".") for a in already):
+            already.append(n)
     try:
         gm = trace(copy.deepcopy(model))
     except Exception as e:  # torch.fx raises many types on untraceable code
-        raise UsageError(f"adopt needs a model torch.fx can trace ({type(e).__name__}: "
-                         f"{str(e).splitlines()[0] if str(e) else ''}); make forward free of data-dependent "
-                         f"control flow") from None
+        why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        if not already:
+            raise UsageError(f"adopt needs a model torch.fx can trace ({why}); make forward free of "
+                             f"data-dependent control flow") from None
+        log.warning("adopt: torch.fx cannot trace the model (%s): its %d quadexport layer(s) are kept, no inline "
+                    "neuron was searched for", why, len(already))
+        gm = None
     x = _example(model, example_input, input_shape)
     shape = tuple(int(s) for s in x.shape[1:]) if x is not None else None
-    report = AdoptReport(params_before=count_params(source), input_shape=shape, source=source)
-    matches, skipped = find_matches(gm)
-    report.skipped = list(skipped)
-    chosen = _choose(gm, matches, include, exclude, report)
-    report.neurons = [AdoptedNeuron(**neuron_entry(m, n)) for m, n in chosen]
-    report.spec = merged_spec(model, make_spec([neuron_entry(m, n) for m, n in chosen], shape))
-    adopted = finish(rewrite(gm, chosen), model, report.spec)
+    report = AdoptReport(params_before=count_params(source), input_shape=shape, source=source, already=already)
+    functional: list[str] = []  # adopted neurons whose branches were F.* calls: count_macs of the source misses them
+    if gm is None:  # nothing to rewrite: the model as it is, its quadexport layers kept
+        report.spec = merged_spec(model, make_spec([], shape))
+        report.skipped.append(SkippedForm(("(model)",), "", "torch.fx cannot trace the model: no inline neuron "
+                                          "was searched for"))
+        adopted = finish(copy.deepcopy(model), model, report.spec)
+    else:
+        matches, skipped = find_matches(gm)
+        report.skipped = list(skipped)
+        chosen = _choose(gm, matches, include, exclude, report)
+        report.neurons = [AdoptedNeuron(**neuron_entry(m, n)) for m, n in chosen]
+        report.spec = merged_spec(model, make_spec([neuron_entry(m, n) for m, n in chosen], shape))
+        functional = [n for m, n in chosen if any(t.functional for t in m.roles.values())]
+        adopted = finish(rewrite(gm, chosen), model, report.spec)
     report.params_after, report.adopted = count_params(adopted), adopted
     if x is not None:
         with one_thread():
             report.macs_before, report.macs_after = count_macs(source, shape), count_macs(adopted, shape)
+            report.macs_before += count_macs(adopted, shape, within=functional) if functional else 0
             res = report.verify_fp64(x, "the given example input" if example_input is not None else
                                      describe_inputs(meta_dict(model)))
         if not res.ok:
