@@ -1,8 +1,9 @@
 """Parity check of an exported ONNX model against its torch model, failing hard (optimum-style lines).
 
-For every graph-optimisation level × batch size, random standard-normal inputs (and the first 512 test images of the
-model's dataset, when known) go through onnxruntime and through the torch model; per output it reports the relative
-L2 error ``‖ort − torch‖ / ‖torch‖``, the max abs difference, the NaN/Inf count and the top-1 agreement::
+For every graph-optimisation level × batch size, random standard-normal inputs (uniform in the run's recorded
+``meta["input_range"]`` when it has one; one array per input for a file with several) and the first 512 test images
+of the model's dataset, when known, go through onnxruntime and through the torch model; per output it reports the
+relative L2 error ``‖ort − torch‖ / ‖torch‖``, the max abs difference, the NaN/Inf count and the top-1 agreement::
 
     -[✓] ORT_DISABLE_ALL batch 3 random: rel_l2 1.2e-07 max_abs 3.1e-06 nan/inf 0 top1 100.00%
     -[✗] ORT_ENABLE_ALL batch 64 random: rel_l2 3.4e-02 max_abs 1.1e+00 nan/inf 0 top1 87.50%  (rel_l2 > 1e-05)
@@ -39,11 +40,15 @@ QDQ_TOP1 = 95.0
 """Int8 QDQ files: default minimum top-1 agreement with torch on real data, in percent."""
 
 
-def _input_shapes(sess: Any, model: nn.Module, metadata: dict[str, str]) -> list[tuple[int, ...]]:
+def _input_shapes(sess: Any, model: nn.Module, metadata: dict[str, str]) -> list[Any]:
     """Per-sample input shapes to check: the file's (or the run's) and, for a dynamic-size file, each further size
-    recorded in its metadata (``quadexport.dynamic_size``)."""
+    recorded in its metadata (``quadexport.dynamic_size``); for a file with several inputs, their specs
+    (:func:`_several_inputs`) alone."""
     from quadexport.exporter.dynamic import recorded
 
+    several = _several_inputs(sess, model)
+    if several is not None:  # a file with several inputs: their specs, as one "shape" (no dynamic sizes)
+        return [several]
     dims = sess.get_inputs()[0].shape[1:]
     meta = getattr(model, "quadexport_meta", None) or {}
     dyn = recorded(metadata)
@@ -63,10 +68,35 @@ def _input_shapes(sess: Any, model: nn.Module, metadata: dict[str, str]) -> list
 
 
 @torch.no_grad()
-def _torch_outputs(model: nn.Module, x: np.ndarray) -> list[np.ndarray]:
+def _torch_outputs(model: nn.Module, x: np.ndarray | tuple[np.ndarray, ...]) -> list[np.ndarray]:
     from quadexport.exporter.outputs import flatten
 
-    return [o.detach().float().cpu().numpy() for o in flatten(model(torch.from_numpy(x)))]
+    xs = x if isinstance(x, tuple) else (x,)  # a model with several inputs: one array each
+    return [o.detach().float().cpu().numpy() for o in flatten(model(*(torch.from_numpy(a) for a in xs)))]
+
+
+def _several_inputs(sess: Any, model: nn.Module) -> Any:
+    """A file with several inputs: their specs (names and per-sample shapes from the file, ranges from the run's
+    ``meta["input_range"]``); ``None`` for one input (checked as it always was)."""
+    from quadexport.data.inputs import InputSpec, ModelInputs, parse_ranges
+
+    ins = sess.get_inputs()
+    if len(ins) < 2:
+        return None
+    meta = getattr(model, "quadexport_meta", None) or {}
+    rec = {i["name"]: i["shape"] for i in meta.get("inputs") or []}
+    shapes = []
+    for i in ins:
+        dims = i.shape[1:]
+        if not all(isinstance(d, int) for d in dims):
+            dims = rec.get(i.name)
+        if dims is None:
+            raise UsageError(f"cannot tell the per-sample shape of input {i.name!r} (onnx dims {i.shape}); the run "
+                             "records no meta['inputs']")
+        shapes.append(tuple(int(d) for d in dims))
+    rng = meta.get("input_range")
+    ranges = parse_ranges(rng, len(ins)) if isinstance(rng, list) and len(rng) == len(ins) else [None] * len(ins)
+    return ModelInputs(tuple(InputSpec(i.name, s, r) for i, s, r in zip(ins, shapes, ranges)))
 
 
 def _load_dataset(spec: Any, meta: dict[str, Any], data_dir: str | os.PathLike | None,
@@ -268,9 +298,37 @@ class _InputSet:
     labels: np.ndarray | None = None
 
 
+def _input_range(model: nn.Module) -> tuple[float, float] | None:
+    """The range a one-input run draws its random inputs from (``meta["input_range"]``), or None."""
+    rng = (getattr(model, "quadexport_meta", None) or {}).get("input_range")
+    if isinstance(rng, list) and len(rng) == 1 and rng[0] is not None:
+        return float(rng[0][0]), float(rng[0][1])
+    return None
+
+
+def _random_label(model: nn.Module) -> str:
+    r = _input_range(model)
+    return "random" if r is None else f"random U[{r[0]:g},{r[1]:g}]"
+
+
+def _several_sets(inputs: Any, batches: Sequence[int], seed: int, dataset: Any) -> list[_InputSet]:
+    """Random batches of every size for a file with several inputs (a tuple of arrays per chunk)."""
+    if dataset:
+        raise UsageError(f"the model takes {len(inputs)} inputs ({', '.join(inputs.names)}); a dataset feeds one: "
+                         "check it without --dataset (random inputs)")
+    rng = np.random.default_rng(seed)
+    label = "random" + ("" if all(r is None for r in inputs.ranges) else " " + ",".join(
+        "N(0,1)" if r is None else f"U[{r[0]:g},{r[1]:g}]" for r in inputs.ranges))
+    return [_InputSet(label, int(b), [inputs.numpy(int(b), rng)]) for b in batches]
+
+
 def _random(model: nn.Module, rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
-    """Random model inputs at the run's recorded input statistics (``meta["input_stats"]``: per-channel ``mean``
-    and ``std`` of the normalised inputs), standard normal when none are recorded."""
+    """Random model inputs: uniform in the run's recorded range (``meta["input_range"]``); else at the run's
+    recorded input statistics (``meta["input_stats"]``: per-channel ``mean`` and ``std`` of the normalised
+    inputs); else standard normal."""
+    r = _input_range(model)
+    if r is not None:
+        return rng.uniform(r[0], r[1], shape).astype(np.float32)
     x = rng.standard_normal(shape).astype(np.float32)
     stats = (getattr(model, "quadexport_meta", None) or {}).get("input_stats") or {}
     if stats and len(shape) >= 3:
@@ -285,7 +343,8 @@ def _size_sets(model: nn.Module, shapes: list[tuple[int, ...]], batches: Sequenc
                prep: Any) -> list[_InputSet]:
     """A dynamic-size file: random inputs at each further size (the two smallest batch sizes)."""
     rng = np.random.default_rng(seed + 1)
-    sets = [_InputSet(f"random {'x'.join(map(str, s[1:]))}", int(b), [_random(model, rng, (int(b), *s))])
+    sets = [_InputSet(f"{_random_label(model)} {'x'.join(map(str, s[1:]))}", int(b),
+                      [_random(model, rng, (int(b), *s))])
             for s in shapes for b in sorted(set(int(b) for b in batches))[:2]]
     if prep is not None:
         from quadexport.preprocess import denormalise
@@ -299,9 +358,12 @@ def _input_sets(model: nn.Module, shape: tuple[int, ...], batches: Sequence[int]
                 dataset: Any, data_dir: str | os.PathLike | None, report: CheckReport,
                 say: Callable[[str], None], prep: Any = None) -> list[_InputSet]:
     """Random batches of every size, then the dataset's first test images (when known and loadable); with ``prep``
-    (a raw-input file) both denormalised to raw pixel values."""
+    (a raw-input file) both denormalised to raw pixel values. ``shape``: the specs of a file with several inputs
+    (:func:`_several_inputs`) gives random batches of every size only."""
+    if not isinstance(shape, tuple):
+        return _several_sets(shape, batches, seed, dataset)
     rng = np.random.default_rng(seed)
-    sets = [_InputSet("random", int(b), [_random(model, rng, (int(b), *shape))]) for b in batches]
+    sets = [_InputSet(_random_label(model), int(b), [_random(model, rng, (int(b), *shape))]) for b in batches]
     meta = getattr(model, "quadexport_meta", None) or {}
     ds = None if dataset is False else (dataset or meta.get("dataset"))
     ds_name = getattr(ds, "name", ds)  # a DataSource: its spec
@@ -343,7 +405,8 @@ def _compare_all(sessions: dict[tuple[str, str], Any], sets: list[_InputSet], mo
         say(f"-[✗] {report.errors[-1]}")
     for (level, label), sess in sessions.items():
         for s, ref_chunks in zip(sets, refs):
-            outs = [sess.run(None, {sess.get_inputs()[0].name: x}) for x in s.chunks]
+            names = [i.name for i in sess.get_inputs()]
+            outs = [sess.run(None, dict(zip(names, x if isinstance(x, tuple) else (x,)))) for x in s.chunks]
             for k, name in enumerate(out_names[:n_ref]):
                 o = np.concatenate([c[k] for c in outs])
                 r = np.concatenate([c[k] for c in ref_chunks])
