@@ -108,6 +108,8 @@ def _torch_export(model: nn.Module, x: tuple[torch.Tensor, ...], opset: int, out
             batch = torch.export.Dim("batch")  # one symbol: every input shares the batch dimension
             shapes = tuple({0: batch, **({a: torch.export.Dim.DYNAMIC for a in axes} if i == 0 else {})}
                            for i in range(len(x)))
+            if isinstance(model, FlatOutputs):  # forward(*x): torch.export matches the shapes to the varargs
+                shapes = (shapes,)
             prog = torch.onnx.export(model, tuple(x), dynamo=True, opset_version=opset, external_data=False,
                                      input_names=list(in_names), output_names=out_names, dynamic_shapes=shapes,
                                      custom_translation_table=table)
