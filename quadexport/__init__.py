@@ -22,11 +22,12 @@ from quadexport._version import __version__
 # Public name -> the module that defines it (imported on first access).
 _LAZY = {**{n: "quadexport.layers" for n in ("QuadConv1d", "QuadConv2d", "QuadLinear", "get_neuron", "list_neurons",
                                              "register_neuron", "unregister_neuron")},
-         **{n: "quadexport.zoo" for n in ("count_macs", "count_params", "create_model", "list_models")},
-         "load": "quadexport.checkpoint", "export": "quadexport.exporter.api",
+         **{n: "quadexport.zoo" for n in ("count_macs", "count_params", "list_models")},
+         "create_model": "quadexport.transforms.build",
+         "load": "quadexport.runs.checkpoint", "export": "quadexport.exporter.api",
          "make_session": "quadexport.exporter.session", "check": "quadexport.check",
-         "quadratize": "quadexport.quadratize", "QuadratizeReport": "quadexport.quadratize",
-         "adopt": "quadexport.adopt", "AdoptReport": "quadexport.adopt", "relu_twin": "quadexport.adopt"}
+         "quadratize": "quadexport.transforms.quadratizer", "QuadratizeReport": "quadexport.transforms.quadratizer",
+         "adopt": "quadexport.transforms.adopter", "AdoptReport": "quadexport.transforms.adopter", "relu_twin": "quadexport.transforms.adopter"}
 
 __all__ = sorted([*_LAZY, "__version__"])
 

@@ -34,10 +34,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from quadexport.checkpoint import write_json
+from quadexport.runs.atomicfile import write_json
 from quadexport.errors import UsageError, did_you_mean
-from quadexport.relinear import ReLinearConfig
-from quadexport.train import TrainConfig
+from quadexport.training.relinear import ReLinearConfig
+from quadexport.training.loop import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +164,7 @@ def load_recipe(path: str | Path, budget: str | None = None) -> dict[str, Any]:
 
 
 def train_config(recipe: dict[str, Any], model: str, neuron: str, out: Path) -> TrainConfig:
-    """The :class:`~quadexport.train.TrainConfig` of one model of the recipe."""
+    """The :class:`~quadexport.training.loop.TrainConfig` of one model of the recipe."""
     rl = ReLinearConfig(**recipe.get("relinear", {}))
     if neuron == "relu":
         rl = ReLinearConfig(mode="none")
@@ -236,9 +236,9 @@ def _train_one(cfg: TrainConfig, run_dir: Path, resume: bool, overwrite: bool) -
     a finished run with this config is reused and a partial one (killed during training) continues from its last
     checkpoint; a run made with other settings is refused. Returns the metrics and a note for the stage line.
     """
-    from quadexport.checkpoint import read_checkpoint
-    from quadexport.rundir import CHECKPOINT, RunDirError, holds_run
-    from quadexport.train import train
+    from quadexport.runs.checkpoint import read_checkpoint
+    from quadexport.runs.rundir import CHECKPOINT, RunDirError, holds_run
+    from quadexport.training.loop import train
 
     if overwrite or not holds_run(run_dir):
         return train(cfg, overwrite=overwrite), ""
@@ -275,7 +275,7 @@ def _train_all(recipe: dict[str, Any], report: Path, resume: bool, overwrite: bo
 
 def _export_and_check(recipe: dict[str, Any], report: Path, quad_run: Path, summary: PipelineSummary) -> None:
     from quadexport.check import check
-    from quadexport.checkpoint import load
+    from quadexport.runs.checkpoint import load
     from quadexport.exporter import export
 
     exp, chk = recipe.get("export", {}), recipe.get("check", {})

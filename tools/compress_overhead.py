@@ -71,7 +71,8 @@ from quadexport.compress.structure import describe
 from quadexport.exporter import export
 from quadexport.layers.mixed import copy_rows, like
 from quadexport.layers.quad import QuadLayer
-from quadexport.zoo import count_macs, create_model
+from quadexport.zoo import count_macs
+from quadexport.transforms import create_model
 
 log = logging.getLogger("compress_overhead")
 
@@ -367,7 +368,7 @@ def _per_op(events: list[dict], label: dict[str, str], plan: list[tuple[int, int
 
 def source_model(a: argparse.Namespace) -> nn.Module:
     if a.run:
-        from quadexport.checkpoint import build_from_checkpoint, read_checkpoint
+        from quadexport.runs.checkpoint import build_from_checkpoint, read_checkpoint
 
         return build_from_checkpoint(read_checkpoint(a.run)).eval()
     return fan_model(a.model, a.seed, a.rel)

@@ -46,8 +46,8 @@ def cmd_train(a: argparse.Namespace) -> int:
 
     from quadexport.layers import cheap  # noqa: F401
     from quadexport.pipeline import load_recipe, train_config
-    from quadexport.checkpoint import read_checkpoint
-    from quadexport.train import train
+    from quadexport.runs.checkpoint import read_checkpoint
+    from quadexport.training.loop import train
 
     torch.set_num_threads(a.threads)
     recipe = load_recipe(RECIPE)
@@ -117,7 +117,7 @@ def cmd_sweep(a: argparse.Namespace) -> int:
     """Accuracy (no fine-tuning), kept quadratic channels and MAC ratio of the pruned model per threshold."""
     import torch
 
-    from quadexport.checkpoint import load
+    from quadexport.runs.checkpoint import load
     from quadexport.compress import channel_scores, collect_stats, compress_model, plan, twin_of
     from quadexport.compress.rundata import open_data
     from quadexport.zoo import count_macs
@@ -158,7 +158,7 @@ def cmd_latsweep(a: argparse.Namespace) -> int:
 
     import torch
 
-    from quadexport.checkpoint import load
+    from quadexport.runs.checkpoint import load
     from quadexport.compress import channel_scores, collect_stats, compress_model, fold_mixed_bn, plan, twin_of
     from quadexport.compress.prune import conv_shortcuts, get_spec
     from quadexport.compress.rundata import open_data
@@ -213,7 +213,7 @@ def cmd_control(a: argparse.Namespace) -> int:
     cosine, ``--epochs``), so "pruned + fine-tuned" is compared with "ReLU + the same extra epochs"."""
     import torch
 
-    from quadexport.checkpoint import load, save_checkpoint
+    from quadexport.runs.checkpoint import load, save_checkpoint
     from quadexport.compress.finetune import finetune
     from quadexport.compress.rundata import open_data
 
@@ -235,7 +235,7 @@ def cmd_control(a: argparse.Namespace) -> int:
 
 def _entries() -> list[dict]:
     """Every model of the study: label, kind, run dir or ONNX path, accuracy (None: untrained, latency only), MACs."""
-    from quadexport.checkpoint import load
+    from quadexport.runs.checkpoint import load
     from quadexport.zoo import count_macs
 
     entries = []
@@ -274,7 +274,7 @@ def _entries() -> list[dict]:
 
 
 def cmd_bench(a: argparse.Namespace) -> int:
-    from quadexport.checkpoint import load
+    from quadexport.runs.checkpoint import load
     from quadexport.compress.latency import time_onnx
     from quadexport.exporter import export
 
@@ -288,7 +288,8 @@ def cmd_bench(a: argparse.Namespace) -> int:
 
             import quadexport.compress  # noqa: F401  (fan_pw / fan_dw)
             from quadexport.bench import PERTURB_STD, _perturb
-            from quadexport.zoo import count_macs, create_model
+            from quadexport.zoo import count_macs
+            from quadexport.transforms import create_model
 
             name, neuron = e["zoo"].split("-", 1)
             torch.manual_seed(0)

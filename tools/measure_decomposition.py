@@ -35,7 +35,7 @@ from torch import nn
 
 from quadexport.exporter.decomposed import StackedQuadLinear, replace_modules
 from quadexport.layers.quad import QuadConv2d, QuadLayer, QuadLinear
-from quadexport.zoo import create_model
+from quadexport.transforms import create_model
 
 
 class _StackedQuadConv2d(nn.Module):

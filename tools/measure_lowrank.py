@@ -44,7 +44,7 @@ import quadexport
 from quadexport._compat import import_torchvision
 from quadexport.bench.timing import TimingConfig, TimingUnit, loadavg, time_sessions
 from quadexport.layers import QuadConv2d, QuadLayer
-from quadexport.zoo import create_model
+from quadexport.transforms import create_model
 
 from quadexport.exporter.decomposed import replace_modules
 from quadexport.exporter.fold import fold_batchnorm

@@ -144,7 +144,7 @@ def steptime(a: argparse.Namespace) -> None:
     import torch
 
     import quadexport as q
-    from quadexport.adapter import set_trainable
+    from quadexport.training.adapter import set_trainable
 
     torch.set_num_threads(1)
     x, y = torch.randn(128, 1, 28, 28), torch.randint(0, 10, (128,))

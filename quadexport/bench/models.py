@@ -16,12 +16,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from quadexport.runmeta import RunMeta, config_dict, meta_dict
 from quadexport._torchutil import one_thread
 from quadexport.bench.config import DEFAULT_INPUT_SHAPE, PERTURB_STD, BenchError
 from quadexport.data.inputs import ModelInputs, explain_forward, resolve
 from quadexport.errors import UsageError, did_you_mean
 from quadexport.exporter.outputs import flatten
-from quadexport.zoo import count_macs, count_params, create_model, get_model_info, list_models
+from quadexport.zoo import count_macs, count_params, get_model_info, list_models
+from quadexport.transforms import create_model
 from quadexport.zoo.foreign import is_foreign
 
 __all__ = ["BenchModel"]  # the helpers below are used by the bench package (and _perturb by tools/)
@@ -163,21 +165,21 @@ def _build(name: str, neuron: str, shape: tuple[int, ...], gen: torch.Generator,
 
 def _recorded_inputs(module: nn.Module) -> ModelInputs | None:
     """The inputs a run recorded when they are more than one N(0, 1) tensor (several, or a range), else None."""
-    meta = getattr(module, "quadexport_meta", None) or {}
-    if not (meta.get("inputs") or meta.get("input_range")):
+    rec = RunMeta.of(module)
+    if not (rec.inputs or rec.input_range):
         return None
     return resolve(module)
 
 
 def _make(module: nn.Module, role: str, shape: tuple[int, ...], source: str = "zoo",
           note: str | None = None) -> BenchModel:
-    cfg = dict(getattr(module, "quadexport_config", {}))
+    cfg = config_dict(module)
     inputs = _recorded_inputs(module)
     if inputs is not None and not inputs.several:
         inputs = resolve(module, input_shape=tuple(shape))  # the recorded range at the timed shape
     name, neuron = cfg.get("name", type(module).__name__.lower()), cfg.get("neuron", "relu")
     label = _label(name, cfg)
-    meta = getattr(module, "quadexport_meta", {}) or {}
+    meta = meta_dict(module)
     acc = meta.get("test_acc")
     kw = tuple(sorted((k, v) for k, v in cfg.items() if k not in ("name", "neuron", "in_channels", "input_size")))
     try:
@@ -195,7 +197,7 @@ def _make(module: nn.Module, role: str, shape: tuple[int, ...], source: str = "z
 
 
 def _check_forward(module: nn.Module, shape: tuple[int, ...], what: str) -> None:
-    cfg = getattr(module, "quadexport_config", {}) or {}
+    cfg = config_dict(module)
     cin = cfg.get("in_channels")
     inputs = _recorded_inputs(module)
     if inputs is not None:  # several inputs or a range: the run's specs (one line naming a layer that refuses)
@@ -224,17 +226,16 @@ def _check_forward(module: nn.Module, shape: tuple[int, ...], what: str) -> None
 def _load_entry(entry: str, neuron: str, shape: tuple[int, ...] | None, gen: torch.Generator) -> BenchModel:
     p = Path(entry)
     if p.exists():
-        from quadexport.checkpoint import load
+        from quadexport.runs.checkpoint import load
 
         module = load(p)
-        meta = getattr(module, "quadexport_meta", {}) or {}
-        trained = meta.get("input_shape")
-        if meta.get("inputs") and shape is not None:
-            raise BenchError(f"run dir {entry} takes {len(meta['inputs'])} inputs "
-                             f"({', '.join(i['name'] for i in meta['inputs'])}) of the shapes it records; drop "
+        rec = RunMeta.of(module)
+        if rec.inputs and shape is not None:
+            raise BenchError(f"run dir {entry} takes {len(rec.inputs)} inputs "
+                             f"({', '.join(i['name'] for i in rec.inputs)}) of the shapes it records; drop "
                              f"--input-shape")
-        s = tuple(shape) if shape is not None else (tuple(int(v) for v in trained) if trained else
-                                                    DEFAULT_INPUT_SHAPE)
+        trained = rec.input_shape
+        s = tuple(shape) if shape is not None else (trained or DEFAULT_INPUT_SHAPE)
         _check_forward(module, s, f"run dir {entry}")
         cfg = module.quadexport_config
         role = "quadratic" if cfg.get("neuron", "relu") != "relu" else "relu"
@@ -265,9 +266,9 @@ def _source_run(m: BenchModel, max_hops: int = 8) -> str | None:
     ``train --from`` record their source run in ``meta["source"]["run"]``; the chain is followed to a ReLU run."""
     if "quadratize" not in m.config:
         return None
-    from quadexport.checkpoint import CheckpointError, read_checkpoint
+    from quadexport.runs.checkpoint import CheckpointError, read_checkpoint
 
-    meta = getattr(m.module, "quadexport_meta", None) or {}
+    meta = meta_dict(m.module)
     for _ in range(max_hops):
         src = (meta.get("source") or {}).get("run")
         if not src or not Path(src, "checkpoint.pt").exists():

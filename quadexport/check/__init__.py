@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from quadexport.runmeta import RunMeta, config_dict, meta_dict
 from quadexport.check.report import LEVEL_NAMES, TOLERANCES, CheckLine, CheckReport, compare
 from quadexport.errors import UsageError
 
@@ -50,14 +51,14 @@ def _input_shapes(sess: Any, model: nn.Module, metadata: dict[str, str]) -> list
     if several is not None:  # a file with several inputs: their specs, as one "shape" (no dynamic sizes)
         return [several]
     dims = sess.get_inputs()[0].shape[1:]
-    meta = getattr(model, "quadexport_meta", None) or {}
+    recorded_shape = RunMeta.of(model).input_shape
     dyn = recorded(metadata)
     if all(isinstance(d, int) for d in dims):
         shape = tuple(dims)
     elif dyn and isinstance(dims[0], int):
         shape = (dims[0], *dyn["sizes"][0])
-    elif meta.get("input_shape"):
-        shape = tuple(int(d) for d in meta["input_shape"])
+    elif recorded_shape:
+        shape = recorded_shape
     else:
         raise UsageError(f"cannot tell the per-sample input shape (onnx input dims {dims}); the model has no "
                          f"quadexport_meta['input_shape']")
@@ -83,8 +84,8 @@ def _several_inputs(sess: Any, model: nn.Module) -> Any:
     ins = sess.get_inputs()
     if len(ins) < 2:
         return None
-    meta = getattr(model, "quadexport_meta", None) or {}
-    rec = {i["name"]: i["shape"] for i in meta.get("inputs") or []}
+    meta = RunMeta.of(model)
+    rec = {i["name"]: i["shape"] for i in meta.inputs or []}
     shapes = []
     for i in ins:
         dims = i.shape[1:]
@@ -94,7 +95,7 @@ def _several_inputs(sess: Any, model: nn.Module) -> Any:
             raise UsageError(f"cannot tell the per-sample shape of input {i.name!r} (onnx dims {i.shape}); the run "
                              "records no meta['inputs']")
         shapes.append(tuple(int(d) for d in dims))
-    rng = meta.get("input_range")
+    rng = meta.input_range
     ranges = parse_ranges(rng, len(ins)) if isinstance(rng, list) and len(rng) == len(ins) else [None] * len(ins)
     return ModelInputs(tuple(InputSpec(i.name, s, r) for i, s, r in zip(ins, shapes, ranges)))
 
@@ -125,7 +126,7 @@ def _load_dataset(spec: Any, meta: dict[str, Any], data_dir: str | os.PathLike |
 
 def _pairing_error(info: Any, model: nn.Module) -> str | None:
     """Why the ONNX file was not exported from ``model`` (model name or neuron differ), or None."""
-    cfg = getattr(model, "quadexport_config", None) or {}
+    cfg = config_dict(model)
     pairs = [("model", info.metadata.get("quadexport.model"), cfg.get("name")),
              ("neuron", info.metadata.get("quadexport.neuron"), cfg.get("neuron"))]
     diff = [(k, f, r) for k, f, r in pairs if f and r and f != r]
@@ -149,7 +150,7 @@ def check(onnx_path: str | os.PathLike, model: nn.Module, *, provider: str = "cp
     """Compare an exported model with its torch model under onnxruntime; fail hard on any miss.
 
     Files exported with ``input="raw"`` (metadata ``quadexport.input = raw``) are fed raw pixels (the same inputs,
-    denormalised) and compared with the model behind its preprocessing (:class:`~quadexport.preprocess.RawInput`).
+    denormalised) and compared with the model behind its preprocessing (:class:`~quadexport.data.preprocess.RawInput`).
     Int8 QDQ files are not expected to match float outputs: they are checked on the dataset only, each line
     passing when the top-1 class agrees with torch on at least ``qdq_top1`` percent of the images.
 
@@ -218,15 +219,15 @@ def check(onnx_path: str | os.PathLike, model: nn.Module, *, provider: str = "cp
 
 def _reference(model: nn.Module, raw: bool) -> tuple[nn.Module, Any]:
     """The torch model to compare with and, for raw-input files, the preprocessing that maps inputs to raw pixels
-    (None otherwise). A model that already is a :class:`~quadexport.preprocess.RawInput` is used as it is."""
+    (None otherwise). A model that already is a :class:`~quadexport.data.preprocess.RawInput` is used as it is."""
     if not raw:
         return model, None
     from quadexport.data import run_preprocessing
-    from quadexport.preprocess import RawInput
+    from quadexport.data.preprocess import RawInput
 
     if isinstance(model, RawInput):
         return model, model.preprocessing
-    prep = run_preprocessing(getattr(model, "quadexport_meta", None) or {})
+    prep = run_preprocessing(meta_dict(model))
     return RawInput(model, prep), prep
 
 
@@ -300,7 +301,7 @@ class _InputSet:
 
 def _input_range(model: nn.Module) -> tuple[float, float] | None:
     """The range a one-input run draws its random inputs from (``meta["input_range"]``), or None."""
-    rng = (getattr(model, "quadexport_meta", None) or {}).get("input_range")
+    rng = RunMeta.of(model).input_range
     if isinstance(rng, list) and len(rng) == 1 and rng[0] is not None:
         return float(rng[0][0]), float(rng[0][1])
     return None
@@ -330,7 +331,7 @@ def _random(model: nn.Module, rng: np.random.Generator, shape: tuple[int, ...]) 
     if r is not None:
         return rng.uniform(r[0], r[1], shape).astype(np.float32)
     x = rng.standard_normal(shape).astype(np.float32)
-    stats = (getattr(model, "quadexport_meta", None) or {}).get("input_stats") or {}
+    stats = meta_dict(model).get("input_stats") or {}
     if stats and len(shape) >= 3:
         bc = (-1,) + (1,) * (len(shape) - 2)
         mean = np.asarray(stats.get("mean", 0.0), np.float32).reshape(bc if np.ndim(stats.get("mean", 0)) else ())
@@ -347,7 +348,7 @@ def _size_sets(model: nn.Module, shapes: list[tuple[int, ...]], batches: Sequenc
                       [_random(model, rng, (int(b), *s))])
             for s in shapes for b in sorted(set(int(b) for b in batches))[:2]]
     if prep is not None:
-        from quadexport.preprocess import denormalise
+        from quadexport.data.preprocess import denormalise
 
         for st in sets:
             st.chunks = [denormalise(torch.from_numpy(x), prep).numpy() for x in st.chunks]
@@ -364,7 +365,7 @@ def _input_sets(model: nn.Module, shape: tuple[int, ...], batches: Sequence[int]
         return _several_sets(shape, batches, seed, dataset)
     rng = np.random.default_rng(seed)
     sets = [_InputSet(_random_label(model), int(b), [_random(model, rng, (int(b), *shape))]) for b in batches]
-    meta = getattr(model, "quadexport_meta", None) or {}
+    meta = meta_dict(model)
     ds = None if dataset is False else (dataset or meta.get("dataset"))
     ds_name = getattr(ds, "name", ds)  # a DataSource: its spec
     if ds:
@@ -385,7 +386,7 @@ def _input_sets(model: nn.Module, shape: tuple[int, ...], batches: Sequence[int]
             bs = max(int(b) for b in batches)
             sets.append(_InputSet(f"{ds_name}[{len(xs)}]", bs, [xs[i:i + bs] for i in range(0, len(xs), bs)], ys))
     if prep is not None:
-        from quadexport.preprocess import denormalise
+        from quadexport.data.preprocess import denormalise
 
         for s in sets:
             s.chunks = [denormalise(torch.from_numpy(x), prep).numpy() for x in s.chunks]

@@ -104,7 +104,7 @@ class CheckReport:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write :meth:`to_dict` as JSON (atomically)."""
-        from quadexport.checkpoint import write_json
+        from quadexport.runs.atomicfile import write_json
 
         return write_json(path, self.to_dict())
 

@@ -14,7 +14,7 @@ T = TypeVar("T", int, float)
 BUILTIN_DATASETS = ("cifar10", "digits", "fashion-mnist", "mnist")  # quadexport.data.list_datasets()
 OPT_LEVELS = ("disable", "basic", "extended", "all")  # quadexport.exporter.session.OPT_LEVELS
 BUDGETS = ("small", "tiny")  # quadexport.experiments.BUDGETS
-ADAPTER_DEFAULT = "quadratic+bn+head"  # quadexport.adapter.ADAPTER_DEFAULT
+ADAPTER_DEFAULT = "quadratic+bn+head"  # quadexport.training.adapter.ADAPTER_DEFAULT
 
 
 def finite_float(s: str) -> float:

@@ -26,7 +26,7 @@ def _openvino(a: argparse.Namespace, onnx_path, model) -> int:
 
 def run(a: argparse.Namespace) -> int:
     from quadexport.cli.paths import onnx_file, run_dir
-    from quadexport.checkpoint import load
+    from quadexport.runs.checkpoint import load
 
     onnx_path, run = onnx_file(a.onnx, USAGE), run_dir(a.run_dir, USAGE)
     if a.data is not None:

@@ -60,14 +60,17 @@ def _models(neuron: str, in_channels: int, size: int) -> list[str]:
 
 def _run_info(path: str) -> list[str]:
     """What a run dir holds: model, neuron, task, input, and each output (name, shape, kind)."""
-    from quadexport.checkpoint import load
+    from quadexport.runs.checkpoint import load
     from quadexport.exporter.outputs import run_structure
 
     model = load(path)
     meta, cfg = model.quadexport_meta or {}, model.quadexport_config or {}
     shape = meta.get("input_shape")
     desc, label = ("x".join(map(str, shape)) if shape else "?"), "input"
-    if meta.get("inputs") or meta.get("input_range"):  # several inputs (names, shapes), a range
+    from quadexport.runmeta import RunMeta
+
+    rec = RunMeta.of(model)
+    if rec.inputs or rec.input_range:  # several inputs (names, shapes), a range
         from quadexport.data.inputs import resolve
 
         inputs = resolve(model)

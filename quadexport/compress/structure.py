@@ -14,13 +14,14 @@ from quadexport.compress.graph import GraphGroup, Member, discover
 from quadexport.errors import UsageError
 from quadexport.layers.quad import QuadLayer
 from quadexport.zoo.structure import Group, Shortcut, Structure
+from quadexport.runmeta import config_dict
 
 
 def example_input(model: nn.Module, input_shape: Sequence[int] | None = None) -> torch.Tensor:
     """A one-sample input for tracing: ``input_shape`` ``(C, H, W)`` or, for models built by
     :func:`quadexport.create_model`, the shape in their ``quadexport_config``."""
     if input_shape is None:
-        cfg = getattr(model, "quadexport_config", None) or {}
+        cfg = config_dict(model)
         if "in_channels" not in cfg:
             raise UsageError("tracing the model's channel groups needs its input shape (pass input_shape=(C, H, W))")
         size = cfg.get("input_size", [28, 28])

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from quadexport.errors import QuadexportError, UsageError
+from quadexport.runmeta import RunMeta
 
 __all__ = ["InputSpec", "ModelInputs", "SINGLE_NAME", "as_tuple", "check_count", "explain_forward",
            "forward_names", "parse_ranges", "resolve"]
@@ -206,21 +207,12 @@ def _shapes(input_shape: Any) -> list[tuple[int, ...]]:
 
 
 def _recorded(model: nn.Module) -> tuple[list[tuple[int, ...]] | None, list[str] | None, Any]:
-    """``(shapes, names, ranges)`` a run recorded (``quadexport_meta``; else the config's ``in_channels`` and
-    ``input_size``), each ``None`` when absent."""
-    meta = getattr(model, "quadexport_meta", None) or {}
-    cfg = getattr(model, "quadexport_config", None) or {}
-    ranges = meta.get("input_range")
-    if meta.get("inputs"):
-        return ([tuple(int(d) for d in i["shape"]) for i in meta["inputs"]], [str(i["name"]) for i in meta["inputs"]],
-                ranges)
-    if meta.get("input_shape"):
-        return [tuple(int(d) for d in meta["input_shape"])], None, ranges
-    if cfg.get("in_channels") is not None and cfg.get("input_size") is not None:
-        size = cfg["input_size"]
-        size = [size, size] if isinstance(size, int) else list(size)
-        return [(int(cfg["in_channels"]), *[int(s) for s in size])], None, ranges
-    return None, None, ranges
+    """``(shapes, names, ranges)`` the model's run recorded (:class:`~quadexport.runmeta.RunMeta`: its inputs, else
+    its input shape, else what its build arguments imply), each ``None`` when absent."""
+    rec = RunMeta.of(model)
+    if rec.inputs:
+        return rec.input_shapes(), [str(i["name"]) for i in rec.inputs], rec.input_range
+    return (rec.input_shapes() or None), None, rec.input_range
 
 
 def resolve(model: nn.Module, example_input: Any = None, input_shape: Any = None, input_range: Any = None
@@ -243,8 +235,7 @@ def resolve(model: nn.Module, example_input: Any = None, input_shape: Any = None
         if shapes is None:
             return None
     if input_range is None:
-        meta_ranges = (getattr(model, "quadexport_meta", None) or {}).get("input_range")
-        rec = recorded_ranges if recorded_ranges is not None else meta_ranges
+        rec = recorded_ranges if recorded_ranges is not None else RunMeta.of(model).input_range
         input_range = rec if isinstance(rec, (list, tuple)) and len(rec) == len(shapes) else None
     if names is None:
         check_count(model, len(shapes))

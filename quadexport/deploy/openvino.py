@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from quadexport.runmeta import RunMeta
 from quadexport.deploy.parity import BF16_RTOL, ParityRow, parity_row, tolerance
 from quadexport.errors import QuadexportError, UsageError
 from quadexport.exporter.outputs import flatten
@@ -113,9 +114,9 @@ def _input_shape(ov_model: Any, model: nn.Module | None) -> list[int]:
     dims = [d.get_length() if d.is_static else None for d in list(shape)[1:]]
     if all(d is not None for d in dims):
         return [int(d) for d in dims]
-    meta = getattr(model, "quadexport_meta", None) or {}
-    if meta.get("input_shape"):
-        return [int(d) for d in meta["input_shape"]]
+    recorded = RunMeta.of(model).input_shape
+    if recorded:
+        return list(recorded)
     raise UsageError(f"cannot tell the per-sample input shape (OpenVINO input {shape}): pass io_dir=")
 
 

@@ -25,8 +25,9 @@ import onnx
 import torch
 from torch import nn
 
+from quadexport.runmeta import config_dict, meta_dict
 from quadexport._torchutil import shared_copy
-from quadexport.atomicfile import StagedFile
+from quadexport.runs.atomicfile import StagedFile
 from quadexport.data.inputs import ModelInputs, as_tuple, explain_forward, resolve
 from quadexport.errors import UsageError
 from quadexport.exporter import dynamic, extdata, ops
@@ -62,8 +63,8 @@ def _metadata(model: nn.Module, target: ExportTarget, opset: int, fp16: bool, ex
               notes: Mapping[str, Any], inputs: ModelInputs | None = None) -> dict[str, str]:
     from quadexport._version import __version__
 
-    cfg = dict(getattr(model, "quadexport_config", None) or {})
-    meta = dict(getattr(model, "quadexport_meta", None) or {})
+    cfg = config_dict(model)
+    meta = meta_dict(model)
     neurons = sorted({m.neuron for m in model.modules() if hasattr(m, "neuron_type")})
     props: dict[str, Any] = {
         "quadexport.version": __version__,

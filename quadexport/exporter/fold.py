@@ -30,6 +30,7 @@ import torch
 from torch import fx, nn
 
 from quadexport._torchutil import shared_copy
+from quadexport.layers.bnfold import bn_scale_shift
 from quadexport.layers.neurons import NeuronType
 from quadexport.exporter.outputs import flatten
 from quadexport.layers.quad import QuadLayer
@@ -193,19 +194,6 @@ def find_bn_pairs(model: nn.Module) -> tuple[list[tuple[str, str]], str]:
 # Folding
 # ---------------------------------------------------------------------------------------------------------------
 
-def _bn_affine(bn: _BN) -> tuple[Tensor, Tensor] | None:
-    if bn.running_mean is None or bn.running_var is None or bn.training:
-        return None
-    var, mean = bn.running_var.detach().double(), bn.running_mean.detach().double()
-    s = 1.0 / torch.sqrt(var + bn.eps)
-    if bn.affine:
-        s = s * bn.weight.detach().double()
-        t = bn.bias.detach().double() - mean * s
-    else:
-        t = -mean * s
-    return s, t
-
-
 def _rebind(m: nn.Module, name: str, value: Tensor) -> None:
     """Give ``m`` a new parameter ``name`` (never written in place: the work copies share the caller's tensors)."""
     old = getattr(m, name)
@@ -233,7 +221,7 @@ def _fold_one(model: nn.Module, layer_name: str, bn_name: str) -> str | None:
     reason string (starting with ``"skip:"``) if nothing was changed."""
     mods = dict(model.named_modules())
     layer, bn = mods[layer_name], mods[bn_name]
-    affine = _bn_affine(bn)
+    affine = bn_scale_shift(bn)
     if affine is None:
         return "skip: BatchNorm has no running statistics (or is in training mode)"
     s, t = affine

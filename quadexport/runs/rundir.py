@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from quadexport.atomicfile import current_umask, fsync_dir
+from quadexport.runs.atomicfile import current_umask, fsync_dir
 from quadexport.errors import QuadexportError
 
 log = logging.getLogger(__name__)

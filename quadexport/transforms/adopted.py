@@ -1,6 +1,6 @@
 """Rewrite quadratic neurons written as plain layers into quadexport layers, replayable from a spec (issue #22).
 
-:func:`rewrite` replaces each neuron :mod:`quadexport.zoo.adopt_match` found in a traced ``GraphModule`` by one
+:func:`rewrite` replaces each neuron :mod:`quadexport.transforms.adopt_match` found in a traced ``GraphModule`` by one
 :class:`~quadexport.layers.QuadConv1d` / ``QuadConv2d`` / ``QuadLinear`` of the matching type carrying the branch
 weights (a BatchNorm on a branch folded into that branch with its running statistics). :func:`quadexport.adopt`
 records what it did in ``model.quadexport_config["adopt"]`` (:func:`make_spec`); :func:`apply_adopt_spec` replays it
@@ -27,11 +27,12 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import fx, nn
 
+from quadexport.runmeta import config_dict
 from quadexport.errors import UsageError
+from quadexport.layers.bnfold import fold_bn
 from quadexport.layers.neurons import get_neuron
 from quadexport.layers.quad import QuadConv1d, QuadConv2d, QuadLayer, QuadLinear
-from quadexport.zoo._prune import set_module
-from quadexport.zoo.adopt_match import Match, SkippedForm, Term, find_matches, square_base, trace
+from quadexport.transforms.adopt_match import Match, SkippedForm, Term, find_matches, square_base, trace
 
 SPEC_VERSION = 1
 
@@ -53,14 +54,7 @@ def _folded(t: Term, mods: Mapping[str, nn.Module]) -> tuple[torch.Tensor, torch
     w, b = m.weight.detach(), None if m.bias is None else m.bias.detach()
     if t.bn is None:
         return w.clone(), None if b is None else b.clone()
-    bn = mods[t.bn]
-    s = 1.0 / torch.sqrt(bn.running_var.double() + bn.eps)
-    if bn.weight is not None:
-        s = s * bn.weight.detach().double()
-    shift = bn.bias.detach().double() if bn.bias is not None else torch.zeros_like(s)
-    b64 = (b.double() if b is not None else torch.zeros_like(s)) - bn.running_mean.double()
-    w64 = w.double() * s.reshape((-1,) + (1,) * (w.dim() - 1))
-    return w64.to(w.dtype), (b64 * s + shift).to(w.dtype)
+    return fold_bn(w, b, mods[t.bn], transpose=isinstance(m, nn.modules.conv._ConvTransposeNd))
 
 
 def _kwargs(m: nn.Module) -> dict[str, Any]:
@@ -178,7 +172,7 @@ def rewrite(gm: fx.GraphModule, chosen: Sequence[tuple[Match, str]]) -> fx.Graph
 def merged_spec(source: nn.Module, spec: Mapping[str, Any]) -> dict[str, Any]:
     """``spec`` after the adopt spec ``source`` already records (adopting an adopted model again adds neurons; one
     replay on a fresh model finds them all, with their recorded names)."""
-    old = (getattr(source, "quadexport_config", None) or {}).get("adopt")
+    old = (config_dict(source)).get("adopt")
     if not old:
         return copy.deepcopy(dict(spec))
     return make_spec([*old["neurons"], *spec["neurons"]], spec.get("input_shape") or old.get("input_shape"))
@@ -187,7 +181,7 @@ def merged_spec(source: nn.Module, spec: Mapping[str, Any]) -> dict[str, Any]:
 def _config(model: nn.Module, spec: Mapping[str, Any]) -> dict[str, Any]:
     """The source's config plus the spec; ``neuron`` is the most common adopted type (a registered name, as tools
     read it with ``get_neuron``), ``"relu"`` when nothing was adopted."""
-    cfg = copy.deepcopy(getattr(model, "quadexport_config", None) or {})
+    cfg = copy.deepcopy(config_dict(model))
     types = [n["type"] for n in spec["neurons"]]
     common = max(sorted(set(types)), key=types.count) if types else cfg.get("neuron", "relu")
     cfg.update(neuron=common, adopt=copy.deepcopy(dict(spec)))
@@ -241,7 +235,7 @@ def relu_twin(model: nn.Module) -> nn.Module:
     twin = copy.deepcopy(model)
     outer = [(n, m) for n, m in twin.named_modules() if isinstance(m, QuadLayer)]
     for name, layer in outer:
-        set_module(twin, name, _twin_branch(layer))
+        twin.set_submodule(name, _twin_branch(layer))
     cfg = getattr(twin, "quadexport_config", None)
     if cfg is not None:
         twin.quadexport_config = {**cfg, "neuron": "relu"}

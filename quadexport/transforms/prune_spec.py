@@ -1,7 +1,7 @@
 """Rebuild a compressed architecture from its spec (timm ``models/_prune.py`` pattern): the compressor
 (:mod:`quadexport.compress`) records what it rewrote in ``model.quadexport_config["compress"]``; :func:`apply_spec`
-applies that rewrite to a freshly built zoo model so :func:`quadexport.zoo.create_model` (and so
-:func:`quadexport.checkpoint.load`) rebuilds the architecture before the weights are loaded.
+applies that rewrite to a freshly built zoo model so :func:`quadexport.transforms.create_model` (and so
+:func:`quadexport.runs.checkpoint.load`) rebuilds the architecture before the weights are loaded.
 
 Spec (JSON, version :data:`SPEC_VERSION`): ``layers`` maps a quadratic layer's name to ``{"type": "linear",
 "bias": bool}`` or ``{"type": "mixed", "k", "g", "b", "qbias", "split"}``; ``shortcuts`` maps an option-A shortcut
@@ -16,24 +16,19 @@ from typing import Any
 
 from torch import nn
 
+from quadexport.runmeta import config_dict
 from quadexport.errors import UsageError
 from quadexport.layers.mixed import MixedQuad, PermShortcut, like
 from quadexport.layers.quad import QuadLayer
 
 SPEC_VERSION = 1
 
-__all__ = ["SPEC_VERSION", "apply_spec", "get_spec", "set_module", "set_spec"]
-
-
-def set_module(model: nn.Module, name: str, new: nn.Module) -> None:
-    """Replace the submodule ``name`` (dotted path) of ``model`` by ``new``."""
-    parent, _, attr = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, attr, new)
+__all__ = ["SPEC_VERSION", "apply_spec", "get_spec", "set_spec"]
 
 
 def set_spec(model: nn.Module, spec: dict[str, Any]) -> None:
     """Record ``spec`` in ``model.quadexport_config["compress"]`` (as a JSON string, so configs stay hashable)."""
-    cfg = dict(getattr(model, "quadexport_config", {}) or {})
+    cfg = config_dict(model)
     cfg["compress"] = json.dumps(spec, sort_keys=True)
     model.quadexport_config = cfg
 
@@ -58,7 +53,7 @@ def _layer_from_spec(layer: QuadLayer, d: dict[str, Any]) -> nn.Module:
 
 def apply_spec(model: nn.Module, spec: dict[str, Any] | str) -> nn.Module:
     """Rebuild the compressed architecture on a freshly built zoo model (weights are then loaded from the
-    checkpoint). Called by :func:`quadexport.zoo.create_model` when its config has ``compress``."""
+    checkpoint). Called by :func:`quadexport.transforms.create_model` when its config has ``compress``."""
     if isinstance(spec, str):
         spec = json.loads(spec)
     if int(spec.get("version", 0)) != SPEC_VERSION:
@@ -69,9 +64,9 @@ def apply_spec(model: nn.Module, spec: dict[str, Any] | str) -> nn.Module:
         if not isinstance(layer, QuadLayer):
             raise UsageError(f"compression spec names {name}, which is not a quadratic layer of this model; "
                              f"is the spec from another model?")
-        set_module(model, name, _layer_from_spec(layer, d))
+        model.set_submodule(name, _layer_from_spec(layer, d))
     for name, d in spec.get("shortcuts", {}).items():
-        set_module(model, name, PermShortcut(int(d["in"]), int(d["out"]), int(d["stride"])))
+        model.set_submodule(name, PermShortcut(int(d["in"]), int(d["out"]), int(d["stride"])))
     for name in spec.get("folded_bn", []):
-        set_module(model, name, nn.Identity())
+        model.set_submodule(name, nn.Identity())
     return model

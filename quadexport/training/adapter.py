@@ -11,7 +11,7 @@
 ``quadratic`` (``bn+head``) work on any model, a ReLU one included: the same parts trained without quadratic terms,
 the control that tells what adapter-only fine-tuning owes to its quadratic terms. ReLinear's
 ``sg`` learning-rate ratios and ``sw`` penalty apply to the quadratic terms as before
-(:func:`quadexport.relinear.param_groups` leaves frozen parameters out of the optimizer). BatchNorm running
+(:func:`quadexport.training.relinear.param_groups` leaves frozen parameters out of the optimizer). BatchNorm running
 statistics still follow the data in train mode, also when ``bn`` is frozen.
 """
 

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger("quadexport.train")  # the training loop's logger: -q/-v apply as to its epoch lines
+log = logging.getLogger("quadexport.training.loop")  # the training loop's logger: -q/-v apply as to its epoch lines
 
 LOG_EVERY_STEPS = 50
 """Without a terminal (no progress bar), a progress line every this many steps."""

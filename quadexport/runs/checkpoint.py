@@ -9,20 +9,18 @@ refused) and are written atomically (temporary file + rename), so a crash never 
 from __future__ import annotations
 
 import io
-import json
 import logging
 import math
 import os
-import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 
 from quadexport._torchutil import load_state
-from quadexport.atomicfile import file_mode
-from quadexport.rundir import read_consistent
+from quadexport.runs.atomicfile import atomic_write
+from quadexport.runs.rundir import read_consistent
 from quadexport.errors import QuadexportError
 
 log = logging.getLogger(__name__)
@@ -34,38 +32,6 @@ FORMAT_VERSION = 1
 
 class CheckpointError(QuadexportError, ValueError):
     """A checkpoint or run dir that cannot be used (missing, corrupt, unsafe or from another format/version)."""
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: str = "wb") -> Path:
-    """Write a file atomically: ``write(fileobj)`` into a temporary file in the same folder, fsync, rename.
-
-    Args:
-        path: destination.
-        write: callable receiving the open temporary file.
-        mode: ``"wb"`` or ``"w"``.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, file_mode())  # mkstemp makes 0600; the file gets what open() would give (the user's umask)
-        with os.fdopen(fd, mode) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return path
-
-
-def write_json(path: str | os.PathLike, obj: Any) -> Path:
-    """Atomically write ``obj`` as indented JSON."""
-    return atomic_write(path, lambda f: json.dump(obj, f, indent=2, allow_nan=False), mode="w")
 
 
 def _finite_state(state: dict[str, torch.Tensor]) -> bool:
@@ -84,7 +50,7 @@ def save_checkpoint(run_dir: str | os.PathLike, model: nn.Module, meta: dict[str
         optimizer_state: ``optimizer.state_dict()`` for ``--resume``.
         epoch: number of completed epochs.
         extra: further plain values (e.g. the LR multiplier after a rollback).
-        run_id: the run's id (``quadexport.rundir``); config.json and metrics.json carry the same one.
+        run_id: the run's id (``quadexport.runs.rundir``); config.json and metrics.json carry the same one.
 
     Raises:
         CheckpointError: if the model has NaN/Inf parameters (a NaN checkpoint is never written).
@@ -143,7 +109,7 @@ def read_checkpoint(run_dir: str | os.PathLike) -> dict[str, Any]:
 
 def build_from_checkpoint(ckpt: dict[str, Any]) -> nn.Module:
     """Rebuild the model described by a checkpoint and load its weights (strict)."""
-    from quadexport.zoo import create_model
+    from quadexport.transforms import create_model
 
     cfg = dict(ckpt["config"])
     try:

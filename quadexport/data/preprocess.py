@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from quadexport.errors import UsageError
+from quadexport.runmeta import config_dict, meta_dict
 
 __all__ = ["Preprocessing", "RawInput", "affine", "denormalise", "normalise", "preprocessing_metadata"]
 
@@ -161,8 +162,8 @@ class RawInput(nn.Module):
         a, b = affine(preprocessing)
         self.register_buffer("a", a, persistent=False)
         self.register_buffer("b", b, persistent=False)
-        self.quadexport_config = dict(getattr(model, "quadexport_config", None) or {})
-        meta = dict(getattr(model, "quadexport_meta", None) or {})
+        self.quadexport_config = config_dict(model)
+        meta = meta_dict(model)
         meta.update(input="raw", input_shape=list(preprocessing.input_shape), preprocessing=preprocessing.to_dict())
         self.quadexport_meta = meta
 

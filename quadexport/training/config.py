@@ -1,5 +1,5 @@
 """The training configuration (:class:`TrainConfig`, saved as a run's ``config.json``) and the error a diverged run
-raises; :mod:`quadexport.train` runs it."""
+raises; :mod:`quadexport.training.loop` runs it."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from quadexport.adapter import parse_train_only
+from quadexport.training.adapter import parse_train_only
 from quadexport.errors import QuadexportError, UsageError
-from quadexport.relinear import ReLinearConfig
+from quadexport.training.relinear import ReLinearConfig
 
 __all__ = ["TrainConfig", "TrainingDiverged"]
 
@@ -48,7 +48,7 @@ class TrainConfig:
         mean: per-channel normalisation mean for ``imagefolder:``/``npz:`` (default: computed on the train split).
         std: per-channel normalisation std, given together with ``mean``.
         train_only: ``"all"`` or what stays trainable, ``+``-joined parts of ``quadratic``, ``bn``, ``head``
-            (:mod:`quadexport.adapter`; ``"quadratic+bn+head"``: adapter-only fine-tuning).
+            (:mod:`quadexport.training.adapter`; ``"quadratic+bn+head"``: adapter-only fine-tuning).
         from_run: start from this run dir's trained model (any run: zoo, foreign, quadratized) with a fresh
             schedule; ``model``/``neuron``/``width`` are then taken from it (the data settings are as given here:
             the CLI fills them from the source run).

@@ -9,7 +9,7 @@ from typing import Any
 
 from torch import nn
 
-from quadexport.checkpoint import build_from_checkpoint, read_checkpoint
+from quadexport.runs.checkpoint import build_from_checkpoint, read_checkpoint
 from quadexport.errors import UsageError
 
 __all__ = ["from_run_model", "from_run_overrides", "source_meta"]

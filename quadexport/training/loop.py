@@ -7,13 +7,11 @@ with ``set_epoch`` (also with one process), so a resumed run sees exactly the ba
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import math
 import os
-import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +20,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from quadexport._torchutil import load_state
-from quadexport.adapter import set_trainable
-from quadexport.checkpoint import CHECKPOINT, read_checkpoint, save_checkpoint, write_json
+from quadexport.training.adapter import set_trainable
+from quadexport.runs.checkpoint import CHECKPOINT, read_checkpoint
+from quadexport.runs.write import write_run
 from quadexport.errors import UsageError
-from quadexport.relinear import param_groups, plain_init, quadratic_norms, quadratic_penalty, warm_start
-from quadexport.rundir import RunDir, RunDirError, disagreement, open_run
-from quadexport.trainconfig import TrainConfig, TrainingDiverged
-from quadexport.trainlog import LOG_EVERY_STEPS, _plot, _Progress, curves_figure  # noqa: F401  (re-exported)
-from quadexport.startfrom import from_run_model, from_run_overrides, source_meta
+from quadexport.training.relinear import param_groups, plain_init, quadratic_norms, warm_start
+from quadexport.runs.rundir import RunDir, RunDirError, disagreement, open_run
+from quadexport.training.config import TrainConfig, TrainingDiverged
+from quadexport.training.log import LOG_EVERY_STEPS, _plot, _Progress, curves_figure  # noqa: F401  (re-exported)
+from quadexport.training.steps import Progressed, all_finite, epoch_loop, lr_factor, roll_back, train_pass  # noqa: F401
+from quadexport.training.startfrom import from_run_model, from_run_overrides, source_meta
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +51,9 @@ def build_model(cfg: TrainConfig, num_classes: int, input_shape: tuple[int, int,
     """Create the model of ``cfg`` for a dataset (seeded): its init, or the weights of ``--from`` /
     ``--warm-start`` / ``--weights``; then freeze what ``--train-only`` leaves out. A model that cannot take the
     dataset's input size is refused here (:func:`~quadexport.zoo.inputsize.check_input_size`)."""
-    from quadexport.checkpoint import read_checkpoint
-    from quadexport.zoo import create_model
-    from quadexport.zoo.foreign import load_weights
+    from quadexport.runs.checkpoint import read_checkpoint
+    from quadexport.transforms import create_model
+    from quadexport.transforms.weights import load_weights
     from quadexport.zoo.inputsize import check_input_size
 
     torch.manual_seed(cfg.seed)
@@ -86,13 +86,6 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9)
 
 
-def lr_factor(cfg: TrainConfig, epoch: int) -> float:
-    """Schedule multiplier for a (0-based) epoch."""
-    if cfg.schedule == "constant":
-        return 1.0
-    return 0.5 * (1.0 + math.cos(math.pi * epoch / cfg.epochs))
-
-
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device,
              batch_size: int = 512) -> tuple[float, float]:
     """(mean cross-entropy, accuracy) of ``model`` on tensors ``x, y``; NaN loss if outputs are not finite."""
@@ -114,16 +107,6 @@ def evaluate_batches(model: nn.Module, batches, device: torch.device) -> tuple[f
     return loss_sum / n, correct / n
 
 
-def _agree_finite(loss: torch.Tensor, world: int) -> bool:
-    """Whether the loss is finite on every rank (all ranks must skip a step together, or DDP would hang)."""
-    ok = torch.isfinite(loss.detach()).to(torch.int32).reshape(1)
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.all_reduce(ok, op=dist.ReduceOp.MIN)
-    return bool(ok.item())
-
-
 def _sum_over_ranks(values: tuple[float, ...], world: int, device: torch.device) -> tuple[float, ...]:
     """Sum per-rank epoch statistics across DDP processes (identity with one process)."""
     if world <= 1:
@@ -135,29 +118,12 @@ def _sum_over_ranks(values: tuple[float, ...], world: int, device: torch.device)
     return tuple(t.tolist())
 
 
-def roll_back(model: nn.Module, opt: torch.optim.Optimizer, good: tuple[dict, dict], rollbacks: int,
-              max_rollbacks: int, lr_mult: float, what: str, hint: str) -> float:
-    """Restore the last good ``(model, optimizer)`` state after a NaN/Inf epoch and return the halved LR multiplier;
-    after ``max_rollbacks`` rollbacks raise :class:`TrainingDiverged` (``what``: "training"/"fine-tuning")."""
-    if rollbacks > max_rollbacks:
-        raise TrainingDiverged(f"{what} diverged (NaN/Inf) after {rollbacks - 1} rollbacks with LR ×{lr_mult:g}; "
-                               f"{hint}")
-    model.load_state_dict(good[0])
-    opt.load_state_dict(good[1])
-    return lr_mult * 0.5
-
-
-def _all_finite(model: nn.Module) -> bool:
-    """Parameters *and* buffers (BN running statistics) are finite."""
-    return all(bool(torch.isfinite(v).all()) for v in model.state_dict().values() if v.is_floating_point())
-
-
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_after: int | None = None,
           plot: bool = True, overwrite: bool = False) -> dict[str, Any]:
     """Train ``cfg.model`` on ``cfg.dataset`` and write the run dir ``cfg.out``.
 
     A dir that already holds a run is refused unless ``resume`` or ``overwrite``; one process writes a run dir at a
-    time (``quadexport.rundir``; under torchrun only rank 0 locks and writes).
+    time (``quadexport.runs.rundir``; under torchrun only rank 0 locks and writes).
 
     Args:
         cfg: the training configuration.
@@ -180,28 +146,6 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
         return _train(cfg, run, resume, progress, stop_after, plot)
 
 
-@dataclass
-class _Progressed:
-    """Where a run stands: the next epoch to train, the NaN-rollback state and the metrics of the epochs done."""
-
-    epoch: int = 0
-    lr_mult: float = 1.0
-    rollbacks: int = 0
-    history: list[dict[str, Any]] = field(default_factory=list)
-
-
-@dataclass
-class _Pass:
-    """One pass over the training loader (this rank's sums)."""
-
-    loss_sum: float = 0.0
-    seen: int = 0
-    correct: int = 0
-    bad_steps: int = 0
-    diverged: bool = False
-    seconds: float = 0.0
-
-
 def _device(cfg: TrainConfig) -> torch.device:
     device = torch.device(cfg.device if cfg.device == "cpu" else (f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
                                                                    if cfg.device == "cuda" else cfg.device))
@@ -210,7 +154,7 @@ def _device(cfg: TrainConfig) -> torch.device:
     return device
 
 
-def _resumed(cfg: TrainConfig, run_dir: Path, model: nn.Module, opt: torch.optim.Optimizer) -> _Progressed:
+def _resumed(cfg: TrainConfig, run_dir: Path, model: nn.Module, opt: torch.optim.Optimizer) -> Progressed:
     """Load ``run_dir``'s checkpoint into ``model`` and ``opt`` after checking that it belongs to ``cfg``."""
     ckpt = read_checkpoint(run_dir)
     bad = disagreement(run_dir, ckpt.get("run_id"), None)  # metrics ahead of the checkpoint: cut back below
@@ -227,7 +171,7 @@ def _resumed(cfg: TrainConfig, run_dir: Path, model: nn.Module, opt: torch.optim
     load_state(model, ckpt["model"])
     if ckpt["optimizer"]:
         opt.load_state_dict(ckpt["optimizer"])
-    st = _Progressed(int(ckpt["epoch"]), float(ckpt["extra"].get("lr_mult", 1.0)),
+    st = Progressed(int(ckpt["epoch"]), float(ckpt["extra"].get("lr_mult", 1.0)),
                      int(ckpt["extra"].get("rollbacks", 0)))
     metrics_path = run_dir / "metrics.json"
     if metrics_path.exists():
@@ -235,48 +179,15 @@ def _resumed(cfg: TrainConfig, run_dir: Path, model: nn.Module, opt: torch.optim
     return st
 
 
-def _train_pass(net: nn.Module, model: nn.Module, opt: torch.optim.Optimizer, bar: Any, cfg: TrainConfig,
-                device: torch.device, world: int) -> _Pass:
-    """One epoch of steps; a non-finite loss skips its step, and 5 of them end the pass as diverged."""
-    r, t0 = _Pass(), time.perf_counter()
-    for xb, yb in bar:
-        xb, yb = xb.to(device), yb.to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp == "bf16"):
-            out = net(xb)
-        loss = F.cross_entropy(out.float(), yb)
-        total = loss + quadratic_penalty(model, cfg.relinear)
-        opt.zero_grad(set_to_none=True)
-        if not _agree_finite(total, world):
-            r.bad_steps += 1
-            if r.bad_steps >= 5:
-                r.diverged = True
-                break
-            continue
-        total.backward()
-        if cfg.grad_clip > 0:
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        r.loss_sum += float(loss.detach()) * len(xb)
-        r.seen += len(xb)
-        r.correct += int((out.argmax(1) == yb).sum())
-        bar.update(r.loss_sum / max(r.seen, 1))
-    r.seconds = time.perf_counter() - t0
-    return r
-
-
 def _save_epoch(run: RunDir, cfg: TrainConfig, model: nn.Module, opt: torch.optim.Optimizer, meta: dict[str, Any],
-                st: _Progressed, prep: Any) -> None:
+                st: Progressed, prep: Any) -> None:
     """Write metrics, config, then the checkpoint (the commit point); a staged run swaps in."""
     row = st.history[-1]
     meta.update(test_acc=row["test_acc"], epochs_done=st.epoch)
     metrics = {"model": cfg.model, "neuron": cfg.neuron, "dataset": cfg.dataset, "epochs": st.history,
                "test_acc": row["test_acc"]}
-    with run.saving():
-        write_json(run.path / "metrics.json", run.stamp(metrics))
-        write_json(run.path / "config.json", run.stamp({**cfg.to_dict(), "preprocessing": prep.to_dict()}))
-        save_checkpoint(run.path, model, meta, opt.state_dict(), st.epoch,
-                        {"lr_mult": st.lr_mult, "rollbacks": st.rollbacks}, run_id=run.run_id)
-        run.commit()
+    write_run(run, model, meta, config={**cfg.to_dict(), "preprocessing": prep.to_dict()}, metrics=metrics,
+              optimizer_state=opt.state_dict(), epoch=st.epoch, extra={"lr_mult": st.lr_mult, "rollbacks": st.rollbacks})
 
 
 def _train(cfg: TrainConfig, run: RunDir, resume: bool, progress: bool, stop_after: int | None,
@@ -294,7 +205,7 @@ def _train(cfg: TrainConfig, run: RunDir, resume: bool, progress: bool, stop_aft
     model = build_model(cfg, data.num_classes, data.input_shape).to(device)
     opt = make_optimizer(model, cfg)
     base_lrs = [g["lr"] for g in opt.param_groups]  # before a resumed state overwrites them with scheduled values
-    st = _resumed(cfg, run_dir, model, opt) if resume else _Progressed()
+    st = _resumed(cfg, run_dir, model, opt) if resume else Progressed()
     if not resume and rank == 0:
         run.path.mkdir(parents=True, exist_ok=True)
         if not os.access(run.path, os.W_OK):
@@ -306,37 +217,37 @@ def _train(cfg: TrainConfig, run: RunDir, resume: bool, progress: bool, stop_aft
     meta = {"dataset": cfg.dataset, "input_shape": list(data.input_shape), "num_classes": data.num_classes,
             "normalization": prep.normalization(), "preprocessing": prep.to_dict(), "relinear": cfg.relinear.to_dict(),
             "train_config": cfg.to_dict(), **source_meta(cfg.from_run)}
-    good_state = (copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict()))
     last = cfg.epochs if stop_after is None else min(cfg.epochs, st.epoch + stop_after)
-    while st.epoch < last:
-        data.sampler.set_epoch(st.epoch)
-        for g, lr0 in zip(opt.param_groups, base_lrs):
-            g["lr"] = lr0 * lr_factor(cfg, st.epoch) * st.lr_mult
+
+    def run_epoch(epoch: int) -> dict[str, Any] | None:
+        data.sampler.set_epoch(epoch)
         net.train()
-        bar = _Progress(data.train, f"epoch {st.epoch + 1}/{cfg.epochs}", progress and rank == 0)
-        r = _train_pass(net, model, opt, bar, cfg, device, world)
+        bar = _Progress(data.train, f"epoch {epoch + 1}/{cfg.epochs}", progress and rank == 0)
+        r = train_pass(net, model, opt, bar, cfg, device, world, on_loss=bar.update)
         test_loss, test_acc = (math.nan, 0.0) if r.diverged else evaluate_batches(model, data.test, device)
-        if r.diverged or not _all_finite(model) or not math.isfinite(test_loss) or not math.isfinite(r.loss_sum):
-            st.rollbacks += 1
-            st.lr_mult = roll_back(model, opt, good_state, st.rollbacks, cfg.max_rollbacks, st.lr_mult,
-                                   f"training in epoch {st.epoch + 1}", "lower --lr or use --relinear sg")
-            if rank == 0:
-                log.warning("epoch %d: NaN/Inf loss, weights or outputs; rolled back to the last good state, LR "
-                            "multiplier now %g", st.epoch + 1, st.lr_mult)
-            continue
+        if r.diverged or not math.isfinite(test_loss) or not math.isfinite(r.loss_sum):
+            return None
         loss_sum, seen, correct = _sum_over_ranks((r.loss_sum, r.seen, r.correct), world, device)
-        norms = quadratic_norms(model)
-        st.history.append({"epoch": st.epoch + 1, "train_loss": loss_sum / max(seen, 1),
-                           "train_acc": correct / max(seen, 1), "test_loss": test_loss, "test_acc": test_acc, **norms,
-                           "lr": opt.param_groups[0]["lr"], "seconds": r.seconds,
-                           "step_ms": 1000 * r.seconds / max(len(data.train), 1), "skipped_steps": r.bad_steps})
-        st.epoch += 1
-        good_state = (copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict()))
+        return {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
+                "test_loss": test_loss, "test_acc": test_acc, **quadratic_norms(model),
+                "lr": opt.param_groups[0]["lr"], "seconds": r.seconds,
+                "step_ms": 1000 * r.seconds / max(len(data.train), 1), "skipped_steps": r.bad_steps}
+
+    def on_epoch(st: Progressed) -> None:
         if rank == 0:
-            quad = (f" |W_g| {norms['norm_wg']:.3g} |W_b| {norms['norm_wb']:.3g}" if cfg.neuron != "relu" else "")
-            log.info(f"epoch {st.epoch}/{cfg.epochs} train_loss {st.history[-1]['train_loss']:.4f} test_loss "
-                     f"{test_loss:.4f} test_acc {100 * test_acc:.2f}%{quad} {r.seconds:.1f}s")
+            row = st.history[-1]
+            quad = (f" |W_g| {row['norm_wg']:.3g} |W_b| {row['norm_wb']:.3g}" if cfg.neuron != "relu" else "")
+            log.info(f"epoch {st.epoch}/{cfg.epochs} train_loss {row['train_loss']:.4f} test_loss "
+                     f"{row['test_loss']:.4f} test_acc {100 * row['test_acc']:.2f}%{quad} {row['seconds']:.1f}s")
             _save_epoch(run, cfg, model, opt, meta, st, prep)
+
+    def on_rollback(epoch: int, lr_mult: float) -> None:
+        if rank == 0:
+            log.warning("epoch %d: NaN/Inf loss, weights or outputs; rolled back to the last good state, LR "
+                        "multiplier now %g", epoch, lr_mult)
+
+    epoch_loop(model, opt, cfg, st, last, run_epoch, base_lrs=base_lrs, what="training",
+               hint="lower --lr or use --relinear sg", on_epoch=on_epoch, on_rollback=on_rollback)
     return _finish(cfg, run_dir, rank, world, plot)
 
 

@@ -5,7 +5,7 @@ which needs no input and, for the torchvision/timm/zoo models, is also forward o
 convert, or leave it alone with a reason. By default the *stem* (the first conv/linear layer) and the *classifier
 head* (the last ``nn.Linear``) stay conventional, as in the zoo's QResNet. :func:`convert_layers` swaps the chosen
 layers for quadratic ones (:func:`quadexport.layers.convert.to_quadratic`). The spec a quadratized model records
-in ``quadexport_config["quadratize"]`` (:func:`make_spec`) lets :func:`quadexport.zoo.create_model` rebuild it:
+in ``quadexport_config["quadratize"]`` (:func:`make_spec`) lets :func:`quadexport.transforms.create_model` rebuild it:
 build the source architecture, then :func:`apply_spec` converts the same layers again.
 
 Spec: ``{"base_neuron": "relu", "layers": {"layer1.0.conv1": {"neuron": "fan"}, ...}}`` (``"rank"`` beside
@@ -24,7 +24,6 @@ from quadexport.errors import UsageError, did_you_mean
 from quadexport.layers.convert import is_linear_map, to_quadratic, unsupported_reason
 from quadexport.layers.mixed import MixedQuad
 from quadexport.layers.quad import QuadLayer
-from quadexport.zoo._prune import set_module
 
 __all__ = ["LayerSelector", "Selection", "SkippedLayer", "apply_spec", "convert_layers", "linear_maps",
            "make_spec", "select_layers"]
@@ -147,7 +146,7 @@ def convert_layers(model: nn.Module, layers: Mapping[str, Mapping[str, Any]]) ->
         except AttributeError:
             raise UsageError(f"model has no layer {name!r} to quadratize (does the spec belong to this "
                              f"architecture?)") from None
-        set_module(model, name, to_quadratic(old, opts["neuron"], opts.get("rank")))
+        model.set_submodule(name, to_quadratic(old, opts["neuron"], opts.get("rank")))
         originals[name] = old
     return originals
 

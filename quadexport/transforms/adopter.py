@@ -3,8 +3,8 @@
 Public research code writes a quadratic neuron as plain layers combined in ``forward`` (the ReLinear authors'
 ``conv1r(x) * conv1g(x) + conv1b(x.pow(2))``, QuadraLib's ``bn1(conv1(x)) * bn2(conv2(x)) + bn3(conv3(x))``, the
 compact ``conv_r(x) + conv_b(x.pow(2))``...). :func:`adopt` traces the model with ``torch.fx``, finds those neurons in
-the graph (:mod:`quadexport.zoo.adopt_match`, never by names), replaces each by a quadexport layer of the matching
-registered type carrying the trained weights (:mod:`quadexport.zoo.adopted`) and verifies that the outputs are
+the graph (:mod:`quadexport.transforms.adopt_match`, never by names), replaces each by a quadexport layer of the matching
+registered type carrying the trained weights (:mod:`quadexport.transforms.adopted`) and verifies that the outputs are
 unchanged. The result exports in every mode (one custom node per neuron in ``function``/``fused``), folds the
 BatchNorm after each neuron, trains, compresses and has a ReLU twin (:func:`relu_twin`).
 """
@@ -14,8 +14,6 @@ from __future__ import annotations
 import copy
 import fnmatch
 import logging
-import sys
-import types
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Sequence, Union
 
@@ -26,8 +24,8 @@ from quadexport._torchutil import one_thread
 from quadexport.data.inputs import ModelInputs, as_tuple, explain_forward, resolve
 from quadexport.errors import QuadexportError, UsageError
 from quadexport.zoo import count_macs, count_params
-from quadexport.zoo.adopt_match import Match, SkippedForm, find_matches, trace
-from quadexport.zoo.adopted import (choose_names, finish, make_spec, merged_spec, neuron_entry, relu_twin,
+from quadexport.transforms.adopt_match import Match, SkippedForm, find_matches, trace
+from quadexport.transforms.adopted import (choose_names, finish, make_spec, merged_spec, neuron_entry, relu_twin,
                                      rewrite)
 
 log = logging.getLogger(__name__)
@@ -224,7 +222,7 @@ def adopt(model: nn.Module, example_input: torch.Tensor | Sequence[torch.Tensor]
 
     Returns:
         A ``torch.fx.GraphModule`` (deep-copyable, exportable, trainable) whose ``quadexport_config["adopt"]`` records
-        the rewrite (:func:`quadexport.zoo.adopted.apply_adopt_spec` replays it on a fresh model), or
+        the rewrite (:func:`quadexport.transforms.adopted.apply_adopt_spec` replays it on a fresh model), or
         ``(model, report)``.
 
     Raises:
@@ -265,12 +263,3 @@ def adopt(model: nn.Module, example_input: torch.Tensor | Sequence[torch.Tensor]
     log.debug("%s", report.summary())
     return (adopted, report) if return_report else adopted
 
-
-class _CallableModule(types.ModuleType):
-    """``quadexport.adopt`` is this module and the function: calling the module calls :func:`adopt`."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return adopt(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

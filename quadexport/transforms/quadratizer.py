@@ -4,7 +4,7 @@ exactly what they computed before, ready for fine-tuning (:func:`quadratize`).
 Every selected ``nn.Conv1d`` / ``nn.Conv2d`` / ``nn.Linear`` (subclasses too, when they keep the base class's
 ``forward``) becomes a :class:`~quadexport.layers.QuadConv2d` / ... whose primary branch ``r`` holds the trained
 weight and bias, with the quadratic terms at zero (gate ``W_g = 0, b_g = 1``, power branch ``W_b = 0, c = 0``), so
-the network is unchanged until training moves them. Which layers: see :mod:`quadexport.zoo.convert` (default:
+the network is unchanged until training moves them. Which layers: see :mod:`quadexport.transforms.convert` (default:
 all but the stem and the classifier head). When the input shape is known (``input_shape=``, or the model's
 ``quadexport_meta``/``quadexport_config``) the result is verified on a random batch: a converted layer the forward
 pass never calls (its parent reads its weights directly) or whose output differs is put back and reported, and the
@@ -15,22 +15,20 @@ from __future__ import annotations
 
 import copy
 import logging
-import sys
-import types
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
+from quadexport.runmeta import config_dict, input_shape_of
 from quadexport._compat import torchvision_ops_missing
 from quadexport._torchutil import one_thread
 from quadexport.errors import QuadexportError, UsageError
 from quadexport.layers.neurons import get_neuron
 from quadexport.zoo import count_macs, count_params
-from quadexport.zoo._prune import set_module
-from quadexport.zoo.adopted import scan
-from quadexport.zoo.convert import (LayerSelector, SkippedLayer, convert_layers, make_spec, select_layers)
+from quadexport.transforms.adopted import scan
+from quadexport.transforms.convert import (LayerSelector, SkippedLayer, convert_layers, make_spec, select_layers)
 
 log = logging.getLogger(__name__)
 
@@ -96,16 +94,7 @@ class QuadratizeReport:
 
 
 def _input_shape(model: nn.Module, given: Any) -> tuple[int, ...] | None:
-    if given is not None:
-        return tuple(int(s) for s in given)
-    meta = getattr(model, "quadexport_meta", None) or {}
-    cfg = getattr(model, "quadexport_config", None) or {}
-    if meta.get("input_shape"):
-        return tuple(int(s) for s in meta["input_shape"])
-    if cfg.get("in_channels") is not None and cfg.get("input_size") is not None:
-        size = cfg["input_size"]
-        return (int(cfg["in_channels"]), *([size, size] if isinstance(size, int) else size))
-    return None
+    return input_shape_of(model, given)
 
 
 def _tensors(out: Any) -> list[torch.Tensor]:
@@ -162,7 +151,7 @@ def _verify(model: nn.Module, x: torch.Tensor, reference: list[torch.Tensor], or
     """Put back the layers that misbehave, then check the whole output."""
     _, bad = _probe(model, x, originals)
     for name, reason in bad.items():
-        set_module(model, name, originals[name])
+        model.set_submodule(name, originals[name])
         report.converted.remove(name)
         report.skipped.append(SkippedLayer(name, type(originals[name]).__name__, reason))
         log.warning("quadratize: %s %s", name, reason)
@@ -176,7 +165,7 @@ def _verify(model: nn.Module, x: torch.Tensor, reference: list[torch.Tensor], or
 def _retag(model: nn.Module, neuron: str, rank: int | None, converted: list[str]) -> None:
     """Record the new neuron and the converted layers in ``quadexport_config``; move the source's training outcome
     (test accuracy, ReLinear settings...) from ``quadexport_meta`` to ``quadexport_meta["source"]``."""
-    cfg = copy.deepcopy(getattr(model, "quadexport_config", None) or {})
+    cfg = copy.deepcopy(config_dict(model))
     old = dict(cfg.get("quadratize") or {})
     base = old.get("base_neuron", cfg.get("neuron", "relu"))
     layers = {**old.get("layers", {}), **{n: {"neuron": neuron, "rank": rank} for n in converted}}
@@ -280,13 +269,3 @@ def quadratize(model: nn.Module, neuron: str = "fan", *, include: LayerSelector 
     log.debug("%s", report.summary())
     return (work, report) if return_report else work
 
-
-class _CallableModule(types.ModuleType):
-    """``quadexport.quadratize`` is this module and, once anything imported it, also the package attribute of the
-    same name: calling the module calls :func:`quadratize`, so ``quadexport.quadratize(model)`` works either way."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return quadratize(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

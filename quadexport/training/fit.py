@@ -1,22 +1,22 @@
 """Training on a map-style dataset (in-memory tensors or files streamed through DataLoader workers) with
-:func:`quadexport.train.train`'s recipe and NaN handling (used by ``quadexport compress`` to fine-tune a rewritten
+:func:`quadexport.training.loop.train`'s recipe and NaN handling (used by ``quadexport compress`` to fine-tune a rewritten
 model)."""
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
-import time
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler, TensorDataset
 
-from quadexport.relinear import quadratic_penalty
-from quadexport.train import TrainConfig, _all_finite, lr_factor, make_optimizer, roll_back
+from quadexport.training.config import TrainConfig
+from quadexport.training.loop import make_optimizer
+from quadexport.training.steps import Progressed, epoch_loop, train_pass
+
+log = logging.getLogger(__name__)
 
 __all__ = ["fit_dataset", "fit_tensors"]
 
@@ -52,36 +52,22 @@ def fit_dataset(model: nn.Module, data: Dataset, cfg: TrainConfig, *, workers: i
     loader = DataLoader(data, batch_size=cfg.batch_size, sampler=RandomSampler(data, generator=gen),
                         num_workers=workers, persistent_workers=workers > 0,
                         generator=torch.Generator().manual_seed(cfg.seed))
-    good = (copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict()))
-    hist: list[dict[str, Any]] = []
-    epoch, lr_mult, rollbacks = 0, 1.0, 0
-    while epoch < cfg.epochs:
-        for g, lr0 in zip(opt.param_groups, base_lrs):
-            g["lr"] = lr0 * lr_factor(cfg, epoch) * lr_mult
+    st = Progressed()
+
+    def run_epoch(epoch: int) -> dict[str, Any] | None:
         model.train()
-        t0, loss_sum, seen, bad = time.perf_counter(), 0.0, 0, 0
-        for xb, yb in (progress(loader, f"fine-tune epoch {epoch + 1}/{cfg.epochs}") if progress else loader):
-            loss = F.cross_entropy(model(xb).float(), yb) if loss_fn is None else loss_fn(model(xb), xb, yb)
-            total = loss + quadratic_penalty(model, cfg.relinear)
-            opt.zero_grad(set_to_none=True)
-            if not torch.isfinite(total):
-                bad += 1
-                continue
-            total.backward()
-            if cfg.grad_clip > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            loss_sum, seen = loss_sum + float(loss.detach()) * len(yb), seen + len(yb)
-        if bad >= 5 or not _all_finite(model) or not math.isfinite(loss_sum):
-            rollbacks += 1
-            lr_mult = roll_back(model, opt, good, rollbacks, cfg.max_rollbacks, lr_mult,
-                                f"fine-tuning in epoch {epoch + 1}", "lower --finetune-lr")
-            (log_fn or logging.getLogger(__name__).warning)(f"fine-tune epoch {epoch + 1}: NaN/Inf; rolled back to "
-                                                            f"the last good state, LR multiplier now {lr_mult:g}")
-            continue
-        epoch += 1
-        hist.append({"epoch": epoch, "train_loss": loss_sum / max(seen, 1), "lr": opt.param_groups[0]["lr"],
-                     "seconds": time.perf_counter() - t0, "skipped_steps": bad, "rollbacks": rollbacks})
-        good = (copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict()))
+        batches = progress(loader, f"fine-tune epoch {epoch + 1}/{cfg.epochs}") if progress else loader
+        r = train_pass(model, model, opt, batches, cfg, loss_fn=loss_fn)
+        if r.diverged or not math.isfinite(r.loss_sum):
+            return None
+        return {"epoch": epoch + 1, "train_loss": r.loss_sum / max(r.seen, 1), "lr": opt.param_groups[0]["lr"],
+                "seconds": r.seconds, "skipped_steps": r.bad_steps, "rollbacks": st.rollbacks}
+
+    def on_rollback(epoch: int, lr_mult: float) -> None:
+        (log_fn or log.warning)(f"fine-tune epoch {epoch}: NaN/Inf; rolled back to the last good state, LR "
+                                f"multiplier now {lr_mult:g}")
+
+    epoch_loop(model, opt, cfg, st, cfg.epochs, run_epoch, base_lrs=base_lrs, what="fine-tuning",
+               hint="lower --finetune-lr", on_rollback=on_rollback)
     model.eval()
-    return hist
+    return st.history

@@ -2,17 +2,20 @@
 
 :class:`StagedFile` writes in a hidden sibling folder and renames into place only when accepted (``quadexport
 export`` renames its ONNX file, with its external data file if any, only after the parity check passed).
-``tempfile.mkstemp``/``mkdtemp`` create 0600/0700; :func:`file_mode` / :func:`current_umask` give what the user's umask asks for (``checkpoint.atomic_write`` and the
-run dir staging use them).
+``tempfile.mkstemp``/``mkdtemp`` create 0600/0700; :func:`file_mode` / :func:`current_umask` give what the user's umask asks for (:func:`atomic_write` and the run dir
+staging use them); :func:`write_json` writes JSON reports and run files atomically.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import tempfile
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable
 
 
 def current_umask() -> int:
@@ -95,3 +98,35 @@ class StagedFile:
 
 
 __all__ = ["StagedFile", "current_umask", "file_mode", "fsync_dir"]
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: str = "wb") -> Path:
+    """Write a file atomically: ``write(fileobj)`` into a temporary file in the same folder, fsync, rename.
+
+    Args:
+        path: destination.
+        write: callable receiving the open temporary file.
+        mode: ``"wb"`` or ``"w"``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, file_mode())  # mkstemp makes 0600; the file gets what open() would give (the user's umask)
+        with os.fdopen(fd, mode) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return path
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Atomically write ``obj`` as indented JSON."""
+    return atomic_write(path, lambda f: json.dump(obj, f, indent=2, allow_nan=False), mode="w")
