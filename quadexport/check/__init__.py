@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from quadexport.runmeta import RunMeta, config_dict, meta_dict
+from quadexport.check.inputs import input_range, random_label, several_batches, several_inputs
 from quadexport.check.report import LEVEL_NAMES, TOLERANCES, CheckLine, CheckReport, compare
 from quadexport.errors import UsageError
 
@@ -44,10 +45,10 @@ QDQ_TOP1 = 95.0
 def _input_shapes(sess: Any, model: nn.Module, metadata: dict[str, str]) -> list[Any]:
     """Per-sample input shapes to check: the file's (or the run's) and, for a dynamic-size file, each further size
     recorded in its metadata (``quadexport.dynamic_size``); for a file with several inputs, their specs
-    (:func:`_several_inputs`) alone."""
+    (:func:`~quadexport.check.inputs.several_inputs`) alone."""
     from quadexport.exporter.dynamic import recorded
 
-    several = _several_inputs(sess, model)
+    several = several_inputs(sess, model)
     if several is not None:  # a file with several inputs: their specs, as one "shape" (no dynamic sizes)
         return [several]
     dims = sess.get_inputs()[0].shape[1:]
@@ -74,30 +75,6 @@ def _torch_outputs(model: nn.Module, x: np.ndarray | tuple[np.ndarray, ...]) -> 
 
     xs = x if isinstance(x, tuple) else (x,)  # a model with several inputs: one array each
     return [o.detach().float().cpu().numpy() for o in flatten(model(*(torch.from_numpy(a) for a in xs)))]
-
-
-def _several_inputs(sess: Any, model: nn.Module) -> Any:
-    """A file with several inputs: their specs (names and per-sample shapes from the file, ranges from the run's
-    ``meta["input_range"]``); ``None`` for one input (checked as it always was)."""
-    from quadexport.data.inputs import InputSpec, ModelInputs, parse_ranges
-
-    ins = sess.get_inputs()
-    if len(ins) < 2:
-        return None
-    meta = RunMeta.of(model)
-    rec = {i["name"]: i["shape"] for i in meta.inputs or []}
-    shapes = []
-    for i in ins:
-        dims = i.shape[1:]
-        if not all(isinstance(d, int) for d in dims):
-            dims = rec.get(i.name)
-        if dims is None:
-            raise UsageError(f"cannot tell the per-sample shape of input {i.name!r} (onnx dims {i.shape}); the run "
-                             "records no meta['inputs']")
-        shapes.append(tuple(int(d) for d in dims))
-    rng = meta.input_range
-    ranges = parse_ranges(rng, len(ins)) if isinstance(rng, list) and len(rng) == len(ins) else [None] * len(ins)
-    return ModelInputs(tuple(InputSpec(i.name, s, r) for i, s, r in zip(ins, shapes, ranges)))
 
 
 def _load_dataset(spec: Any, meta: dict[str, Any], data_dir: str | os.PathLike | None,
@@ -299,35 +276,11 @@ class _InputSet:
     labels: np.ndarray | None = None
 
 
-def _input_range(model: nn.Module) -> tuple[float, float] | None:
-    """The range a one-input run draws its random inputs from (``meta["input_range"]``), or None."""
-    rng = RunMeta.of(model).input_range
-    if isinstance(rng, list) and len(rng) == 1 and rng[0] is not None:
-        return float(rng[0][0]), float(rng[0][1])
-    return None
-
-
-def _random_label(model: nn.Module) -> str:
-    r = _input_range(model)
-    return "random" if r is None else f"random U[{r[0]:g},{r[1]:g}]"
-
-
-def _several_sets(inputs: Any, batches: Sequence[int], seed: int, dataset: Any) -> list[_InputSet]:
-    """Random batches of every size for a file with several inputs (a tuple of arrays per chunk)."""
-    if dataset:
-        raise UsageError(f"the model takes {len(inputs)} inputs ({', '.join(inputs.names)}); a dataset feeds one: "
-                         "check it without --dataset (random inputs)")
-    rng = np.random.default_rng(seed)
-    label = "random" + ("" if all(r is None for r in inputs.ranges) else " " + ",".join(
-        "N(0,1)" if r is None else f"U[{r[0]:g},{r[1]:g}]" for r in inputs.ranges))
-    return [_InputSet(label, int(b), [inputs.numpy(int(b), rng)]) for b in batches]
-
-
 def _random(model: nn.Module, rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
     """Random model inputs: uniform in the run's recorded range (``meta["input_range"]``); else at the run's
     recorded input statistics (``meta["input_stats"]``: per-channel ``mean`` and ``std`` of the normalised
     inputs); else standard normal."""
-    r = _input_range(model)
+    r = input_range(model)
     if r is not None:
         return rng.uniform(r[0], r[1], shape).astype(np.float32)
     x = rng.standard_normal(shape).astype(np.float32)
@@ -344,7 +297,7 @@ def _size_sets(model: nn.Module, shapes: list[tuple[int, ...]], batches: Sequenc
                prep: Any) -> list[_InputSet]:
     """A dynamic-size file: random inputs at each further size (the two smallest batch sizes)."""
     rng = np.random.default_rng(seed + 1)
-    sets = [_InputSet(f"{_random_label(model)} {'x'.join(map(str, s[1:]))}", int(b),
+    sets = [_InputSet(f"{random_label(model)} {'x'.join(map(str, s[1:]))}", int(b),
                       [_random(model, rng, (int(b), *s))])
             for s in shapes for b in sorted(set(int(b) for b in batches))[:2]]
     if prep is not None:
@@ -360,11 +313,11 @@ def _input_sets(model: nn.Module, shape: tuple[int, ...], batches: Sequence[int]
                 say: Callable[[str], None], prep: Any = None) -> list[_InputSet]:
     """Random batches of every size, then the dataset's first test images (when known and loadable); with ``prep``
     (a raw-input file) both denormalised to raw pixel values. ``shape``: the specs of a file with several inputs
-    (:func:`_several_inputs`) gives random batches of every size only."""
-    if not isinstance(shape, tuple):
-        return _several_sets(shape, batches, seed, dataset)
+    (:func:`~quadexport.check.inputs.several_inputs`) gives random batches of every size only."""
+    if not isinstance(shape, tuple):  # several inputs: random batches of every size, a tuple of arrays each
+        return [_InputSet(label, b, [xs]) for label, b, xs in several_batches(shape, batches, seed, dataset)]
     rng = np.random.default_rng(seed)
-    sets = [_InputSet(_random_label(model), int(b), [_random(model, rng, (int(b), *shape))]) for b in batches]
+    sets = [_InputSet(random_label(model), int(b), [_random(model, rng, (int(b), *shape))]) for b in batches]
     meta = meta_dict(model)
     ds = None if dataset is False else (dataset or meta.get("dataset"))
     ds_name = getattr(ds, "name", ds)  # a DataSource: its spec

@@ -22,7 +22,7 @@ import math
 import os
 import traceback
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterator
 
 import numpy as np
 import torch
