@@ -64,6 +64,12 @@ def test_pinn_with_two_inputs_adopt_export_check_bench(user, tmp_path, capsys):
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["inputs"] == [{"name": "x", "shape": [1]}, {"name": "t", "shape": [1]}] and "input_range" not in cfg
     assert "inputs: x 1, t 1" in _run(capsys, "info", run)
+    import quadexport as q
+
+    loaded = q.load(run)  # the run rebuilds the two-input model from the user's file and the adopt spec
+    x, t = torch.rand(4, 1), torch.rand(4, 1)
+    with torch.no_grad():
+        assert torch.equal(loaded(x, t), user.pinn(x, t))
 
     path = tmp_path / "pinn.onnx"
     out = _run(capsys, "export", run, path, "--mode", "fused")  # exports, then checks parity on both inputs
