@@ -5,6 +5,7 @@ Public API::
     from quadexport import QuadLinear, QuadConv1d, QuadConv2d, create_model, list_models, list_neurons, load
     quadexport.export(model, "m.onnx", mode="decomposed")
     quadexport.check("m.onnx", model).ok
+    quadexport.check("m.onnx", model, runtime="openvino").ok    # any of quadexport.list_runtimes()
     qmodel = quadexport.quadratize(trained_model, neuron="fan")  # any model; unchanged until fine-tuned
     amodel = quadexport.adopt(research_model, input_shape=(3, 32, 32))  # quadratic neurons written as plain layers
 
@@ -26,6 +27,7 @@ _LAZY = {**{n: "quadexport.layers" for n in ("QuadConv1d", "QuadConv2d", "QuadLi
          "create_model": "quadexport.transforms.build",
          "load": "quadexport.runs.checkpoint", "export": "quadexport.exporter.api",
          "make_session": "quadexport.exporter.session", "check": "quadexport.check",
+         "list_runtimes": "quadexport.runtimes", "register_runtime": "quadexport.runtimes",
          "quadratize": "quadexport.transforms.quadratizer", "QuadratizeReport": "quadexport.transforms.quadratizer",
          "adopt": "quadexport.transforms.adopter", "AdoptReport": "quadexport.transforms.adopter", "relu_twin": "quadexport.transforms.adopter"}
 

@@ -74,11 +74,22 @@ PIPELINE_SECTIONS: dict[str, Any] = {
 EXPERIMENT_SECTIONS: dict[str, Any] = {
     "relinear": _RELINEAR, "train": _leaves(*_TRAIN_ALL), "run": _leaves("seeds", "labels"),
     "datasets": _Array({**_DATA, "groups": None}),
-    "models": _Array({**_leaves("group", "label", "model", "neuron", "role"), "relinear": _RELINEAR}),
+    "models": _Array({**_leaves("group", "label", "model", "neuron", "role", "seed"), "relinear": _RELINEAR}),
     "warmstart": _leaves("dataset", "model", "neuron", "twin_epochs_factor", "seeds"),
     "grid": _leaves("lrs", "inits", "regularisers", "seeds", "key_seeds", "key_cells", "only_key", "collapse_acc",
                     "blowup_test_loss", "rescue_rollbacks"),
     "regularisers": _MapOf({**_RELINEAR, "label": None, "alias": None}),
+    # the studies (quadexport.experiments.compression / .quadratize_study)
+    "compression": _leaves("source", "twin", "control_epochs", "variants"),
+    "variants": _MapOf(_leaves("source", "threshold", "target_ratio", "cost", "finetune_epochs", "bn_recalibrate",
+                               "shortcut", "quantize", "keep_fp32", "calib_samples", "val_samples", "align", "split",
+                               "drop_branches", "select")),
+    "sweep": _leaves("thresholds", "aligns", "calib_samples"),
+    "latsweep": _leaves("thresholds", "aligns", "shortcuts", "splits", "calib_samples", "min_seconds"),
+    "bench": _leaves("batches", "threads", "min_seconds", "repeats", "seed", "configs"),
+    "quadratize": _leaves("configs", "controls", "time_control", "steptime_steps", "steptime_warmup",
+                          "steptime_batch"),
+    "configs": _MapOf({**_leaves(*_TRAIN_ALL), "relinear": _RELINEAR}),
 }
 TOP_KEYS = ("name", "description", "experiments", "budget")
 SECTIONS = set(TOP_KEYS) | set(PIPELINE_SECTIONS)  # the sections of a pipeline recipe

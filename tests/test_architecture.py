@@ -26,6 +26,7 @@ LEVELS = {
     "runs": 3,
     "training": 4,
     "exporter": 5,
+    "runtimes": 6,  # the runtime registry: imported by check, bench and deploy (same level), importing none of them
     "check": 6, "bench": 6, "compress": 6, "deploy": 6,
     "pipeline": 7, "cli": 7, "experiments": 7,
     "__init__": 7,  # the package facade (``import quadexport``) re-exports the public API of every level

@@ -1,7 +1,8 @@
 """Models to benchmark: zoo names (built untrained, ready for timing) and run dirs (trained weights).
 
 Untrained zoo models get the ReLinear initialisation plus a small perturbation of the quadratic branches
-(``W_g``, ``W_b`` += N(0, :data:`PERTURB_STD`²)) and BatchNorm statistics calibrated on N(0, 1) inputs, so the
+(``W_g``, ``W_b`` += N(0, :data:`PERTURB_STD`²): :func:`quadexport.layers.init.perturb_quadratic`) and BatchNorm
+statistics calibrated on N(0, 1) inputs (:func:`~quadexport.layers.init.calibrate_bn`), so the
 quadratic terms are live but the activations stay finite through depth (values do not change the work done, but
 NaN/Inf can take slow paths); run dirs are timed with their trained weights.
 """
@@ -21,12 +22,13 @@ from quadexport._torchutil import one_thread
 from quadexport.bench.config import DEFAULT_INPUT_SHAPE, PERTURB_STD, BenchError
 from quadexport.data.inputs import ModelInputs, explain_forward, resolve
 from quadexport.errors import UsageError, did_you_mean
+from quadexport.layers.init import calibrate_bn, perturb_quadratic
 from quadexport.exporter.outputs import flatten
 from quadexport.zoo import count_macs, count_params, get_model_info, list_models
 from quadexport.transforms import create_model
 from quadexport.zoo.foreign import is_foreign
 
-__all__ = ["BenchModel"]  # the helpers below are used by the bench package (and _perturb by tools/)
+__all__ = ["BenchModel"]  # the helpers below are used by the bench package
 
 
 @dataclass
@@ -105,41 +107,6 @@ def _zoo_macs(name: str, neuron: str, shape: tuple[int, ...], kwargs: tuple[tupl
 
 
 @torch.no_grad()
-def _perturb(model: nn.Module, std: float, gen: torch.Generator) -> None:
-    """Add N(0, std²) to the quadratic-branch weights (``g``, ``b``) of every quadratic layer."""
-    from quadexport.layers.quad import QuadLayer
-
-    for m in model.modules():
-        if isinstance(m, QuadLayer):
-            for br in m.neuron_type.quadratic_branches:
-                w = getattr(m, br).weight
-                w.add_(torch.randn(w.shape, generator=gen, dtype=w.dtype) * std)
-
-
-@torch.no_grad()
-def _calibrate_bn(model: nn.Module, shape: tuple[int, ...], gen: torch.Generator, batches: int = 1,
-                  n: int = 16) -> None:
-    """Set BatchNorm running statistics from train-mode passes over N(0, 1) inputs (cumulative average), as a
-    trained model has them. Untrained zoo models otherwise keep mean 0 / var 1 and their activations grow through
-    depth (ReLU ResNet-56: ~5e4 at the logits); quadratic layers turn that growth into inf/NaN."""
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not bns:
-        return
-    momenta = [b.momentum for b in bns]
-    for b in bns:
-        b.reset_running_stats()
-        b.momentum = None
-    model.train()
-    try:
-        for _ in range(batches):
-            model(torch.randn((n, *shape), generator=gen))
-    finally:
-        for b, mom in zip(bns, momenta):
-            b.momentum = mom
-        model.eval()
-
-
-@torch.no_grad()
 def _finite_on_random(model: nn.Module, shape: tuple[int, ...], seed: int = 12345, n: int = 16) -> bool:
     x = torch.randn((n, *shape), generator=torch.Generator().manual_seed(seed))
     return all(bool(torch.isfinite(t).all()) for t in flatten(model(x)))
@@ -152,9 +119,8 @@ def _build(name: str, neuron: str, shape: tuple[int, ...], gen: torch.Generator,
     for _ in range(4):
         model = create_model(name, neuron, in_channels=shape[0], input_size=tuple(shape[1:]), **kwargs)
         if neuron != "relu":
-            _perturb(model, std, gen)
-        _calibrate_bn(model, tuple(shape), gen)
-        model.eval()
+            perturb_quadratic(model, std, generator=gen)
+        calibrate_bn(model, tuple(shape), gen)
         if neuron == "relu" or _finite_on_random(model, tuple(shape)):
             model.quadexport_bench_perturb = std if neuron != "relu" else None
             return model

@@ -4,6 +4,7 @@ input range (``meta["input_range"]``, uniform draws, lines labelled ``random U[0
 
 from __future__ import annotations
 
+import os
 from typing import Any, Sequence
 
 import numpy as np
@@ -30,23 +31,27 @@ def random_label(model: nn.Module) -> str:
     return "random" if r is None else f"random U[{r[0]:g},{r[1]:g}]"
 
 
-def several_inputs(sess: Any, model: nn.Module) -> ModelInputs | None:
+def several_inputs(onnx_path: str | os.PathLike, model: nn.Module) -> ModelInputs | None:
     """A file with several inputs: their specs (names and per-sample shapes from the file, else the run's
     ``meta["inputs"]``; ranges from the run's ``meta["input_range"]``); ``None`` for one input (checked as it always
     was)."""
-    ins = sess.get_inputs()
+    from quadexport.exporter.session import read_onnx
+
+    proto = read_onnx(onnx_path)
+    inits = {i.name for i in proto.graph.initializer}
+    ins = [i for i in proto.graph.input if i.name not in inits]
     if len(ins) < 2:
         return None
     meta = RunMeta.of(model)
     rec = {i["name"]: i["shape"] for i in meta.inputs or []}
     shapes = []
     for i in ins:
-        dims = i.shape[1:]
-        if not all(isinstance(d, int) for d in dims):
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in i.type.tensor_type.shape.dim][1:]
+        if not dims or not all(dims):
             dims = rec.get(i.name)
         if dims is None:
-            raise UsageError(f"cannot tell the per-sample shape of input {i.name!r} (onnx dims {i.shape}); the run "
-                             "records no meta['inputs']")
+            raise UsageError(f"cannot tell the per-sample shape of input {i.name!r} of {onnx_path}; the run records "
+                             "no meta['inputs']")
         shapes.append(tuple(int(d) for d in dims))
     rng = meta.input_range
     ranges = parse_ranges(rng, len(ins)) if isinstance(rng, list) and len(rng) == len(ins) else [None] * len(ins)

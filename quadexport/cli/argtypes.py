@@ -121,4 +121,12 @@ def show_defaults(p: argparse.ArgumentParser) -> None:
 
 __all__ = ["ADAPTER_DEFAULT", "BUDGETS", "BUILTIN_DATASETS", "OPT_LEVELS", "dataset_spec", "finite_float",
            "float_list", "image_size", "model_arg", "nonneg_float", "nonneg_int", "pos_int", "positive_float",
-           "show_defaults"]
+           "runtime_help", "show_defaults"]
+
+
+def runtime_help(what: str) -> str:
+    """``--runtime`` help: the registered runtimes, read from the registry (no runtime is imported)."""
+    from quadexport.runtimes import list_runtimes
+
+    return (f"runtime to {what}: {', '.join(list_runtimes())}, or MODULE:CLASS for a Runtime subclass of your own "
+            "(importable from PYTHONPATH; see docs/architecture.md)")

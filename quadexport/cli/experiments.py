@@ -1,4 +1,5 @@
-"""``quadexport experiments {trainability,accuracy,expressivity,warmstart,all,report}``: the issue #6 experiments.
+"""``quadexport experiments {trainability,accuracy,expressivity,warmstart,all,report}``: the issue #6 experiments;
+``quadexport experiments {compression,quadratize}``: the studies of docs/compression.md and docs/quadratize.md.
 
 Also the whole of ``tools/experiments.py`` (``make results``), through :func:`main`.
 """
@@ -11,7 +12,7 @@ import logging
 import sys
 from typing import Iterator
 
-COMMANDS = ("trainability", "accuracy", "expressivity", "warmstart", "all", "report")
+COMMANDS = ("trainability", "accuracy", "expressivity", "warmstart", "all", "report", "compression", "quadratize")
 
 
 @contextlib.contextmanager
@@ -36,11 +37,13 @@ def echo_logs(*names: str) -> Iterator[None]:
 
 
 def run(a: argparse.Namespace) -> int:
-    from quadexport.experiments import EXPERIMENTS, ExperimentOptions, report, run_experiments
+    from quadexport.experiments import EXPERIMENTS, STUDIES, ExperimentOptions, report, run_experiments, run_study
 
     opts = ExperimentOptions(budget=a.budget, out=a.out, docs=a.docs, jobs=a.jobs, threads=a.threads)
     with echo_logs("quadexport.experiments"):
-        if a.experiment == "all":
+        if a.experiment in STUDIES:
+            run_study(a.experiment, opts, f"quadexport experiments {a.experiment} --budget {a.budget}")
+        elif a.experiment == "all":
             run_experiments(list(EXPERIMENTS), opts, f".venv/bin/python tools/experiments.py all --budget {a.budget}")
             report(opts)
         elif a.experiment == "report":
@@ -53,7 +56,9 @@ def run(a: argparse.Namespace) -> int:
 def _add_arguments(p: argparse.ArgumentParser) -> None:
     from quadexport.cli.argtypes import BUDGETS
 
-    p.add_argument("experiment", choices=COMMANDS, help="one experiment, all of them (then report), or report")
+    p.add_argument("experiment", choices=COMMANDS,
+                   help="one experiment, all of them (then report), report; or a study (compression, quadratize: "
+                   "models/exp-<study>.toml, every step resumable, then its table, JSON and plots)")
     p.add_argument("--budget", choices=BUDGETS, default="small",
                    help="small: the documented results; tiny: seconds, for tests")
     p.add_argument("--out", default=None, help="results folder (default reports/experiments/<budget>)")
@@ -66,7 +71,7 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("experiments", help="reproduce the paper's claims (trainability, accuracy, expressivity, "
-                       "warm start) from the models/exp-*.toml recipes")
+                       "warm start) and the compression / quadratize studies from the models/exp-*.toml recipes")
     _add_arguments(p)
 
 

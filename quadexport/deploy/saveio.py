@@ -121,9 +121,9 @@ def _batch(shape: list[int], batch: int, data: Any, dataset: str | None, data_di
 
 
 def _ort_rel_l2(onnx_path: Path, input_name: str, x: np.ndarray, expected: list[np.ndarray], rtol: float) -> float:
-    from quadexport.exporter.session import make_session  # lazy: export is L2 and heavy (onnxruntime)
+    from quadexport.runtimes import get_runtime
 
-    outs = make_session(onnx_path).run(None, {input_name: x})
+    outs = get_runtime("onnxruntime").open(onnx_path).run({input_name: x})
     rows = [parity_row("onnxruntime", "f32", o, e, rtol) for o, e in zip(outs, expected)]
     bad = [r for r in rows if not r.ok]
     if bad:
