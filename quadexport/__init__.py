@@ -21,7 +21,8 @@ from typing import Any
 from quadexport._version import __version__
 
 # Public name -> the module that defines it (imported on first access).
-_LAZY = {**{n: "quadexport.layers" for n in ("QuadConv1d", "QuadConv2d", "QuadLinear", "get_neuron", "list_neurons",
+_LAZY = {**{n: "quadexport.layers" for n in ("QuadConv1d", "QuadConv2d", "QuadConvTranspose1d",
+                                             "QuadConvTranspose2d", "QuadLinear", "get_neuron", "list_neurons",
                                              "register_neuron", "unregister_neuron")},
          **{n: "quadexport.zoo" for n in ("count_macs", "count_params", "list_models")},
          "create_model": "quadexport.transforms.build",

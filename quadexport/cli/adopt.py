@@ -189,11 +189,15 @@ def _write(a: argparse.Namespace, adopted: Any, meta: dict[str, Any], src: Any) 
 
 
 def _print_report(report: Any) -> None:
-    """The summary line, each adopted neuron (source modules -> type, BatchNorms folded) and each form left alone."""
+    """The summary line, each adopted neuron (source modules -> type, BatchNorms folded), the layers that already
+    were quadexport layers and each form left alone."""
     print(report.summary())
     inputs = report.inputs
     if inputs is not None and (inputs.several or any(r is not None for r in inputs.ranges)):
         print(f"  inputs: {', '.join(s.describe() for s in inputs.specs)}")
+    if report.already:
+        more = f" (+{len(report.already) - 5} more)" if len(report.already) > 5 else ""
+        print(f"  already quadexport: {', '.join(report.already[:5])}{more}")
     for n in report.neurons:
         folded = [b for b in n.bn.values() if b]
         print(f"  {n.name}: {' + '.join(f'{r}={p}' for r, p in n.branches.items())} -> {n.type}"
@@ -213,9 +217,9 @@ def run(a: argparse.Namespace) -> int:
     adopted, report = adopt(model, example_input=real, input_shape=shapes if len(shapes) > 1 else shapes[0],
                             input_range=ranges[0] if ranges and len(ranges) == 1 else ranges, include=a.include,
                             exclude=a.exclude, return_report=True)
-    if not report.neurons:
+    if not report.neurons and not report.already:
         reasons = "; ".join(f"{', '.join(s.modules)}: {s.reason}" for s in report.skipped[:3])
-        raise UsageError(f"found no quadratic neuron to adopt in {a.target}"
+        raise UsageError(f"found no quadratic neuron to adopt and no quadexport layer in {a.target}"
                          f"{f' ({reasons})' if reasons else ''}; nothing was written")
     x = (real,) if real is not None else report.inputs.example(2)
     _configure(adopted, src, kwargs=kwargs, builder=a.target.rpartition(":")[2], inputs=report.inputs, x=x)

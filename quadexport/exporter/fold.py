@@ -34,9 +34,10 @@ from quadexport.layers.bnfold import bn_scale_shift
 from quadexport.layers.neurons import NeuronType
 from quadexport.exporter.outputs import flatten
 from quadexport.layers.quad import QuadLayer
+from quadexport.layers.transposed import scale_out_channels
 
 Tensor = torch.Tensor
-_LINEAR = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_LINEAR = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d)
 _BN = nn.modules.batchnorm._BatchNorm
 FOLD_RTOL = 1e-5
 """Max relative L2 change of the model output (computed in float64) that folding may cause: the folded weights are
@@ -203,7 +204,8 @@ def _rebind(m: nn.Module, name: str, value: Tensor) -> None:
 @torch.no_grad()
 def _scale(m: nn.Module, s: Tensor) -> None:
     w = m.weight
-    _rebind(m, "weight", (w.double() * s.reshape((-1,) + (1,) * (w.dim() - 1))).to(w.dtype))
+    transposed = isinstance(m, nn.modules.conv._ConvTransposeNd)  # [in, out/groups, k...]: per group on dim 1
+    _rebind(m, "weight", scale_out_channels(w, s, transposed, getattr(m, "groups", 1)))
     if m.bias is not None:
         _rebind(m, "bias", (m.bias.double() * s).to(m.bias.dtype))
 

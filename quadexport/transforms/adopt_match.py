@@ -1,17 +1,22 @@
-"""Find quadratic neurons written as plain layers in a ``torch.fx`` graph (issue #22).
+"""Find quadratic neurons written as plain layers in a ``torch.fx`` graph (issue #22, #28, #30).
 
-Research code writes a quadratic neuron as plain ``nn.Conv1d``/``nn.Conv2d``/``nn.Linear`` layers combined inside
-``forward`` (``conv1r(x) * conv1g(x) + conv1b(x.pow(2))``). This module reads the *traced graph* (never attribute or
-class names) and matches those combinations against the registered neuron types:
+Research code writes a quadratic neuron as linear maps combined inside ``forward``: module calls
+(``conv1r(x) * conv1g(x) + conv1b(x.pow(2))``) or functional calls on parameters (``F.conv1d(x, self.weight_r,
+self.bias_r, stride, padding) * ...``, ``x @ W.t() + b``). This module reads the *traced graph* (never attribute or
+class names):
 
-- a *term* is one linear module call, optionally followed by a BatchNorm call (folded later), reading either ``X``
-  or the square of ``X`` (``x.pow(2)``, ``x ** 2``, ``x * x``, ``torch.square(x)``, ``torch.mul(x, x)``);
-- ``P = A * B`` (two terms of the same ``X``, either order) plus ``Q`` (a term of ``X²``) is ``fan``; plus a term
-  ``C`` of ``X`` is ``quadralib``; plus ``A`` itself is ``qres``; alone it is ``t4``;
-- ``A + Q`` is ``compact``; ``Q`` alone is ``t2``.
+- a *term* (:mod:`quadexport.transforms.adopt_terms`) is one linear map, optionally followed by a BatchNorm call (folded
+  later), reading either ``X`` or the square of ``X`` (``x.pow(2)``, ``x ** 2``, ``x * x``, ``torch.square(x)``,
+  ``torch.mul(x, x)``);
+- sums, differences and products of terms of one ``X`` (scalars allowed) are read as a polynomial over the terms and
+  matched against every registered neuron type's ``combine`` (:mod:`quadexport.transforms.adopt_patterns`), operands in any
+  order, the largest expression first: ``r*g + b(x²)`` is ``fan``, ``r*g + l`` ``quadralib``, ``r*g + r`` ``qres``,
+  ``r*g`` ``t4``, ``r + b(x²)`` ``compact``, ``b(x²)`` ``t2``, and a type added with ``register_neuron`` is
+  whatever its ``combine`` computes.
 
-Products that look quadratic but fit no type (a factor passes through a nonlinearity, branches of different
-geometry, shared or externally used branches) are returned as :class:`SkippedForm` with the reason.
+Forms that look quadratic but fit no type (a factor passes through a nonlinearity, branches of different geometry,
+shared or externally used branches, a polynomial no registered type has, 3-d convolutions) are returned as
+:class:`SkippedForm` with the reason.
 """
 
 from __future__ import annotations
@@ -24,20 +29,27 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from quadexport.layers.convert import unsupported_reason
 from quadexport.layers.mixed import MixedQuad
 from quadexport.layers.quad import QuadLayer
+from quadexport.transforms.adopt_patterns import Poly, match
+from quadexport.transforms.adopt_terms import Term, TermGraph, is_call, square_base
 
-__all__ = ["AdoptedGraphModule", "Match", "SkippedForm", "Term", "Tracer", "find_matches", "trace"]
+__all__ = ["AdoptedGraphModule", "Match", "SkippedForm", "Term", "Tracer", "find_matches", "square_base", "trace"]
 
-_LINEAR = (nn.Linear, nn.Conv1d, nn.Conv2d)
-_BN = nn.modules.batchnorm._BatchNorm
 _MULS = {operator.mul, torch.mul, torch.Tensor.mul}
 _ADDS = {operator.add, operator.iadd, torch.add, torch.Tensor.add}
+_SUBS = {operator.sub, operator.isub, torch.sub, torch.Tensor.sub}
+_NEGS = {operator.neg, torch.neg, torch.Tensor.neg}
+_POWS = {operator.pow, torch.pow, torch.Tensor.pow}
 _GEOMETRY = (("in_features", "input size"), ("out_features", "output size"), ("in_channels", "input channels"),
              ("out_channels", "output channels"), ("kernel_size", "kernel size"), ("stride", "stride"),
-             ("padding", "padding"), ("dilation", "dilation"), ("groups", "groups"),
-             ("padding_mode", "padding mode"))
+             ("padding", "padding"), ("output_padding", "output padding"), ("dilation", "dilation"),
+             ("groups", "groups"), ("padding_mode", "padding mode"))
+_MAX_TERMS = 6
+_MAX_DEGREE = 4
+"""Expressions of more linear maps, or of higher degree, are no neuron (and are not expanded further)."""
+_KIND = {"linear": "linear", "conv1d": "conv1d", "conv2d": "conv2d", "conv3d": "conv3d",
+         "convT1d": "transposed conv1d", "convT2d": "transposed conv2d", "convT3d": "transposed conv3d"}
 
 
 class Tracer(fx.Tracer):
@@ -77,28 +89,6 @@ def trace(model: nn.Module) -> AdoptedGraphModule:
 
 
 @dataclass
-class Term:
-    """One linear map in a neuron: a module call (``node``), an optional BatchNorm call after it (``bn_node``)."""
-
-    node: fx.Node
-    module: str
-    bn_node: fx.Node | None
-    base: fx.Node
-    square: fx.Node | None
-
-    @property
-    def out(self) -> fx.Node:
-        return self.bn_node if self.bn_node is not None else self.node
-
-    @property
-    def bn(self) -> str | None:
-        return None if self.bn_node is None else str(self.bn_node.target)
-
-    def nodes(self) -> list[fx.Node]:
-        return [self.node] + ([self.bn_node] if self.bn_node is not None else [])
-
-
-@dataclass
 class Match:
     """A neuron found in the graph: its type, the term of each branch role, its input and output nodes."""
 
@@ -129,11 +119,17 @@ class SkippedForm:
     nodes: tuple[fx.Node, ...] = field(default=(), compare=False, repr=False)
 
 
-def _skip(product: fx.Node, terms: list[Term], reason: str, g: "_Graph") -> SkippedForm:
+def _binary(node: fx.Node) -> tuple[fx.Node, fx.Node] | None:
+    if len(node.args) == 2 and all(isinstance(a, fx.Node) for a in node.args):
+        return node.args[0], node.args[1]
+    return None
+
+
+def _skip(product: fx.Node, terms: list[Term], reason: str, g: TermGraph) -> SkippedForm:
     """A skipped form around ``product``: its factor terms and a term added to it (so no smaller neuron is carved
     out of the form afterwards)."""
     user = next(iter(product.users)) if len(product.users) == 1 else None
-    pair = _binary(user) if user is not None and _is(user, _ADDS, "add") else None
+    pair = _binary(user) if user is not None and is_call(user, _ADDS, "add") else None
     if pair is not None:
         partner = g.term(pair[1] if pair[0] is product else pair[0])
         terms = terms + ([partner] if partner is not None else [])
@@ -141,114 +137,7 @@ def _skip(product: fx.Node, terms: list[Term], reason: str, g: "_Graph") -> Skip
     return SkippedForm(tuple(dict.fromkeys(t.module for t in terms)), product.name, reason, nodes)
 
 
-def _is(node: Any, fns: set, method: str) -> bool:
-    if not isinstance(node, fx.Node) or node.kwargs:
-        return False
-    if node.op == "call_function":
-        return node.target in fns
-    return node.op == "call_method" and node.target in (method, f"{method}_")
-
-
-def _binary(node: fx.Node) -> tuple[fx.Node, fx.Node] | None:
-    if len(node.args) == 2 and all(isinstance(a, fx.Node) for a in node.args):
-        return node.args[0], node.args[1]
-    return None
-
-
-def square_base(node: Any) -> fx.Node | None:
-    """``X`` if ``node`` computes ``X²`` (pow 2, ``**2``, ``x*x``, ``torch.square``, ``torch.mul(x, x)``)."""
-    if not isinstance(node, fx.Node) or node.kwargs:
-        return None
-    if _is(node, {operator.pow, torch.pow, torch.Tensor.pow}, "pow") and len(node.args) == 2:
-        x, e = node.args
-        return x if isinstance(x, fx.Node) and not isinstance(e, (fx.Node, bool)) and e == 2 else None
-    if _is(node, {torch.square, torch.Tensor.square}, "square") and len(node.args) == 1:
-        return node.args[0] if isinstance(node.args[0], fx.Node) else None
-    if _is(node, _MULS, "mul"):
-        ab = _binary(node)
-        return ab[0] if ab and ab[0] is ab[1] else None
-    return None
-
-
-class _Graph:
-    """The traced graph with its modules, call counts and node order."""
-
-    def __init__(self, gm: fx.GraphModule) -> None:
-        self.gm = gm
-        self.mods = dict(gm.named_modules())
-        self.order = {n: i for i, n in enumerate(gm.graph.nodes)}
-        self.calls: dict[str, int] = {}
-        for n in gm.graph.nodes:
-            if n.op == "call_module":
-                self.calls[str(n.target)] = self.calls.get(str(n.target), 0) + 1
-
-    def module(self, node: Any) -> nn.Module | None:
-        return self.mods.get(str(node.target)) if isinstance(node, fx.Node) and node.op == "call_module" else None
-
-    def term(self, node: Any) -> Term | None:
-        """The term whose output is ``node`` (``None`` if ``node`` is not a linear call, optionally + BN)."""
-        bn_node = None
-        if isinstance(self.module(node), _BN) and len(node.args) == 1 and not node.kwargs:
-            bn_node, node = node, node.args[0]
-            if not isinstance(node, fx.Node) or len(node.users) != 1:
-                return None
-        if not isinstance(self.module(node), _LINEAR) or node.kwargs or len(node.args) != 1:
-            return None
-        x = node.args[0]
-        if not isinstance(x, fx.Node):
-            return None
-        base = square_base(x)
-        return Term(node, str(node.target), bn_node, base if base is not None else x, x if base is not None else None)
-
-
-def _mismatch(a: Term, b: Term, g: _Graph) -> str | None:
-    ma, mb = g.mods[a.module], g.mods[b.module]
-    if type(ma) is not type(mb):
-        return f"branches differ in layer type ({type(ma).__name__} vs {type(mb).__name__})"
-    for attr, what in _GEOMETRY:
-        if getattr(ma, attr, None) != getattr(mb, attr, None):
-            return f"branches differ in {what}"
-    if ma.weight.dtype != mb.weight.dtype or ma.weight.device != mb.weight.device:
-        return "branches differ in dtype or device"
-    return None
-
-
-def _term_problem(t: Term, g: _Graph) -> str | None:
-    m = g.mods[t.module]
-    reason = unsupported_reason(m)
-    if reason is not None:
-        return f"{t.module}: {reason}"
-    if g.calls[t.module] > 1:
-        return f"{t.module} is called more than once (shared weights)"
-    if t.bn_node is not None:
-        bn = g.mods[t.bn]
-        if bn.running_mean is None or bn.running_var is None:
-            return f"BatchNorm {t.bn} keeps no running statistics (cannot fold)"
-        if g.calls[t.bn] > 1:
-            return f"BatchNorm {t.bn} is called more than once"
-        if bn.num_features != (m.out_features if isinstance(m, nn.Linear) else m.out_channels):
-            return f"BatchNorm {t.bn} does not match {t.module}'s outputs"
-    return None
-
-
-def _problem(match: Match, g: _Graph) -> str | None:
-    terms = list(match.roles.values())
-    for t in terms[1:]:
-        reason = _mismatch(terms[0], t, g)
-        if reason:
-            return reason
-    for t in terms:
-        reason = _term_problem(t, g)
-        if reason:
-            return reason
-    inside = set(match.nodes())
-    for n in inside:
-        if n is not match.output and any(u not in inside for u in n.users):
-            return f"a branch output ({n.name}) is also used outside the neuron"
-    return None
-
-
-def _through(node: Any, g: _Graph, depth: int = 4) -> tuple[Term | None, list[str]]:
+def _through(node: Any, g: TermGraph, depth: int = 4) -> tuple[Term | None, list[str]]:
     """Walk up from ``node`` through one-input ops to a term: ``(term, names of the ops passed)``."""
     ops: list[str] = []
     for _ in range(depth):
@@ -266,10 +155,10 @@ def _through(node: Any, g: _Graph, depth: int = 4) -> tuple[Term | None, list[st
     return None, ops
 
 
-def _product(node: fx.Node, g: _Graph) -> Match | SkippedForm | None:
-    """The neuron rooted at the product ``node`` (with the sum that follows it, if any), a skipped form, or
-    ``None`` when the product is not quadratic-looking."""
-    ab = _binary(node) if _is(node, _MULS, "mul") else None
+def _suspicious(node: fx.Node, g: TermGraph) -> SkippedForm | None:
+    """A product of two linear maps of one input that no type can take for a structural reason: a factor passes
+    through a nonlinearity, or the factors read different inputs."""
+    ab = _binary(node) if is_call(node, _MULS, "mul") else None
     if ab is None or square_base(node) is not None and g.term(ab[0]) is None:
         return None
     ta, tb = g.term(ab[0]), g.term(ab[1])
@@ -281,67 +170,165 @@ def _product(node: fx.Node, g: _Graph) -> Match | SkippedForm | None:
         return None
     if ta.base is not tb.base:
         return _skip(node, [ta, tb], "the factors read different inputs", g)
-    match = Match("t4", {"r": ta, "g": tb}, node, ta.base, [node])
-    user = next(iter(node.users)) if len(node.users) == 1 else None
-    pair = _binary(user) if user is not None and _is(user, _ADDS, "add") else None
-    if pair is not None:
-        other = pair[1] if pair[0] is node else pair[0]
-        tc = g.term(other)
-        if other is ta.out or other is tb.out:
-            r = ta if other is ta.out else tb
-            full = Match("qres", {"r": r, "g": tb if r is ta else ta}, user, ta.base, [node, user])
-        elif tc is not None and tc.base is ta.base:
-            full = Match("fan" if tc.square is not None else "quadralib",
-                         {"r": ta, "g": tb, "b" if tc.square is not None else "l": tc}, user, ta.base, [node, user])
+    return None
+
+
+class _Expr:
+    """A node read as a polynomial over terms: symbols are the terms' output node names, in the order written."""
+
+    def __init__(self, g: TermGraph) -> None:
+        self.g, self.terms, self.ops, self.seen = g, {}, [], {}
+
+    def walk(self, n: Any) -> Poly | None:
+        if isinstance(n, (int, float)) and not isinstance(n, bool):
+            return Poly({(): float(n)})
+        if not isinstance(n, fx.Node) or len(self.terms) > _MAX_TERMS:
+            return None
+        if n not in self.seen:  # a node reached twice (qres's h1) is read once
+            poly = self._read(n)
+            big = poly is not None and (len(poly.terms) > 4 * _MAX_TERMS or poly.degree() > _MAX_DEGREE)
+            self.seen[n] = None if big else poly
+        return self.seen[n]
+
+    def _read(self, n: fx.Node) -> Poly | None:
+        t = self.g.term(n)
+        if t is not None:
+            self.terms.setdefault(n.name, t)
+            return Poly.symbol(n.name)
+        args = list(n.args)
+        if n.kwargs or len(args) not in (1, 2):
+            return None
+        if len(args) == 2 and is_call(n, _POWS, "pow") and args[1] == 2 and not isinstance(args[1], bool):
+            args = [args[0], args[0]]
+            fn = lambda a, b: a * b  # noqa: E731
+        elif len(args) == 2 and (is_call(n, _MULS, "mul") or is_call(n, _ADDS, "add") or is_call(n, _SUBS, "sub")):
+            fn = ((lambda a, b: a * b) if is_call(n, _MULS, "mul") else (lambda a, b: a + b)
+                  if is_call(n, _ADDS, "add") else (lambda a, b: a - b))
+        elif len(args) == 1 and is_call(n, _NEGS, "neg"):
+            args, fn = [args[0], -1.0], (lambda a, b: a * b)
         else:
-            full = None
-        if full is not None and _problem(full, g) is None:
-            return full
-    reason = _problem(match, g)
-    return match if reason is None else _skip(node, [ta, tb], reason, g)
+            return None
+        self.ops.append(n)
+        if is_call(n, _ADDS, "add") and len(args) == 2:
+            for e, b in (args, args[::-1]):
+                p = self.g.param(b)
+                if p is not None and p.dim() == 1 and not isinstance(self.g.param(e), torch.Tensor):
+                    poly = self.walk(e)
+                    return None if poly is None else self._bias(poly, b)
+        parts = [self.walk(a) for a in args]
+        return None if any(p is None for p in parts) else fn(*parts)
+
+    def _bias(self, poly: Poly, b: fx.Node) -> Poly | None:
+        """``poly + b`` for a 1-D parameter ``b`` added after a sum (``r * g + x2 @ W_b.t() + b_b``): ``b`` becomes
+        the bias of the dense term that enters ``poly`` only additively (and has none), else ``None``."""
+        n = int(self.g.param(b).shape[0])
+        for s, t in self.terms.items():
+            alone = poly.terms.get((s,)) == 1.0 and sum(s in k for k in poly.terms) == 1
+            if alone and t.kind == "linear" and t.bias_path is None and t.bn_node is None and t.out_features == n:
+                t.bias_path, t.params = str(b.target), [*t.params, b]
+                return poly
+        return None
 
 
-def _compact(node: fx.Node, g: _Graph) -> Match | None:
-    """A ``compact`` neuron rooted at the sum ``node``."""
-    if _is(node, _ADDS, "add") and _binary(node) is not None:
-        ta, tb = (g.term(a) for a in node.args)
-        if ta is not None and tb is not None and ta.base is tb.base and (ta.square is None) != (tb.square is None):
-            r, b = (ta, tb) if tb.square is not None else (tb, ta)
-            m = Match("compact", {"r": r, "b": b}, node, r.base, [node])
-            return m if _problem(m, g) is None else None
+def _candidate(root: fx.Node, g: TermGraph) -> tuple[Match | None, str | None]:
+    """``(the neuron rooted at root, None)``, ``(None, why a quadratic-looking form fits no type)`` or
+    ``(None, None)`` when ``root`` is no polynomial of linear maps of one input."""
+    e = _Expr(g)
+    poly = e.walk(root)
+    if poly is None or not e.terms:
+        return None, None  # not an expression of linear maps
+    if not e.ops and (e.terms[root.name].square is None or e.terms[root.name].bn_node is not None):
+        return None, None  # one linear map of x; or of x² with a BatchNorm after it, which follows the neuron
+    bases = {t.base for t in e.terms.values()}
+    if len(bases) != 1 or () in poly.terms:
+        return None, None
+    inputs = {s: "x2" if t.square is not None else "x" for s, t in e.terms.items()}
+    found = match(poly, list(e.terms), inputs)
+    if found is None:
+        quadratic = poly.degree() >= 2 or "x2" in inputs.values()
+        return None, (f"{poly.rename({s: t.module for s, t in e.terms.items()})} fits no registered neuron type"
+                      if quadratic else None)
+    ntype, roles = found
+    return Match(ntype, {r: e.terms[s] for r, s in roles.items()}, root, next(iter(bases)), e.ops), None
+
+
+def _weight(t: Term, g: TermGraph) -> torch.Tensor | None:
+    try:
+        return g.gm.get_parameter(t.weight_path)
+    except AttributeError:
+        return None
+
+
+def _mismatch(a: Term, b: Term, g: TermGraph) -> str | None:
+    if a.kind != b.kind:
+        return f"branches differ in layer type ({_KIND[a.kind]} vs {_KIND[b.kind]})"
+    for attr, what in _GEOMETRY:
+        if a.config.get(attr) != b.config.get(attr):
+            return f"branches differ in {what}"
+    wa, wb = _weight(a, g), _weight(b, g)
+    if wa is not None and wb is not None and (wa.dtype != wb.dtype or wa.device != wb.device):
+        return "branches differ in dtype or device"
     return None
 
 
-def _t2(node: fx.Node, g: _Graph) -> Match | None:
-    """A ``t2`` neuron (a linear map of ``X²``) whose output is ``node``."""
-    t = g.term(node)
-    if t is not None and t.square is not None:
-        m = Match("t2", {"b": t}, node, t.base, [])
-        return m if _problem(m, g) is None else None
+def _problem(m: Match, g: TermGraph) -> str | None:
+    terms = list({id(t.out): t for t in m.roles.values()}.values())
+    for t in terms[1:]:
+        reason = _mismatch(terms[0], t, g)
+        if reason:
+            return reason
+    for t in terms:
+        reason = g.problem(t)
+        if reason:
+            return reason
+    inside = set(m.nodes())
+    for n in inside:
+        if n is not m.output and any(u not in inside for u in n.users):
+            return f"a branch output ({n.name}) is also used outside the neuron"
     return None
 
 
-def _free(m: Match, used: set[fx.Node]) -> bool:
-    """``m`` shares no node with a neuron found before (its square input included)."""
-    squares = {t.square for t in m.roles.values() if t.square is not None}
-    return not (set(m.nodes()) | squares) & used
+def _claimed(m: Match) -> set[fx.Node]:
+    """The nodes a neuron takes, its square inputs included."""
+    return set(m.nodes()) | {t.square for t in m.roles.values() if t.square is not None}
 
 
 def find_matches(gm: fx.GraphModule) -> tuple[list[Match], list[SkippedForm]]:
     """Every quadratic neuron of the traced ``gm`` (in graph order) and the quadratic-looking forms left alone."""
-    g = _Graph(gm)
+    g = TermGraph(gm)
     matches: list[Match] = []
     skipped: list[SkippedForm] = []
     used: set[fx.Node] = set()
-    for find in (_product, _compact, _t2):
-        for node in list(gm.graph.nodes):
-            found = None if node in used else find(node, g)
-            if isinstance(found, SkippedForm):
-                skipped.append(found)
-                used.update(found.nodes)
-            elif found is not None and _free(found, used):
-                matches.append(found)
-                used.update(found.nodes())
+    for node in gm.graph.nodes:
+        s = _suspicious(node, g)
+        if s is not None:
+            skipped.append(s)
+            used.update(s.nodes)
+    pending: list[tuple[list[str], fx.Node, str, set[fx.Node]]] = []
+    for node in reversed(list(gm.graph.nodes)):  # the largest expression first: it ends last
+        if node in used:
+            continue
+        m, why = _candidate(node, g)
+        if m is None:
+            if why is not None:
+                e = _Expr(g)
+                e.walk(node)
+                pending.append(([t.module for t in e.terms.values()], node, why,
+                                {n for t in e.terms.values() for n in t.nodes()} | set(e.ops)))
+            continue
+        claim = _claimed(m)
+        if claim & used:
+            continue
+        reason = _problem(m, g)
+        if reason is None:
+            matches.append(m)
+            used.update(claim)
+        else:
+            pending.append((m.modules(), node, reason, set(m.nodes())))
+    for modules, node, reason, nodes in pending:  # the largest form that nothing inside it was adopted from
+        if not nodes & used:
+            skipped.append(SkippedForm(tuple(dict.fromkeys(modules)), node.name, reason, tuple(nodes)))
+            used.update(nodes)
     for node in gm.graph.nodes:  # QuadraLib's type 1: a full quadratic form over patches
         if isinstance(g.module(node), nn.Bilinear):
             skipped.append(SkippedForm((str(node.target),), node.name, "nn.Bilinear is a full quadratic form x^T W y "

@@ -32,6 +32,7 @@ from quadexport.errors import UsageError
 from quadexport.layers.bnfold import fold_bn
 from quadexport.layers.neurons import get_neuron
 from quadexport.layers.quad import QuadConv1d, QuadConv2d, QuadLayer, QuadLinear
+from quadexport.layers.transposed import QuadConvTranspose1d, QuadConvTranspose2d, scale_out_channels
 from quadexport.transforms.adopt_match import Match, SkippedForm, Term, find_matches, square_base, trace
 
 SPEC_VERSION = 1
@@ -39,50 +40,59 @@ SPEC_VERSION = 1
 __all__ = ["SPEC_VERSION", "Scan", "apply_adopt_spec", "choose_names", "make_spec", "merged_spec", "neuron_entry",
            "relu_twin", "rewrite", "scan"]
 
-_QUAD: dict[type[nn.Module], type[QuadLayer]] = {nn.Linear: QuadLinear, nn.Conv1d: QuadConv1d,
-                                                 nn.Conv2d: QuadConv2d}
+_QUAD: dict[str, type[QuadLayer]] = {"linear": QuadLinear, "conv1d": QuadConv1d, "conv2d": QuadConv2d,
+                                     "convT1d": QuadConvTranspose1d, "convT2d": QuadConvTranspose2d}
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # One neuron -> one quadexport layer
 # ---------------------------------------------------------------------------------------------------------------
 
+def _tensor(root: nn.Module, path: str) -> torch.Tensor:
+    owner, _, name = path.rpartition(".")
+    return getattr(root.get_submodule(owner) if owner else root, name)
+
+
 @torch.no_grad()
-def _folded(t: Term, mods: Mapping[str, nn.Module]) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The term's weight and bias, its BatchNorm (running statistics) folded in, in float64 then the layer dtype."""
-    m = mods[t.module]
-    w, b = m.weight.detach(), None if m.bias is None else m.bias.detach()
+def _folded(t: Term, root: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The term's weight (``[out, in, k...]`` as the torch layer holds it) and bias, its BatchNorm (running
+    statistics) folded in, in float64 then the layer dtype."""
+    w = _tensor(root, t.weight_path).detach()
+    w = w.t() if t.stored_transposed else w
+    b = None if t.bias_path is None else _tensor(root, t.bias_path).detach()
     if t.bn is None:
         return w.clone(), None if b is None else b.clone()
-    return fold_bn(w, b, mods[t.bn], transpose=isinstance(m, nn.modules.conv._ConvTransposeNd))
-
-
-def _kwargs(m: nn.Module) -> dict[str, Any]:
-    factory = {"device": m.weight.device, "dtype": m.weight.dtype}
-    if isinstance(m, nn.Linear):
-        return {"in_features": m.in_features, "out_features": m.out_features, **factory}
-    return {"in_channels": m.in_channels, "out_channels": m.out_channels, "kernel_size": m.kernel_size,
-            "stride": m.stride, "padding": m.padding, "dilation": m.dilation, "groups": m.groups,
-            "padding_mode": m.padding_mode, **factory}
+    bn = root.get_submodule(t.bn)
+    transposed, groups = t.kind.startswith("convT"), int(t.config.get("groups", 1))
+    if not (transposed and groups > 1):
+        return fold_bn(w, b, bn, transpose=transposed)
+    # a grouped transposed weight [in, out/groups, k...] (torch's fuse_conv_bn_weights scales dim 1 whole)
+    s = 1.0 / torch.sqrt(bn.running_var.double() + bn.eps)
+    if bn.weight is not None:
+        s = s * bn.weight.detach().double()
+    shift = bn.bias.detach().double() if bn.bias is not None else torch.zeros_like(s)
+    b64 = (b.double() if b is not None else torch.zeros_like(s)) - bn.running_mean.double()
+    return scale_out_channels(w, s, True, groups), (b64 * s + shift).to(w.dtype)
 
 
 @torch.no_grad()
-def build_layer(match: Match, mods: Mapping[str, nn.Module]) -> QuadLayer:
+def build_layer(match: Match, root: nn.Module) -> QuadLayer:
     """The quadexport layer of ``match.type`` computing the neuron, each branch holding its term's weights."""
     nt = get_neuron(match.type)
-    src = {role: _folded(t, mods) for role, t in match.roles.items()}
-    first = mods[next(iter(match.roles.values())).module]
-    cls = next(q for base, q in _QUAD.items() if isinstance(first, base))
+    src = {role: _folded(t, root) for role, t in match.roles.items()}
+    first = next(iter(match.roles.values()))
+    w0 = _tensor(root, first.weight_path)
     per_layer = [b.name for b in nt.branches if b.bias == "layer"]
     bias = any(src[r][1] is not None for r in per_layer)
-    layer = cls(neuron=match.type, bias=bias, **_kwargs(first))
+    layer = _QUAD[first.kind](neuron=match.type, bias=bias, device=w0.device, dtype=w0.dtype, **first.config)
     for role, (w, b) in src.items():
         br = getattr(layer, role)
         br.weight.copy_(w)
-        br.weight.requires_grad_(mods[match.roles[role].module].weight.requires_grad)
+        br.weight.requires_grad_(_tensor(root, match.roles[role].weight_path).requires_grad)
         if br.bias is not None:
             br.bias.copy_(b if b is not None else torch.zeros_like(br.bias))
-    return layer.train(first.training)
+    owner = root.get_submodule(first.module) if not first.functional else root
+    return layer.train(owner.training)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -103,14 +113,47 @@ def _candidate(paths: Sequence[str]) -> str:
     return ".".join(parent + [leaf])
 
 
+def _params_going(matches: Sequence[Match]) -> set[str]:
+    """Paths of the parameters functional branches read (they move into the new layers)."""
+    return {p for m in matches for t in m.roles.values() if t.functional
+            for p in (t.weight_path, t.bias_path) if p}
+
+
+def _emptied(gm: fx.GraphModule, params: set[str], modules: set[str]) -> set[str]:
+    """Modules (other than the root) left with nothing once ``params`` and ``modules`` are gone: no parameter,
+    buffer or child of their own, and no graph node that names them."""
+    named = {str(n.target) for n in gm.graph.nodes if n.op in ("call_module", "get_attr")} - params - modules
+    out: set[str] = set()
+    for path, mod in sorted(gm.named_modules(), key=lambda pm: -pm[0].count(".")):
+        if not path or path in modules:
+            continue
+        own = ([f"{path}.{k}" for k, v in mod._parameters.items() if v is not None]
+               + [f"{path}.{k}" for k, v in mod._buffers.items() if v is not None])
+        kids = [f"{path}.{k}" for k in mod._modules]
+        if (all(p in params for p in own) and all(k in out or k in modules for k in kids)
+                and not any(n == path or n.startswith(path + ".") for n in named) and (own or kids)):
+            out.add(path)
+    return out
+
+
+def _name_source(t: Term) -> str:
+    """What a branch contributes to its neuron's name: its module, or the module holding a functional branch's
+    parameters (a root-level ``ParameterList``: the list; a root-level parameter: its own name)."""
+    if t.owner:
+        return t.owner
+    head, _, leaf = t.module.rpartition(".")
+    return head if leaf.isdigit() and head else t.module
+
+
 def choose_names(gm: fx.GraphModule, matches: Sequence[Match]) -> list[str]:
-    """A new module name per neuron (deterministic): the branches' common name, made unique among the modules
-    that stay."""
-    going = {p for m in matches for t in m.roles.values() for p in (t.module, t.bn) if p}
+    """A new module name per neuron (deterministic): the branches' common name (for functional branches, the
+    module holding their parameters), made unique among the modules that stay."""
+    going = {p for m in matches for t in m.roles.values() for p in (t.module, t.bn) if p and not t.functional}
+    going |= _emptied(gm, _params_going(matches), going)
     taken = {n for n, _ in gm.named_modules() if n and n not in going}
     names = []
     for m in matches:
-        base = cand = _candidate(m.modules())
+        base = cand = _candidate([_name_source(t) for t in m.roles.values()])
         i = 2
         while cand in taken or any(t.startswith(cand + ".") for t in taken):
             cand, i = f"{base}_{i}", i + 1
@@ -132,15 +175,24 @@ def make_spec(entries: Sequence[Mapping[str, Any]], input_shape: Sequence[int] |
             "neurons": [dict(e) for e in entries]}
 
 
+def _drop(gm: fx.GraphModule, modules: set[str], params: set[str]) -> None:
+    """Delete the branch modules, the parameters functional branches read, and the modules that leaves empty."""
+    emptied = _emptied(gm, params, modules)
+    for path in sorted(params):
+        owner, _, name = path.rpartition(".")
+        delattr(gm.get_submodule(owner) if owner else gm, name)
+    for path in sorted(modules | emptied, key=lambda p: -p.count(".")):  # children before their parents
+        gm.delete_submodule(path)
+
+
 def rewrite(gm: fx.GraphModule, chosen: Sequence[tuple[Match, str]]) -> fx.GraphModule:
     """Replace each ``(match, name)`` of ``gm`` (traced, with ``find_matches``) by one quadexport layer called
     ``name``, in place; the branch modules and their BatchNorms leave ``gm``. Returns ``gm`` recompiled."""
-    mods = dict(gm.named_modules())
-    layers = [build_layer(m, mods) for m, _ in chosen]
+    layers = [build_layer(m, gm) for m, _ in chosen]
     graph, erased, going = gm.graph, set(), set()
     for (m, name) in chosen:
         first = next(iter(m.roles.values()))
-        x = first.node.args[0]
+        x = first.node.args[0] if first.node.args else first.node.kwargs["input"]
         x = square_base(x) if first.square is not None else x  # args are live: earlier rewrites updated them
         with graph.inserting_before(m.output):
             new = graph.create_node("call_module", name, (x,), {}, name=name.replace(".", "_"))
@@ -153,9 +205,12 @@ def rewrite(gm: fx.GraphModule, chosen: Sequence[tuple[Match, str]]) -> fx.Graph
             if t.square is not None and t.square not in erased and not t.square.users:
                 graph.erase_node(t.square)
                 erased.add(t.square)
-            going.update(p for p in (t.module, t.bn) if p)
-    for path in sorted(going, key=lambda p: -p.count(".")):
-        gm.delete_submodule(path)
+            going.update(p for p in (t.module, t.bn) if p and not t.functional)
+            for p in t.params:
+                if p not in erased and not p.users:
+                    graph.erase_node(p)
+                    erased.add(p)
+    _drop(gm, going, _params_going([m for m, _ in chosen]))
     for (_, name), layer in zip(chosen, layers):
         gm.add_submodule(name, layer)
     for n in graph.nodes:  # type annotations from the user's forward: this torch's fx cannot pickle their globals
@@ -178,11 +233,12 @@ def merged_spec(source: nn.Module, spec: Mapping[str, Any]) -> dict[str, Any]:
     return make_spec([*old["neurons"], *spec["neurons"]], spec.get("input_shape") or old.get("input_shape"))
 
 
-def _config(model: nn.Module, spec: Mapping[str, Any]) -> dict[str, Any]:
-    """The source's config plus the spec; ``neuron`` is the most common adopted type (a registered name, as tools
-    read it with ``get_neuron``), ``"relu"`` when nothing was adopted."""
+def _config(model: nn.Module, spec: Mapping[str, Any], result: nn.Module) -> dict[str, Any]:
+    """The source's config plus the spec; ``neuron`` is the most common type among the quadratic layers of
+    ``result`` (adopted or already quadexport layers; a registered name, as tools read it with ``get_neuron``),
+    the source's own ``neuron`` (``"relu"``: none) when it has none."""
     cfg = copy.deepcopy(config_dict(model))
-    types = [n["type"] for n in spec["neurons"]]
+    types = [m.neuron for m in result.modules() if isinstance(m, QuadLayer)]
     common = max(sorted(set(types)), key=types.count) if types else cfg.get("neuron", "relu")
     cfg.update(neuron=common, adopt=copy.deepcopy(dict(spec)))
     return cfg
@@ -191,7 +247,7 @@ def _config(model: nn.Module, spec: Mapping[str, Any]) -> dict[str, Any]:
 def finish(gm: fx.GraphModule, source: nn.Module, spec: Mapping[str, Any]) -> fx.GraphModule:
     """Give the rewritten ``gm`` the source's ``quadexport_meta`` and a config recording ``spec`` (which must already
     include what the source recorded: :func:`merged_spec`)."""
-    gm.quadexport_config = _config(source, spec)
+    gm.quadexport_config = _config(source, spec, gm)
     meta = getattr(source, "quadexport_meta", None)
     if meta is not None:
         gm.quadexport_meta = copy.deepcopy(meta)
@@ -208,7 +264,12 @@ def apply_adopt_spec(model: nn.Module, spec: Mapping[str, Any]) -> fx.GraphModul
     """
     if not isinstance(spec, Mapping) or not isinstance(spec.get("neurons"), list):
         raise UsageError("adopt spec must be a mapping with a 'neurons' list (model.quadexport_config['adopt'])")
-    gm = trace(model)
+    try:
+        gm = trace(model)
+    except Exception:  # nothing rewritten (a model of quadexport layers fx cannot trace): adopt kept it as it is
+        if spec["neurons"]:
+            raise
+        return finish(model, model, merged_spec(model, spec))
     matches, _ = find_matches(gm)
     by_branches = {tuple(sorted((r, t.module) for r, t in m.roles.items())): m for m in matches}
     chosen = []

@@ -23,6 +23,8 @@ from torch import fx, nn
 from quadexport._torchutil import one_thread
 from quadexport.data.inputs import ModelInputs, as_tuple, explain_forward, resolve
 from quadexport.errors import QuadexportError, UsageError
+from quadexport.layers.mixed import MixedQuad
+from quadexport.layers.quad import QuadLayer
 from quadexport.zoo import count_macs, count_params
 from quadexport.transforms.adopt_match import Match, SkippedForm, find_matches, trace
 from quadexport.transforms.adopted import (choose_names, finish, make_spec, merged_spec, neuron_entry, relu_twin,
@@ -70,9 +72,11 @@ class AdoptReport:
         inputs: the inputs verified with (names, shapes, ranges; ``None``: not verified).
         max_rel_diff: ``max|adopted − source| / max|source|`` on a random batch (``None``: not verified).
         spec: the JSON spec recorded in ``quadexport_config["adopt"]``.
+        already: quadratic layers the source already held as quadexport layers (kept as they are).
     """
 
     neurons: list[AdoptedNeuron] = field(default_factory=list)
+    already: list[str] = field(default_factory=list)
     skipped: list[SkippedForm] = field(default_factory=list)
     params_before: int = 0
     params_after: int = 0
@@ -98,8 +102,9 @@ class AdoptReport:
         counts: dict[str, int] = {}
         for n in self.neurons:
             counts[n.type] = counts.get(n.type, 0) + 1
-        s = (f"adopt: {len(self.neurons)} neuron(s) ({', '.join(f'{v} {k}' for k, v in counts.items()) or 'none'}),"
-             f" {len(self.skipped)} form(s) left alone; params {self.params_before:,} -> {self.params_after:,}")
+        types = ", ".join(f"{v} {k}" for k, v in counts.items()) or "none"
+        s = (f"adopt: {len(self.neurons)} neuron(s) rewritten ({types}), {len(self.already)} already quadexport, "
+             f"{len(self.skipped)} form(s) left alone; params {self.params_before:,} -> {self.params_after:,}")
         if self.macs_before is not None:
             s += f", MACs {self.macs_before:,} -> {self.macs_after:,}"
         return s + (f"; outputs unchanged (max rel diff {self.max_rel_diff:.1e})" if self.max_rel_diff is not None
@@ -109,7 +114,7 @@ class AdoptReport:
         """Plain JSON values (for a run dir)."""
         extra = {k: v for k, v in (self.inputs.meta() if self.inputs is not None else {}).items()
                  if k != "input_shape"}  # several inputs: their names and shapes; a range: the range
-        return {**extra, "neurons": [asdict(n) for n in self.neurons],
+        return {**extra, "neurons": [asdict(n) for n in self.neurons], "already": list(self.already),
                 "skipped": [{"modules": list(s.modules), "node": s.node, "reason": s.reason} for s in self.skipped],
                 "params_before": self.params_before, "params_after": self.params_after,
                 "macs_before": self.macs_before, "macs_after": self.macs_after,
@@ -231,29 +236,47 @@ def adopt(model: nn.Module, example_input: torch.Tensor | Sequence[torch.Tensor]
         AdoptError: the adopted model's output differs from the source's by more than :data:`TOLERANCE`.
     """
     source = copy.deepcopy(model)
+    already: list[str] = []
+    for n, m in model.named_modules():  # the outermost quadexport quadratic layers
+        if isinstance(m, (QuadLayer, MixedQuad)) and not any(n.startswith(a + ".") for a in already):
+            already.append(n)
     try:
         gm = trace(copy.deepcopy(model))
     except Exception as e:  # torch.fx raises many types on untraceable code
-        raise UsageError(f"adopt needs a model torch.fx can trace ({type(e).__name__}: "
-                         f"{str(e).splitlines()[0] if str(e) else ''}); make forward free of data-dependent "
-                         f"control flow") from None
+        why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        if not already:
+            raise UsageError(f"adopt needs a model torch.fx can trace ({why}); make forward free of "
+                             f"data-dependent control flow") from None
+        log.warning("adopt: torch.fx cannot trace the model (%s): its %d quadexport layer(s) are kept, no inline "
+                    "neuron was searched for", why, len(already))
+        gm = None
     inputs, x = _example(model, example_input, input_shape, input_range)
     shape = inputs.shapes[0] if inputs is not None else None
     if x is not None:
         with explain_forward(source, inputs), one_thread():
             _eval_out(source, x)  # a wrong shape: one line naming the layer, before any other work
-    report = AdoptReport(params_before=count_params(source), input_shape=shape, inputs=inputs, source=source)
-    matches, skipped = find_matches(gm)
-    report.skipped = list(skipped)
-    chosen = _choose(gm, matches, include, exclude, report)
-    report.neurons = [AdoptedNeuron(**neuron_entry(m, n)) for m, n in chosen]
-    report.spec = merged_spec(model, make_spec([neuron_entry(m, n) for m, n in chosen], shape))
-    adopted = finish(rewrite(gm, chosen), model, report.spec)
+    report = AdoptReport(params_before=count_params(source), input_shape=shape, inputs=inputs, source=source,
+                         already=already)
+    functional: list[str] = []  # adopted neurons whose branches were F.* calls: count_macs of the source misses them
+    if gm is None:  # nothing to rewrite: the model as it is, its quadexport layers kept
+        report.spec = merged_spec(model, make_spec([], shape))
+        report.skipped.append(SkippedForm(("(model)",), "", "torch.fx cannot trace the model: no inline neuron "
+                                          "was searched for"))
+        adopted = finish(copy.deepcopy(model), model, report.spec)
+    else:
+        matches, skipped = find_matches(gm)
+        report.skipped = list(skipped)
+        chosen = _choose(gm, matches, include, exclude, report)
+        report.neurons = [AdoptedNeuron(**neuron_entry(m, n)) for m, n in chosen]
+        report.spec = merged_spec(model, make_spec([neuron_entry(m, n) for m, n in chosen], shape))
+        functional = [n for m, n in chosen if any(t.functional for t in m.roles.values())]
+        adopted = finish(rewrite(gm, chosen), model, report.spec)
     report.params_after, report.adopted = count_params(adopted), adopted
     if x is not None:
         with one_thread():
             shapes = inputs.shapes if inputs.several else shape
             report.macs_before, report.macs_after = count_macs(source, shapes), count_macs(adopted, shapes)
+            report.macs_before += count_macs(adopted, shapes, within=functional) if functional else 0
             report.max_rel_diff = report.verify(x)
         if not report.max_rel_diff <= TOLERANCE:
             raise AdoptError(f"the adopted model's output differs from the source's (max rel diff "
