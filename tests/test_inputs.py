@@ -112,3 +112,25 @@ def test_model_inputs_numpy_draws_in_range():
     assert isinstance(ins, ModelInputs)
     x, t = ins.numpy(1000, np.random.default_rng(0))
     assert x.dtype == np.float32 and 2 <= x.min() and x.max() <= 3 and t.shape == (1000, 2) and t.min() < 0
+
+
+def test_functional_qres_pinn_adopts_and_exports_with_two_inputs(tmp_path):
+    """The QRes PINN written on F.linear with raw Parameters (the QRes PINN code's style, issue #30 "done when"):
+    every neuron adopted, two ONNX inputs x and t, parity <= 1e-5 in plain onnxruntime against the source."""
+    import adopt_functional_models as fm
+
+    torch.manual_seed(1)
+    src = fm.qres_pinn().eval()
+    a, rep = q.adopt(src, input_shape=[(1,), (1,)], return_report=True)
+    assert [n.type for n in rep.neurons] == ["qres"] * 4 and rep.max_rel_diff == 0.0
+    path = q.export(a, tmp_path / "fpinn.onnx", mode="fused", input_shape=[(1,), (1,)])
+    proto = onnx.load(str(path))
+    assert [i.name for i in proto.graph.input] == ["x", "t"]
+    assert sum(n.domain == "quadexport" for n in proto.graph.node) == 4
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])  # the function bodies
+    rng = np.random.default_rng(2)
+    x, t = rng.uniform(-1, 1, (17, 1)).astype(np.float32), rng.uniform(0, 1, (17, 1)).astype(np.float32)
+    with torch.no_grad():
+        ref = src(torch.from_numpy(x), torch.from_numpy(t)).numpy()
+    got = sess.run(None, {"x": x, "t": t})[0]
+    assert float(np.linalg.norm(got - ref) / np.linalg.norm(ref)) <= 1e-5

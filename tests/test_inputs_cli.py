@@ -60,7 +60,7 @@ def test_pinn_with_two_inputs_adopt_export_check_bench(user, tmp_path, capsys):
     run = tmp_path / "pinn-run"
     out = _run(capsys, "adopt", user.dir / "models.py:qres_pinn", "--weights", user.dir / "pinn.pt",
                "--input-shape", "1", "--input-shape", "1", "--out", run)
-    assert "3 neuron(s) (3 qres)" in out and "inputs: x 1, t 1" in out, out
+    assert "(3 qres)" in out and "inputs: x 1, t 1" in out, out
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["inputs"] == [{"name": "x", "shape": [1]}, {"name": "t", "shape": [1]}] and "input_range" not in cfg
     assert "inputs: x 1, t 1" in _run(capsys, "info", run)
@@ -107,7 +107,7 @@ def test_unit_range_autoencoder_records_and_reuses_the_range(user, tmp_path, cap
     _error(capsys, "adopt", target, "--input-shape", "1,16,16", "--out", tmp_path / "nan-run")
     run = tmp_path / "ae-run"
     out = _run(capsys, "adopt", target, "--input-shape", "1,16,16", "--input-range", "0,1", "--out", run)
-    assert "2 neuron(s) (2 fan)" in out and "input 1x16x16 in [0, 1]" in out, out
+    assert "(2 fan)" in out and "input 1x16x16 in [0, 1]" in out, out
     assert json.loads((run / "config.json").read_text())["input_range"] == [[0.0, 1.0]]
     assert torch.load(run / "checkpoint.pt", weights_only=True)["meta"]["input_range"] == [[0.0, 1.0]]
     assert "input: 1x16x16 in [0, 1]" in _run(capsys, "info", run)
