@@ -3,11 +3,12 @@
 
 For every setting of the runtime (onnxruntime by default: each graph-optimisation level, kernel or bodies; any
 registered runtime with ``runtime=``, :mod:`quadexport.runtimes`) × batch size, random inputs (uniform in the run's
-recorded input range, else at its input statistics or its dataset's, N(0, 1) only when nothing is known) and the
-first 512 test images of the model's dataset (when known) go through the runtime, through the torch model and
-through a float64 copy of it (:mod:`quadexport.parity`). Per output it reports the relative L2 error against torch
-float32 (``rel_l2 = ‖out − torch‖ / ‖torch‖``), against float64 (``vs_fp64``), the model's own float32 floor (torch
-float32 against float64), the max abs difference, the NaN/Inf count and the top-1 agreement::
+recorded input range, else at its input statistics or its dataset's, N(0, 1) only when nothing is known; one array
+per input for a file with several) and the first 512 test images of the model's dataset (when known) go through the
+runtime, through the torch model and through a float64 copy of it (:mod:`quadexport.parity`). Per output it reports
+the relative L2 error against torch float32 (``rel_l2 = ‖out − torch‖ / ‖torch‖``), against float64 (``vs_fp64``),
+the model's own float32 floor (torch float32 against float64), the max abs difference, the NaN/Inf count and the
+top-1 agreement::
 
     -[✓] ORT_DISABLE_ALL batch 3 random: rel_l2 1.2e-07 vs_fp64 1.1e-07 floor 9.8e-08 max_abs 3.1e-06 nan/inf 0 top1 100.00% [<= rtol]
     -[✓] ORT_ENABLE_ALL batch 64 random: rel_l2 2.6e-04 vs_fp64 2.8e-03 floor 2.5e-03 ... [<= 4 x floor]  [!] the model itself loses 4.3 digits in float32 here (floor 2.5e-03)
@@ -34,6 +35,7 @@ import torch
 from torch import nn
 
 from quadexport.runmeta import RunMeta, config_dict, meta_dict
+from quadexport.check.inputs import input_range, random_label, several_batches, several_inputs
 from quadexport.check.report import LEVEL_NAMES, TOLERANCES, CheckLine, CheckReport, compare
 from quadexport.errors import UsageError
 
@@ -183,7 +185,9 @@ def check(onnx_path: str | os.PathLike, model: nn.Module, *, provider: str = "cp
     try:
         sessions = _open_sessions(rt, onnx_path, settings, report, say)
         if sessions:
-            shapes = _input_shapes(file_io(onnx_path).input_dims[1:], model, info.metadata)
+            several = several_inputs(onnx_path, model)  # several inputs: their specs, random batches only
+            shapes = ([several] if several is not None else
+                      _input_shapes(file_io(onnx_path).input_dims[1:], model, info.metadata))
             sets = _input_sets(model, shapes[0], batches, seed, dataset, data_dir, report, say, prep,
                                dataset_samples)
             sets += _size_sets(model, shapes[1:], batches, seed, prep)
@@ -276,26 +280,29 @@ class _InputSet:
 
 
 def _random(model: nn.Module, rng: np.random.Generator, shape: tuple[int, ...],
-            stats: dict[str, Any] | None = None) -> np.ndarray:
-    """Random model inputs as the run knows them (:func:`quadexport.parity.random_inputs`): uniform in its recorded
-    ``input_range``, else at its recorded ``input_stats``, else at ``stats`` (measured on its dataset), else
-    standard normal."""
-    from quadexport.parity import random_inputs
-
-    return random_inputs(meta_dict(model), [shape[1:]], shape[0], rng, stats=stats)[0]
-
-
-def _stats(xs: np.ndarray) -> dict[str, Any]:
-    """Per-channel mean/std of a batch of dataset inputs ``[N, C, ...]``."""
-    axes = (0,) + tuple(range(2, xs.ndim))
-    return {"mean": xs.mean(axes).tolist(), "std": np.maximum(xs.std(axes), 1e-6).tolist()}
+            dataset_stats: dict[str, Any] | None = None) -> np.ndarray:
+    """Random model inputs: uniform in the run's recorded range (``meta["input_range"]``); else at the run's
+    recorded input statistics (``meta["input_stats"]``: per-channel ``mean`` and ``std`` of the normalised
+    inputs), or at ``dataset_stats`` (measured on its dataset's test images); else standard normal."""
+    r = input_range(model)
+    if r is not None:
+        return rng.uniform(r[0], r[1], shape).astype(np.float32)
+    x = rng.standard_normal(shape).astype(np.float32)
+    stats = meta_dict(model).get("input_stats") or dataset_stats or {}
+    if stats and len(shape) >= 3:
+        bc = (-1,) + (1,) * (len(shape) - 2)
+        mean = np.asarray(stats.get("mean", 0.0), np.float32).reshape(bc if np.ndim(stats.get("mean", 0)) else ())
+        std = np.asarray(stats.get("std", 1.0), np.float32).reshape(bc if np.ndim(stats.get("std", 1)) else ())
+        x = (x * std + mean).astype(np.float32)
+    return x
 
 
 def _size_sets(model: nn.Module, shapes: list[tuple[int, ...]], batches: Sequence[int], seed: int,
                prep: Any) -> list[_InputSet]:
     """A dynamic-size file: random inputs at each further size (the two smallest batch sizes)."""
     rng = np.random.default_rng(seed + 1)
-    sets = [_InputSet(f"random {'x'.join(map(str, s[1:]))}", int(b), [_random(model, rng, (int(b), *s))])
+    sets = [_InputSet(f"{random_label(model)} {'x'.join(map(str, s[1:]))}", int(b),
+                      [_random(model, rng, (int(b), *s))])
             for s in shapes for b in sorted(set(int(b) for b in batches))[:2]]
     if prep is not None:
         from quadexport.data.preprocess import denormalise
@@ -305,12 +312,23 @@ def _size_sets(model: nn.Module, shapes: list[tuple[int, ...]], batches: Sequenc
     return sets
 
 
+def _stats(xs: np.ndarray) -> dict[str, Any] | None:
+    """Per-channel mean/std of dataset inputs ``[N, C, ...]`` (None for flat inputs)."""
+    if xs.ndim < 3:
+        return None
+    axes = (0,) + tuple(range(2, xs.ndim))
+    return {"mean": xs.mean(axes).tolist(), "std": np.maximum(xs.std(axes), 1e-6).tolist()}
+
+
 def _input_sets(model: nn.Module, shape: tuple[int, ...], batches: Sequence[int], seed: int,
                 dataset: Any, data_dir: str | os.PathLike | None, report: CheckReport,
                 say: Callable[[str], None], prep: Any = None, samples: int = DATASET_SAMPLES) -> list[_InputSet]:
     """Random batches of every size, then the dataset's first test images (when known and loadable); with ``prep``
-    (a raw-input file) both denormalised to raw pixel values. The random batches follow the run's recorded input
-    range or statistics, else the dataset's per-channel statistics (never N(0, 1) when the run knows better)."""
+    (a raw-input file) both denormalised to raw pixel values. ``shape``: the specs of a file with several inputs
+    (:func:`~quadexport.check.inputs.several_inputs`) gives random batches of every size only. The random batches
+    follow the run's recorded range or statistics, else its dataset's (never N(0, 1) when the run knows better)."""
+    if not isinstance(shape, tuple):  # several inputs: random batches of every size, a tuple of arrays each
+        return [_InputSet(label, b, [xs]) for label, b, xs in several_batches(shape, batches, seed, dataset)]
     rng = np.random.default_rng(seed)
     meta = meta_dict(model)
     ds = None if dataset is False else (dataset or meta.get("dataset"))
@@ -334,8 +352,9 @@ def _input_sets(model: nn.Module, shape: tuple[int, ...], batches: Sequence[int]
                                  f"({meta.get('dataset', '?')}) or none")
             bs = max(int(b) for b in batches)
             real.append(_InputSet(f"{ds_name}[{len(xs)}]", bs, [xs[i:i + bs] for i in range(0, len(xs), bs)], ys))
-            stats = _stats(xs) if xs.ndim >= 3 else None
-    sets = [_InputSet("random", int(b), [_random(model, rng, (int(b), *shape), stats)]) for b in batches] + real
+            stats = _stats(xs)
+    sets = [_InputSet(random_label(model), int(b), [_random(model, rng, (int(b), *shape), stats)])
+            for b in batches] + real
     if prep is not None:
         from quadexport.data.preprocess import denormalise
 

@@ -39,8 +39,10 @@ class References:
 
 
 @torch.no_grad()
-def _outputs(model: nn.Module, x: np.ndarray, flatten: Callable[[Any], list[torch.Tensor]]) -> list[np.ndarray]:
-    return [o.detach().float().cpu().numpy() for o in flatten(model(torch.from_numpy(x)))]
+def _outputs(model: nn.Module, x: np.ndarray | tuple[np.ndarray, ...],
+             flatten: Callable[[Any], list[torch.Tensor]]) -> list[np.ndarray]:
+    xs = x if isinstance(x, tuple) else (x,)  # a model with several inputs: one array each
+    return [o.detach().float().cpu().numpy() for o in flatten(model(*(torch.from_numpy(a) for a in xs)))]
 
 
 def torch_references(model: nn.Module, sets: Sequence[Any], inputs: str, report: Any,

@@ -216,9 +216,10 @@ def _replace_leaves(tree: Any, names: list[str]) -> Any:
     return tree
 
 
-def model_structure(model: nn.Module, x: torch.Tensor) -> OutputStructure:
-    """Run ``model`` on ``x`` (no grad) and describe its outputs. ``quadexport_meta`` may set ``output_kinds``
-    (``{name: kind}``) and ``task``; a run's recorded ``outputs`` (:func:`run_meta`) give the kinds otherwise."""
+def model_structure(model: nn.Module, x: torch.Tensor | tuple[torch.Tensor, ...]) -> OutputStructure:
+    """Run ``model`` on ``x`` (no grad; a tuple: one tensor per input) and describe its outputs. ``quadexport_meta``
+    may set ``output_kinds`` (``{name: kind}``) and ``task``; a run's recorded ``outputs`` (:func:`run_meta`) give
+    the kinds otherwise."""
     meta = meta_dict(model)
     kinds = meta.get("output_kinds")
     if kinds is None and isinstance(meta.get("outputs"), Mapping):
@@ -227,7 +228,7 @@ def model_structure(model: nn.Module, x: torch.Tensor) -> OutputStructure:
     model.eval()
     try:
         with torch.no_grad():
-            out = model(x)
+            out = model(*x) if isinstance(x, tuple) else model(x)
     except RuntimeError as e:
         err = torchvision_ops_missing(e, type(model).__name__)
         if err is None:
@@ -235,7 +236,7 @@ def model_structure(model: nn.Module, x: torch.Tensor) -> OutputStructure:
         raise err from None
     finally:
         model.train(was)
-    return describe_outputs(out, tuple(x.shape), kinds,
+    return describe_outputs(out, tuple((x[0] if isinstance(x, tuple) else x).shape), kinds,
                             meta.get("task") if meta.get("task") in TASKS else None)
 
 
@@ -257,8 +258,8 @@ class FlatOutputs(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return tuple(flatten(self.model(x)))
+    def forward(self, *x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(flatten(self.model(*x)))
 
 
 def run_structure(model: nn.Module) -> OutputStructure | None:
