@@ -23,6 +23,7 @@ from torch import nn
 
 from quadexport._torchutil import load_state
 from quadexport.adapter import set_trainable
+from quadexport.data.lm import lm_metrics, task_loss
 from quadexport.checkpoint import CHECKPOINT, read_checkpoint, save_checkpoint, write_json
 from quadexport.errors import UsageError
 from quadexport.relinear import param_groups, plain_init, quadratic_norms, quadratic_penalty, warm_start
@@ -108,9 +109,9 @@ def evaluate_batches(model: nn.Module, batches, device: torch.device) -> tuple[f
     for xb, yb in batches:
         xb, yb = xb.to(device), yb.to(device)
         out = model(xb).float()
-        loss_sum += float(F.cross_entropy(out, yb, reduction="sum"))
-        correct += int((out.argmax(1) == yb).sum())
-        n += len(yb)
+        loss_sum += float(task_loss(out, yb, reduction="sum"))
+        correct += int((out.argmax(-1) == yb).sum())
+        n += yb.numel()
     return loss_sum / n, correct / n
 
 
@@ -243,7 +244,7 @@ def _train_pass(net: nn.Module, model: nn.Module, opt: torch.optim.Optimizer, ba
         xb, yb = xb.to(device), yb.to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp == "bf16"):
             out = net(xb)
-        loss = F.cross_entropy(out.float(), yb)
+        loss = task_loss(out.float(), yb)
         total = loss + quadratic_penalty(model, cfg.relinear)
         opt.zero_grad(set_to_none=True)
         if not _agree_finite(total, world):
@@ -256,9 +257,9 @@ def _train_pass(net: nn.Module, model: nn.Module, opt: torch.optim.Optimizer, ba
         if cfg.grad_clip > 0:
             nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
-        r.loss_sum += float(loss.detach()) * len(xb)
-        r.seen += len(xb)
-        r.correct += int((out.argmax(1) == yb).sum())
+        r.loss_sum += float(loss.detach()) * yb.numel()
+        r.seen += yb.numel()
+        r.correct += int((out.argmax(-1) == yb).sum())
         bar.update(r.loss_sum / max(r.seen, 1))
     r.seconds = time.perf_counter() - t0
     return r
@@ -270,7 +271,9 @@ def _save_epoch(run: RunDir, cfg: TrainConfig, model: nn.Module, opt: torch.opti
     row = st.history[-1]
     meta.update(test_acc=row["test_acc"], epochs_done=st.epoch)
     metrics = {"model": cfg.model, "neuron": cfg.neuron, "dataset": cfg.dataset, "epochs": st.history,
-               "test_acc": row["test_acc"]}
+               "test_acc": row["test_acc"], **({"val_bpb": row["val_bpb"], "task": "lm"} if "val_bpb" in row else {})}
+    if "val_bpb" in row:
+        meta.update(val_bpb=row["val_bpb"], task="lm")
     with run.saving():
         write_json(run.path / "metrics.json", run.stamp(metrics))
         write_json(run.path / "config.json", run.stamp({**cfg.to_dict(), "preprocessing": prep.to_dict()}))
@@ -289,8 +292,10 @@ def _train(cfg: TrainConfig, run: RunDir, resume: bool, progress: bool, stop_aft
     device, run_dir = _device(cfg), Path(cfg.out)
     data = training_loaders(cfg.dataset, DataOptions(data_dir=cfg.data_dir, train_subset=cfg.train_subset,
                                                      test_subset=cfg.test_subset, seed=cfg.seed,
-                                                     image_size=cfg.image_size, mean=cfg.mean, std=cfg.std),
+                                                     image_size=cfg.image_size, mean=cfg.mean, std=cfg.std,
+                                                     context=int(cfg.model_args.get("context", 64))),
                             cfg.batch_size, rank, world)
+    lm = getattr(data.source, "task", "classify") == "lm"
     model = build_model(cfg, data.num_classes, data.input_shape).to(device)
     opt = make_optimizer(model, cfg)
     base_lrs = [g["lr"] for g in opt.param_groups]  # before a resumed state overwrites them with scheduled values
@@ -329,13 +334,15 @@ def _train(cfg: TrainConfig, run: RunDir, resume: bool, progress: bool, stop_aft
         st.history.append({"epoch": st.epoch + 1, "train_loss": loss_sum / max(seen, 1),
                            "train_acc": correct / max(seen, 1), "test_loss": test_loss, "test_acc": test_acc, **norms,
                            "lr": opt.param_groups[0]["lr"], "seconds": r.seconds,
-                           "step_ms": 1000 * r.seconds / max(len(data.train), 1), "skipped_steps": r.bad_steps})
+                           "step_ms": 1000 * r.seconds / max(len(data.train), 1), "skipped_steps": r.bad_steps,
+                           **(lm_metrics(test_loss, len(data.train)) if lm else {})})
         st.epoch += 1
         good_state = (copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict()))
         if rank == 0:
             quad = (f" |W_g| {norms['norm_wg']:.3g} |W_b| {norms['norm_wb']:.3g}" if cfg.neuron != "relu" else "")
+            score = (f"val_bpb {st.history[-1]['val_bpb']:.4f}" if lm else f"test_acc {100 * test_acc:.2f}%")
             log.info(f"epoch {st.epoch}/{cfg.epochs} train_loss {st.history[-1]['train_loss']:.4f} test_loss "
-                     f"{test_loss:.4f} test_acc {100 * test_acc:.2f}%{quad} {r.seconds:.1f}s")
+                     f"{test_loss:.4f} {score}{quad} {r.seconds:.1f}s")
             _save_epoch(run, cfg, model, opt, meta, st, prep)
     return _finish(cfg, run_dir, rank, world, plot)
 

@@ -14,7 +14,8 @@ from quadexport.layers.neurons import get_neuron
 from quadexport.zoo._prune import apply_spec
 from quadexport.zoo.usercode import build_recorded, is_user_model
 
-__all__ = ["ModelInfo", "check_model_name", "create_model", "get_model_info", "list_models", "register_model"]
+__all__ = ["ModelInfo", "check_model_name", "create_model", "get_model_info", "is_plain_neuron", "list_models",
+           "register_model"]
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,8 @@ class ModelInfo:
         width_arg: name of the builder's width keyword (``"width"``) when the family can be widened, else ``None``.
         default_width: that keyword's default value.
         builder: the function that builds the model.
+        plain_neurons: ``neuron=`` values besides ``"relu"`` that build a plain (non-quadratic) model
+            (``gpt``: ``"gelu"``).
     """
 
     name: str
@@ -39,6 +42,7 @@ class ModelInfo:
     input_shape: tuple[int, int, int] = (1, 28, 28)
     width_arg: str | None = None
     default_width: int | None = None
+    plain_neurons: tuple[str, ...] = ()
 
 
 _REGISTRY: dict[str, ModelInfo] = {}
@@ -46,7 +50,8 @@ _REGISTRY: dict[str, ModelInfo] = {}
 
 def register_model(name: str, *, family: str | None = None, depth: int | None = None,
                    input_shape: tuple[int, int, int] = (1, 28, 28), width_arg: str | None = None,
-                   default_width: int | None = None) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+                   default_width: int | None = None,
+                   plain_neurons: tuple[str, ...] = ()) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Decorator registering a model builder under ``name``; a name registered twice raises ``UsageError`` (a
     ``ValueError``)."""
 
@@ -54,7 +59,8 @@ def register_model(name: str, *, family: str | None = None, depth: int | None = 
         if name in _REGISTRY:
             raise UsageError(f"model {name!r} is already registered (by {_REGISTRY[name].builder.__module__})")
         _REGISTRY[name] = ModelInfo(name=name, family=family or name, builder=fn, depth=depth,
-                                    input_shape=tuple(input_shape), width_arg=width_arg, default_width=default_width)
+                                    input_shape=tuple(input_shape), width_arg=width_arg, default_width=default_width,
+                                    plain_neurons=tuple(plain_neurons))
         return fn
 
     return deco
@@ -78,6 +84,12 @@ def get_model_info(name: str) -> ModelInfo:
     except KeyError:
         raise UsageError(f"unknown model {name!r}{did_you_mean(name, _REGISTRY)}; known: "
                          f"{', '.join(list_models())} (or torchvision:<arch>, timm:<arch>)") from None
+
+
+def is_plain_neuron(name: str, neuron: str) -> bool:
+    """Whether ``neuron`` builds a plain (non-quadratic) model of ``name``: ``"relu"``, or one of the zoo model's
+    :attr:`ModelInfo.plain_neurons` (``gpt``: ``"gelu"``)."""
+    return neuron == "relu" or (name in _REGISTRY and neuron in _REGISTRY[name].plain_neurons)
 
 
 def check_model_name(name: str) -> None:
@@ -142,7 +154,7 @@ def _build(name: str, neuron: str, num_classes: int, in_channels: int, input_siz
         model = build_recorded(neuron, **kwargs)
         model.quadexport_config = {**config, **kwargs}
         return model
-    if neuron != "relu":
+    if not is_plain_neuron(name, neuron):
         get_neuron(neuron)
     if ":" in name:
         from quadexport.zoo.foreign import build_foreign, is_foreign
