@@ -26,10 +26,11 @@ from torch import nn
 from quadexport._torchutil import shared_copy
 from quadexport.atomicfile import StagedFile
 from quadexport.errors import UsageError
-from quadexport.exporter import dynamic, extdata, ops
+from quadexport.exporter import dynamic, extdata, ops, tokens
 from quadexport.exporter.fold import fold_batchnorm
 from quadexport.exporter.outputs import FlatOutputs, OutputStructure, model_structure
 from quadexport.exporter.targets import DEFAULT_OPSET, DYNAMO_OPSETS, ExportTarget, check_opset, get_export_target
+from quadexport.zoo.tokens import token_input
 
 log = logging.getLogger(__name__)
 
@@ -205,16 +206,19 @@ def export(model: nn.Module, path: str | os.PathLike, *, mode: str = "decomposed
     if fp16 and not target.supports_fp16:
         raise UsageError(f"fp16 export is available for mode='decomposed' only, not mode={target.name!r}")
     path = Path(path)
-    x = _example_input(model, example_input, input_shape)
+    tok = token_input(model)  # a token model: int64 (batch, length) inputs (quadexport.exporter.tokens)
+    if tok is not None and fp16:
+        tokens.refuse("fp16 export")
+    x = tokens.example_tokens(tok, example_input) if tok else _example_input(model, example_input, input_shape)
     target.validate(model)
     work = shared_copy(model).float().cpu().eval()  # shares the weights; nothing below writes into them
     for p in work.parameters():
         p.requires_grad_(False)
     notes: dict[str, Any] = {}
     structure = model_structure(work, x)
-    axes = dynamic.dynamic_axes(x) if dynamic_size else {}
+    axes = (dict(tokens.AXES) if tok else dynamic.dynamic_axes(x)) if dynamic_size else {}
     if dynamic_size:
-        dynamic.probe(work, x)
+        tokens.probe_tokens(work, tok) if tok else dynamic.probe(work, x)
     if fold_bn:
         work, fold_report = fold_batchnorm(work, x)
         notes["bn_fold"] = fold_report.to_dict()
@@ -231,8 +235,9 @@ def export(model: nn.Module, path: str | os.PathLike, *, mode: str = "decomposed
         proto = _trace(work, x, opset, structure, prepared.translation_table, axes,
                        staged.path if external and opset in DYNAMO_OPSETS else None)
         notes.update(target.postprocess(proto))
-        extra = {**structure.metadata(), **(dynamic.record(axes, dynamic.check_sizes(x)) if axes else {}),
-                 **(metadata or {})}
+        sizes = tokens.check_lengths(tok) if tok else dynamic.check_sizes(x) if axes else None
+        extra = {**structure.metadata(), **(dynamic.record(axes, sizes) if axes else {}),
+                 **({"quadexport.token_input": tok.to_dict()} if tok else {}), **(metadata or {})}
         onnx.helper.set_model_props(proto, _metadata(model, target, opset, fp16, extra, notes))
         extdata.save_proto(proto, staged.path, external)
         if check_model:
