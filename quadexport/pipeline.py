@@ -79,6 +79,7 @@ EXPERIMENT_SECTIONS: dict[str, Any] = {
     "grid": _leaves("lrs", "inits", "regularisers", "seeds", "key_seeds", "key_cells", "only_key", "collapse_acc",
                     "blowup_test_loss", "rescue_rollbacks"),
     "regularisers": _MapOf({**_RELINEAR, "label": None, "alias": None}),
+    "lm": _leaves("equal_time", "timing_steps", "timing_rounds", "latency_batches", "latency_seconds"),
 }
 TOP_KEYS = ("name", "description", "experiments", "budget")
 SECTIONS = set(TOP_KEYS) | set(PIPELINE_SECTIONS)  # the sections of a pipeline recipe

@@ -15,8 +15,8 @@ from quadexport.pipeline import load_recipe
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository (recipes in models/, default outputs in reports/)
 RECIPES = {"trainability": ROOT / "models" / "exp-trainability.toml",
-           "accuracy": ROOT / "models" / "exp-accuracy.toml"}
-BUDGETS = ("small", "tiny")
+           "accuracy": ROOT / "models" / "exp-accuracy.toml", "lm": ROOT / "models" / "exp-lm.toml"}
+BUDGETS = ("small", "short", "tiny")  # short: a recipe's [budget.short] (exp-lm.toml has one)
 EXPERIMENTS = ("trainability", "accuracy", "expressivity", "warmstart")
 SCHEMA_VERSION = 1
 

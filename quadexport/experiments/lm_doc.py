@@ -1,0 +1,101 @@
+"""The markdown of ``docs/lm.md`` (:func:`quadexport.experiments.lm_report.render_lm`)."""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = ["markdown"]
+
+
+def _pm(st: dict[str, Any] | None, digits: int = 4) -> str:
+    if not st or st.get("mean") is None:
+        return "—"
+    return f"{st['mean']:.{digits}f} ± {st['std']:.{digits}f}" if st["n"] > 1 else f"{st['mean']:.{digits}f}"
+
+
+def _diff(d: dict[str, Any] | None) -> str:
+    if d is None or d.get("mean") is None:
+        return "—"
+    seeds = ", ".join("—" if v is None else f"{v:+.4f}" for v in d["per_seed"])
+    return f"{d['mean']:+.4f} ± {d['std']:.4f} ({seeds})"
+
+
+def _table(summary: dict[str, Any]) -> list[str]:
+    batches = list(next(iter(summary["arms"].values()))["latency_ms"])
+    head = ("| arm | params | FFN width | steps | val bits/byte, same steps | Δ vs ReLU (paired: mean ± sd (per seed)) "
+            "| steps at ReLU's wall-clock | val bits/byte, same wall-clock | Δ vs ReLU, same wall-clock "
+            "| train step (ms, 1 thread) | " + " | ".join(f"ORT latency batch {b} (ms, ratio)" for b in batches) + " |")
+    rows = [head, "|" + "---|" * (10 + len(batches))]
+    for label, a in summary["arms"].items():
+        from quadexport.zoo.gpt import default_ffn_width
+
+        lat = " | ".join(f"{a['latency_ms'][b]:.3f} ({a['latency_ratio'][b]:.2f}x)" for b in batches)
+        rows.append(f"| {label} | {a['params']:,} | {default_ffn_width(a['neuron'], 64)} | {a['steps']} "
+                    f"| {_pm(a['bpb_steps'])} | {_diff(a['diff_steps'])} | {a['time_steps']} | {_pm(a['bpb_time'])} "
+                    f"| {_diff(a['diff_time'])} | {a['step_ms']:.0f} | {lat} |")
+    return rows
+
+
+def markdown(recipe: dict[str, Any], study: dict[str, Any], summary: dict[str, Any], verdict: list[str],
+             command: str, img: Path) -> str:
+    tr, ds = recipe["train"], recipe["datasets"][0]
+    steps_per_eval = int(ds["train_subset"]) // int(tr["batch_size"])
+    st = study["steptime"]
+    lines = [
+        "# Quadratic feed-forward layers in a small language model, at equal cost",
+        "",
+        "Issue #31. The anchor: Shazeer, *GLU Variants Improve Transformer* (2020) found the **bilinear** "
+        "feed-forward layer `W_2((W_1 x) ⊙ (W_3 x))` (our `t4` with no activation after the product) better than "
+        "the ReLU layer at equal parameters and compute in T5 (log-perplexity 1.648 vs 1.677 at 524k steps; "
+        "1.960 ± 0.005 vs 1.997 ± 0.005 at 65k). This study tests that claim at a size a 2-core CPU can train, "
+        "**whatever it shows**.",
+        "",
+        "## Command",
+        "",
+        "```bash",
+        command,
+        "```",
+        "",
+        f"Recipe `{recipe.get('_path', 'models/exp-lm.toml')}`, budget `{recipe.get('_budget', 'small')}`; "
+        f"finished {time.strftime('%Y-%m-%d %H:%M')} after {study['wall_s'] / 60:.0f} min wall on "
+        f"{os.cpu_count()} cores shared with other work ({platform.processor() or platform.machine()}). "
+        "Raw records: `<out>/runs/lm/*.json`, summary `<out>/lm.json`.",
+        "",
+        "## Setup",
+        "",
+        f"- Model: the zoo's `gpt` (byte-level, vocabulary 256, context 64, d_model 64, 2 layers, 4 heads, pre-norm). "
+        "The arms differ only in the first feed-forward layer; the quadratic arms' widths are the defaults that "
+        "match the ReLU model's parameter count (±2 %).",
+        f"- Data: `{ds['dataset']}` (the interpreter's standard-library `.py` sources, validation = the files whose "
+        f"name hashes there, fixed); random windows of 64 bytes for training; validation on "
+        f"{ds.get('test_subset')} fixed evenly spaced windows ({64 * int(ds.get('test_subset') or 0):,} bytes).",
+        f"- Training: {tr['optimizer']} lr {tr['lr']}, {tr['schedule']} schedule over {tr['epochs']} evaluation "
+        f"intervals of {steps_per_eval} steps, batch {tr['batch_size']}, gradient clip {tr.get('grad_clip', 0)}, "
+        f"weight decay {tr.get('weight_decay', 0)}; quadratic arms: ReLinear {recipe.get('relinear', {})}; seeds "
+        f"{summary['seeds']}; each run one thread, {2} runs at a time.",
+        f"- Same wall-clock: a quadratic arm's steps are scaled by `t_ReLU / t_arm`, the training-step times "
+        f"measured interleaved in one process before training ({st['rounds']} rounds of {st['steps_per_round']} "
+        "steps, one thread, median), so the budget does not depend on what else the shared machine ran.",
+        "- Latency: seed 0 of every arm exported (`decomposed`, opset 20, dynamic length), onnxruntime CPU, one "
+        "thread, interleaved (`quadexport.bench.timing.time_sessions`), p50 at the full context of 64.",
+        "- Rule: an arm *wins beyond seed noise* when its paired difference to ReLU (same seed) is negative for "
+        "every seed and its mean is more than two standard errors below zero, at the same steps **and** at the "
+        "same wall-clock.",
+        "",
+        "## Result",
+        "",
+        *_table(summary),
+        "",
+        *verdict,
+        "",
+        f"![validation curves]({img.as_posix()})",
+        "",
+        "Left: validation bits per byte against optimizer steps (mean over seeds, band min..max). Right: against "
+        "training seconds (dashed: the same-wall-clock runs); seconds on a shared machine, only indicative.",
+        "",
+    ]
+    return "\n".join(lines)
