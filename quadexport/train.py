@@ -271,9 +271,9 @@ def _save_epoch(run: RunDir, cfg: TrainConfig, model: nn.Module, opt: torch.opti
     row = st.history[-1]
     meta.update(test_acc=row["test_acc"], epochs_done=st.epoch)
     metrics = {"model": cfg.model, "neuron": cfg.neuron, "dataset": cfg.dataset, "epochs": st.history,
-               "test_acc": row["test_acc"], **({"val_bpb": row["val_bpb"], "task": "lm"} if "val_bpb" in row else {})}
+               "test_acc": row["test_acc"], **({"val_bpb": row["val_bpb"], "task": "language-model"} if "val_bpb" in row else {})}
     if "val_bpb" in row:
-        meta.update(val_bpb=row["val_bpb"], task="lm")
+        meta.update(val_bpb=row["val_bpb"], task="language-model")
     with run.saving():
         write_json(run.path / "metrics.json", run.stamp(metrics))
         write_json(run.path / "config.json", run.stamp({**cfg.to_dict(), "preprocessing": prep.to_dict()}))

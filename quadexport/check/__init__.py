@@ -28,6 +28,7 @@ from torch import nn
 
 from quadexport.check.report import LEVEL_NAMES, TOLERANCES, CheckLine, CheckReport, compare
 from quadexport.errors import UsageError
+from quadexport.zoo.tokens import token_input
 
 __all__ = ["CheckLine", "CheckReport", "DATASET_SAMPLES", "LEVEL_NAMES", "QDQ_TOP1", "TOLERANCES", "check", "compare",
            "is_qdq"]
@@ -66,7 +67,7 @@ def _input_shapes(sess: Any, model: nn.Module, metadata: dict[str, str]) -> list
 def _torch_outputs(model: nn.Module, x: np.ndarray) -> list[np.ndarray]:
     from quadexport.exporter.outputs import flatten
 
-    return [o.detach().float().cpu().numpy() for o in flatten(model(torch.from_numpy(x)))]
+    return [o.detach().float().cpu().numpy() for o in flatten(model(torch.from_numpy(x)))]  # int64 tokens as well
 
 
 def _load_dataset(spec: Any, meta: dict[str, Any], data_dir: str | os.PathLike | None,
@@ -173,10 +174,17 @@ def check(onnx_path: str | os.PathLike, model: nn.Module, *, provider: str = "cp
     ref.eval()
     try:
         sessions = _open_sessions(onnx_path, provider, opt_levels, runtimes, threads, report, say)
-        if sessions:
+        tok = token_input(model)  # int64 token ids at sequence lengths (quadexport.check.tokens)
+        if sessions and tok is not None:
+            from quadexport.check.tokens import token_lengths_of, token_sets
+
+            lengths = token_lengths_of(next(iter(sessions.values())), tok, info.metadata)
+            sets = token_sets(model, tok, lengths, batches, seed, dataset, report, say, _InputSet)
+        elif sessions:
             shapes = _input_shapes(next(iter(sessions.values())), model, info.metadata)
             sets = _input_sets(model, shapes[0], batches, seed, dataset, data_dir, report, say, prep)
             sets += _size_sets(model, shapes[1:], batches, seed, prep)
+        if sessions:
             if qdq:
                 sets = _qdq_sets(sets, report, qdq_top1, say)
             _compare_all(sessions, sets, ref, report, say, qdq_top1 if qdq else None)

@@ -39,7 +39,11 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     model.eval()
     try:
         p = next(model.parameters())
-        model(torch.zeros((1, *input_shape), dtype=p.dtype, device=p.device))
+        from quadexport.zoo.tokens import token_input
+
+        tok = token_input(model)  # a token model: int64 ids of one sequence (input_shape: its length)
+        shape = (1, int(input_shape[-1]) if len(input_shape) == 1 else tok.context) if tok else (1, *input_shape)
+        model(torch.zeros(shape, dtype=torch.int64 if tok else p.dtype, device=p.device))
     finally:
         for h in handles:
             h.remove()
