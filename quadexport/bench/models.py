@@ -18,6 +18,7 @@ from torch import nn
 
 from quadexport._torchutil import one_thread
 from quadexport.bench.config import DEFAULT_INPUT_SHAPE, PERTURB_STD, BenchError
+from quadexport.bench.tokens import default_shape, torch_input
 from quadexport.errors import UsageError, did_you_mean
 from quadexport.exporter.outputs import flatten
 from quadexport.zoo import count_macs, count_params, create_model, get_model_info, list_models
@@ -82,7 +83,11 @@ def _default_width(name: str) -> int | None:
 
 
 def _label(name: str, config: dict[str, Any]) -> str:
-    w = config.get("width")
+    try:
+        arg = get_model_info(name).width_arg or "width"
+    except UsageError:
+        arg = "width"
+    w = config.get(arg)
     if w is not None and w != _default_width(name):
         return f"{name}-w{w}"
     return name
@@ -135,7 +140,7 @@ def _calibrate_bn(model: nn.Module, shape: tuple[int, ...], gen: torch.Generator
 
 @torch.no_grad()
 def _finite_on_random(model: nn.Module, shape: tuple[int, ...], seed: int = 12345, n: int = 16) -> bool:
-    x = torch.randn((n, *shape), generator=torch.Generator().manual_seed(seed))
+    x = torch_input(model, (n, *shape), torch.Generator().manual_seed(seed))
     return all(bool(torch.isfinite(t).all()) for t in flatten(model(x)))
 
 
@@ -187,7 +192,7 @@ def _check_forward(module: nn.Module, shape: tuple[int, ...], what: str) -> None
                          f"({shape[0]} channel(s)); pass --input-shape {cin} H W")
     try:
         with torch.inference_mode(), one_thread():
-            out = module(torch.randn((2, *shape), generator=torch.Generator().manual_seed(1)))
+            out = module(torch_input(module, (2, *shape), torch.Generator().manual_seed(1)))
     except Exception as e:  # shape errors surface as RuntimeError from torch
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise BenchError(f"{what} cannot take input shape {' '.join(map(str, shape))} (C H W): {msg}") from None
@@ -205,7 +210,7 @@ def _load_entry(entry: str, neuron: str, shape: tuple[int, ...] | None, gen: tor
         meta = getattr(module, "quadexport_meta", {}) or {}
         trained = meta.get("input_shape")
         s = tuple(shape) if shape is not None else (tuple(int(v) for v in trained) if trained else
-                                                    DEFAULT_INPUT_SHAPE)
+                                                    default_shape(module) or DEFAULT_INPUT_SHAPE)
         _check_forward(module, s, f"run dir {entry}")
         cfg = module.quadexport_config
         role = "quadratic" if cfg.get("neuron", "relu") != "relu" else "relu"
@@ -213,7 +218,8 @@ def _load_entry(entry: str, neuron: str, shape: tuple[int, ...] | None, gen: tor
     if entry not in list_models() and not is_foreign(entry):
         raise BenchError(f"{entry!r} is neither a run dir nor a zoo model{did_you_mean(entry, list_models())}; zoo "
                          f"models: {', '.join(list_models())} (or torchvision:<arch>, timm:<arch>)")
-    s = tuple(shape) if shape is not None else DEFAULT_INPUT_SHAPE
+    s = tuple(shape) if shape is not None else (default_shape(get_model_info(entry)) if entry in list_models()
+                                                 else None) or DEFAULT_INPUT_SHAPE
     try:
         module = _build(entry, neuron, s, gen)
     except BenchError:
@@ -227,8 +233,14 @@ def _load_entry(entry: str, neuron: str, shape: tuple[int, ...] | None, gen: tor
 def _zoo_kwargs(m: BenchModel) -> dict[str, Any]:
     """Builder options of ``m`` for its ReLU relatives (a quadratized model's layer list is not one, nor is a
     compressed model's rewrite: ``create_model`` replays it on any model and a ReLU relative has nothing to prune)."""
-    return {k: v for k, v in m.config.items()
-            if k not in ("neuron", "in_channels", "input_size", "quadratize", "compress")}
+    kw = {k: v for k, v in m.config.items() if k not in ("neuron", "in_channels", "input_size", "quadratize", "compress")}
+    try:
+        arg = get_model_info(m.name).width_arg
+    except UsageError:
+        arg = None
+    if arg and arg not in kw and isinstance(getattr(m.module, arg, None), int):  # a width the builder chose
+        kw[arg] = getattr(m.module, arg)  # (gpt's parameter-matched ffn_width): the twin has the same width
+    return kw
 
 
 def _source_run(m: BenchModel, max_hops: int = 8) -> str | None:

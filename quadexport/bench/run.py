@@ -20,6 +20,7 @@ from quadexport.bench.environment import environment
 from quadexport.bench.models import BenchModel
 from quadexport.bench.report import BenchReport
 from quadexport.bench.rows import BenchRow, compute_ratios
+from quadexport.bench.tokens import numpy_input
 from quadexport.bench.timing import NonFiniteOutput, TimingConfig, TimingStats, TimingUnit, loadavg, time_sessions
 from quadexport.exporter.outputs import flatten
 
@@ -110,12 +111,13 @@ def _torch_runner(mod: torch.nn.Module, xt: torch.Tensor, cuda: bool) -> Callabl
 
 
 def _units(plan, sessions, batch: int, rng: np.random.Generator, cuda: bool) -> list[TimingUnit]:
-    inputs: dict[tuple[int, ...], np.ndarray] = {}
+    inputs: dict[tuple[Any, ...], np.ndarray] = {}
     units = []
     for bm, m in plan:
-        if bm.input_shape not in inputs:
-            inputs[bm.input_shape] = rng.standard_normal((batch, *bm.input_shape)).astype(np.float32)
-        x = inputs[bm.input_shape]
+        key = (bm.input_shape, getattr(bm.module, "token_input", None))  # token models: int64 ids
+        if key not in inputs:
+            inputs[key] = numpy_input(bm.module, (batch, *bm.input_shape), rng)
+        x = inputs[key]
         if m == "torch":
             xt = torch.from_numpy(x).to("cuda" if cuda else "cpu")
             units.append(TimingUnit(f"{bm.id} [{m}]", _torch_runner(bm.module, xt, cuda),
