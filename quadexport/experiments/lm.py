@@ -8,7 +8,8 @@ Recipe: ``models/exp-lm.toml`` (``[train]``, ``[relinear]`` for the quadratic ar
    timing_steps``), stored in ``<out>/lm/steptime.json`` and reused, so a resumed study keeps its configs;
 2. *same steps*: every arm × seed with the recipe's steps;
 3. *same wall-clock*: every quadratic arm × seed again with its steps scaled by ``t_relu / t_arm`` (windows per
-   evaluation interval scaled, so the curve keeps its points and the cosine schedule still ends);
+   evaluation interval scaled, so the curve keeps its points and the cosine schedule still ends); or, with
+   ``[lm] equal_time = "curve"``, the same-steps curves read at that step (:func:`equal_time_mode`);
 4. *latency*: seed 0 of every arm exported (decomposed, opset 20) and timed interleaved in onnxruntime (one
    thread) at the recipe's batches and the full context.
 
@@ -51,6 +52,14 @@ def arm_config(recipe: dict[str, Any], arm: dict[str, Any], seed: int, scale: fl
     relinear = dict(recipe.get("relinear", {})) if quadratic else {"mode": "none"}
     return {**train, "model": arm.get("model", "gpt"), "neuron": arm["neuron"], "dataset": ds["dataset"],
             "train_subset": windows, "test_subset": ds.get("test_subset"), "seed": int(seed), "relinear": relinear}
+
+
+def equal_time_mode(recipe: dict[str, Any]) -> str:
+    """``[lm] equal_time``: ``"runs"`` (train the quadratic arms again with ``t_relu / t_arm`` of the steps; ``true``
+    means this) or ``"curve"`` (read the same-steps runs' validation curves at that step, linearly between
+    evaluations: no extra runs, the cosine schedule not yet at its end there)."""
+    mode = recipe.get("lm", {}).get("equal_time", True)
+    return "runs" if mode is True else str(mode)
 
 
 def steps_of(config: dict[str, Any]) -> int:
@@ -159,7 +168,7 @@ def run_lm(recipe: dict[str, Any], out: Path, jobs: int = 2, threads: int = 1) -
     log.info("  step time (1 thread): %s", ", ".join(f"{k} {1e3 * v:.0f} ms" for k, v in sec.items()))
     ratios = {k: sec[base] / v for k, v in sec.items()}
     tasks = lm_tasks(recipe, out)
-    if recipe.get("lm", {}).get("equal_time", True):
+    if equal_time_mode(recipe) == "runs":
         tasks += lm_tasks(recipe, out, ratios)
     results = run_tasks(tasks, jobs, threads)
     latency = measure_latency(recipe, results, out)

@@ -26,10 +26,43 @@ def _final(rec: dict[str, Any] | None) -> float | None:
     return rec["epochs"][-1]["val_bpb"] if rec and rec.get("status") == "ok" and rec["epochs"] else None
 
 
-def _paired(recipe: dict[str, Any], results: dict[str, Any], label: str, base: str, suffix: str) -> dict[str, Any]:
+def _at_step(rec: dict[str, Any] | None, step: float) -> float | None:
+    """Validation bits per byte of a run at ``step``, linear between its evaluation points (its last value beyond)."""
+    if not rec or rec.get("status") != "ok" or not rec["epochs"]:
+        return None
+    xs, ys, n = [], [], 0
+    for e in rec["epochs"]:
+        n += e["steps"]
+        xs.append(n)
+        ys.append(e["val_bpb"])
+    if step >= xs[-1]:
+        return ys[-1]
+    if step <= xs[0]:
+        return ys[0]
+    i = next(k for k, x in enumerate(xs) if x >= step)
+    return ys[i - 1] + (ys[i] - ys[i - 1]) * (step - xs[i - 1]) / (xs[i] - xs[i - 1])
+
+
+def _timed(recipe: dict[str, Any], results: dict[str, Any], ratios: dict[str, float], label: str, seed: int
+           ) -> float | None:
+    """The same-wall-clock value of an arm and seed: its own run (``equal_time = "runs"``) or its same-steps curve
+    read at ``ratio x`` its steps (``"curve"``)."""
+    from quadexport.experiments.lm import equal_time_mode
+
+    if equal_time_mode(recipe) == "runs":
+        return _final(results.get(f"{slug(label)}-s{seed}-time"))
+    rec = results.get(f"{slug(label)}-s{seed}")
+    steps = rec["labels"]["steps"] if rec else 0
+    return _at_step(rec, min(1.0, ratios[label]) * steps) if rec else None
+
+
+def _paired(recipe: dict[str, Any], results: dict[str, Any], label: str, base: str, suffix: str,
+            ratios: dict[str, float] | None = None) -> dict[str, Any]:
     diffs = []
     for s in recipe["run"]["seeds"]:
-        a, b = _final(results.get(f"{slug(label)}-s{s}{suffix}")), _final(results.get(f"{slug(base)}-s{s}"))
+        a = (_final(results.get(f"{slug(label)}-s{s}")) if not suffix
+             else _timed(recipe, results, ratios or {}, label, s))
+        b = _final(results.get(f"{slug(base)}-s{s}"))
         diffs.append(None if a is None or b is None else a - b)
     st = mean_std(diffs)
     se = st["std"] / math.sqrt(st["n"]) if st["n"] > 1 else None
@@ -50,15 +83,18 @@ def aggregate_lm(recipe: dict[str, Any], study: dict[str, Any]) -> dict[str, Any
     for arm in recipe["models"]:
         label, quad = arm["label"], arm.get("role") != "baseline"
         steps = [results.get(f"{slug(label)}-s{s}") for s in seeds]
-        timed = [results.get(f"{slug(label)}-s{s}-time") for s in seeds] if quad else steps
+        ratios = study["ratios"]
+        timed = [_timed(recipe, results, ratios, label, s) for s in seeds] if quad else [_final(r) for r in steps]
+        n_time = int(round(min(1.0, ratios[label]) * steps[0]["labels"]["steps"])) if steps[0] else None
         ratio = {b: v[label]["p50_ms"] / v[base]["p50_ms"] for b, v in lat["batches"].items()}
         arms[label] = {
             "neuron": arm["neuron"], "params": _params(arm),
             "steps": steps[0]["labels"]["steps"] if steps[0] else None,
-            "time_steps": timed[0]["labels"]["steps"] if timed[0] else None,
-            "bpb_steps": mean_std(_final(r) for r in steps), "bpb_time": mean_std(_final(r) for r in timed),
+            "time_steps": (results.get(f"{slug(label)}-s{seeds[0]}-time") or {}).get("labels", {}).get("steps",
+                                                                                                       n_time),
+            "bpb_steps": mean_std(_final(r) for r in steps), "bpb_time": mean_std(timed),
             "diff_steps": None if not quad else _paired(recipe, results, label, base, ""),
-            "diff_time": None if not quad else _paired(recipe, results, label, base, "-time"),
+            "diff_time": None if not quad else _paired(recipe, results, label, base, "-time", ratios),
             "step_ms": 1e3 * study["steptime"]["seconds_per_step"][label],
             "latency_ms": {b: v[label]["p50_ms"] for b, v in lat["batches"].items()}, "latency_ratio": ratio,
         }
