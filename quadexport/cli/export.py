@@ -120,6 +120,9 @@ def run(a: argparse.Namespace) -> int:
                       calibration_data=calib, metadata=meta, dynamic_size=a.dynamic_size,
                       external_data=True if a.external_data else None)
         _report_ops(a, path)
+        if a.mode != "decomposed" and prep is None and getattr(model, "token_input", None) is not None:
+            print(f"{a.mode}: the fused kernels take the quadratic feed-forward layers only; attention, embeddings "
+                  "and LayerNorm stay standard ONNX ops (int64 token input)")
         if not a.no_check:
             from quadexport.check import check
 

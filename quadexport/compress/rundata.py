@@ -139,7 +139,9 @@ def open_data(run_dir: str | Path, meta: Mapping[str, Any], calib_samples: int, 
     calib = torch.cat([xb for xb, _ in loader]) if calib_idx else torch.empty(0, *src.input_shape)
     log.debug("%s: %d training images (%d validation), %d test, %d calibration images loaded", spec, n, nv,
               len(src.test), len(calib))
-    return CompressData(source=src, calib=calib, fit=Subset(src.train, rest.sort().values.tolist()),
+    per_epoch = getattr(src, "windows_per_epoch", None)  # text: an epoch is the run's number of random windows
+    fit = rest[:per_epoch] if per_epoch else rest
+    return CompressData(source=src, calib=calib, fit=Subset(src.train, fit.sort().values.tolist()),
                         val=Subset(src.train, val.tolist()))
 
 

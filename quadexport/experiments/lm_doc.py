@@ -24,6 +24,12 @@ def _diff(d: dict[str, Any] | None) -> str:
     return f"{d['mean']:+.4f} ± {d['std']:.4f} ({seeds})"
 
 
+def _mode(recipe: dict[str, Any]) -> str:
+    from quadexport.experiments.lm import equal_time_mode
+
+    return equal_time_mode(recipe)
+
+
 def _table(summary: dict[str, Any]) -> list[str]:
     batches = list(next(iter(summary["arms"].values()))["latency_ms"])
     head = ("| arm | params | FFN width | steps | val bits/byte, same steps | Δ vs ReLU (paired: mean ± sd (per seed)) "
@@ -76,10 +82,16 @@ def markdown(recipe: dict[str, Any], study: dict[str, Any], summary: dict[str, A
         f"- Training: {tr['optimizer']} lr {tr['lr']}, {tr['schedule']} schedule over {tr['epochs']} evaluation "
         f"intervals of {steps_per_eval} steps, batch {tr['batch_size']}, gradient clip {tr.get('grad_clip', 0)}, "
         f"weight decay {tr.get('weight_decay', 0)}; quadratic arms: ReLinear {recipe.get('relinear', {})}; seeds "
-        f"{summary['seeds']}; each run one thread, {2} runs at a time.",
-        f"- Same wall-clock: a quadratic arm's steps are scaled by `t_ReLU / t_arm`, the training-step times "
+        f"{summary['seeds']}; each run one thread.",
+        f"- Same wall-clock: a quadratic arm gets `t_ReLU / t_arm` of the ReLU arm's steps, the training-step times "
         f"measured interleaved in one process before training ({st['rounds']} rounds of {st['steps_per_round']} "
-        "steps, one thread, median), so the budget does not depend on what else the shared machine ran.",
+        "steps, one thread, median: " + ", ".join(f"{k} {1e3 * v:.0f} ms" for k, v in
+                                                  st["seconds_per_step"].items()) + "), so the budget does not "
+        "depend on what else the shared machine ran. " + (
+            "Each such arm is trained again with those steps (its own cosine schedule)." if _mode(recipe) == "runs"
+            else "Read off the same-steps validation curves at that step (linear between evaluations, every "
+            f"{steps_per_eval} steps): no extra runs; the cosine schedule is then near, not at, its end (at 84 % "
+            "of the steps the learning rate is 6 % of its peak), which can only favour the ReLU arm."),
         "- Latency: seed 0 of every arm exported (`decomposed`, opset 20, dynamic length), onnxruntime CPU, one "
         "thread, interleaved (`quadexport.bench.timing.time_sessions`), p50 at the full context of 64.",
         "- Rule: an arm *wins beyond seed noise* when its paired difference to ReLU (same seed) is negative for "
