@@ -187,7 +187,7 @@ def _make(module: nn.Module, role: str, shape: tuple[int, ...], source: str = "z
 def _check_forward(module: nn.Module, shape: tuple[int, ...], what: str) -> None:
     cfg = getattr(module, "quadexport_config", {}) or {}
     cin = cfg.get("in_channels")
-    if cin is not None and cin != shape[0]:
+    if cin is not None and cin != shape[0] and getattr(module, "token_input", None) is None:
         raise BenchError(f"{what} takes {cin} input channel(s), but the input shape is {' '.join(map(str, shape))} "
                          f"({shape[0]} channel(s)); pass --input-shape {cin} H W")
     try:

@@ -209,7 +209,8 @@ def export(model: nn.Module, path: str | os.PathLike, *, mode: str = "decomposed
     tok = token_input(model)  # a token model: int64 (batch, length) inputs (quadexport.exporter.tokens)
     if tok is not None and fp16:
         tokens.refuse("fp16 export")
-    x = tokens.example_tokens(tok, example_input) if tok else _example_input(model, example_input, input_shape)
+    x = (tokens.example_tokens(tok, example_input, input_shape) if tok
+         else _example_input(model, example_input, input_shape))
     target.validate(model)
     work = shared_copy(model).float().cpu().eval()  # shares the weights; nothing below writes into them
     for p in work.parameters():

@@ -19,12 +19,17 @@ AXES = {1: "length"}
 """The dynamic axis of a token input besides the batch."""
 
 
-def example_tokens(spec: TokenInput, example: torch.Tensor | None = None) -> torch.Tensor:
-    """A batch of 2 int64 token sequences of the full context (or ``example`` as int64, doubled if batch 1)."""
+def example_tokens(spec: TokenInput, example: torch.Tensor | None = None,
+                   input_shape: tuple[int, ...] | list[int] | None = None) -> torch.Tensor:
+    """A batch of 2 int64 token sequences of the full context, or of length ``input_shape[-1]`` (``(L,)``), or
+    ``example`` as int64 (doubled if batch 1)."""
     if example is not None:
         x = example.detach().cpu().to(torch.int64)
         return torch.cat([x, x]) if x.shape[0] == 1 else x
-    return random_tokens(spec, 2, spec.context)
+    n = int(input_shape[-1]) if input_shape is not None and len(input_shape) == 1 else spec.context
+    if not 1 <= n <= spec.context:
+        raise UsageError(f"a token model takes sequences of 1 to {spec.context} tokens, not {n}")
+    return random_tokens(spec, 2, n)
 
 
 def check_lengths(spec: TokenInput) -> list[list[int]]:
