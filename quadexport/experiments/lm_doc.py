@@ -30,6 +30,16 @@ def _mode(recipe: dict[str, Any]) -> str:
     return equal_time_mode(recipe)
 
 
+def _crosscheck(recipe: dict[str, Any], summary: dict[str, Any]) -> list[str]:
+    """With own same-wall-clock runs, the same comparison read off the same-steps curves, as a cross-check."""
+    if _mode(recipe) != "runs":
+        return []
+    rows = [f"{label} {_diff(a['diff_time_curve'])}" for label, a in summary["arms"].items()
+            if a.get("diff_time_curve")]
+    return ["", "Cross-check: the same-wall-clock Δ read off the same-steps curves instead (no own schedule): "
+            + "; ".join(rows) + "."]
+
+
 def _table(summary: dict[str, Any]) -> list[str]:
     batches = list(next(iter(summary["arms"].values()))["latency_ms"])
     head = ("| arm | params | FFN width | steps | val bits/byte, same steps | Δ vs ReLU (paired: mean ± sd (per seed)) "
@@ -103,6 +113,7 @@ def markdown(recipe: dict[str, Any], study: dict[str, Any], summary: dict[str, A
         *_table(summary),
         "",
         *verdict,
+        *_crosscheck(recipe, summary),
         "",
         f"![validation curves]({img.as_posix()})",
         "",

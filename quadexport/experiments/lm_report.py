@@ -43,13 +43,13 @@ def _at_step(rec: dict[str, Any] | None, step: float) -> float | None:
     return ys[i - 1] + (ys[i] - ys[i - 1]) * (step - xs[i - 1]) / (xs[i] - xs[i - 1])
 
 
-def _timed(recipe: dict[str, Any], results: dict[str, Any], ratios: dict[str, float], label: str, seed: int
-           ) -> float | None:
+def _timed(recipe: dict[str, Any], results: dict[str, Any], ratios: dict[str, float], label: str, seed: int,
+           mode: str | None = None) -> float | None:
     """The same-wall-clock value of an arm and seed: its own run (``equal_time = "runs"``) or its same-steps curve
-    read at ``ratio x`` its steps (``"curve"``)."""
+    read at ``ratio x`` its steps (``"curve"``; ``mode`` overrides the recipe's)."""
     from quadexport.experiments.lm import equal_time_mode
 
-    if equal_time_mode(recipe) == "runs":
+    if (mode or equal_time_mode(recipe)) == "runs":
         return _final(results.get(f"{slug(label)}-s{seed}-time"))
     rec = results.get(f"{slug(label)}-s{seed}")
     steps = rec["labels"]["steps"] if rec else 0
@@ -57,11 +57,11 @@ def _timed(recipe: dict[str, Any], results: dict[str, Any], ratios: dict[str, fl
 
 
 def _paired(recipe: dict[str, Any], results: dict[str, Any], label: str, base: str, suffix: str,
-            ratios: dict[str, float] | None = None) -> dict[str, Any]:
+            ratios: dict[str, float] | None = None, mode: str | None = None) -> dict[str, Any]:
     diffs = []
     for s in recipe["run"]["seeds"]:
         a = (_final(results.get(f"{slug(label)}-s{s}")) if not suffix
-             else _timed(recipe, results, ratios or {}, label, s))
+             else _timed(recipe, results, ratios or {}, label, s, mode))
         b = _final(results.get(f"{slug(base)}-s{s}"))
         diffs.append(None if a is None or b is None else a - b)
     st = mean_std(diffs)
@@ -95,6 +95,7 @@ def aggregate_lm(recipe: dict[str, Any], study: dict[str, Any]) -> dict[str, Any
             "bpb_steps": mean_std(_final(r) for r in steps), "bpb_time": mean_std(timed),
             "diff_steps": None if not quad else _paired(recipe, results, label, base, ""),
             "diff_time": None if not quad else _paired(recipe, results, label, base, "-time", ratios),
+            "diff_time_curve": None if not quad else _paired(recipe, results, label, base, "-time", ratios, "curve"),
             "step_ms": 1e3 * study["steptime"]["seconds_per_step"][label],
             "latency_ms": {b: v[label]["p50_ms"] for b, v in lat["batches"].items()}, "latency_ratio": ratio,
         }
@@ -169,8 +170,8 @@ def verdict(summary: dict[str, Any]) -> list[str]:
                      if d["wins_beyond_noise"]]
             worse = [k for k, d in (("same steps", a["diff_steps"]), ("same wall-clock", a["diff_time"]))
                      if d["loses_beyond_noise"]]
-            lines.append(f"- {label} does **not** win beyond seed noise"
-                         + (f" at both costs (it does at {', '.join(which)} only)" if which else "")
+            lines.append(f"- {label} does **not** win beyond seed noise at both costs"
+                         + (f": it does at the {', '.join(which)} only" if which else "")
                          + (f"; it is worse beyond seed noise at {', '.join(worse)}" if worse else "")
                          + f" (latency {lat}).")
     return lines
