@@ -118,7 +118,8 @@ def markdown(recipe: dict[str, Any], study: dict[str, Any], summary: dict[str, A
         f"![validation curves]({img.as_posix()})",
         "",
         "Left: validation bits per byte against optimizer steps (mean over seeds, band min..max). Right: against "
-        "training seconds (dashed: the same-wall-clock runs); seconds on a shared machine, only indicative.",
+        "training time = steps × each arm's measured step time (dashed: the same-wall-clock runs, which end where "
+        "the ReLU arm ends); the runs' own wall-clock on the shared machine depended on what else ran.",
         "",
     ]
     return "\n".join(lines)

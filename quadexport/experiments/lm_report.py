@@ -112,9 +112,11 @@ def _params(arm: dict[str, Any]) -> int:
     return count_params(create_model(arm.get("model", "gpt"), neuron=arm["neuron"]))
 
 
-def plot_curves(recipe: dict[str, Any], results: dict[str, Any], path: Path) -> Path:
-    """Validation bits per byte against steps (same-steps runs) and against training seconds (both variants);
-    mean over seeds, the band is min..max."""
+def plot_curves(recipe: dict[str, Any], results: dict[str, Any], path: Path,
+                step_s: dict[str, float] | None = None) -> Path:
+    """Validation bits per byte against steps (same-steps runs) and against training time (both variants): steps
+    times the arm's step time measured interleaved (``step_s``; the shared machine's wall-clock per run depends on
+    what else ran); mean over seeds, the band is min..max."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -132,20 +134,23 @@ def plot_curves(recipe: dict[str, Any], results: dict[str, Any], path: Path) -> 
             n = min(len(r["epochs"]) for r in recs)
             y = np.array([[e["val_bpb"] for e in r["epochs"][:n]] for r in recs])
             steps = np.cumsum([e["steps"] for e in recs[0]["epochs"][:n]])
-            secs = np.mean([np.cumsum([e["seconds"] for e in r["epochs"][:n]]) for r in recs], axis=0)
+            secs = (np.cumsum([e["steps"] for e in recs[0]["epochs"][:n]]) * step_s[arm["label"]] if step_s else
+                    np.mean([np.cumsum([e["seconds"] for e in r["epochs"][:n]]) for r in recs], axis=0))
             lab = arm["label"] + (" (same wall-clock)" if suffix else "")
             if not suffix:
                 ax1.plot(steps, y.mean(0), ls, color=color, label=lab)
                 ax1.fill_between(steps, y.min(0), y.max(0), color=color, alpha=0.2)
             ax2.plot(secs, y.mean(0), ls, color=color, label=lab)
-    for ax, xl in ((ax1, "optimizer steps"), (ax2, "training seconds (mean over seeds; shared machine)")):
+    xl2 = ("training time (s): steps x the measured step time" if step_s else
+           "training seconds (mean over seeds; shared machine)")
+    for ax, xl in ((ax1, "optimizer steps"), (ax2, xl2)):
         ax.set_xlabel(xl)
         ax.set_ylabel("validation bits per byte")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         ax.set_ylim(top=min(ax.get_ylim()[1], 4.0))
     ax1.set_title("same steps")
-    ax2.set_title("against wall-clock")
+    ax2.set_title("against training time (one thread)")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -182,7 +187,8 @@ def render_lm(recipe: dict[str, Any], study: dict[str, Any], docs: Path, command
     from quadexport.experiments.lm_doc import markdown
 
     summary = aggregate_lm(recipe, study)
-    img = plot_curves(recipe, study["results"], docs / "img" / "lm_curves.png")
+    img = plot_curves(recipe, study["results"], docs / "img" / "lm_curves.png",
+                      study["steptime"]["seconds_per_step"])
     md = docs / "lm.md"
     md.parent.mkdir(parents=True, exist_ok=True)
     md.write_text(markdown(recipe, study, summary, verdict(summary), command, img.relative_to(docs)))
