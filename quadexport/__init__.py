@@ -5,6 +5,7 @@ Public API::
     from quadexport import QuadLinear, QuadConv1d, QuadConv2d, create_model, list_models, list_neurons, load
     quadexport.export(model, "m.onnx", mode="decomposed")
     quadexport.check("m.onnx", model).ok
+    quadexport.check("m.onnx", model, runtime="openvino").ok    # any of quadexport.list_runtimes()
     qmodel = quadexport.quadratize(trained_model, neuron="fan")  # any model; unchanged until fine-tuned
     amodel = quadexport.adopt(research_model, input_shape=(3, 32, 32))  # quadratic neurons written as plain layers
 
@@ -20,13 +21,16 @@ from typing import Any
 from quadexport._version import __version__
 
 # Public name -> the module that defines it (imported on first access).
-_LAZY = {**{n: "quadexport.layers" for n in ("QuadConv1d", "QuadConv2d", "QuadLinear", "get_neuron", "list_neurons",
+_LAZY = {**{n: "quadexport.layers" for n in ("QuadConv1d", "QuadConv2d", "QuadConvTranspose1d",
+                                             "QuadConvTranspose2d", "QuadLinear", "get_neuron", "list_neurons",
                                              "register_neuron", "unregister_neuron")},
-         **{n: "quadexport.zoo" for n in ("count_macs", "count_params", "create_model", "list_models")},
-         "load": "quadexport.checkpoint", "export": "quadexport.exporter.api",
+         **{n: "quadexport.zoo" for n in ("count_macs", "count_params", "list_models")},
+         "create_model": "quadexport.transforms.build",
+         "load": "quadexport.runs.checkpoint", "export": "quadexport.exporter.api",
          "make_session": "quadexport.exporter.session", "check": "quadexport.check",
-         "quadratize": "quadexport.quadratize", "QuadratizeReport": "quadexport.quadratize",
-         "adopt": "quadexport.adopt", "AdoptReport": "quadexport.adopt", "relu_twin": "quadexport.adopt"}
+         "list_runtimes": "quadexport.runtimes", "register_runtime": "quadexport.runtimes",
+         "quadratize": "quadexport.transforms.quadratizer", "QuadratizeReport": "quadexport.transforms.quadratizer",
+         "adopt": "quadexport.transforms.adopter", "AdoptReport": "quadexport.transforms.adopter", "relu_twin": "quadexport.transforms.adopter"}
 
 __all__ = sorted([*_LAZY, "__version__"])
 

@@ -34,10 +34,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from quadexport.checkpoint import write_json
+from quadexport.runs.atomicfile import write_json
 from quadexport.errors import UsageError, did_you_mean
-from quadexport.relinear import ReLinearConfig
-from quadexport.train import TrainConfig
+from quadexport.training.relinear import ReLinearConfig
+from quadexport.training.loop import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -74,12 +74,23 @@ PIPELINE_SECTIONS: dict[str, Any] = {
 EXPERIMENT_SECTIONS: dict[str, Any] = {
     "relinear": _RELINEAR, "train": _leaves(*_TRAIN_ALL), "run": _leaves("seeds", "labels"),
     "datasets": _Array({**_DATA, "groups": None}),
-    "models": _Array({**_leaves("group", "label", "model", "neuron", "role"), "relinear": _RELINEAR}),
+    "models": _Array({**_leaves("group", "label", "model", "neuron", "role", "seed"), "relinear": _RELINEAR}),
     "warmstart": _leaves("dataset", "model", "neuron", "twin_epochs_factor", "seeds"),
     "grid": _leaves("lrs", "inits", "regularisers", "seeds", "key_seeds", "key_cells", "only_key", "collapse_acc",
                     "blowup_test_loss", "rescue_rollbacks"),
     "regularisers": _MapOf({**_RELINEAR, "label": None, "alias": None}),
     "lm": _leaves("equal_time", "timing_steps", "timing_rounds", "latency_batches", "latency_seconds"),
+    # the studies (quadexport.experiments.compression / .quadratize_study)
+    "compression": _leaves("source", "twin", "control_epochs", "variants"),
+    "variants": _MapOf(_leaves("source", "threshold", "target_ratio", "cost", "finetune_epochs", "bn_recalibrate",
+                               "shortcut", "quantize", "keep_fp32", "calib_samples", "val_samples", "align", "split",
+                               "drop_branches", "select")),
+    "sweep": _leaves("thresholds", "aligns", "calib_samples"),
+    "latsweep": _leaves("thresholds", "aligns", "shortcuts", "splits", "calib_samples", "min_seconds"),
+    "bench": _leaves("batches", "threads", "min_seconds", "repeats", "seed", "configs"),
+    "quadratize": _leaves("configs", "controls", "time_control", "steptime_steps", "steptime_warmup",
+                          "steptime_batch"),
+    "configs": _MapOf({**_leaves(*_TRAIN_ALL), "relinear": _RELINEAR}),
 }
 TOP_KEYS = ("name", "description", "experiments", "budget")
 SECTIONS = set(TOP_KEYS) | set(PIPELINE_SECTIONS)  # the sections of a pipeline recipe
@@ -165,7 +176,7 @@ def load_recipe(path: str | Path, budget: str | None = None) -> dict[str, Any]:
 
 
 def train_config(recipe: dict[str, Any], model: str, neuron: str, out: Path) -> TrainConfig:
-    """The :class:`~quadexport.train.TrainConfig` of one model of the recipe."""
+    """The :class:`~quadexport.training.loop.TrainConfig` of one model of the recipe."""
     rl = ReLinearConfig(**recipe.get("relinear", {}))
     if neuron == "relu":
         rl = ReLinearConfig(mode="none")
@@ -237,9 +248,9 @@ def _train_one(cfg: TrainConfig, run_dir: Path, resume: bool, overwrite: bool) -
     a finished run with this config is reused and a partial one (killed during training) continues from its last
     checkpoint; a run made with other settings is refused. Returns the metrics and a note for the stage line.
     """
-    from quadexport.checkpoint import read_checkpoint
-    from quadexport.rundir import CHECKPOINT, RunDirError, holds_run
-    from quadexport.train import train
+    from quadexport.runs.checkpoint import read_checkpoint
+    from quadexport.runs.rundir import CHECKPOINT, RunDirError, holds_run
+    from quadexport.training.loop import train
 
     if overwrite or not holds_run(run_dir):
         return train(cfg, overwrite=overwrite), ""
@@ -276,7 +287,7 @@ def _train_all(recipe: dict[str, Any], report: Path, resume: bool, overwrite: bo
 
 def _export_and_check(recipe: dict[str, Any], report: Path, quad_run: Path, summary: PipelineSummary) -> None:
     from quadexport.check import check
-    from quadexport.checkpoint import load
+    from quadexport.runs.checkpoint import load
     from quadexport.exporter import export
 
     exp, chk = recipe.get("export", {}), recipe.get("check", {})

@@ -20,10 +20,10 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 import quadexport as q
-from quadexport.adopt import AdoptReport, TOLERANCE
+from quadexport.transforms.adopter import AdoptReport, TOLERANCE
 from quadexport.errors import QuadexportError, UsageError
 from quadexport.layers import QuadLayer
-from quadexport.zoo.adopted import apply_adopt_spec, relu_twin
+from quadexport.transforms.adopted import apply_adopt_spec, relu_twin
 
 sys.path.insert(0, str(Path(__file__).parent))
 import adopt_models as am  # noqa: E402
@@ -330,7 +330,7 @@ def test_cli_export_fused_of_a_model_without_quadexport_layers_names_adopt(tmp_p
     import os
     import subprocess
 
-    from quadexport.checkpoint import save_checkpoint
+    from quadexport.runs.checkpoint import save_checkpoint
 
     run = tmp_path / "relu"
     save_checkpoint(run, q.create_model("cnn", "relu", width=4), {"input_shape": [1, 8, 8]})

@@ -234,7 +234,7 @@ def test_dataset_accuracy_is_measured_and_recorded(user, tmp_path, capsys):
 def test_edited_source_in_the_checkpoint_is_refused(run, tmp_path):
     """The recorded model text must match its sha256 before it runs."""
     import quadexport as q
-    from quadexport.checkpoint import CheckpointError
+    from quadexport.runs.checkpoint import CheckpointError
 
     copy = tmp_path / "run"
     shutil.copytree(run, copy)

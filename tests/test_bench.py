@@ -14,7 +14,7 @@ import torch
 import quadexport as q
 from quadexport.bench import (ONNX_MODES, RATIO_KEYS, ROW_KEYS, BenchError, BenchModel, _resolve_models,
                               _zoo_macs, bench, mac_matched_baseline, parse_input_shape)
-from quadexport.checkpoint import save_checkpoint
+from quadexport.runs.checkpoint import save_checkpoint
 from quadexport.cli import main
 
 SHAPE = (1, 8, 8)

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from quadexport.check import TOLERANCES, check, compare
-from quadexport.checkpoint import save_checkpoint
+from quadexport.runs.checkpoint import save_checkpoint
 from quadexport.exporter import export, strip_functions
 
 from test_export import cached_export, cached_model, kernel_lib, make_model  # noqa: F401  (tests/ is on sys.path)

@@ -20,7 +20,7 @@ import pytest
 from torch import nn
 
 import quadexport as q
-from quadexport.checkpoint import save_checkpoint
+from quadexport.runs.checkpoint import save_checkpoint
 from quadexport.cli import build_parser, main
 from quadexport.errors import UsageError
 from quadexport.exporter import MAX_OPSET, MIN_OPSET, list_export_targets

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import quadexport as q
-from quadexport.checkpoint import save_checkpoint
+from quadexport.runs.checkpoint import save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -77,7 +77,7 @@ def test_cli_copies_of_library_names_agree():
 
     assert list(BUILTIN_DATASETS) == list_datasets()
     assert tuple(OPT_LEVELS) == tuple(LIB_OPT_LEVELS) and tuple(BUDGETS) == tuple(LIB_BUDGETS)
-    from quadexport.adapter import ADAPTER_DEFAULT as LIB_ADAPTER_DEFAULT
+    from quadexport.training.adapter import ADAPTER_DEFAULT as LIB_ADAPTER_DEFAULT
     from quadexport.cli.argtypes import ADAPTER_DEFAULT
 
     assert ADAPTER_DEFAULT == LIB_ADAPTER_DEFAULT
@@ -250,7 +250,7 @@ def _readme_block(lang: str, after: str) -> str:
 
 @pytest.mark.slow  # a short training, a raw export (subprocess) and the README's client code
 def test_readme_deploy_snippet_runs_verbatim_on_a_digits_demo_model(tmp_path):
-    from quadexport.train import TrainConfig, train
+    from quadexport.training.loop import TrainConfig, train
 
     run = tmp_path / "reports" / "digits-demo" / "runs" / "cnn-fan"  # the path the README's command uses
     metrics = train(TrainConfig(model="cnn", neuron="fan", width=8, dataset="digits", epochs=2, out=str(run)),

@@ -16,13 +16,14 @@ from torch import nn
 
 import quadexport.compress as qc
 from quadexport.check import check
-from quadexport.checkpoint import load, save_checkpoint
+from quadexport.runs.checkpoint import load, save_checkpoint
 from quadexport.compress.layers import MixedQuad, PermShortcut
 from quadexport.compress.prune import LayerStats, fit_terms
 from quadexport.compress.structure import describe, permutable
 from quadexport.exporter import export
 from quadexport.layers import QuadLayer
-from quadexport.zoo import count_macs, create_model
+from quadexport.zoo import count_macs
+from quadexport.transforms import create_model
 
 SHAPE = (1, 8, 8)
 

@@ -14,7 +14,7 @@ from test_imagefolder import write_digits_folder  # noqa: F401  (tests/ is on sy
 
 import quadexport
 import quadexport.compress as qc
-from quadexport.train import TrainConfig, evaluate_batches, train
+from quadexport.training.loop import TrainConfig, evaluate_batches, train
 
 
 @pytest.fixture(autouse=True, scope="module")

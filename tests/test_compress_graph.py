@@ -17,10 +17,10 @@ import pytest
 import torch
 
 import quadexport.compress as qc
-from quadexport.checkpoint import save_checkpoint
+from quadexport.runs.checkpoint import save_checkpoint
 from quadexport.data import load_dataset
 from quadexport.compress.structure import describe, permutable
-from quadexport.zoo import create_model
+from quadexport.transforms import create_model
 
 sys.path.insert(0, str(Path(__file__).parent))
 import compress_models  # noqa: E402  (registers the cgtest_* models)
@@ -168,8 +168,8 @@ def test_missed_target_is_said_plainly(tmp_path, capsys):
 
 def test_finetune_rolls_back_nan_through_the_training_loop():
     from quadexport.compress.finetune import recipe
-    from quadexport.fit import fit_tensors
-    from quadexport.train import TrainingDiverged
+    from quadexport.training.fit import fit_tensors
+    from quadexport.training.loop import TrainingDiverged
 
     m = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
     before = copy.deepcopy(m.state_dict())

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import quadexport as q
-from quadexport.checkpoint import read_checkpoint, save_checkpoint
+from quadexport.runs.checkpoint import read_checkpoint, save_checkpoint
 from quadexport.compress.config import CompressConfig, CompressError
 from quadexport.compress.taskloss import TaskLoss, get_task_loss, list_task_losses, register_task_loss
 

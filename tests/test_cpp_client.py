@@ -117,6 +117,30 @@ def test_client_fused_without_bodies_needs_the_kernel(client, files, resnet20, k
 
 
 @pytest.mark.slow
+def test_check_runtime_cpp(client, files, resnet20, kernel_lib, monkeypatch):
+    """``quadexport.check(runtime="cpp")`` runs the client per batch: bodies and kernel for the fused file."""
+    from quadexport.check import check
+    from quadexport.runtimes import get_runtime
+
+    monkeypatch.setenv("QUADEXPORT_CPP_CLIENT", str(client))
+    assert get_runtime("cpp").supports().available
+    rep = check(files["fused"], resnet20, runtime="cpp", batches=(1, 4), opt_levels=("all",), dataset=False,
+                verbose=False)
+    assert rep.ok, rep.format()
+    assert {(line.opt_level, line.runtime) for line in rep.lines} == {("cpp ORT_ENABLE_ALL", "bodies"),
+                                                                      ("cpp ORT_ENABLE_ALL", "kernel")}
+    assert max(line.rel_l2 for line in rep.lines) <= RTOL
+    assert "-[✓] cpp ORT_ENABLE_ALL [kernel] batch 4 random: rel_l2" in rep.format()
+    rt = get_runtime("cpp")
+    sess = rt.open(files["fused"])  # kernel_library="auto": the client registers the library for a fused file
+    x = np.random.default_rng(0).standard_normal((2, *SHAPE)).astype(np.float32)
+    (out,) = sess.run(x)
+    assert sess.kernel == kernel_lib and out.shape == (2, 10)
+    monkeypatch.setenv("QUADEXPORT_CPP_CLIENT", str(client.parent / "missing"))
+    assert "make cpp" in rt.supports().reason
+
+
+@pytest.mark.slow
 def test_client_times_runs(client, files, resnet20, tmp_path):
     io = save_io(resnet20, files["decomposed"], tmp_path / "io", batch=4)
     proc = run_client(client, files["decomposed"], io.input_path, tmp_path / "o.npy", "--repeat", "5",

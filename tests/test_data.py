@@ -408,7 +408,7 @@ def test_cifar_missing_batch(tmp_path):
                                          ("cifar10", 1 / 255)])
 def test_builtin_preprocessing_declares_scale(name, scale):
     from quadexport.data import builtin_preprocessing
-    from quadexport.preprocess import preprocessing_metadata
+    from quadexport.data.preprocess import preprocessing_metadata
 
     p = builtin_preprocessing(name)
     assert p.scale == scale and len(p.mean) == len(p.std) == p.channels and len(p.class_names) == 10
@@ -420,7 +420,7 @@ def test_builtin_preprocessing_declares_scale(name, scale):
 
 def test_raw_input_is_bitwise_the_training_normalisation():
     from quadexport.data import builtin_preprocessing
-    from quadexport.preprocess import RawInput
+    from quadexport.data.preprocess import RawInput
 
     x_raw = qd._digits_raw()[2]
     d = load_dataset("digits")
@@ -432,7 +432,7 @@ def test_raw_input_is_bitwise_the_training_normalisation():
 
 def test_preprocessing_round_trips_and_validates():
     from quadexport.errors import QuadexportError, UsageError
-    from quadexport.preprocess import Preprocessing
+    from quadexport.data.preprocess import Preprocessing
 
     p = Preprocessing(channels=3, size=(4, 5), scale=1 / 255, mean=(0.1, 0.2, 0.3), std=(0.4, 0.5, 0.6),
                       class_names=("a", "b"), test_split="val/", resize="PIL bilinear")
@@ -477,7 +477,7 @@ def _png_folder(root: Path, splits=("train", "val"), classes=("a", "b"), n: int 
 
 def test_imagefolder_streams_normalised_images(tmp_path):
     from quadexport.data import DataOptions, open_dataset
-    from quadexport.preprocess import normalise
+    from quadexport.data.preprocess import normalise
 
     root = _png_folder(tmp_path / "f")
     src = open_dataset(f"imagefolder:{root}", DataOptions(workers=0))

@@ -18,9 +18,9 @@ import pytest
 import torch
 
 import quadexport as q
-from quadexport.atomicfile import StagedFile
+from quadexport.runs.atomicfile import StagedFile
 from quadexport.check import check
-from quadexport.checkpoint import save_checkpoint
+from quadexport.runs.checkpoint import save_checkpoint
 from quadexport.deploy import load_io, save_io, verify_io
 from quadexport.exporter import export, extdata
 

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 import quadexport as q
-from quadexport.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
-from quadexport.relinear import ReLinearConfig
-from quadexport.train import TrainConfig, TrainingDiverged, train
+from quadexport.runs.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
+from quadexport.training.relinear import ReLinearConfig
+from quadexport.training.loop import TrainConfig, TrainingDiverged, train
 
 TRAIN = [sys.executable, "-m", "quadexport", "train", "--model", "cnn", "--width", "8", "--dataset", "digits",
          "--lr", "0.05", "--seed", "3"]

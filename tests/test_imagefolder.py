@@ -1,5 +1,5 @@
 """End to end with your own images: digits written as PNG files, trained through ``imagefolder:``, exported with
-:class:`~quadexport.preprocess.RawInput`, and the run's test accuracy reproduced from the PNG files by a process that
+:class:`~quadexport.data.preprocess.RawInput`, and the run's test accuracy reproduced from the PNG files by a process that
 only has onnxruntime, PIL and numpy (it never imports quadexport)."""
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def write_digits_folder(root: Path, n_train: int = 300, n_test: int = 100) -> Pa
 
 @pytest.fixture(scope="module")
 def folder_run(tmp_path_factory):
-    from quadexport.train import TrainConfig, train
+    from quadexport.training.loop import TrainConfig, train
 
     tmp = tmp_path_factory.mktemp("imagefolder")
     root = write_digits_folder(tmp / "digits-png")
@@ -85,7 +85,7 @@ def test_imagefolder_run_records_preprocessing(folder_run):
 def test_raw_input_onnx_reproduces_accuracy_from_png_files(folder_run, tmp_path):
     import quadexport
     from quadexport.data import run_preprocessing
-    from quadexport.preprocess import RawInput, preprocessing_metadata
+    from quadexport.data.preprocess import RawInput, preprocessing_metadata
 
     root, run, metrics = folder_run
     model = quadexport.load(run)
@@ -135,8 +135,8 @@ def test_open_run_dataset_reproduces_accuracy_in_torch(folder_run):
 
     import quadexport
     from quadexport.data import open_run_dataset, run_preprocessing
-    from quadexport.preprocess import RawInput, denormalise
-    from quadexport.train import evaluate_batches
+    from quadexport.data.preprocess import RawInput, denormalise
+    from quadexport.training.loop import evaluate_batches
 
     _, run, metrics = folder_run
     model = quadexport.load(run)

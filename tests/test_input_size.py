@@ -21,7 +21,7 @@ import quadexport as q
 from quadexport.data import DataOptions, Preprocessing, open_dataset
 from quadexport.data.builtin import _digits_raw
 from quadexport.data.resize import RESIZE, resize_images
-from quadexport.preprocess import normalise
+from quadexport.data.preprocess import normalise
 from quadexport.zoo.inputsize import InputSizeError, check_input_size, smallest_input_size
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,7 +7,7 @@ from torch import nn
 import quadexport as q
 from quadexport import QuadConv1d, QuadConv2d, QuadLinear
 from quadexport.errors import UsageError
-from quadexport.relinear import plain_init
+from quadexport.training.relinear import plain_init
 
 
 def test_public_imports_and_registry():

@@ -30,7 +30,7 @@ import torch
 
 import quadexport as q
 from quadexport.data import open_run_dataset
-from quadexport.train import evaluate_batches
+from quadexport.training.loop import evaluate_batches
 
 pytestmark = pytest.mark.slow  # ~260 CPU-seconds (about 2.5 min on 2 idle cores): 16 CLI runs, one fresh interpreter
 

@@ -14,12 +14,12 @@ from torch import nn
 
 import quadexport as q
 from quadexport.check import check
-from quadexport.checkpoint import load, save_checkpoint
+from quadexport.runs.checkpoint import load, save_checkpoint
 from quadexport.exporter import lower_functions, lowrank_ops, make_session
 from quadexport.exporter.fold import fold_batchnorm, fold_plan
 from quadexport.errors import UsageError
 from quadexport.layers import QuadConv1d, QuadConv2d, QuadLinear
-from quadexport.relinear import ReLinearConfig, param_groups, warm_start
+from quadexport.training.relinear import ReLinearConfig, param_groups, warm_start
 from test_export import op_counts, perturb, rel_l2, torch_out  # noqa: F401  (tests/ is on sys.path)
 
 TWINS = [

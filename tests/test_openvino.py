@@ -76,3 +76,25 @@ def test_function_mode_refused_lowered_passes(cnn, tmp_path):
     onnx.save(lower_functions(onnx.load(str(files["function"]))), str(lowered))
     report = check_openvino(lowered, model, batches=(2,), bf16=False)
     assert report.ok and np.isfinite(report.rows[0].rel_l2), report.format()
+
+
+def test_check_runtime_openvino_through_the_registry(cnn, tmp_path):
+    """``quadexport.check(runtime="openvino")``: the same f32 (and bf16) settings, as check lines."""
+    from quadexport.check import check
+
+    model, files = cnn
+    rep = check(files["decomposed"], model, runtime="openvino", batches=(1, 3), dataset=False, threads=1,
+                verbose=False)
+    assert rep.ok, rep.format()
+    f32 = [line for line in rep.lines if line.opt_level == "openvino-cpu f32"]
+    assert [line.batch for line in f32] == [1, 3] and all(line.rel_l2 <= 1e-5 for line in f32)
+    assert "-[✓] openvino-cpu f32 batch 3 random: rel_l2" in rep.format()
+    bf16 = [line for line in rep.lines if line.opt_level == "openvino-cpu bf16"]
+    assert bool(bf16) == bf16_supported() and (bf16 or any("bf16 not measured" in n for n in rep.notes))
+    assert rep.env["runtime"] == "openvino" and rep.env["runtime_version"] == q.runtimes.get_runtime(
+        "openvino").supports().version
+    with pytest.raises(UsageError, match="function-mode file .* OpenVINO cannot run.*--mode decomposed"):
+        check(files["function"], model, runtime="openvino", dataset=False, verbose=False)
+    lowered = tmp_path / "lowered.onnx"
+    onnx.save(lower_functions(onnx.load(str(files["function"]))), str(lowered))
+    assert check(lowered, model, runtime="openvino", batches=(2,), dataset=False, verbose=False).ok

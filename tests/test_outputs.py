@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 import quadexport as q
-from quadexport.checkpoint import read_checkpoint, save_checkpoint
+from quadexport.runs.checkpoint import read_checkpoint, save_checkpoint
 from quadexport.exporter.dynamic import DynamicSizeError
 from quadexport.exporter.outputs import flatten, rebuild_outputs, structure_of
 from test_cpp_client import client  # noqa: F401  (fixture; tests/ is on sys.path)
@@ -266,7 +266,7 @@ def test_bn_folding_verifies_dict_outputs():
 
 def test_raw_input_with_dynamic_size(tmp_path):
     """``input="raw"``: the preprocessing is per channel, so it works at any size; check feeds raw pixels."""
-    from quadexport.preprocess import Preprocessing, RawInput, preprocessing_metadata
+    from quadexport.data.preprocess import Preprocessing, RawInput, preprocessing_metadata
 
     prep = Preprocessing(channels=3, size=(8, 8), scale=1 / 255, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))
     model = perturb(TwoHeads(), 0.05, calib_shape=(3, 8, 8))

@@ -156,7 +156,7 @@ def test_default_selection_report_and_exactness(caplog) -> None:
     torch.manual_seed(0)
     net = _Net().eval()
     x = torch.randn(2, 3, 6, 6)
-    with caplog.at_level("DEBUG", logger="quadexport.quadratize"):
+    with caplog.at_level("DEBUG", logger="quadexport.transforms.quadratizer"):
         q, rep = quadratize(net, "fan", input_shape=(3, 6, 6), return_report=True)
     assert rep.converted == ["dw", "pw", "mlp.0", "mlp.2"]
     reasons = {s.name: s.reason for s in rep.skipped}
@@ -224,7 +224,7 @@ def test_zoo_rebuild_and_metadata_does_not_leak(tmp_path) -> None:
 
 
 def test_weights_file_maps_plain_keys_and_names_mismatches(tmp_path) -> None:
-    from quadexport.zoo.foreign import WeightsError, load_weights
+    from quadexport.transforms.weights import WeightsError, load_weights
 
     torch.manual_seed(0)
     relu = create_model("cnn", neuron="relu")
@@ -305,8 +305,8 @@ def test_foreign_export_parity(name: str, kw: dict, mode: str, tmp_path) -> None
 # ------------------------------------------------------------------------------------------------------------------
 
 def test_train_only_parts() -> None:
-    from quadexport.adapter import parse_train_only, set_trainable
-    from quadexport.relinear import ReLinearConfig, param_groups
+    from quadexport.training.adapter import parse_train_only, set_trainable
+    from quadexport.training.relinear import ReLinearConfig, param_groups
 
     m = quadratize(create_model("cnn", neuron="relu", width=4))
     s = set_trainable(m, "quadratic")

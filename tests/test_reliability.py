@@ -13,14 +13,15 @@ import pytest
 import torch
 
 import quadexport as q
-from quadexport.checkpoint import atomic_write, save_checkpoint
+from quadexport.runs.atomicfile import atomic_write
+from quadexport.runs.checkpoint import save_checkpoint
 from quadexport.cli import main
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     """A real (tiny) trained run on digits."""
-    from quadexport.train import TrainConfig, train
+    from quadexport.training.loop import TrainConfig, train
 
     out = tmp_path_factory.mktemp("rel") / "mlp"
     train(TrainConfig(model="mlp", neuron="fan", dataset="digits", out=str(out), epochs=1, width=16,

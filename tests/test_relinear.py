@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import quadexport as q
-from quadexport.relinear import (ReLinearConfig, param_groups, quadratic_norms, quadratic_penalty, warm_start)
+from quadexport.training.relinear import (ReLinearConfig, param_groups, quadratic_norms, quadratic_penalty, warm_start)
 
 ZOO = q.list_models()
 

@@ -16,11 +16,12 @@ import pytest
 import torch
 
 import quadexport as q
-from quadexport.checkpoint import atomic_write, read_checkpoint
+from quadexport.runs.atomicfile import atomic_write
+from quadexport.runs.checkpoint import read_checkpoint
 from quadexport.cli import main
-from quadexport.atomicfile import StagedFile
-from quadexport.rundir import RunDirError, RunDirLocked, lock_path, open_run
-from quadexport.train import TrainConfig, train
+from quadexport.runs.atomicfile import StagedFile
+from quadexport.runs.rundir import RunDirError, RunDirLocked, lock_path, open_run
+from quadexport.training.loop import TrainConfig, train
 
 sys.path.insert(0, str(Path(__file__).parent))
 from childsignals import popen_interruptible  # noqa: E402  (SIGINT reaches the child however the suite runs)
@@ -149,7 +150,7 @@ def test_second_writer_fails_at_once_naming_the_holder(tmp_path):
 
 def test_killed_holder_leaves_no_stale_lock(tmp_path):
     run = tmp_path / "r"
-    code = ("import sys, time; from quadexport.rundir import open_run; r = open_run(sys.argv[1], 'new'); "
+    code = ("import sys, time; from quadexport.runs.rundir import open_run; r = open_run(sys.argv[1], 'new'); "
             "print('locked', flush=True); time.sleep(600)")
     p = subprocess.Popen([sys.executable, "-c", code, str(run)], stdout=subprocess.PIPE, text=True, env=ENV)
     try:

@@ -13,8 +13,8 @@ import pytest
 import torch
 from torch import nn
 
-from quadexport.zoo.foreign import load_weights
-from quadexport.zoo.statedict import WeightsError, load_into, read_state_dict, strip_prefixes
+from quadexport.transforms.weights import load_weights
+from quadexport.transforms.statedict import WeightsError, load_into, read_state_dict, strip_prefixes
 
 
 def _net() -> nn.Module:

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import quadexport as q
-from quadexport.checkpoint import CheckpointError, read_checkpoint
-from quadexport.relinear import ReLinearConfig
-from quadexport.train import TrainConfig, train
+from quadexport.runs.checkpoint import CheckpointError, read_checkpoint
+from quadexport.training.relinear import ReLinearConfig
+from quadexport.training.loop import TrainConfig, train
 
 EPOCH_KEYS = {"epoch", "train_loss", "test_loss", "test_acc", "norm_wg", "norm_wb", "seconds"}
 
@@ -95,7 +95,7 @@ def test_resume_refuses_other_settings(tmp_path):
 
 def test_warm_start_from_relu_run_starts_at_relu_accuracy(tmp_path):
     from quadexport.data import load_dataset
-    from quadexport.train import build_model
+    from quadexport.training.loop import build_model
 
     relu_cfg = _cfg(tmp_path, "relu", neuron="relu", relinear=ReLinearConfig(mode="none"))
     train(relu_cfg, progress=False)
@@ -183,7 +183,7 @@ def test_plot_false_skips_curves_only(tmp_path):
 
 def test_curves_relu_has_no_quadratic_panel_and_integer_epoch_ticks():
     """Issue #16 item 8: a ReLU run's curves have no (empty) quadratic-norm panel; epoch ticks are integers."""
-    from quadexport.train import curves_figure
+    from quadexport.training.loop import curves_figure
 
     rows = [{"epoch": i, "train_loss": 1.0 / i, "test_loss": 1.2 / i, "test_acc": 0.5 + 0.1 * i, "norm_wg": 0.0,
              "norm_wb": 0.0} for i in range(1, 4)]
@@ -199,7 +199,7 @@ def test_curves_relu_has_no_quadratic_panel_and_integer_epoch_ticks():
 def test_relu_epoch_log_has_no_quadratic_norms(tmp_path, caplog):
     import logging
 
-    from quadexport.train import TrainConfig, train
+    from quadexport.training.loop import TrainConfig, train
 
     with caplog.at_level(logging.INFO, logger="quadexport"):
         train(TrainConfig(model="cnn", neuron="relu", dataset="digits", epochs=1, train_subset=200,

@@ -57,7 +57,8 @@ def build(case: str):
     import torch
 
     import quadexport as q
-    from quadexport.layers import QuadLayer, QuadLinear
+    from quadexport.layers import QuadLinear
+    from quadexport.layers.init import perturb_quadratic
 
     torch.manual_seed(0)
     scale = 1e-3  # deep untrained nets: larger quadratic terms compound to inf over 50 layers
@@ -73,12 +74,9 @@ def build(case: str):
     else:
         raise SystemExit(f"unknown case {case!r}; choose from {', '.join(CASES)}")
     g = torch.Generator().manual_seed(1)
+    perturb_quadratic(model, scale, generator=g, scale="fan_in")  # small: the quadratic terms matter a little
     with torch.no_grad():
         for m in model.modules():
-            if isinstance(m, QuadLayer):
-                for n in m.neuron_type.quadratic_branches:  # in place, small: the quadratic terms matter a little
-                    w = getattr(m, n).weight
-                    w.add_(torch.randn(w.shape, generator=g).mul_(scale / w[0].numel() ** 0.5))
             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
                 m.running_var.uniform_(0.5, 1.5, generator=g)
                 m.running_mean.normal_(0, 0.1, generator=g)

@@ -35,19 +35,17 @@ Usage::
     PYTHONPATH=$PWD python tools/compress_overhead.py --layers layer1.0.conv2 --ks 8 --all-k 0 \
         --include quad mixed8-g --bias-bn
 
-Every ONNX rewrite is checked against the plain export under onnxruntime (relative L2 ≤ 1e-5). Written by hand: the
-two small graph rewrites (no library does these exact patterns) and the profile aggregation (onnxruntime's profiler
-writes per-kernel events; nothing aggregates them per op type and run).
+Every ONNX rewrite is checked against the plain export under onnxruntime (relative L2 ≤ 1e-5). The graph rewrites
+and the profile aggregation live in :mod:`quadexport.experiments.onnx_rewrites` and
+:mod:`quadexport.experiments.ort_profile`; the weights come from :func:`quadexport.layers.init.perturb_quadratic`.
 """
 
 from __future__ import annotations
 
 import argparse
-import collections
 import copy
 import json
 import logging
-import statistics
 import sys
 import tempfile
 import time
@@ -55,12 +53,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import onnx
 import torch
 from torch import nn
 
-from quadexport.bench.timing import TimingConfig, TimingUnit, loadavg, time_sessions
+from quadexport.bench.timing import loadavg
 from quadexport.compress.job import twin_of
 from quadexport.compress.latency import time_onnx
 from quadexport.compress.permute import conv_shortcuts
@@ -68,10 +65,13 @@ from quadexport.compress.plan import LayerPlan, Plan
 from quadexport.compress.rewrite import compress_model, fold_mixed_bn
 from quadexport.compress.stats import channel_scores, collect_stats
 from quadexport.compress.structure import describe
+from quadexport.experiments.onnx_rewrites import bias_add_to_bn, op_histogram, rel_diff, relu_before_concat
+from quadexport.experiments.ort_profile import families, profile
 from quadexport.exporter import export
+from quadexport.layers.init import perturb_quadratic
 from quadexport.layers.mixed import copy_rows, like
-from quadexport.layers.quad import QuadLayer
-from quadexport.zoo import count_macs, create_model
+from quadexport.transforms import create_model
+from quadexport.zoo import count_macs
 
 log = logging.getLogger("compress_overhead")
 
@@ -136,26 +136,13 @@ def variants(channels: dict[str, int], chosen: list[str], ks: list[int], all_k: 
 
 # -- models -----------------------------------------------------------------------------------------------------
 
-@torch.no_grad()
 def fan_model(name: str, seed: int, rel: float) -> nn.Module:
     """A zoo Fan model with its ReLinear init plus N(0, (rel·std(W_r))²) on the gate and power weights, BN statistics
     from random inputs: quadratic terms of plausible size (latency does not depend on training). Perturbations of a
     fixed size instead (0.02) make an untrained ResNet20's residual stream overflow by stage 3."""
     torch.manual_seed(seed)
     m = create_model(name, neuron="fan")
-    g = torch.Generator().manual_seed(seed)
-    for mod in m.modules():
-        if isinstance(mod, QuadLayer):
-            std = rel * float(mod.r.weight.std())
-            for br in ("g", "b"):
-                w = getattr(mod, br).weight
-                w.add_(torch.randn(w.shape, generator=g) * std)
-        if isinstance(mod, nn.modules.batchnorm._BatchNorm):
-            mod.momentum = None
-            mod.reset_running_stats()
-    m.train()
-    m(torch.randn(256, *input_shape(m), generator=g))
-    return m.eval()
+    return perturb_quadratic(m, rel, seed=seed, scale="r_std", calib_shape=input_shape(m), calib_n=256)
 
 
 def input_shape(model: nn.Module) -> tuple[int, ...]:
@@ -180,11 +167,6 @@ class SplitConv(nn.Module):
         return torch.cat([self.a(x), self.b(x)], 1)
 
 
-def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, new)
-
-
 @torch.no_grad()
 def build(v: Variant, fan: nn.Module, scores: dict, structure: Any, shortcut: str) -> nn.Module:
     """The model of variant ``v`` (eval mode, BN folded into mixed and split layers)."""
@@ -204,170 +186,16 @@ def build(v: Variant, fan: nn.Module, scores: dict, structure: Any, shortcut: st
     for name, k in v.split.items():
         bn_name = bn_of[name][1]
         fused = torch.nn.utils.fusion.fuse_conv_bn_eval(cm.get_submodule(name), cm.get_submodule(bn_name))
-        _set_module(cm, name, SplitConv(fused, k))
-        _set_module(cm, bn_name, nn.Identity())
+        cm.set_submodule(name, SplitConv(fused, k))
+        cm.set_submodule(bn_name, nn.Identity())
     return cm.eval()
-
-
-# -- ONNX ---------------------------------------------------------------------------------------------------------
-
-def relu_before_concat(src: Path, dst: Path) -> int:
-    """Rewrite every ``Concat`` whose only consumer is a ``Relu`` into ``Relu`` per input, then ``Concat`` (exact:
-    ReLU is elementwise). Returns the number rewritten. Written by hand: a 20-line pattern, no library needed."""
-    m = onnx.load(str(src))
-    g = m.graph
-    consumers: dict[str, list[Any]] = collections.defaultdict(list)
-    for n in g.node:
-        for i in n.input:
-            consumers[i].append(n)
-    outputs = {o.name for o in g.output}
-    nodes, dropped, count = [], set(), 0
-    for n in g.node:
-        if id(n) in dropped:
-            continue
-        use = consumers[n.output[0]] if n.output else []
-        if n.op_type == "Concat" and n.output[0] not in outputs and len(use) == 1 and use[0].op_type == "Relu":
-            relu = use[0]
-            ins = [f"{i}__relu1st" for i in n.input]
-            nodes += [onnx.helper.make_node("Relu", [i], [o], name=f"{o}_node") for i, o in zip(n.input, ins)]
-            new = copy.deepcopy(n)
-            del new.input[:]
-            new.input.extend(ins)
-            new.output[0] = relu.output[0]
-            nodes.append(new)
-            dropped.add(id(relu))
-            count += 1
-        else:
-            nodes.append(n)
-    del g.node[:]
-    g.node.extend(nodes)
-    onnx.checker.check_model(m, full_check=True)
-    onnx.save(m, str(dst))
-    return count
-
-
-def _constant(g: Any, name: str) -> np.ndarray | None:
-    for t in g.initializer:
-        if t.name == name:
-            return onnx.numpy_helper.to_array(t)
-    for n in g.node:
-        if n.op_type == "Constant" and n.output[0] == name and n.attribute[0].name == "value":
-            return onnx.numpy_helper.to_array(n.attribute[0].t)
-    return None
-
-
-def bias_add_to_bn(src: Path, dst: Path, eps: float = 1e-5) -> int:
-    """Rewrite every ``Add(x, c)`` with a per-channel constant ``c`` of shape ``(1, C, 1, 1)`` into
-    ``BatchNormalization(x, scale=1, B=c, mean=0, var=1-eps)`` (exact up to rounding): onnxruntime's NCHWc layout
-    takes a BatchNormalization (as a depthwise conv) but not a broadcast ``Add``. Returns the number rewritten."""
-    m = onnx.load(str(src))
-    g = m.graph
-    count = 0
-    for i, n in enumerate(list(g.node)):
-        if n.op_type != "Add":
-            continue
-        for a, b in ((0, 1), (1, 0)):
-            c = _constant(g, n.input[b])
-            if c is None or c.ndim != 4 or c.shape[0] != 1 or c.shape[2:] != (1, 1):
-                continue
-            ch, out = c.shape[1], n.output[0]
-            vals = {"s": np.ones(ch), "b": c.reshape(ch), "m": np.zeros(ch), "v": np.full(ch, 1 - eps)}
-            g.initializer.extend(onnx.numpy_helper.from_array(v.astype(np.float32), f"{out}__bn_{k}")
-                                 for k, v in vals.items())
-            ins = [n.input[a]] + [f"{out}__bn_{k}" for k in vals]
-            g.node.remove(n)
-            g.node.insert(i, onnx.helper.make_node("BatchNormalization", ins, [out], name=f"{out}__bn", epsilon=eps))
-            count += 1
-            break
-    onnx.checker.check_model(m, full_check=True)
-    onnx.save(m, str(dst))
-    return count
-
-
-def op_histogram(nodes: Any) -> dict[str, int]:
-    """``{op: count}``; onnxruntime's NCHWc ops as ``nchwc.<op>`` (``nchwc.Conv`` with its fused ``+act``/``+sum``),
-    ``FusedConv`` with its activation."""
-    hist: collections.Counter = collections.Counter()
-    for n in nodes:
-        op = ("nchwc." if n.domain.endswith("nchwc") else "") + n.op_type
-        if n.op_type in ("Conv", "FusedConv"):
-            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
-            op += "+sum" if len(n.input) > 3 and n.input[3] else ""
-            op += "+act" if attrs.get("activation") else ""
-        hist[op] += 1
-    return dict(sorted(hist.items()))
-
-
-def _session(path: Path, threads: int, opt_path: Path, prefix: Path) -> Any:
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    so.optimized_model_filepath = str(opt_path)
-    so.enable_profiling = True
-    so.profile_file_prefix = str(prefix)
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-
-
-def profile(paths: dict[str, Path], shape: tuple[int, ...], batches: list[int], threads: int,
-            seconds: float) -> dict[str, dict[str, Any]]:
-    """Per model: the optimised graph (node count, op histogram) and the profiler's median µs per run and op type,
-    per batch (``"run"``: the whole ``Run``; ``"kernels"``: the sum of its kernels). The profiled sessions run
-    interleaved (:func:`time_sessions`), so load drift hits all alike."""
-    sessions = {k: _session(p, threads, p.with_suffix(".opt.onnx"), p.with_suffix("")) for k, p in paths.items()}
-    rng = np.random.default_rng(0)
-    plan: dict[str, list[tuple[int, int, int]]] = {k: [] for k in sessions}
-    warm = 5
-    for b in batches:
-        x = rng.standard_normal((b, *shape)).astype(np.float32)
-        units = [TimingUnit(k, lambda s=s: s.run(None, {s.get_inputs()[0].name: x})) for k, s in sessions.items()]
-        stats = time_sessions(units, TimingConfig(warmup=warm, min_seconds=seconds, chunk_seconds=0.02, batch=b))
-        for k, st in stats.items():
-            plan[k].append((b, warm, st.runs))
-    out = {}
-    for k, sess in sessions.items():
-        prof = Path(sess.end_profiling())
-        events = json.loads(prof.read_text())
-        prof.unlink()
-        g = onnx.load(str(paths[k].with_suffix(".opt.onnx"))).graph
-        label = {n.name: next(iter(op_histogram([n]))) for n in g.node}
-        out[k] = {"ort_nodes": len(g.node), "ort_ops": op_histogram(g.node), "profile": _per_op(events, label, plan[k])}
-    return out
-
-
-def _per_op(events: list[dict], label: dict[str, str], plan: list[tuple[int, int, int]]) -> dict[str, Any]:
-    runs = sorted((e for e in events if e.get("cat") == "Session" and e["name"] == "model_run"), key=lambda e: e["ts"])
-    nodes = sorted((e for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")),
-                   key=lambda e: e["ts"])
-    per_run: list[collections.Counter] = []
-    j = 0
-    for r in runs:
-        c: collections.Counter = collections.Counter()
-        while j < len(nodes) and nodes[j]["ts"] <= r["ts"] + r["dur"]:
-            if nodes[j]["ts"] >= r["ts"]:
-                op = label.get(nodes[j]["name"][:-len("_kernel_time")], nodes[j]["args"].get("op_name", "?"))
-                c[op] += nodes[j]["dur"]
-            j += 1
-        c["kernels"] = sum(c.values())
-        c["run"] = r["dur"]
-        per_run.append(c)
-    out, i = {}, 0
-    for b, warm, n in plan:
-        chunk = per_run[i + warm:i + warm + n]
-        i += warm + n
-        ops = sorted(set().union(*chunk)) if chunk else []
-        out[str(b)] = {op: float(statistics.median(c.get(op, 0) for c in chunk)) for op in ops}
-    return out
 
 
 # -- the measurement ------------------------------------------------------------------------------------------------
 
 def source_model(a: argparse.Namespace) -> nn.Module:
     if a.run:
-        from quadexport.checkpoint import build_from_checkpoint, read_checkpoint
+        from quadexport.runs.checkpoint import build_from_checkpoint, read_checkpoint
 
         return build_from_checkpoint(read_checkpoint(a.run)).eval()
     return fan_model(a.model, a.seed, a.rel)
@@ -388,20 +216,11 @@ def export_variant(v: Variant, model: nn.Module, shape: tuple[int, ...], out: Pa
             if flag:
                 info[key] = fn(src, path)
                 src = path
-        diff = info["rewrite_rel_diff"] = _rel_diff(plain, path, shape)
+        diff = info["rewrite_rel_diff"] = rel_diff(plain, path, shape)
         if not diff <= 1e-5:
             raise SystemExit(f"{v.key}: the ONNX rewrite changed the outputs (rel. diff {diff:.2e})")
     g = onnx.load(str(path)).graph
     return {"path": path, "onnx_nodes": len(g.node), "onnx_ops": op_histogram(g.node), **info}
-
-
-def _rel_diff(a: Path, b: Path, shape: tuple[int, ...]) -> float:
-    import onnxruntime as ort
-
-    x = np.random.default_rng(0).standard_normal((4, *shape)).astype(np.float32)
-    ya, yb = (ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
-              for p in (a, b))
-    return float(np.linalg.norm(ya - yb) / max(float(np.linalg.norm(ya)), 1e-30))
 
 
 def measure(a: argparse.Namespace, out: Path) -> dict[str, Any]:
@@ -474,18 +293,6 @@ def _delta(a: dict[str, float], b: dict[str, float], fmt: str = "{:+d}", skip: t
         if k not in skip and round(d) != 0:
             parts.append(f"{fmt.format(int(round(d)))} {k}")
     return ", ".join(parts) or "–"
-
-
-def families(prof: dict[str, float]) -> dict[str, float]:
-    """Profile µs summed per op family (``conv``: every Conv kind, ``reorder``: NCHWc reorders, ``slice/pad``,
-    elementwise ops by name) plus ``overhead``: run − kernels (the executor's per-node cost)."""
-    out: dict[str, float] = collections.defaultdict(float)
-    for op, us in prof.items():
-        fam = ("conv" if "Conv" in op else "reorder" if "Reorder" in op
-               else "slice/pad" if op in ("Slice", "Pad", "Split") else op)
-        out[fam] += us
-    out["overhead"] = prof["run"] - prof["kernels"]
-    return dict(out)
 
 
 def _cell(vals: list[float]) -> str:

@@ -10,6 +10,9 @@ One entry point, one subcommand per experiment (the code lives in :mod:`quadexpo
     .venv/bin/python tools/experiments.py all        # everything above, then `report` (`make results`)
     .venv/bin/python tools/experiments.py report     # regenerate docs/results.md + docs/img/*.png from the JSON
 
+The studies of docs/compression.md and docs/quadratize.md are ``quadexport experiments compression|quadratize``
+(recipes ``models/exp-compression.toml``, ``models/exp-quadratize.toml``; this script takes them too).
+
 Recipes: ``models/exp-trainability.toml`` and ``models/exp-accuracy.toml`` (the pipeline's recipe format;
 ``[budget.<name>]`` tables override the defaults, which are the ``small`` budget). Raw results go to
 ``reports/experiments/<budget>/`` (git-ignored). Every training run is one process with ``torch.set_num_threads(1)``;

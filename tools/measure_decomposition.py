@@ -34,8 +34,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from quadexport.exporter.decomposed import StackedQuadLinear, replace_modules
-from quadexport.layers.quad import QuadConv2d, QuadLayer, QuadLinear
-from quadexport.zoo import create_model
+from quadexport.layers.init import perturb_quadratic
+from quadexport.layers.quad import QuadConv2d, QuadLinear
+from quadexport.transforms import create_model
 
 
 class _StackedQuadConv2d(nn.Module):
@@ -54,22 +55,6 @@ class _StackedQuadConv2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         r, g = self.conv(x).split(self.m, dim=1)
         return r * g + self.b(x * x)
-
-
-@torch.no_grad()
-def _perturb(model: nn.Module, shape: tuple[int, ...], std: float = 0.02) -> nn.Module:
-    """ReLinear init + N(0, std²) on the quadratic branches, BN statistics from one random batch (as in the tests)."""
-    g = torch.Generator().manual_seed(0)
-    for m in model.modules():
-        if isinstance(m, QuadLayer):
-            for n in m.neuron_type.quadratic_branches:
-                w = getattr(m, n).weight
-                w.add_(torch.randn(w.shape, generator=g) * std)
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.momentum = None
-    model.train()
-    model(torch.randn((8, *shape), generator=g))
-    return model.eval()
 
 
 class DeepMLP(nn.Module):
@@ -135,8 +120,8 @@ def modes(args: argparse.Namespace, rounds: int, reps: int) -> list[dict]:
     from quadexport.exporter import export, make_session
 
     shape = (3, 32, 32) if args.model.startswith("resnet") else (1, 28, 28)
-    model = _perturb(create_model(args.model, in_channels=shape[0], input_size=shape[1]), shape,
-                     0.005 if args.model.startswith("resnet") else 0.02)
+    model = perturb_quadratic(create_model(args.model, in_channels=shape[0], input_size=shape[1]),
+                              0.005 if args.model.startswith("resnet") else 0.02, calib_shape=shape, calib_n=8)
     x = np.random.default_rng(0).standard_normal((args.batch, *shape)).astype(np.float32)
     rows = []
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
@@ -186,7 +171,8 @@ def main() -> int:
     print(f"onnxruntime {ort.__version__}, torch {torch.__version__}, ORT_ENABLE_ALL, CPU; ms per run (median)")
     with tempfile.TemporaryDirectory() as tmp:
         for name, build, shape, kind in cases:
-            base = _perturb(build(), shape, 0.005 if name.startswith("resnet") else 0.02)
+            base = perturb_quadratic(build(), 0.005 if name.startswith("resnet") else 0.02, calib_shape=shape,
+                                     calib_n=8)
             stacked = copy.deepcopy(base)
             if kind == "linear":
                 replace_modules(stacked, lambda _, m: StackedQuadLinear(m) if isinstance(m, QuadLinear) else None)

@@ -44,7 +44,8 @@ import quadexport
 from quadexport._compat import import_torchvision
 from quadexport.bench.timing import TimingConfig, TimingUnit, loadavg, time_sessions
 from quadexport.layers import QuadConv2d, QuadLayer
-from quadexport.zoo import create_model
+from quadexport.layers.init import perturb_quadratic
+from quadexport.transforms import create_model
 
 from quadexport.exporter.decomposed import replace_modules
 from quadexport.exporter.fold import fold_batchnorm
@@ -126,23 +127,6 @@ def structure_models(base: nn.Module, shape: tuple[int, ...]) -> dict[str, tuple
     return out
 
 
-@torch.no_grad()
-def perturb(model: nn.Module, shape: tuple[int, ...], std: float = 0.01, seed: int = 0) -> nn.Module:
-    """Small random quadratic terms and calibrated BatchNorm statistics (so the outputs are realistic and
-    finite); returns the model in eval mode."""
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, QuadLayer):
-            for n in m.neuron_type.quadratic_branches:
-                br = getattr(m, n)
-                br.weight.add_(torch.randn(br.weight.shape, generator=g) * std)
-        if isinstance(m, nn.BatchNorm2d):
-            m.momentum = None
-    model.train()
-    model(torch.randn((8, *shape), generator=g))
-    return model.eval()
-
-
 def quadratize_convs(model: nn.Module, neuron: str) -> nn.Module:
     """Every ``nn.Conv2d`` of ``model`` → :class:`QuadConv2d` (``neuron``) whose ``r`` branch carries the conv's
     weights (in place; returned). Uses ``quadexport.quadratize`` when that exists."""
@@ -168,7 +152,8 @@ def resnet20_models(rank: int = 4, structure: bool = False) -> dict[str, tuple[n
 
     def zoo(neuron: str) -> nn.Module:
         torch.manual_seed(0)
-        return perturb(create_model("resnet20", neuron=neuron, in_channels=1, input_size=28), shape)
+        return perturb_quadratic(create_model("resnet20", neuron=neuron, in_channels=1, input_size=28), 0.01,
+                                 calib_shape=shape, calib_n=8)
 
     out = {"relu": (zoo("relu"), True), "fan": (zoo("fan"), True)}
     if not structure:
@@ -189,7 +174,7 @@ def resnet18_models(ranks: tuple[int, ...], structure: bool = False) -> dict[str
         m = tv.models.resnet18(weights=None)
         if neuron is not None:
             quadratize_convs(m, neuron)
-        return perturb(m, shape, std=0.005)
+        return perturb_quadratic(m, 0.005, calib_shape=shape, calib_n=8)
 
     out = {"original": (build(None), True), "fan": (build("fan"), True)}
     if structure:

@@ -25,6 +25,7 @@ from torch import nn
 import quadexport as q
 from quadexport.bench.timing import TimingConfig, TimingUnit, time_sessions
 from quadexport.exporter.outputs import flatten, structure_of
+from quadexport.layers.init import perturb_quadratic
 
 
 def _block(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
@@ -103,17 +104,6 @@ MODELS = {  # name: (builder, traced shape, other shape, quadratize include glob
 }
 
 
-@torch.no_grad()
-def _perturb(model: nn.Module, std: float = 0.05) -> nn.Module:
-    g = torch.Generator().manual_seed(0)
-    for m in model.modules():
-        if hasattr(m, "neuron_type"):
-            for n in m.neuron_type.quadratic_branches:
-                br = getattr(m, n)
-                br.weight.add_(torch.randn(br.weight.shape, generator=g) * std)
-    return model.eval()
-
-
 def _worst_rel(sess, model: nn.Module, shape: tuple[int, ...]) -> float:
     x = np.random.default_rng(1).standard_normal((2, *shape)).astype(np.float32)
     with torch.no_grad():
@@ -126,7 +116,7 @@ def measure(name: str, folder: Path, seconds: float) -> dict:
     build, shape, other, include = MODELS[name]
     torch.manual_seed(0)
     twin = build().eval()
-    quad = _perturb(q.quadratize(twin, "fan", input_shape=shape, include=include))
+    quad = perturb_quadratic(q.quadratize(twin, "fan", input_shape=shape, include=include), 0.05)
     row: dict = {"model": name, "traced": "x".join(map(str, shape[1:])), "other": "x".join(map(str, other[1:]))}
     t0 = time.perf_counter()
     pq = q.export(quad, folder / "quad.onnx", input_shape=shape, dynamic_size=True)

@@ -30,13 +30,14 @@ import compress_overhead as co  # noqa: E402  (tools/ is not a package)
 from quadexport.compress.latency import p50, time_onnx  # noqa: E402
 from quadexport.compress.stats import channel_scores, collect_stats  # noqa: E402
 from quadexport.compress.structure import describe  # noqa: E402
+from quadexport.experiments.onnx_rewrites import bias_add_to_bn, constant_value, rel_diff  # noqa: E402
 
 
 def _ones_depthwise(g: onnx.GraphProto, n: onnx.NodeProto) -> np.ndarray | None:
     """The bias of a 1×1 depthwise ``Conv`` with unit weights (the library's qbias form), else None."""
     if n.op_type != "Conv" or len(n.input) < 3:
         return None
-    w, b = (co._constant(g, i) for i in n.input[1:3])  # initializers or Constant nodes
+    w, b = (constant_value(g, i) for i in n.input[1:3])  # initializers or Constant nodes
     if w is None or b is None or w.shape[1:] != (1, 1, 1) or not np.all(w == 1):
         return None
     return b
@@ -84,9 +85,9 @@ def main(argv: list[str] | None = None) -> int:
         add = out / f"{paths[key].stem}-add.onnx"
         bn = out / f"{paths[key].stem}-bn.onnx"
         n_add = conv_to_add(paths[key], add)
-        n_bn = co.bias_add_to_bn(add, bn)
-        rewrites[key] = {"add": n_add, "bn": n_bn, "rel_diff_add": co._rel_diff(paths[key], add, shape),
-                         "rel_diff_bn": co._rel_diff(paths[key], bn, shape)}
+        n_bn = bias_add_to_bn(add, bn)
+        rewrites[key] = {"add": n_add, "bn": n_bn, "rel_diff_add": rel_diff(paths[key], add, shape),
+                         "rel_diff_bn": rel_diff(paths[key], bn, shape)}
         if n_add != 1 or max(rewrites[key]["rel_diff_add"], rewrites[key]["rel_diff_bn"]) > 1e-5:
             raise SystemExit(f"{key}: rewrite failed {rewrites[key]}")
         paths[f"{key} [add]"], paths[f"{key} [bn]"] = add, bn

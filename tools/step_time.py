@@ -6,28 +6,11 @@
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
-import torch.nn.functional as F
 
 import quadexport as q
-
-
-def median_step_ms(nets: dict, opts: dict, x: torch.Tensor, y: torch.Tensor, steps: int, warmup: int) -> dict[str, float]:
-    """Median milliseconds of one SGD step per model, the models interleaved step by step so machine noise hits all
-    of them alike."""
-    times: dict[str, list[float]] = {n: [] for n in nets}
-    for i in range(warmup + steps):
-        for n, m in nets.items():
-            t = time.perf_counter()
-            opts[n].zero_grad()
-            F.cross_entropy(m(x), y).backward()
-            opts[n].step()
-            if i >= warmup:
-                times[n].append(time.perf_counter() - t)
-    return {n: statistics.median(v) * 1000 for n, v in times.items()}
+from quadexport.experiments.quadratize_study import median_step_ms
 
 
 def main() -> None:

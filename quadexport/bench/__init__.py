@@ -27,7 +27,7 @@ from quadexport.bench.baselines import mac_matched_baseline, resolve_models
 from quadexport.bench.config import (DEFAULT_INPUT_SHAPE, MODES, ONNX_MODES, PERTURB_STD, ROLES, BenchConfig,
                                      BenchError, parse_input_shape)
 from quadexport.bench.environment import environment
-from quadexport.bench.models import BenchModel, _perturb, _zoo_macs
+from quadexport.bench.models import BenchModel, _zoo_macs
 from quadexport.bench.report import BenchReport
 from quadexport.bench.rows import RATIO_KEYS, ROW_KEYS, BenchRow, ModeRatio, OrtTorchRatio, PairRatio, fmt_ratio
 from quadexport.bench.run import bench
@@ -38,4 +38,4 @@ _resolve_models = resolve_models  # the name tests and older callers use
 __all__ = ["BenchConfig", "BenchError", "BenchModel", "BenchReport", "BenchRow", "DEFAULT_INPUT_SHAPE", "MODES",
            "ModeRatio", "ONNX_MODES", "OrtTorchRatio", "PERTURB_STD", "PairRatio", "RATIO_KEYS", "ROLES", "ROW_KEYS",
            "TimingConfig", "TimingStats", "TimingUnit", "bench", "environment", "fmt_ratio", "mac_matched_baseline",
-           "parse_input_shape", "resolve_models", "time_sessions", "_perturb", "_zoo_macs"]
+           "parse_input_shape", "resolve_models", "time_sessions", "_zoo_macs"]

@@ -122,11 +122,11 @@ class _Models:
 
 def _twin(q: BenchModel, acc: _Models, build: Callable[..., nn.Module], gen: torch.Generator) -> BenchModel:
     """The ReLU twin of ``q``: for an adopted run (``quadexport adopt``) the network its authors compare against,
-    derived from its trained weights (:func:`quadexport.zoo.adopted.relu_twin`); for a quadratized model the model
+    derived from its trained weights (:func:`quadexport.transforms.adopted.relu_twin`); for a quadratized model the model
     it came from (its source run dir when recorded, else its source architecture); for a zoo model the same builder
     and depth with ``neuron="relu"``."""
     if "adopt" in q.config:  # an adopted run: its own trained weights, each neuron cut to its r branch
-        from quadexport.zoo.adopted import relu_twin
+        from quadexport.transforms.adopted import relu_twin
 
         tm = relu_twin(q.module).eval()
         tm.quadexport_config = {**q.module.quadexport_config, "neuron": "relu"}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Sequence
 
 import numpy as np
@@ -36,8 +36,11 @@ class BenchConfig:
 
     Attributes:
         neuron: neuron type of the zoo models (``"relu"``: plain models, no baselines).
-        modes: export mode(s) timed under onnxruntime (``decomposed``, ``function``, ``fused``) and/or ``torch``.
-        provider: ``"cpu"`` or ``"cuda"``.
+        modes: export mode(s) timed under the runtime (``decomposed``, ``function``, ``fused``) and/or ``torch``.
+        provider: ``"cpu"`` or ``"cuda"`` (onnxruntime's; ``"cuda"`` is runtime ``onnxruntime-cuda``, and torch eager
+            rows run on the GPU).
+        runtime: the runtime that runs the ONNX modes: a registered name (:func:`quadexport.list_runtimes`),
+            ``MODULE:CLASS`` or a :class:`~quadexport.runtimes.Runtime` (``None``: onnxruntime on ``provider``).
         threads: intra-op threads of onnxruntime and torch (default 1: steady, comparable numbers; more threads
             are an explicit choice).
         batches: batch sizes.
@@ -58,6 +61,7 @@ class BenchConfig:
     neuron: str = "fan"
     modes: Sequence[str] = ("decomposed",)
     provider: str = "cpu"
+    runtime: Any = None
     threads: int = 1
     batches: Sequence[int] = (1, 64)
     opt_level: str = "all"
@@ -90,6 +94,16 @@ class BenchConfig:
             ms.append("torch")
         return list(dict.fromkeys(ms))
 
+    def resolved_runtime(self) -> Any:
+        """The :class:`~quadexport.runtimes.Runtime` of the ONNX modes (:attr:`runtime` with :attr:`provider`)."""
+        from quadexport.errors import UsageError
+        from quadexport.runtimes import resolve_runtime
+
+        try:
+            return resolve_runtime(self.runtime, self.provider)
+        except UsageError as e:
+            raise BenchError(str(e)) from None
+
     def validate(self) -> None:
         """Raise :class:`BenchError` for an option out of range (one line naming the fix)."""
         from quadexport.exporter.session import OPT_LEVELS
@@ -97,6 +111,7 @@ class BenchConfig:
         self.mode_list()
         if self.provider not in ("cpu", "cuda"):
             raise BenchError(f"unknown provider {self.provider!r}; choose cpu or cuda")
+        self.resolved_runtime()
         bs = list(self.batches)
         if not bs or any(int(b) < 1 for b in bs):
             raise BenchError(f"batch sizes must be >= 1, got {bs}")
@@ -109,7 +124,7 @@ class BenchConfig:
         parse_input_shape(self.input_shape)
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        d = asdict(replace(self, runtime=getattr(self.runtime, "name", self.runtime)))  # a Runtime: its name
         d["out"] = None if self.out is None else str(self.out)
         return d
 

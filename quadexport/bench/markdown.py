@@ -20,7 +20,8 @@ def _setup(rep: Any) -> list[str]:
     if c.get("command"):
         lines += ["```", c["command"], "```", ""]
     return lines + [
-        f"- {e.get('date')}, {e.get('cpu')} ({e.get('usable_cores')} usable cores), provider `{e.get('provider')}`, "
+        f"- {e.get('date')}, {e.get('cpu')} ({e.get('usable_cores')} usable cores), runtime "
+        f"`{e.get('runtime') or 'onnxruntime'}`, provider `{e.get('provider')}`, "
         f"{c.get('threads')} thread(s), ORT opt level `{c.get('opt_level')}`",
         f"- torch {e.get('torch')}, onnx {e.get('onnx')}, onnxruntime {e.get('onnxruntime')}, numpy "
         f"{e.get('numpy')}; load average before {e.get('load_average')}, after {e.get('load_average_after')}",

@@ -1,7 +1,8 @@
 """Models to benchmark: zoo names (built untrained, ready for timing) and run dirs (trained weights).
 
 Untrained zoo models get the ReLinear initialisation plus a small perturbation of the quadratic branches
-(``W_g``, ``W_b`` += N(0, :data:`PERTURB_STD`²)) and BatchNorm statistics calibrated on N(0, 1) inputs, so the
+(``W_g``, ``W_b`` += N(0, :data:`PERTURB_STD`²): :func:`quadexport.layers.init.perturb_quadratic`) and BatchNorm
+statistics calibrated on N(0, 1) inputs (:func:`~quadexport.layers.init.calibrate_bn`), so the
 quadratic terms are live but the activations stay finite through depth (values do not change the work done, but
 NaN/Inf can take slow paths); run dirs are timed with their trained weights.
 """
@@ -16,15 +17,18 @@ from typing import Any
 import torch
 from torch import nn
 
+from quadexport.runmeta import RunMeta, config_dict, meta_dict
 from quadexport._torchutil import one_thread
 from quadexport.bench.config import DEFAULT_INPUT_SHAPE, PERTURB_STD, BenchError
 from quadexport.bench.tokens import default_shape, torch_input
 from quadexport.errors import UsageError, did_you_mean
+from quadexport.layers.init import calibrate_bn, perturb_quadratic
 from quadexport.exporter.outputs import flatten
-from quadexport.zoo import count_macs, count_params, create_model, get_model_info, list_models
+from quadexport.zoo import count_macs, count_params, get_model_info, list_models
+from quadexport.transforms import create_model
 from quadexport.zoo.foreign import is_foreign
 
-__all__ = ["BenchModel"]  # the helpers below are used by the bench package (and _perturb by tools/)
+__all__ = ["BenchModel"]  # the helpers below are used by the bench package
 
 
 @dataclass
@@ -104,41 +108,6 @@ def _zoo_macs(name: str, neuron: str, shape: tuple[int, ...], kwargs: tuple[tupl
 
 
 @torch.no_grad()
-def _perturb(model: nn.Module, std: float, gen: torch.Generator) -> None:
-    """Add N(0, std²) to the quadratic-branch weights (``g``, ``b``) of every quadratic layer."""
-    from quadexport.layers.quad import QuadLayer
-
-    for m in model.modules():
-        if isinstance(m, QuadLayer):
-            for br in m.neuron_type.quadratic_branches:
-                w = getattr(m, br).weight
-                w.add_(torch.randn(w.shape, generator=gen, dtype=w.dtype) * std)
-
-
-@torch.no_grad()
-def _calibrate_bn(model: nn.Module, shape: tuple[int, ...], gen: torch.Generator, batches: int = 1,
-                  n: int = 16) -> None:
-    """Set BatchNorm running statistics from train-mode passes over N(0, 1) inputs (cumulative average), as a
-    trained model has them. Untrained zoo models otherwise keep mean 0 / var 1 and their activations grow through
-    depth (ReLU ResNet-56: ~5e4 at the logits); quadratic layers turn that growth into inf/NaN."""
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not bns:
-        return
-    momenta = [b.momentum for b in bns]
-    for b in bns:
-        b.reset_running_stats()
-        b.momentum = None
-    model.train()
-    try:
-        for _ in range(batches):
-            model(torch.randn((n, *shape), generator=gen))
-    finally:
-        for b, mom in zip(bns, momenta):
-            b.momentum = mom
-        model.eval()
-
-
-@torch.no_grad()
 def _finite_on_random(model: nn.Module, shape: tuple[int, ...], seed: int = 12345, n: int = 16) -> bool:
     x = torch_input(model, (n, *shape), torch.Generator().manual_seed(seed))
     return all(bool(torch.isfinite(t).all()) for t in flatten(model(x)))
@@ -151,9 +120,8 @@ def _build(name: str, neuron: str, shape: tuple[int, ...], gen: torch.Generator,
     for _ in range(4):
         model = create_model(name, neuron, in_channels=shape[0], input_size=tuple(shape[1:]), **kwargs)
         if neuron != "relu":
-            _perturb(model, std, gen)
-        _calibrate_bn(model, tuple(shape), gen)
-        model.eval()
+            perturb_quadratic(model, std, generator=gen)
+        calibrate_bn(model, tuple(shape), gen)
         if neuron == "relu" or _finite_on_random(model, tuple(shape)):
             model.quadexport_bench_perturb = std if neuron != "relu" else None
             return model
@@ -164,10 +132,10 @@ def _build(name: str, neuron: str, shape: tuple[int, ...], gen: torch.Generator,
 
 def _make(module: nn.Module, role: str, shape: tuple[int, ...], source: str = "zoo",
           note: str | None = None) -> BenchModel:
-    cfg = dict(getattr(module, "quadexport_config", {}))
+    cfg = config_dict(module)
     name, neuron = cfg.get("name", type(module).__name__.lower()), cfg.get("neuron", "relu")
     label = _label(name, cfg)
-    meta = getattr(module, "quadexport_meta", {}) or {}
+    meta = meta_dict(module)
     acc = meta.get("test_acc")
     kw = tuple(sorted((k, v) for k, v in cfg.items() if k not in ("name", "neuron", "in_channels", "input_size")))
     try:
@@ -185,7 +153,7 @@ def _make(module: nn.Module, role: str, shape: tuple[int, ...], source: str = "z
 
 
 def _check_forward(module: nn.Module, shape: tuple[int, ...], what: str) -> None:
-    cfg = getattr(module, "quadexport_config", {}) or {}
+    cfg = config_dict(module)
     cin = cfg.get("in_channels")
     if cin is not None and cin != shape[0] and getattr(module, "token_input", None) is None:
         raise BenchError(f"{what} takes {cin} input channel(s), but the input shape is {' '.join(map(str, shape))} "
@@ -204,13 +172,11 @@ def _check_forward(module: nn.Module, shape: tuple[int, ...], what: str) -> None
 def _load_entry(entry: str, neuron: str, shape: tuple[int, ...] | None, gen: torch.Generator) -> BenchModel:
     p = Path(entry)
     if p.exists():
-        from quadexport.checkpoint import load
+        from quadexport.runs.checkpoint import load
 
         module = load(p)
-        meta = getattr(module, "quadexport_meta", {}) or {}
-        trained = meta.get("input_shape")
-        s = tuple(shape) if shape is not None else (tuple(int(v) for v in trained) if trained else
-                                                    default_shape(module) or DEFAULT_INPUT_SHAPE)
+        trained = RunMeta.of(module).input_shape
+        s = tuple(shape) if shape is not None else (trained or default_shape(module) or DEFAULT_INPUT_SHAPE)
         _check_forward(module, s, f"run dir {entry}")
         cfg = module.quadexport_config
         role = "quadratic" if cfg.get("neuron", "relu") != "relu" else "relu"
@@ -248,9 +214,9 @@ def _source_run(m: BenchModel, max_hops: int = 8) -> str | None:
     ``train --from`` record their source run in ``meta["source"]["run"]``; the chain is followed to a ReLU run."""
     if "quadratize" not in m.config:
         return None
-    from quadexport.checkpoint import CheckpointError, read_checkpoint
+    from quadexport.runs.checkpoint import CheckpointError, read_checkpoint
 
-    meta = getattr(m.module, "quadexport_meta", None) or {}
+    meta = meta_dict(m.module)
     for _ in range(max_hops):
         src = (meta.get("source") or {}).get("run")
         if not src or not Path(src, "checkpoint.pt").exists():

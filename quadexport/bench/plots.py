@@ -98,7 +98,8 @@ def accuracy_latency_figure(rep: Any):
         ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
         ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
         ax.xaxis.set_minor_formatter(NullFormatter())  # no crowded 3×10⁻¹-style minor labels
-        ax.set_title("torch eager" if mode == "torch" else f"onnxruntime {mode}", fontsize=9)
+        ax.set_title("torch eager" if mode == "torch" else f"{rep.config.get('runtime') or 'onnxruntime'} {mode}",
+                     fontsize=9)
         ax.set_xlabel(f"p50 latency at batch {batch} (ms, log)")
         ax.grid(alpha=0.3, which="both")
     axes[0][0].set_ylabel("test accuracy (%)")

@@ -163,7 +163,7 @@ class BenchReport:
 
     def save(self, out: str | Path) -> dict[str, str]:
         """Write ``bench.json``, ``bench.md`` and the PNG plots into ``out``."""
-        from quadexport.checkpoint import write_json
+        from quadexport.runs.atomicfile import write_json
 
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)

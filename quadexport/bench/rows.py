@@ -48,7 +48,8 @@ class BenchRow(_Record):
 
     ``spread`` is :attr:`TimingStats.spread` (relative spread between the row's chunks; ``None`` in files
     written before it was recorded); ``cpu_*`` the process CPU
-    time per run; ``file_bytes``/``onnx``/``kernel`` are ``None`` for torch eager rows.
+    time per run; ``file_bytes``/``onnx``/``kernel`` are ``None`` for torch eager rows; ``runtime`` is the runtime of
+    an ONNX-mode row (``None`` for torch eager rows and in files written before runtimes were recorded: onnxruntime).
     """
 
     id: str
@@ -79,6 +80,7 @@ class BenchRow(_Record):
     onnx: str | None = None
     kernel: str | None = None
     spread: float | None = None
+    runtime: str | None = None
 
     @property
     def trusted(self) -> bool:

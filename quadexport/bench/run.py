@@ -73,10 +73,12 @@ def _export(bm: BenchModel, mode: str, folder: Path, opset: int) -> tuple[Path, 
 
 
 def _sessions(bms: list[BenchModel], modes: list[str], folder: Path, cfg: BenchConfig, notes: list[str]):
-    """The plan ``[(model, mode)]`` (ReLU models: one ONNX graph, timed as ``decomposed``), the sessions and the
-    ONNX files per (model id, mode)."""
-    from quadexport.exporter.session import make_session
+    """The plan ``[(model, mode)]`` (ReLU models: one ONNX graph, timed as ``decomposed``), the runtime's sessions
+    and the ONNX files per (model id, mode)."""
+    from quadexport.runtimes import Setting
 
+    runtime = cfg.resolved_runtime()
+    sup = runtime.supports()
     onnx_modes = [m for m in modes if m in ONNX_MODES]
     plan: list[tuple[BenchModel, str]] = []
     for bm in bms:
@@ -86,17 +88,21 @@ def _sessions(bms: list[BenchModel], modes: list[str], folder: Path, cfg: BenchC
     sessions: dict[tuple[str, str], Any] = {}
     files: dict[tuple[str, str], tuple[Path, int]] = {}
     device = "cuda" if cfg.provider == "cuda" else "cpu"
+    setting = Setting(opt_level=cfg.opt_level if sup.opt_levels else None, threads=cfg.threads)
     for i, (bm, m) in enumerate(plan):
         if m == "torch":
             bm.module.to(device)
             continue
         log.info("export %d/%d: %s (%s)", i + 1, len(plan), bm.id, m)
         files[(bm.id, m)] = _export(bm, m, folder, cfg.opset)
-        sess = make_session(files[(bm.id, m)][0], cfg.provider, opt_level=cfg.opt_level, threads=cfg.threads)
+        sess = runtime.open(files[(bm.id, m)][0], setting)
         sessions[(bm.id, m)] = sess
-        if m == "fused" and getattr(sess, "quadexport_kernel", None) is None:
-            notes.append(f"{bm.id} [fused]: no kernel library registered (provider {cfg.provider} or library not "
-                         f"built): onnxruntime ran the function bodies, so 'fused' rows equal 'function'")
+        if m == "fused" and sess.kernel is None:
+            notes.append(f"{bm.id} [fused]: no kernel library registered ({runtime.name}, provider {cfg.provider}, "
+                         f"or library not built): the function bodies ran, so 'fused' rows equal 'function'")
+    if not sup.in_process and sessions:
+        notes.append(f"runtime {runtime.name} runs each batch in a new process: its rows include loading the file "
+                     "and creating the session")
     return plan, sessions, files
 
 
@@ -124,15 +130,16 @@ def _units(plan, sessions, batch: int, rng: np.random.Generator, cuda: bool) -> 
                                     lambda out: all(bool(torch.isfinite(t).all()) for t in flatten(out))))
         else:
             sess = sessions[(bm.id, m)]
-            feed = {sess.get_inputs()[0].name: x}
-            units.append(TimingUnit(f"{bm.id} [{m}]", lambda sess=sess, feed=feed: sess.run(None, feed),
+            feed = sess.feed(x)
+            units.append(TimingUnit(f"{bm.id} [{m}]", lambda sess=sess, feed=feed: sess.run(feed),
                                     lambda out: all(np.isfinite(np.asarray(o)).all() for o in out)))
     return units
 
 
 def _row(bm: BenchModel, mode: str, st: TimingStats, cfg: BenchConfig, files, sessions) -> BenchRow:
     fb = files.get((bm.id, mode))
-    kernel = getattr(sessions.get((bm.id, mode)), "quadexport_kernel", None)
+    sess = sessions.get((bm.id, mode))
+    kernel = sess.kernel if sess is not None else None
     return BenchRow(id=bm.id, model=bm.label, neuron=bm.neuron, mode=mode, provider=cfg.provider, batch=st.batch,
                     threads=cfg.threads, p50_ms=st.p50_ms, p90_ms=st.p90_ms, p99_ms=st.p99_ms, mean_ms=st.mean_ms,
                     stdev_ms=st.stdev_ms, throughput=st.throughput, macs=bm.macs, params=bm.params,
@@ -140,7 +147,7 @@ def _row(bm: BenchModel, mode: str, st: TimingStats, cfg: BenchConfig, files, se
                     cpu_mean_ms=st.cpu_mean_ms, iters=st.runs, timed_s=st.timed_s, rounds=st.rounds,
                     test_acc=bm.test_acc, source=bm.source,
                     onnx=str(fb[0]) if (fb and cfg.out is not None) else None, kernel=str(kernel) if kernel else None,
-                    spread=st.spread)
+                    spread=st.spread, runtime=sess.runtime.name if sess is not None else None)
 
 
 def _time_all(plan, sessions, files, cfg: BenchConfig) -> list[BenchRow]:
@@ -170,15 +177,20 @@ def _time_all(plan, sessions, files, cfg: BenchConfig) -> list[BenchRow]:
     return rows
 
 
-def _check_provider(cfg: BenchConfig, modes: list[str]) -> None:
-    if cfg.provider != "cuda":
-        return
-    import onnxruntime as ort
+def _check_runtime(cfg: BenchConfig, modes: list[str]) -> None:
+    """The runtime is available and runs the requested modes; CUDA torch rows need a device."""
+    from quadexport.runtimes import RuntimeUnavailable
 
-    if "CUDAExecutionProvider" not in ort.get_available_providers():
-        raise BenchError("provider cuda: this onnxruntime has no CUDAExecutionProvider (install quadexport[gpu], "
-                         "i.e. onnxruntime-gpu)")
-    if "torch" in modes and not torch.cuda.is_available():
+    runtime = cfg.resolved_runtime()
+    try:
+        sup = runtime.require()
+    except RuntimeUnavailable as e:
+        raise BenchError(str(e)) from None
+    refused = [m for m in modes if m in ONNX_MODES and m not in sup.modes]
+    if refused:
+        raise BenchError(f"runtime {runtime.name} does not run {', '.join(refused)} files (it runs "
+                         f"{', '.join(sup.modes)}): drop --mode {' '.join(refused)}")
+    if cfg.provider == "cuda" and "torch" in modes and not torch.cuda.is_available():
         raise BenchError("provider cuda: torch sees no CUDA device (torch eager rows need one)")
 
 
@@ -216,7 +228,7 @@ def bench(models: Sequence[str | os.PathLike], config: BenchConfig | None = None
     modes = cfg.mode_list()
     if not models:
         raise BenchError("no model given; pass zoo names (e.g. resnet20) or run dirs")
-    _check_provider(cfg, modes)
+    _check_runtime(cfg, modes)
     _quiet_exporter()
     env = environment(cfg.provider, cfg.threads, cfg.opt_level)
     prev_threads = torch.get_num_threads()
@@ -231,7 +243,9 @@ def bench(models: Sequence[str | os.PathLike], config: BenchConfig | None = None
             folder = Path(cfg.out) / "onnx" if cfg.out is not None else Path(tmp)
             folder.mkdir(parents=True, exist_ok=True)
             plan, sessions, files = _sessions(bms, modes, folder, cfg, notes)
-            env["ep"] = sorted({p for s in sessions.values() for p in s.get_providers()})
+            env["ep"] = sorted({p for s in sessions.values() for p in s.devices})
+            runtime = cfg.resolved_runtime()
+            env["runtime"], env["runtime_version"] = runtime.name, runtime.supports().version
             rows = _time_all(plan, sessions, files, cfg)
             env["load_average_after"] = loadavg()
         finally:

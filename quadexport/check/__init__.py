@@ -1,16 +1,19 @@
 """Parity check of an exported ONNX model against its torch model, failing hard (optimum-style lines).
 
-For every graph-optimisation level × batch size, random standard-normal inputs (and the first 512 test images of the
-model's dataset, when known) go through onnxruntime and through the torch model; per output it reports the relative
-L2 error ``‖ort − torch‖ / ‖torch‖``, the max abs difference, the NaN/Inf count and the top-1 agreement::
+For every setting of the runtime (onnxruntime by default: each graph-optimisation level, kernel or bodies; any
+registered runtime with ``runtime=``, :mod:`quadexport.runtimes`) × batch size, random standard-normal inputs (and the
+first 512 test images of the model's dataset, when known) go through the runtime and through the torch model; per
+output it reports the relative L2 error ``‖out − torch‖ / ‖torch‖``, the max abs difference, the NaN/Inf count and the
+top-1 agreement::
 
     -[✓] ORT_DISABLE_ALL batch 3 random: rel_l2 1.2e-07 max_abs 3.1e-06 nan/inf 0 top1 100.00%
     -[✗] ORT_ENABLE_ALL batch 64 random: rel_l2 3.4e-02 max_abs 1.1e+00 nan/inf 0 top1 87.50%  (rel_l2 > 1e-05)
 
 A line passes when the output shape matches, ``rel_l2 ≤ rtol`` (default 1e-5 for float32 models, 1e-2 for float16
 models), ``max_abs ≤ atol`` if ``atol`` is given, and the NaN/Inf positions equal torch's (so 0 unless torch has them
-too). Models with ``quadexport`` nodes are checked with their function bodies inlined and, when the kernel library is
-built, with the kernel too. :attr:`CheckReport.ok` is true only if every line passes.
+too); a reduced-precision setting (OpenVINO bf16) has its own tolerance. Models with ``quadexport`` nodes are checked
+with their function bodies inlined and, when the kernel library is built, with the kernel too.
+:attr:`CheckReport.ok` is true only if every line passes.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from quadexport.runmeta import RunMeta, config_dict, meta_dict
 from quadexport.check.report import LEVEL_NAMES, TOLERANCES, CheckLine, CheckReport, compare
 from quadexport.errors import UsageError
 from quadexport.zoo.tokens import token_input
@@ -40,20 +44,19 @@ QDQ_TOP1 = 95.0
 """Int8 QDQ files: default minimum top-1 agreement with torch on real data, in percent."""
 
 
-def _input_shapes(sess: Any, model: nn.Module, metadata: dict[str, str]) -> list[tuple[int, ...]]:
-    """Per-sample input shapes to check: the file's (or the run's) and, for a dynamic-size file, each further size
-    recorded in its metadata (``quadexport.dynamic_size``)."""
+def _input_shapes(dims: list[Any], model: nn.Module, metadata: dict[str, str]) -> list[tuple[int, ...]]:
+    """Per-sample input shapes to check: the file's (``dims``: its input's dims after the batch axis) or the run's
+    and, for a dynamic-size file, each further size recorded in its metadata (``quadexport.dynamic_size``)."""
     from quadexport.exporter.dynamic import recorded
 
-    dims = sess.get_inputs()[0].shape[1:]
-    meta = getattr(model, "quadexport_meta", None) or {}
+    recorded_shape = RunMeta.of(model).input_shape
     dyn = recorded(metadata)
     if all(isinstance(d, int) for d in dims):
         shape = tuple(dims)
     elif dyn and isinstance(dims[0], int):
         shape = (dims[0], *dyn["sizes"][0])
-    elif meta.get("input_shape"):
-        shape = tuple(int(d) for d in meta["input_shape"])
+    elif recorded_shape:
+        shape = recorded_shape
     else:
         raise UsageError(f"cannot tell the per-sample input shape (onnx input dims {dims}); the model has no "
                          f"quadexport_meta['input_shape']")
@@ -96,7 +99,7 @@ def _load_dataset(spec: Any, meta: dict[str, Any], data_dir: str | os.PathLike |
 
 def _pairing_error(info: Any, model: nn.Module) -> str | None:
     """Why the ONNX file was not exported from ``model`` (model name or neuron differ), or None."""
-    cfg = getattr(model, "quadexport_config", None) or {}
+    cfg = config_dict(model)
     pairs = [("model", info.metadata.get("quadexport.model"), cfg.get("name")),
              ("neuron", info.metadata.get("quadexport.neuron"), cfg.get("neuron"))]
     diff = [(k, f, r) for k, f, r in pairs if f and r and f != r]
@@ -116,18 +119,19 @@ def check(onnx_path: str | os.PathLike, model: nn.Module, *, provider: str = "cp
           rtol: float | None = None, batches: Sequence[int] = (1, 3, 5, 64), dataset: Any = None,
           data_dir: str | os.PathLike | None = None, seed: int = 0, opt_levels: Sequence[str] = ("disable", "all"),
           kernel_library: str = "auto", threads: int | None = None, verbose: bool = True,
-          json_path: str | os.PathLike | None = None, qdq_top1: float = QDQ_TOP1) -> CheckReport:
-    """Compare an exported model with its torch model under onnxruntime; fail hard on any miss.
+          json_path: str | os.PathLike | None = None, qdq_top1: float = QDQ_TOP1,
+          runtime: str | Any = None) -> CheckReport:
+    """Compare an exported model with its torch model under a runtime (default onnxruntime); fail hard on any miss.
 
     Files exported with ``input="raw"`` (metadata ``quadexport.input = raw``) are fed raw pixels (the same inputs,
-    denormalised) and compared with the model behind its preprocessing (:class:`~quadexport.preprocess.RawInput`).
+    denormalised) and compared with the model behind its preprocessing (:class:`~quadexport.data.preprocess.RawInput`).
     Int8 QDQ files are not expected to match float outputs: they are checked on the dataset only, each line
     passing when the top-1 class agrees with torch on at least ``qdq_top1`` percent of the images.
 
     Args:
         onnx_path: the ``.onnx`` file.
         model: the torch model it was exported from (run in eval mode; its train/eval state is restored).
-        provider: ``"cpu"`` or ``"cuda"`` (see :func:`quadexport.make_session`).
+        provider: ``"cpu"`` or ``"cuda"``: onnxruntime's provider (``"cuda"`` is runtime ``onnxruntime-cuda``).
         atol: max abs difference per output (``None``: not checked; rel_l2 is the criterion).
         rtol: max relative L2 error (``None``: 1e-5 for float32 models, 1e-2 for float16 ones).
         batches: batch sizes of the random-input checks (the dynamic batch axis is exercised).
@@ -136,75 +140,95 @@ def check(onnx_path: str | os.PathLike, model: nn.Module, *, provider: str = "cp
             the first 512 test images, in batches of ``max(batches)``.
         data_dir: dataset directory (see :func:`quadexport.data.load_dataset`).
         seed: seed of the random inputs.
-        opt_levels: onnxruntime graph optimisation levels to check (``disable``, ``basic``, ``extended``, ``all``).
+        opt_levels: graph optimisation levels to check (``disable``, ``basic``, ``extended``, ``all``), for
+            runtimes that have them.
         kernel_library: for models with ``quadexport`` nodes: ``"auto"`` checks with the function bodies and, if the
             kernel library is built, with the kernel; ``"never"`` / ``"always"`` check one way only.
-        threads: onnxruntime intra-op threads.
+        threads: the runtime's intra-op threads.
         verbose: log each line as it is produced (``logging`` INFO on ``quadexport.check``);
             :meth:`CheckReport.format` gives the whole report as text.
         json_path: also write the report there as JSON.
         qdq_top1: QDQ files: the minimum top-1 agreement with torch, in percent.
+        runtime: a registered runtime's name (:func:`quadexport.list_runtimes`), ``MODULE:CLASS`` or a
+            :class:`~quadexport.runtimes.Runtime` (``None``: onnxruntime on ``provider``).
 
     Raises:
-        UsageError: the file was exported from another model or neuron than ``model``, or the dataset's inputs do
-            not have the shape the file takes.
+        UsageError: the file was exported from another model or neuron than ``model``, the runtime cannot run it
+            (mode, dtype, external data), or the dataset's inputs do not have the shape the file takes.
+        RuntimeUnavailable: the runtime does not run on this machine (the message says why).
     """
     import onnx
-    import onnxruntime as ort
 
-    from quadexport.exporter.session import find_kernel_library, model_info
+    from quadexport.exporter.extdata import uses_external_data
+    from quadexport.exporter.session import model_info
+    from quadexport.runtimes import file_io, resolve_runtime
 
+    rt = resolve_runtime(runtime, provider)
     info = model_info(onnx_path)
     pairing = _pairing_error(info, model)
     if pairing:
         raise UsageError(f"{onnx_path}: {pairing}")
     dtype = info.metadata.get("quadexport.dtype", "float32")
     tol = TOLERANCES.get(dtype, TOLERANCES["float32"]) if rtol is None else float(rtol)
-    lib = find_kernel_library()
+    proto = onnx.load(str(onnx_path), load_external_data=False)
+    qdq = is_qdq(proto)
+    sup = rt.require()
+    rt.refuse(onnx_path, (info.mode or "function") if info.uses_domain else "decomposed", "int8" if qdq else dtype,
+              uses_external_data(proto))
     report = CheckReport(onnx_path=str(onnx_path), provider=provider, rtol=tol, atol=atol)
-    qdq = is_qdq(onnx.load(str(onnx_path), load_external_data=False))
-    report.env = {"onnxruntime": ort.__version__, "onnx": onnx.__version__, "torch": torch.__version__,
-                  "kernel_library": str(lib) if lib else None, "export_mode": info.mode or None, "dtype": dtype,
-                  "opset": info.metadata.get("quadexport.opset"), "input": info.metadata.get("quadexport.input"),
-                  "qdq": qdq}
+    report.env = {**_environment(info, dtype, qdq), "runtime": rt.name, "runtime_version": sup.version}
     say: Callable[[str], None] = log.info if verbose else (lambda msg: None)
-    runtimes = _runtimes(info, kernel_library, lib is not None, provider, report)
+    settings, notes = rt.settings(info, opt_levels, kernel_library, threads)
+    report.notes += notes
     ref, prep = _reference(model, info.metadata.get("quadexport.input") == "raw")
     was_training = model.training
     ref.eval()
     try:
-        sessions = _open_sessions(onnx_path, provider, opt_levels, runtimes, threads, report, say)
+        sessions = _open_sessions(rt, onnx_path, settings, report, say)
         tok = token_input(model)  # int64 token ids at sequence lengths (quadexport.check.tokens)
         if sessions and tok is not None:
             from quadexport.check.tokens import token_lengths_of, token_sets
 
-            lengths = token_lengths_of(next(iter(sessions.values())), tok, info.metadata)
+            lengths = token_lengths_of(file_io(onnx_path).input_dims, tok, info.metadata)
             sets = token_sets(model, tok, lengths, batches, seed, dataset, report, say, _InputSet)
         elif sessions:
-            shapes = _input_shapes(next(iter(sessions.values())), model, info.metadata)
+            shapes = _input_shapes(file_io(onnx_path).input_dims[1:], model, info.metadata)
             sets = _input_sets(model, shapes[0], batches, seed, dataset, data_dir, report, say, prep)
             sets += _size_sets(model, shapes[1:], batches, seed, prep)
         if sessions:
             if qdq:
                 sets = _qdq_sets(sets, report, qdq_top1, say)
-            _compare_all(sessions, sets, ref, report, say, qdq_top1 if qdq else None)
+            _compare_all(onnx_path, sessions, sets, ref, report, say, qdq_top1 if qdq else None)
         say(report.summary())
     finally:
         model.train(was_training)
     return _finish(report, json_path)
 
 
+def _environment(info: Any, dtype: str, qdq: bool) -> dict[str, Any]:
+    """Library versions, the kernel library and the file's metadata, for the report."""
+    import onnx
+    import onnxruntime as ort
+
+    from quadexport.exporter.session import find_kernel_library
+
+    lib = find_kernel_library()
+    return {"onnxruntime": ort.__version__, "onnx": onnx.__version__, "torch": torch.__version__,
+            "kernel_library": str(lib) if lib else None, "export_mode": info.mode or None, "dtype": dtype,
+            "opset": info.metadata.get("quadexport.opset"), "input": info.metadata.get("quadexport.input"), "qdq": qdq}
+
+
 def _reference(model: nn.Module, raw: bool) -> tuple[nn.Module, Any]:
     """The torch model to compare with and, for raw-input files, the preprocessing that maps inputs to raw pixels
-    (None otherwise). A model that already is a :class:`~quadexport.preprocess.RawInput` is used as it is."""
+    (None otherwise). A model that already is a :class:`~quadexport.data.preprocess.RawInput` is used as it is."""
     if not raw:
         return model, None
     from quadexport.data import run_preprocessing
-    from quadexport.preprocess import RawInput
+    from quadexport.data.preprocess import RawInput
 
     if isinstance(model, RawInput):
         return model, model.preprocessing
-    prep = run_preprocessing(getattr(model, "quadexport_meta", None) or {})
+    prep = run_preprocessing(meta_dict(model))
     return RawInput(model, prep), prep
 
 
@@ -221,51 +245,35 @@ def _qdq_sets(sets: list[_InputSet], report: CheckReport, top1: float, say: Call
     return real
 
 
-def _runtimes(info: Any, kernel_library: str, have_lib: bool, provider: str,
-              report: CheckReport) -> list[tuple[str, str]]:
-    """``(label, kernel_library policy)`` of each way the model is run."""
-    if not info.uses_domain:
-        return [("", "auto")]
-    if kernel_library != "auto":
-        return [("kernel" if kernel_library in ("always", True) else "bodies", kernel_library)]
-    runtimes = [] if info.needs_kernel else [("bodies", "never")]
-    if (have_lib and provider == "cpu") or info.needs_kernel:
-        runtimes.append(("kernel", "always"))  # without the library, make_session raises the clear error
-    else:
-        never = "; the fused kernel never ran" if info.mode == "fused" or info.runtime == "fused" else ""
-        report.notes.append(f"kernel library not built{never}: checked with the function bodies only (build it "
-                            "with `make kernels`)")
-    return runtimes
-
-
-def _open_sessions(onnx_path: str | os.PathLike, provider: str, opt_levels: Sequence[str],
-                   runtimes: list[tuple[str, str]], threads: int | None, report: CheckReport,
+def _open_sessions(rt: Any, onnx_path: str | os.PathLike, settings: list[Any], report: CheckReport,
                    say: Callable[[str], None]) -> dict[tuple[str, str], Any]:
+    """``(label, variant) -> session`` of each setting (a failure to open is a report error, the setting dropped)."""
     from quadexport.exporter.extdata import is_big
-    from quadexport.exporter.session import make_session
 
-    policy = dict(runtimes)
+    by_key = {(s.label, s.variant): s for s in settings}
 
     def open_one(key: tuple[str, str]) -> Any:
-        return make_session(onnx_path, provider, opt_level=key[0], threads=threads, kernel_library=policy[key[1]])
+        return rt.open(onnx_path, by_key[key])
 
     def failed(key: tuple[str, str], e: Exception) -> None:
-        where = LEVEL_NAMES.get(key[0], key[0]) + (f" [{key[1]}]" if key[1] else "")
-        report.errors.append(f"{where}: {type(e).__name__}: {e}")
+        report.errors.append(f"{_where(key)}: {type(e).__name__}: {e}")
         say(f"-[✗] {report.errors[-1]}")
 
-    keys = [(level, label) for level in opt_levels for label, _ in runtimes]
     if is_big(onnx_path):  # several GB of weights: one session (one copy of them) at a time
         from quadexport.check.sessions import OneAtATime
 
-        return OneAtATime(keys, open_one, failed)  # type: ignore[return-value]
+        return OneAtATime(list(by_key), open_one, failed)  # type: ignore[return-value]
     sessions: dict[tuple[str, str], Any] = {}
-    for key in keys:
+    for key in by_key:
         try:
             sessions[key] = open_one(key)
         except Exception as e:  # noqa: BLE001 - any failure to create a session is a hard failure
             failed(key, e)
     return sessions
+
+
+def _where(key: tuple[str, str]) -> str:
+    return LEVEL_NAMES.get(key[0], key[0]) + (f" [{key[1]}]" if key[1] else "")
 
 
 @dataclass
@@ -280,7 +288,7 @@ def _random(model: nn.Module, rng: np.random.Generator, shape: tuple[int, ...]) 
     """Random model inputs at the run's recorded input statistics (``meta["input_stats"]``: per-channel ``mean``
     and ``std`` of the normalised inputs), standard normal when none are recorded."""
     x = rng.standard_normal(shape).astype(np.float32)
-    stats = (getattr(model, "quadexport_meta", None) or {}).get("input_stats") or {}
+    stats = meta_dict(model).get("input_stats") or {}
     if stats and len(shape) >= 3:
         bc = (-1,) + (1,) * (len(shape) - 2)
         mean = np.asarray(stats.get("mean", 0.0), np.float32).reshape(bc if np.ndim(stats.get("mean", 0)) else ())
@@ -296,7 +304,7 @@ def _size_sets(model: nn.Module, shapes: list[tuple[int, ...]], batches: Sequenc
     sets = [_InputSet(f"random {'x'.join(map(str, s[1:]))}", int(b), [_random(model, rng, (int(b), *s))])
             for s in shapes for b in sorted(set(int(b) for b in batches))[:2]]
     if prep is not None:
-        from quadexport.preprocess import denormalise
+        from quadexport.data.preprocess import denormalise
 
         for st in sets:
             st.chunks = [denormalise(torch.from_numpy(x), prep).numpy() for x in st.chunks]
@@ -310,7 +318,7 @@ def _input_sets(model: nn.Module, shape: tuple[int, ...], batches: Sequence[int]
     (a raw-input file) both denormalised to raw pixel values."""
     rng = np.random.default_rng(seed)
     sets = [_InputSet("random", int(b), [_random(model, rng, (int(b), *shape))]) for b in batches]
-    meta = getattr(model, "quadexport_meta", None) or {}
+    meta = meta_dict(model)
     ds = None if dataset is False else (dataset or meta.get("dataset"))
     ds_name = getattr(ds, "name", ds)  # a DataSource: its spec
     if ds:
@@ -331,38 +339,53 @@ def _input_sets(model: nn.Module, shape: tuple[int, ...], batches: Sequence[int]
             bs = max(int(b) for b in batches)
             sets.append(_InputSet(f"{ds_name}[{len(xs)}]", bs, [xs[i:i + bs] for i in range(0, len(xs), bs)], ys))
     if prep is not None:
-        from quadexport.preprocess import denormalise
+        from quadexport.data.preprocess import denormalise
 
         for s in sets:
             s.chunks = [denormalise(torch.from_numpy(x), prep).numpy() for x in s.chunks]
     return sets
 
 
-def _compare_all(sessions: dict[tuple[str, str], Any], sets: list[_InputSet], model: nn.Module,
-                 report: CheckReport, say: Callable[[str], None], qdq_top1: float | None = None) -> None:
+def _run_chunks(key: tuple[str, str], sess: Any, chunks: list[np.ndarray], report: CheckReport,
+                say: Callable[[str], None]) -> list[list[np.ndarray]] | None:
+    """The session's outputs for each chunk; ``None`` (a report error) when the runtime fails on one."""
+    try:
+        return [sess.run(x) for x in chunks]
+    except Exception as e:  # noqa: BLE001 - a runtime that cannot run the batch is a hard failure, reported
+        report.errors.append(f"{_where(key)}: {type(e).__name__}: {e}")
+        say(f"-[✗] {report.errors[-1]}")
+        return None
+
+
+def _compare_all(onnx_path: str | os.PathLike, sessions: dict[tuple[str, str], Any], sets: list[_InputSet],
+                 model: nn.Module, report: CheckReport, say: Callable[[str], None],
+                 qdq_top1: float | None = None) -> None:
     from quadexport.exporter.outputs import structure_of
 
     refs = [[_torch_outputs(model, x) for x in s.chunks] for s in sets]
-    structure = structure_of(next(iter(sessions.values())))
+    structure = structure_of(onnx_path)
     out_names = structure.names
     n_ref = len(refs[0][0]) if refs else 0
     if refs and n_ref != len(out_names):
         report.errors.append(f"onnx model has {len(out_names)} outputs {out_names}, torch model {n_ref}")
         say(f"-[✗] {report.errors[-1]}")
-    for (level, label), sess in sessions.items():
+    for key, sess in sessions.items():
+        rtol = report.rtol if sess.setting.rtol is None else sess.setting.rtol  # reduced precision (bf16)
         for s, ref_chunks in zip(sets, refs):
-            outs = [sess.run(None, {sess.get_inputs()[0].name: x}) for x in s.chunks]
+            outs = _run_chunks(key, sess, s.chunks, report, say)
+            if outs is None:
+                break
             for k, name in enumerate(out_names[:n_ref]):
                 o = np.concatenate([c[k] for c in outs])
                 r = np.concatenate([c[k] for c in ref_chunks])
-                m = compare(o, r, report.rtol, report.atol, classes=structure.kind(name) == "classes")
+                m = compare(o, r, rtol, report.atol, classes=structure.kind(name) == "classes")
                 if qdq_top1 is not None and m["top1"] is not None:  # int8: judged by top-1 agreement only
                     m["ok"] = 100 * m["top1"] >= qdq_top1  # the threshold is given in percent
                     m["reason"] = "" if m["ok"] else f"top1 < {qdq_top1:g}%"
                 acc = None
                 if s.labels is not None and o.ndim == 2 and o.shape[0] == len(s.labels):
                     acc = float((o.argmax(1) == s.labels).mean())  # fractions in every JSON, percent on screen
-                line = CheckLine(level, label, s.batch, s.source, name, accuracy=acc, **m)
+                line = CheckLine(key[0], key[1], s.batch, s.source, name, accuracy=acc, **m)
                 report.lines.append(line)
                 say(line.format())
 

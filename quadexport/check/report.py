@@ -10,15 +10,16 @@ from typing import Any
 
 import numpy as np
 
+from quadexport.runtimes.base import LEVEL_NAMES
+
 TOLERANCES = {"float32": 1e-5, "float16": 1e-2}
 """Default ``rtol`` (max relative L2 error) per exported dtype."""
-LEVEL_NAMES = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
-               "all": "ORT_ENABLE_ALL"}
 
 
 @dataclass
 class CheckLine:
-    """One comparison (one opt level × runtime × input set × output)."""
+    """One comparison (one runtime setting × input set × output): ``opt_level`` is the setting's label (an
+    onnxruntime opt level, ``openvino-cpu f32``, ...), ``runtime`` its variant (``bodies``/``kernel``/empty)."""
 
     opt_level: str
     runtime: str
@@ -104,7 +105,7 @@ class CheckReport:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write :meth:`to_dict` as JSON (atomically)."""
-        from quadexport.checkpoint import write_json
+        from quadexport.runs.atomicfile import write_json
 
         return write_json(path, self.to_dict())
 

@@ -15,13 +15,12 @@ from quadexport.zoo.tokens import TokenInput
 __all__ = ["token_lengths_of", "token_sets"]
 
 
-def token_lengths_of(sess: Any, spec: TokenInput, metadata: dict[str, str]) -> list[int]:
-    """The sequence lengths to check: the file's fixed length, or the lengths recorded for a dynamic one (at least
-    the context and a shorter one)."""
+def token_lengths_of(dims: Sequence[Any], spec: TokenInput, metadata: dict[str, str]) -> list[int]:
+    """The sequence lengths to check: the file's fixed length (``dims``: its input's dims, batch first), or the
+    lengths recorded for a dynamic one (at least the context and a shorter one)."""
     from quadexport.exporter.dynamic import recorded
     from quadexport.zoo.tokens import token_lengths
 
-    dims = sess.get_inputs()[0].shape
     if len(dims) > 1 and isinstance(dims[1], int):
         return [int(dims[1])]
     dyn = recorded(metadata)

@@ -2,7 +2,7 @@
 with research code (quadratic neurons written inline in ``forward``) turned into a run dir of quadexport layers.
 
 The user's file is executed (it is imported, as ``python -c "import model"`` would), its builder called with the
-``--model-arg`` options, the checkpoint loaded in any common layout (:mod:`quadexport.zoo.statedict`), and
+``--model-arg`` options, the checkpoint loaded in any common layout (:mod:`quadexport.transforms.statedict`), and
 :func:`quadexport.adopt` rewrites the neurons it recognises. The run dir keeps the file's text (in its checkpoint
 and as a copy beside it, with its sha256), so ``quadexport.load(RUN)`` rebuilds the model in any process, from
 anywhere, by running that code again (:mod:`quadexport.zoo.usercode`).
@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from quadexport.cli.argtypes import dataset_spec, image_size, model_arg
+from quadexport.runmeta import config_dict
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ def input_shape(s: str) -> tuple[int, ...]:
 
 def _build(a: argparse.Namespace) -> tuple[Any, Any, dict[str, Any], Any]:
     """(the user's model with its trained weights, its source, the builder options, what the checkpoint held)."""
-    from quadexport.zoo.statedict import load_into
+    from quadexport.transforms.statedict import load_into
     from quadexport.zoo.usercode import build_user_model, parse_target, read_source
 
     path, builder = parse_target(a.target)
@@ -80,7 +81,7 @@ def _on_data(adopted: Any, report: Any, data: Any, classifier: bool) -> tuple[fl
     import torch
     from torch.utils.data import DataLoader
 
-    from quadexport.train import evaluate_batches
+    from quadexport.training.loop import evaluate_batches
 
     loader = DataLoader(data.test, batch_size=256, shuffle=False, num_workers=data.workers)
     diff = float(report.verify(next(iter(loader))[0]))
@@ -90,12 +91,12 @@ def _on_data(adopted: Any, report: Any, data: Any, classifier: bool) -> tuple[fl
 
 
 def _configure(adopted: Any, src: Any, builder: str, kwargs: dict[str, Any], shape: tuple[int, ...]) -> None:
-    """Give the adopted model the ``quadexport_config`` that :func:`quadexport.zoo.create_model` rebuilds it from,
+    """Give the adopted model the ``quadexport_config`` that :func:`quadexport.transforms.create_model` rebuilds it from,
     and check that it does: rebuilt and loaded strictly, it must give bitwise the same outputs."""
     import torch
 
     from quadexport.errors import QuadexportError
-    from quadexport.zoo import create_model
+    from quadexport.transforms import create_model
     from quadexport.zoo.usercode import model_name
 
     from quadexport.exporter.outputs import flatten
@@ -104,7 +105,7 @@ def _configure(adopted: Any, src: Any, builder: str, kwargs: dict[str, Any], sha
         x = torch.randn((2, *shape), generator=torch.Generator().manual_seed(0))
         y = flatten(adopted(x))  # any output structure: its tensors in torch's order
     num_classes = int(y[0].shape[-1]) if len(y) == 1 and y[0].dim() == 2 else 0  # a classifier's logits
-    adopt_cfg = dict(getattr(adopted, "quadexport_config", None) or {})
+    adopt_cfg = config_dict(adopted)
     cfg = {"name": model_name(src.filename, builder), "neuron": adopt_cfg.get("neuron", "fan"),
            "num_classes": num_classes, "in_channels": int(shape[0]), "input_size": list(shape[1:]),
            "source": src.to_dict(), "builder": builder, "model_args": kwargs, "adopt": adopt_cfg["adopt"]}
@@ -140,9 +141,9 @@ def _meta(a: argparse.Namespace, shape: tuple[int, ...], num_classes: int, data:
 
 
 def _write(a: argparse.Namespace, adopted: Any, meta: dict[str, Any], src: Any) -> None:
-    """The run dir, staged and swapped in whole (:func:`quadexport.rundir.open_run`)."""
-    from quadexport.checkpoint import atomic_write, save_checkpoint, write_json
-    from quadexport.rundir import CONFIG, METRICS, open_run
+    """The run dir, staged and swapped in whole (:func:`quadexport.runs.rundir.open_run`)."""
+    from quadexport.runs.rundir import open_run
+    from quadexport.runs.write import write_run
 
     cfg = adopted.quadexport_config
     config = {"command": "adopt", "model": cfg["name"], "neuron": cfg["neuron"], "target": a.target,
@@ -153,17 +154,16 @@ def _write(a: argparse.Namespace, adopted: Any, meta: dict[str, Any], src: Any) 
     metrics = {"model": cfg["name"], "neuron": cfg["neuron"], "dataset": a.dataset, "epochs": [],
                "adopt": meta["adopt"], **({"test_acc": meta["test_acc"]} if "test_acc" in meta else {})}
     with open_run(a.out, "overwrite" if a.overwrite else "new", resumable=False) as out:
-        with out.saving():
-            atomic_write(out.path / src.filename, lambda f: f.write(src.text), mode="w")
-            write_json(out.path / METRICS, out.stamp(metrics))
-            write_json(out.path / CONFIG, out.stamp(config))
-            save_checkpoint(out.path, adopted, meta, None, 0, {}, run_id=out.run_id)
-            out.commit()
+        write_run(out, adopted, meta, config=config, metrics=metrics, files={src.filename: src.text})
 
 
 def _print_report(report: Any) -> None:
-    """The summary line, each adopted neuron (source modules -> type, BatchNorms folded) and each form left alone."""
+    """The summary line, each adopted neuron (source modules -> type, BatchNorms folded), the layers that already
+    were quadexport layers and each form left alone."""
     print(report.summary())
+    if report.already:
+        more = f" (+{len(report.already) - 5} more)" if len(report.already) > 5 else ""
+        print(f"  already quadexport: {', '.join(report.already[:5])}{more}")
     for n in report.neurons:
         folded = [b for b in n.bn.values() if b]
         print(f"  {n.name}: {' + '.join(f'{r}={p}' for r, p in n.branches.items())} -> {n.type}"
@@ -173,15 +173,15 @@ def _print_report(report: Any) -> None:
 
 
 def run(a: argparse.Namespace) -> int:
-    from quadexport.adopt import adopt
+    from quadexport.transforms.adopter import adopt
     from quadexport.errors import QuadexportError, UsageError
 
     data, shape = _data(a)
     model, src, kwargs, loaded = _build(a)
     adopted, report = adopt(model, input_shape=shape, include=a.include, exclude=a.exclude, return_report=True)
-    if not report.neurons:
+    if not report.neurons and not report.already:
         reasons = "; ".join(f"{', '.join(s.modules)}: {s.reason}" for s in report.skipped[:3])
-        raise UsageError(f"found no quadratic neuron to adopt in {a.target}"
+        raise UsageError(f"found no quadratic neuron to adopt and no quadexport layer in {a.target}"
                          f"{f' ({reasons})' if reasons else ''}; nothing was written")
     _configure(adopted, src, kwargs=kwargs, builder=a.target.rpartition(":")[2], shape=shape)
     meta = _meta(a, shape, adopted.quadexport_config["num_classes"], data, src, loaded, report)

@@ -14,7 +14,7 @@ T = TypeVar("T", int, float)
 BUILTIN_DATASETS = ("cifar10", "digits", "fashion-mnist", "mnist")  # quadexport.data.list_datasets()
 OPT_LEVELS = ("disable", "basic", "extended", "all")  # quadexport.exporter.session.OPT_LEVELS
 BUDGETS = ("small", "short", "tiny")  # quadexport.experiments.BUDGETS
-ADAPTER_DEFAULT = "quadratic+bn+head"  # quadexport.adapter.ADAPTER_DEFAULT
+ADAPTER_DEFAULT = "quadratic+bn+head"  # quadexport.training.adapter.ADAPTER_DEFAULT
 
 
 def finite_float(s: str) -> float:
@@ -121,4 +121,12 @@ def show_defaults(p: argparse.ArgumentParser) -> None:
 
 __all__ = ["ADAPTER_DEFAULT", "BUDGETS", "BUILTIN_DATASETS", "OPT_LEVELS", "dataset_spec", "finite_float",
            "float_list", "image_size", "model_arg", "nonneg_float", "nonneg_int", "pos_int", "positive_float",
-           "show_defaults"]
+           "runtime_help", "show_defaults"]
+
+
+def runtime_help(what: str) -> str:
+    """``--runtime`` help: the registered runtimes, read from the registry (no runtime is imported)."""
+    from quadexport.runtimes import list_runtimes
+
+    return (f"runtime to {what}: {', '.join(list_runtimes())}, or MODULE:CLASS for a Runtime subclass of your own "
+            "(importable from PYTHONPATH; see docs/architecture.md)")

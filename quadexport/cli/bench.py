@@ -1,4 +1,5 @@
-"""``quadexport bench MODEL...``: latency of quadratic models vs their ReLU baselines (ONNX Runtime and torch eager)."""
+"""``quadexport bench MODEL...``: latency of quadratic models vs their ReLU baselines (ONNX Runtime, or any registered
+runtime with ``--runtime``, and torch eager)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import shlex
 import sys
 
 from quadexport.errors import UsageError
-from quadexport.cli.argtypes import nonneg_float, nonneg_int, pos_int
+from quadexport.cli.argtypes import nonneg_float, nonneg_int, pos_int, runtime_help
 
 _HANDLER_NAME = "quadexport-bench-cli"
 
@@ -41,7 +42,8 @@ def run(a: argparse.Namespace) -> int:
     if unknown:
         raise UsageError(f"unknown mode(s) {', '.join(unknown)}; choose from {', '.join(MODES)}")
     _show_progress(a.quiet)
-    cfg = BenchConfig(neuron=a.neuron, modes=modes, provider=a.provider, threads=a.threads, batches=a.batch,
+    cfg = BenchConfig(neuron=a.neuron, modes=modes, provider=a.provider, runtime=a.runtime, threads=a.threads,
+                      batches=a.batch,
                       opt_level=a.opt_level, baselines=not a.no_baselines, torch_eager=not a.no_torch_eager,
                       warmup=a.warmup, min_iters=a.min_iters, min_seconds=a.min_seconds, input_shape=shape,
                       out=a.out, seed=a.seed, opset=a.opset,
@@ -73,6 +75,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "unless --no-torch-eager)")
     p.add_argument("--batch", "--batches", dest="batch", nargs="+", type=pos_int, default=[1, 64], metavar="N",
                    help="batch sizes")
+    p.add_argument("--runtime", default=None, metavar="NAME",
+                   help=runtime_help("time the ONNX modes under") + "; default: onnxruntime on --provider")
     p.add_argument("--provider", choices=("cpu", "cuda"), default="cpu", help="onnxruntime execution provider")
     p.add_argument("--threads", type=pos_int, default=1,
                    help="intra-op threads of onnxruntime and torch (1 gives the steadiest, comparable numbers)")
@@ -98,7 +102,8 @@ def _argv_from(a: argparse.Namespace) -> list[str]:
     """The command line of the run, options spelled out (recorded in bench.json/bench.md)."""
     out = list(map(str, a.models))
     for flag, val in (("--neuron", a.neuron), ("--mode", a.mode), ("--batch", a.batch),
-                      ("--provider", a.provider), ("--threads", a.threads), ("--opt-level", a.opt_level),
+                      ("--runtime", a.runtime), ("--provider", a.provider), ("--threads", a.threads),
+                      ("--opt-level", a.opt_level),
                       ("--warmup", a.warmup), ("--min-iters", a.min_iters), ("--min-seconds", a.min_seconds),
                       ("--input-shape", a.input_shape), ("--seed", a.seed), ("--out", a.out)):
         if val is None:

@@ -1,32 +1,18 @@
-"""``quadexport check MODEL.onnx RUN_DIR``: onnxruntime-vs-torch parity (or OpenVINO with ``--runtime openvino``);
-exit code 1 on any miss."""
+"""``quadexport check MODEL.onnx RUN_DIR``: parity of a file with its run under any registered runtime
+(``--runtime``, default onnxruntime; :mod:`quadexport.runtimes`); exit code 1 on any miss."""
 
 from __future__ import annotations
 
 import argparse
 
-from quadexport.cli.argtypes import OPT_LEVELS, dataset_spec, nonneg_float, pos_int
+from quadexport.cli.argtypes import OPT_LEVELS, dataset_spec, nonneg_float, pos_int, runtime_help
 
 USAGE = "quadexport check MODEL.onnx RUN_DIR"
 
 
-def _openvino(a: argparse.Namespace, onnx_path, model) -> int:
-    from quadexport.deploy.openvino import check_openvino
-    from quadexport.errors import UsageError
-    from quadexport.exporter.session import model_info
-
-    info = model_info(onnx_path)
-    if info.uses_domain:  # the library's refusal speaks API (mode='decomposed'); this one speaks CLI
-        raise UsageError(f"{onnx_path} is a {info.mode or 'function'}-mode file (quadexport custom ops), which "
-                         f"OpenVINO cannot run; re-export it with --mode decomposed")
-    report = check_openvino(onnx_path, model, batches=tuple(a.batch or (1, 4)), seed=a.seed)
-    print(report.format())
-    return 0 if report.ok else 1
-
-
 def run(a: argparse.Namespace) -> int:
     from quadexport.cli.paths import onnx_file, run_dir
-    from quadexport.checkpoint import load
+    from quadexport.runs.checkpoint import load
 
     onnx_path, run = onnx_file(a.onnx, USAGE), run_dir(a.run_dir, USAGE)
     if a.data is not None:
@@ -41,13 +27,12 @@ def run(a: argparse.Namespace) -> int:
             load(run)
         raise UsageError(f"{onnx_path} does not exist; export it first: quadexport export {run} {onnx_path}")
     model = load(run)
-    if a.runtime == "openvino":
-        return _openvino(a, onnx_path, model)
     from quadexport.check import check
 
-    report = check(onnx_path, model, provider=a.provider, atol=a.atol, rtol=a.rtol, dataset=dataset,
-                   data_dir=a.data_dir, batches=tuple(a.batch or (1, 3, 5, 64)), opt_levels=tuple(a.opt_level),
-                   kernel_library=a.kernel_library, seed=a.seed, json_path=a.json, verbose=False)
+    report = check(onnx_path, model, runtime=a.runtime, provider=a.provider, atol=a.atol, rtol=a.rtol,
+                   dataset=dataset, data_dir=a.data_dir, batches=tuple(a.batch or (1, 3, 5, 64)),
+                   opt_levels=tuple(a.opt_level), kernel_library=a.kernel_library, seed=a.seed, json_path=a.json,
+                   verbose=False)
     print(report.format())
     if a.json:
         print(f"report: {a.json}")
@@ -57,18 +42,18 @@ def run(a: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("check", help="check an exported ONNX model against its run (non-zero exit on a miss)",
                        description="Run random inputs (and the first 512 test images of the run's dataset) through "
-                                   "onnxruntime and torch; print one line per opt level × batch; exit code 1 if "
+                                   "a runtime (onnxruntime by default) and torch; print one line per setting (opt "
+                                   "level, kernel/bodies, precision) × batch; exit code 1 if "
                                    "any line misses (rel_l2 > rtol, max_abs > atol, NaN/Inf torch does not have). "
                                    "Raw-input files (export --input raw) are fed raw pixels; int8 QDQ files are "
                                    "judged by top-1 agreement on the dataset. Every output gets its own rows (top-1 "
                                    "for classifier logits, pixel-wise argmax agreement for class maps); a dynamic-size "
                                    "file (export --dynamic-size) is checked at each size it records. --runtime "
-                                   "openvino checks the file "
-                                   "under OpenVINO's CPU plugin instead (decomposed files only).")
+                                   "checks under any registered runtime instead (a runtime that cannot run the file "
+                                   "- e.g. custom-op nodes - says so).")
     p.add_argument("onnx", metavar="MODEL.onnx", help="the exported .onnx file")
     p.add_argument("run_dir", metavar="RUN_DIR", help="run directory the model was exported from")
-    p.add_argument("--runtime", choices=("onnxruntime", "openvino"), default="onnxruntime",
-                   help="runtime to check under (default: onnxruntime)")
+    p.add_argument("--runtime", default="onnxruntime", metavar="NAME", help=runtime_help("check under"))
     p.add_argument("--provider", choices=("cpu", "cuda"), default="cpu", help="onnxruntime provider (default: cpu)")
     p.add_argument("--atol", type=nonneg_float, default=None, help="max abs difference (default: not checked)")
     p.add_argument("--rtol", type=nonneg_float, default=None,
@@ -79,9 +64,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", type=dataset_spec, default=None, help=argparse.SUPPRESS)  # deprecated: --dataset
     p.add_argument("--data-dir", default=None, help="dataset directory (default: the run's)")
     p.add_argument("--batch", "--batches", dest="batch", type=pos_int, nargs="+", default=None,
-                   metavar="N", help="batch sizes of the random inputs (default: 1 3 5 64; openvino: 1 4)")
+                   metavar="N", help="batch sizes of the random inputs (default: 1 3 5 64)")
     p.add_argument("--opt-level", "--opt-levels", dest="opt_level", nargs="+", choices=OPT_LEVELS,
-                   default=["disable", "all"], help="onnxruntime graph optimisation levels (default: disable all)")
+                   default=["disable", "all"],
+                   help="graph optimisation levels, for runtimes that have them (onnxruntime, cpp)")
     p.add_argument("--kernel-library", choices=("auto", "always", "never"), default="auto",
                    help="quadexport-domain models: auto = function bodies and, if built, the kernel (default: auto)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default: 0)")

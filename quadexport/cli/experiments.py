@@ -1,4 +1,5 @@
-"""``quadexport experiments {trainability,accuracy,expressivity,warmstart,all,report}``: the issue #6 experiments.
+"""``quadexport experiments {trainability,accuracy,expressivity,warmstart,all,report}``: the issue #6 experiments;
+``quadexport experiments {compression,quadratize}``: the studies of docs/compression.md and docs/quadratize.md.
 
 Also the whole of ``tools/experiments.py`` (``make results``), through :func:`main`.
 """
@@ -11,7 +12,7 @@ import logging
 import sys
 from typing import Iterator
 
-COMMANDS = ("trainability", "accuracy", "expressivity", "warmstart", "all", "report", "lm")
+COMMANDS = ("trainability", "accuracy", "expressivity", "warmstart", "all", "report", "compression", "quadratize", "lm")
 
 
 @contextlib.contextmanager
@@ -36,7 +37,7 @@ def echo_logs(*names: str) -> Iterator[None]:
 
 
 def run(a: argparse.Namespace) -> int:
-    from quadexport.experiments import EXPERIMENTS, ExperimentOptions, report, run_experiments
+    from quadexport.experiments import EXPERIMENTS, STUDIES, ExperimentOptions, report, run_experiments, run_study
 
     opts = ExperimentOptions(budget=a.budget, out=a.out, docs=a.docs, jobs=a.jobs, threads=a.threads)
     with echo_logs("quadexport.experiments"):
@@ -51,6 +52,8 @@ def run(a: argparse.Namespace) -> int:
                 if v is not None and (k, v) not in (("budget", "small"), ("jobs", 2), ("threads", 1)))
             docs = Path(a.docs) if a.docs else (ROOT / "docs" if a.budget == "small" else opts.out_dir / "docs")
             print(lm_experiment(a.budget, opts.out_dir / "lm-study", docs, a.jobs, a.threads, cmd))
+        elif a.experiment in STUDIES:
+            run_study(a.experiment, opts, f"quadexport experiments {a.experiment} --budget {a.budget}")
         elif a.experiment == "all":
             run_experiments(list(EXPERIMENTS), opts, f".venv/bin/python tools/experiments.py all --budget {a.budget}")
             report(opts)
@@ -64,8 +67,10 @@ def run(a: argparse.Namespace) -> int:
 def _add_arguments(p: argparse.ArgumentParser) -> None:
     from quadexport.cli.argtypes import BUDGETS
 
-    p.add_argument("experiment", choices=COMMANDS, help="one experiment, all of them (then report), report, or lm "
-                   "(the language-model study, models/exp-lm.toml; writes docs/lm.md)")
+    p.add_argument("experiment", choices=COMMANDS,
+                   help="one experiment, all of them (then report), report; or a study (compression, quadratize: "
+                   "models/exp-<study>.toml, every step resumable, then its table, JSON and plots; lm: the "
+                   "language-model study, models/exp-lm.toml, writes docs/lm.md)")
     p.add_argument("--budget", choices=BUDGETS, default="small",
                    help="small: the documented results; tiny: seconds, for tests")
     p.add_argument("--out", default=None, help="results folder (default reports/experiments/<budget>)")
@@ -78,7 +83,7 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("experiments", help="reproduce the paper's claims (trainability, accuracy, expressivity, "
-                       "warm start) from the models/exp-*.toml recipes")
+                       "warm start) and the compression / quadratize studies from the models/exp-*.toml recipes")
     _add_arguments(p)
 
 

@@ -6,6 +6,7 @@ import argparse
 import collections
 import logging
 import sys
+from quadexport.runmeta import meta_dict
 
 log = logging.getLogger(__name__)
 
@@ -14,7 +15,7 @@ USAGE = "quadexport export RUN_DIR OUT.onnx"
 
 def _test_inputs(model, data_dir, n: int):
     """The first ``n`` test inputs (normalised) of the run's own dataset, or None when unavailable."""
-    meta = getattr(model, "quadexport_meta", None) or {}
+    meta = meta_dict(model)
     if not meta.get("dataset"):
         return None
     try:
@@ -53,7 +54,7 @@ def _prepare(model, raw: bool):
     """The module to export (``RawInput`` for ``--input raw``) and the preprocessing metadata of the file."""
     from quadexport.data import run_preprocessing
     from quadexport.errors import UsageError
-    from quadexport.preprocess import RawInput, preprocessing_metadata
+    from quadexport.data.preprocess import RawInput, preprocessing_metadata
     from quadexport.zoo.tokens import token_input
 
     if token_input(model) is not None:  # a language model: int64 token ids in, nothing to preprocess
@@ -97,8 +98,8 @@ def _report_ops(a: argparse.Namespace, path) -> None:
 def run(a: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from quadexport.atomicfile import StagedFile
-    from quadexport.checkpoint import load
+    from quadexport.runs.atomicfile import StagedFile
+    from quadexport.runs.checkpoint import load
     from quadexport.cli.paths import output_file, run_dir
     from quadexport.exporter import check_opset, export
 
@@ -111,7 +112,7 @@ def run(a: argparse.Namespace) -> int:
     if a.fp16:
         calib = _test_inputs(model, a.data_dir, 256)
         if calib is not None and prep is not None and a.input == "raw":
-            from quadexport.preprocess import denormalise
+            from quadexport.data.preprocess import denormalise
 
             calib = denormalise(calib, prep)
     # Written under a temporary name and renamed to a.out only once the parity check passed (or --no-check).
@@ -156,7 +157,7 @@ def _save_io(a: argparse.Namespace, model, target, prep, out) -> None:
 
     data = _test_inputs(model, a.data_dir, 4)
     if data is not None and a.input == "raw":
-        from quadexport.preprocess import denormalise
+        from quadexport.data.preprocess import denormalise
 
         data = denormalise(data, prep)
     save_io(target, out, a.save_io, batch=4, data=data)

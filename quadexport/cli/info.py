@@ -64,7 +64,7 @@ def _models(neuron: str, in_channels: int, size: int) -> list[str]:
 
 def _run_info(path: str) -> list[str]:
     """What a run dir holds: model, neuron, task, input, and each output (name, shape, kind)."""
-    from quadexport.checkpoint import load
+    from quadexport.runs.checkpoint import load
     from quadexport.exporter.outputs import run_structure
 
     model = load(path)

@@ -13,7 +13,7 @@ from quadexport.cli.argtypes import dataset_spec, image_size, model_arg, pos_int
 def _run_files(src: Path, q: Any, report: Any, weights: str | None
                ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """(checkpoint meta, config.json, metrics.json) of the quadratized run; the source's are kept as ``source``."""
-    from quadexport.rundir import CONFIG, METRICS, read_json
+    from quadexport.runs.rundir import CONFIG, METRICS, read_json
 
     meta = dict(q.quadexport_meta)
     origin = {"run": str(src)} if src.exists() else {"model": str(src)}
@@ -33,9 +33,9 @@ def _from_name(a: argparse.Namespace) -> Any:
     """SOURCE given as a model name: build it (ReLU) for ``--dataset``, load ``--weights``; meta as a run has it."""
     from quadexport.data import DataOptions, open_dataset
     from quadexport.errors import UsageError
-    from quadexport.train import TrainConfig
-    from quadexport.zoo import create_model
-    from quadexport.zoo.foreign import load_weights
+    from quadexport.training.loop import TrainConfig
+    from quadexport.transforms import create_model
+    from quadexport.transforms.weights import load_weights
 
     if a.dataset is None and a.input_shape is None:
         raise UsageError(f"{a.source} is not a run dir; building the model needs --dataset, or --input-shape C H W "
@@ -60,8 +60,8 @@ def _from_name(a: argparse.Namespace) -> Any:
 def _without_data(a: argparse.Namespace) -> Any:
     """SOURCE a model name with ``--input-shape`` and no dataset: built for that shape (``--model-arg num_classes=N``
     sizes its head, default 10); the run has no data, so ``check`` feeds random inputs."""
-    from quadexport.zoo import create_model
-    from quadexport.zoo.foreign import load_weights
+    from quadexport.transforms import create_model
+    from quadexport.transforms.weights import load_weights
 
     kw = dict(a.model_arg or [])
     shape = tuple(a.input_shape)
@@ -76,11 +76,12 @@ def _without_data(a: argparse.Namespace) -> Any:
 
 
 def run(a: argparse.Namespace) -> int:
-    from quadexport.checkpoint import load, save_checkpoint, write_json
+    from quadexport.runs.checkpoint import load
     from quadexport.errors import UsageError
-    from quadexport.quadratize import quadratize
-    from quadexport.rundir import CONFIG, METRICS, open_run
-    from quadexport.zoo.foreign import load_weights
+    from quadexport.transforms.quadratizer import quadratize
+    from quadexport.runs.rundir import open_run
+    from quadexport.runs.write import write_run
+    from quadexport.transforms.weights import load_weights
 
     src = Path(a.source)
     if src.exists():
@@ -102,11 +103,7 @@ def run(a: argparse.Namespace) -> int:
 
         meta.update(run_meta(q, meta["input_shape"]))  # task and outputs, for `info RUN`, check and compress
     with open_run(a.out, "overwrite" if a.overwrite else "new", resumable=False) as out:
-        with out.saving():
-            write_json(out.path / METRICS, out.stamp(metrics))
-            write_json(out.path / CONFIG, out.stamp(config))
-            save_checkpoint(out.path, q, meta, None, 0, {}, run_id=out.run_id)
-            out.commit()
+        write_run(out, q, meta, config=config, metrics=metrics)
     print(report.summary())
     unselected = [s for s in report.skipped if s.reason in ("not selected by include", "excluded")]
     for s in report.skipped:

@@ -75,9 +75,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(a: argparse.Namespace, out: str):
-    """Build a :class:`~quadexport.train.TrainConfig` from parsed flags."""
-    from quadexport.relinear import ReLinearConfig
-    from quadexport.train import TrainConfig
+    """Build a :class:`~quadexport.training.loop.TrainConfig` from parsed flags."""
+    from quadexport.training.relinear import ReLinearConfig
+    from quadexport.training.loop import TrainConfig
 
     rl = ReLinearConfig(mode=a.relinear, lr_ratio_g=a.lr_ratio if a.lr_ratio_g is None else a.lr_ratio_g,
                         lr_ratio_b=a.lr_ratio if a.lr_ratio_b is None else a.lr_ratio_b, penalty=a.penalty,
@@ -97,7 +97,7 @@ _DATA_FLAGS = ("dataset", "data_dir", "train_subset", "test_subset", "image_size
 
 def _from_defaults(a: argparse.Namespace, given: dict[str, Any]) -> None:
     """``--from RUN``: the data flags not typed come from RUN; the model is RUN's (model flags are refused)."""
-    from quadexport.checkpoint import read_checkpoint
+    from quadexport.runs.checkpoint import read_checkpoint
     from quadexport.data import parse_dataset_spec, run_preprocessing
     from quadexport.errors import UsageError
 
@@ -145,8 +145,8 @@ def _given_flags(a: argparse.Namespace) -> dict[str, Any]:
 
 def _resume_config(a: argparse.Namespace, given: dict[str, Any]):
     """``--resume``: the run's own config.json; typed flags must agree with it (``--epochs`` may extend)."""
-    from quadexport.rundir import CONFIG, RunDirError, merge_resume_config, read_json
-    from quadexport.train import TrainConfig
+    from quadexport.runs.rundir import CONFIG, RunDirError, merge_resume_config, read_json
+    from quadexport.training.loop import TrainConfig
 
     saved = read_json(Path(a.out) / CONFIG)
     if saved is None:
@@ -159,7 +159,7 @@ def _resume_config(a: argparse.Namespace, given: dict[str, Any]):
 
 def _interrupted(out: str, overwrite: bool, previous_id: str | None) -> str:
     """What Ctrl-C left in ``out``, with the exact command that continues it."""
-    from quadexport.rundir import CHECKPOINT, run_id_of
+    from quadexport.runs.rundir import CHECKPOINT, run_id_of
 
     if not (Path(out) / CHECKPOINT).is_file():
         return f"quadexport train: interrupted before the first checkpoint; nothing was written to {out}"
@@ -196,8 +196,8 @@ def _refuse_conflicts(a: argparse.Namespace, given: dict[str, Any]) -> None:
 
 
 def run(a: argparse.Namespace) -> int:
-    from quadexport.rundir import run_id_of
-    from quadexport.train import train
+    from quadexport.runs.rundir import run_id_of
+    from quadexport.training.loop import train
 
     given = _given_flags(a)
     if a.from_run and not a.resume:

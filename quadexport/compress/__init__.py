@@ -7,7 +7,7 @@
   that ``quadexport export``/``check``/``bench`` accept, and a report (:class:`CompressReport`).
 - :mod:`quadexport.compress.prune`: statistics (``stats``), plans (``plan``), channel groups (``graph``,
   ``structure``), permutation (``permute``) and the rewrite (``rewrite``); the spec that rebuilds a compressed model
-  lives in :mod:`quadexport.zoo._prune`.
+  lives in :mod:`quadexport.transforms.prune_spec`.
 - :mod:`quadexport.layers.mixed`: :class:`MixedQuad`, :class:`PermShortcut` (re-exported by ``compress.layers``).
 - :mod:`quadexport.compress.quant`: onnxruntime static int8 (QDQ) with optional fp32 quadratic terms.
 - :mod:`quadexport.compress.rundata`: the run's own dataset (built-in, ``imagefolder:``, ``npz:``) reopened and split

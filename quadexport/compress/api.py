@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from quadexport.compress import outputs
+import quadexport.compress.outputs as outputs
 from quadexport.compress.config import DEFAULT_THRESHOLD, CompressConfig, CompressError
 from quadexport.compress.job import FAST_OPSET, Job, export_onnx, macs, twin_of
 from quadexport.compress.outputs import FP32_ONNX, INT8_ONNX
@@ -26,7 +26,7 @@ from quadexport.compress.rundata import open_data, random_data
 from quadexport.compress.taskloss import outputs_rel
 from quadexport.compress.stats import channel_scores, collect_stats, is_fan_form, splittable
 from quadexport.exporter.outputs import flatten
-from quadexport.zoo._prune import get_spec
+from quadexport.transforms.prune_spec import get_spec
 
 REPORT_JSON, REPORT_MD = "compress_report.json", "compress_report.md"
 
@@ -54,8 +54,8 @@ def compress(run_dir: str | Path, out: str | Path, config: CompressConfig | None
 
 def compress_run(run_dir: str | Path, out: str | Path, cfg: CompressConfig) -> CompressReport:
     """:func:`compress` with its options as one :class:`~quadexport.compress.config.CompressConfig`."""
-    from quadexport.checkpoint import write_json
-    from quadexport.rundir import open_run
+    from quadexport.runs.atomicfile import write_json
+    from quadexport.runs.rundir import open_run
 
     t_start = time.perf_counter()
     job = _open(Path(run_dir), Path(out), cfg)
@@ -144,8 +144,8 @@ def _open_data(run_dir: Path, meta: dict[str, Any], shape: tuple[int, ...], cfg:
 
 def _open(run_dir: Path, out: Path, cfg: CompressConfig) -> Job:
     """Check the paths, load the source run; a run with nothing to prune is refused before any calibration."""
-    from quadexport.checkpoint import build_from_checkpoint, read_checkpoint
-    from quadexport.rundir import holds_run
+    from quadexport.runs.checkpoint import build_from_checkpoint, read_checkpoint
+    from quadexport.runs.rundir import holds_run
 
     if out.resolve() == run_dir.resolve():
         raise CompressError("--out must be a new run dir, not the input run dir")

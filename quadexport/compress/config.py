@@ -7,17 +7,14 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from quadexport.errors import QuadexportError
+from quadexport.compress.errors import CompressError
+from quadexport.compress.taskloss import get_task_loss
 
 __all__ = ["COSTS", "SELECTS", "CompressConfig", "CompressError", "DEFAULT_THRESHOLD"]
 
 DEFAULT_THRESHOLD = 0.05
 COSTS = ("macs", "latency")
 SELECTS = ("auto", "layers", "threshold")
-
-
-class CompressError(QuadexportError, ValueError):
-    """A run dir that cannot be compressed, or contradictory options."""
 
 
 @dataclass
@@ -115,8 +112,6 @@ class CompressConfig:
         if self.val_samples < 1:
             raise CompressError("--val-samples must be >= 1")
         if self.task_loss is not None:
-            from quadexport.compress.taskloss import get_task_loss
-
             get_task_loss(self.task_loss)  # an unknown name is a one-line error naming the choices
 
     def initial_threshold(self) -> float | None:

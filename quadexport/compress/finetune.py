@@ -43,11 +43,11 @@ def param_groups(model: nn.Module, lr: float, relinear: dict[str, Any], weight_d
 
 
 def recipe(train_config: dict[str, Any], epochs: int, lr: float | None = None, lr_scale: float = 0.1):
-    """The run's :class:`~quadexport.train.TrainConfig` for fine-tuning: its optimizer, batch size, weight decay,
+    """The run's :class:`~quadexport.training.loop.TrainConfig` for fine-tuning: its optimizer, batch size, weight decay,
     schedule and ReLinear settings, ``epochs`` epochs at ``lr`` (default: the run's LR × ``lr_scale``)."""
     from dataclasses import fields
 
-    from quadexport.train import TrainConfig
+    from quadexport.training.loop import TrainConfig
 
     known = {f.name for f in fields(TrainConfig)}
     tc = {k: v for k, v in (train_config or {}).items() if k in known}
@@ -62,11 +62,11 @@ def finetune(model: nn.Module, data: Dataset, train_config: dict[str, Any], epoc
              workers: int = 0, loss_fn: Callable[[Any, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
              ) -> list[dict[str, Any]]:
     """Fine-tune ``model`` in place on ``data`` (map-style ``(image, label)``: in-memory tensors, or image files read
-    by ``workers`` DataLoader processes) with the run's recipe through the training loop of :mod:`quadexport.train`
-    (:func:`~quadexport.fit.fit_dataset`: NaN steps skipped, NaN epochs rolled back with the LR halved); gate and
+    by ``workers`` DataLoader processes) with the run's recipe through the training loop of :mod:`quadexport.training.loop`
+    (:func:`~quadexport.training.fit.fit_dataset`: NaN steps skipped, NaN epochs rolled back with the LR halved); gate and
     power branches of quadratic and mixed layers at the run's ReLinear LR ratios (:func:`param_groups`).
     ``loss_fn(outputs, x, y)`` (a task loss) replaces cross-entropy on the labels. Returns per-epoch metrics."""
-    from quadexport.fit import fit_dataset
+    from quadexport.training.fit import fit_dataset
 
     cfg = recipe(train_config, epochs, lr)
     groups = param_groups(model, cfg.lr, cfg.relinear.to_dict(), cfg.weight_decay)

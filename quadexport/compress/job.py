@@ -43,7 +43,7 @@ class Job:
     searched_cost: float | None = None
     keep: dict[str, int] | None = None  # layer selection (--select layers): layer → quadratic channels
     accuracy: bool = True  # a classifier with labelled data: test/validation accuracy measured (else the task loss)
-    run: Any = None  # quadexport.rundir.RunDir: the locked staging dir that becomes ``o.out`` once complete
+    run: Any = None  # quadexport.runs.rundir.RunDir: the locked staging dir that becomes ``o.out`` once complete
 
     @property
     def calib(self) -> torch.Tensor:
@@ -80,7 +80,7 @@ def macs(model: nn.Module, shape: Sequence[int]) -> int:
 def twin_of(model: nn.Module) -> nn.Module:
     """The ReLU twin (same builder and options, ``neuron="relu"``, fresh weights) of a zoo, foreign or quadratized
     model (a quadratized one's twin is its source architecture: its ``quadratize`` spec is left out too)."""
-    from quadexport.zoo import create_model
+    from quadexport.transforms import create_model
 
     cfg = {k: v for k, v in model.quadexport_config.items() if k not in ("compress", "quadratize")}
     name = cfg.pop("name")

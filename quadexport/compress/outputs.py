@@ -15,7 +15,7 @@ __all__ = ["FP32_ONNX", "INT8_ONNX", "bench", "int8", "parity", "trained_twin", 
 
 def write_run(job: Job) -> Path:
     """The new run dir: checkpoint, config, metrics and the fp32 ONNX export (returned)."""
-    from quadexport.checkpoint import save_checkpoint, write_json
+    from quadexport.runs.write import write_run
 
     cfg, o, meta, out = job.cfg, job.o, job.meta, job.dir
     out.mkdir(parents=True, exist_ok=True)
@@ -31,17 +31,13 @@ def write_run(job: Job) -> Path:
                               "source_compression": meta.get("compression")})
     if cfg.quantize:
         cmeta["int8_onnx"] = INT8_ONNX
-    rid = job.run.run_id if job.run is not None else None
-    save_checkpoint(out, o.cmodel, cmeta, None, int(job.ckpt.get("epoch", 0)), {"compressed": True}, run_id=rid)
-    stamp = job.run.stamp if job.run is not None else (lambda d: d)
     o.cmodel.quadexport_meta = cmeta
-    write_json(out / "config.json", stamp({"compression": cmeta["compression"], "source": str(o.run_dir),
-                                           "train_config": meta.get("train_config")}))
-    write_json(out / "metrics.json", stamp({"model": o.cmodel.quadexport_config.get("name"),
-                                            "neuron": o.cmodel.quadexport_config.get("neuron"),
-                                            "dataset": meta.get("dataset"), "test_acc": o.acc_final,
-                                            "uncompressed_test_acc": o.acc_orig, "pruned_test_acc": o.acc_pruned,
-                                            "finetune": o.ft_hist, "epochs": []}))
+    config = {"compression": cmeta["compression"], "source": str(o.run_dir), "train_config": meta.get("train_config")}
+    metrics = {"model": o.cmodel.quadexport_config.get("name"), "neuron": o.cmodel.quadexport_config.get("neuron"),
+               "dataset": meta.get("dataset"), "test_acc": o.acc_final, "uncompressed_test_acc": o.acc_orig,
+               "pruned_test_acc": o.acc_pruned, "finetune": o.ft_hist, "epochs": []}
+    write_run(job.run if job.run is not None else out, o.cmodel, cmeta, config=config, metrics=metrics,
+              epoch=int(job.ckpt.get("epoch", 0)), extra={"compressed": True}, commit=False)
     return export_onnx(o.cmodel, out / FP32_ONNX, job.shape)
 
 
@@ -71,7 +67,7 @@ def int8(job: Job, fp32_path: Path) -> None:
 
 def trained_twin(job: Job) -> None:
     """The trained ReLU twin given by the user: its accuracy, and it replaces the zoo-built twin for timing."""
-    from quadexport.checkpoint import load
+    from quadexport.runs.checkpoint import load
 
     tm = load(job.cfg.twin)
     acc = tm.quadexport_meta.get("test_acc")

@@ -13,7 +13,6 @@ from quadexport.compress.structure import Member, Structure, describe, members, 
 from quadexport.errors import UsageError
 from quadexport.layers.mixed import MixedQuad, PermShortcut
 from quadexport.layers.quad import QuadLayer
-from quadexport.zoo._prune import set_module as _set
 
 Tensor = torch.Tensor
 
@@ -79,7 +78,7 @@ def permute_model(model: nn.Module, perms: dict[str, list[int]], structure: Stru
     for sc in structure.shortcuts:
         if full[sc.src] == ident[sc.src] and full[sc.dst] == ident[sc.dst]:
             continue
-        _set(model, sc.name, PermShortcut(sc.in_channels, sc.out_channels, sc.stride)
+        model.set_submodule(sc.name, PermShortcut(sc.in_channels, sc.out_channels, sc.stride)
              .set_mapping(sc.pad, full[sc.src], full[sc.dst]))
     return model
 
@@ -124,6 +123,6 @@ def conv_shortcuts(model: nn.Module, structure: Structure | None = None) -> nn.M
     structure = describe(model) if structure is None else structure
     for sc in structure.shortcuts:
         if not isinstance(model.get_submodule(sc.name), PermShortcut):
-            _set(model, sc.name, PermShortcut(sc.in_channels, sc.out_channels, sc.stride)
+            model.set_submodule(sc.name, PermShortcut(sc.in_channels, sc.out_channels, sc.stride)
                  .set_mapping(sc.pad, list(range(sc.in_channels)), list(range(sc.out_channels))))
     return model

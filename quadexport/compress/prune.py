@@ -1,6 +1,6 @@
 """Quadratic-term pruning (issue #5, technique 1); one import point for its steps, which live in
 :mod:`~quadexport.compress.stats` (1–2), :mod:`~quadexport.compress.plan` (3), :mod:`~quadexport.compress.permute`
-and :mod:`~quadexport.compress.rewrite` (4), and :mod:`quadexport.zoo._prune` (the spec).
+and :mod:`~quadexport.compress.rewrite` (4), and :mod:`quadexport.transforms.prune_spec` (the spec).
 
 1. **Calibration** (:func:`collect_stats`): on real training images, every Fan-form quadratic layer's branch outputs
    ``R = r(x)``, ``P = r(x)·g(x)`` and ``B = b(x·x)`` are recorded per output channel as means and covariances
@@ -20,7 +20,7 @@ and :mod:`~quadexport.compress.rewrite` (4), and :mod:`quadexport.zoo._prune` (t
    ``α``/``β`` refit goes into the weights and the following BatchNorm's mean); partial layers become
    :class:`~quadexport.layers.mixed.MixedQuad`; option-A shortcuts between permuted streams become
    :class:`~quadexport.layers.mixed.PermShortcut`. The rewrite is described by a JSON *spec* stored in the model's
-   ``quadexport_config["compress"]`` so ``create_model`` (and so :func:`quadexport.checkpoint.load`) rebuilds the
+   ``quadexport_config["compress"]`` so ``create_model`` (and so :func:`quadexport.runs.checkpoint.load`) rebuilds the
    architecture (:func:`apply_spec`).
 """
 
@@ -31,7 +31,7 @@ from quadexport.compress.plan import LayerPlan, Plan, nchwc_block, plan
 from quadexport.compress.rewrite import SHORTCUTS, compress_model, copy_scaled, fold_mixed_bn, recalibrate_bn
 from quadexport.compress.stats import (FIT_SETS, TERMS, Fit, LayerStats, channel_scores, collect_stats, fit_terms,
                                        is_fan_form, splittable)
-from quadexport.zoo._prune import SPEC_VERSION, apply_spec, get_spec, set_spec
+from quadexport.transforms.prune_spec import SPEC_VERSION, apply_spec, get_spec, set_spec
 
 __all__ = ["FIT_SETS", "Fit", "LayerPlan", "LayerStats", "Plan", "SHORTCUTS", "SPEC_VERSION", "TERMS", "apply_spec",
            "channel_scores", "collect_stats", "compress_model", "conv_shortcuts", "copy_scaled", "fit_terms",

@@ -13,7 +13,7 @@ from quadexport.compress.plan import Plan
 from quadexport.compress.latency import p50
 from quadexport.layers.mixed import MixedQuad
 from quadexport.layers.quad import QuadLayer
-from quadexport.zoo._prune import get_spec
+from quadexport.transforms.prune_spec import get_spec
 
 __all__ = ["CompressOutcome", "CompressReport", "build_report", "latency_ratios", "render_report"]
 

@@ -15,10 +15,9 @@ from quadexport.compress.plan import LayerPlan, Plan
 from quadexport.compress.stats import Fit
 from quadexport.compress.structure import Structure, describe
 from quadexport.errors import UsageError
-from quadexport.exporter.fold import _bn_affine
+from quadexport.layers.bnfold import bn_scale_shift
 from quadexport.layers.mixed import MixedQuad, PermShortcut, like
-from quadexport.zoo._prune import SPEC_VERSION, set_spec
-from quadexport.zoo._prune import set_module as _set
+from quadexport.transforms.prune_spec import SPEC_VERSION, set_spec
 
 Tensor = torch.Tensor
 SHORTCUTS = ("auto", "conv")
@@ -90,7 +89,7 @@ def _to_linear(work: nn.Module, name: str, lp: LayerPlan, sc: dict[str, Fit], pe
         bn.running_mean.sub_(beta.to(bn.running_mean.dtype))
     else:
         copy_scaled(new, layer.r, alpha, beta)
-    _set(work, name, new)
+    work.set_submodule(name, new)
     return {"type": "linear", "bias": new.bias is not None}
 
 
@@ -126,7 +125,7 @@ def _to_mixed(work: nn.Module, name: str, lp: LayerPlan, sc: dict[str, Fit], per
     new = MixedQuad(layer, lp.k, g=lp.g, b=lp.b, qbias=qbias, split=split)
     new.load_from(layer, fit or None, alpha if lp.k < lp.channels else None,
                   beta if lp.k < lp.channels else None)
-    _set(work, name, new)
+    work.set_submodule(name, new)
     return {"type": "mixed", "k": lp.k, "g": lp.g, "b": lp.b, "qbias": qbias, "split": split}
 
 
@@ -192,10 +191,10 @@ def fold_mixed_bn(model: nn.Module, spec: dict[str, Any], structure: Structure |
             continue
         was = bn.training
         bn.eval()
-        s, t = _bn_affine(bn)
+        s, t = bn_scale_shift(bn)
         bn.train(was)
         m.fold_affine(s, t)
-        _set(model, bn_name, nn.Identity())
+        model.set_submodule(bn_name, nn.Identity())
         done.append(bn_name)
         spec["layers"][layer]["qbias"] = m.qbias is not None
     spec["folded_bn"] = sorted(set(spec.get("folded_bn", [])) | set(done))

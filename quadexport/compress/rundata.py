@@ -80,13 +80,13 @@ class CompressData:
 
     def accuracy(self, model: nn.Module, split: str) -> float:
         """Top-1 accuracy of ``model`` (eval mode, CPU) on ``split``."""
-        from quadexport.train import evaluate_batches
+        from quadexport.training.loop import evaluate_batches
 
         return float(evaluate_batches(model, self.batches(split), torch.device("cpu"))[1])
 
     def loss(self, model: nn.Module, split: str) -> float:
         """Mean loss of ``model`` (eval mode, CPU) on ``split``: the task loss, else cross-entropy."""
-        from quadexport.train import evaluate_batches
+        from quadexport.training.loop import evaluate_batches
 
         if self.task is None:
             return float(evaluate_batches(model, self.batches(split), torch.device("cpu"))[0])

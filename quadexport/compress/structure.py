@@ -14,6 +14,7 @@ from quadexport.compress.graph import GraphGroup, Member, discover
 from quadexport.errors import UsageError
 from quadexport.layers.quad import QuadLayer
 from quadexport.zoo.structure import Group, Shortcut, Structure
+from quadexport.runmeta import config_dict
 
 
 def example_input(model: nn.Module, input_shape: Sequence[int] | None = None) -> torch.Tensor:
@@ -26,7 +27,7 @@ def example_input(model: nn.Module, input_shape: Sequence[int] | None = None) ->
     if tok is not None:
         return random_tokens(tok, 1, int(input_shape[-1]) if input_shape else tok.context)
     if input_shape is None:
-        cfg = getattr(model, "quadexport_config", None) or {}
+        cfg = config_dict(model)
         if "in_channels" not in cfg:
             raise UsageError("tracing the model's channel groups needs its input shape (pass input_shape=(C, H, W))")
         size = cfg.get("input_size", [28, 28])

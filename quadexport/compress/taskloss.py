@@ -23,7 +23,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from quadexport.compress.config import CompressError
+from quadexport.compress.errors import CompressError
 from quadexport.errors import UsageError
 from quadexport.exporter.outputs import flatten
 

@@ -15,7 +15,7 @@ from quadexport.data.builtin import (Dataset, DatasetNotFoundError, default_mnis
 from quadexport.data.source import DataOptions, DataSource
 from quadexport.data.spec import (DatasetSpec, Loaders, builtin_preprocessing, open_dataset, open_run_dataset,
                                   parse_dataset_spec, run_preprocessing, training_loaders)
-from quadexport.preprocess import Preprocessing
+from quadexport.data.preprocess import Preprocessing
 
 __all__ = ["DataOptions", "DataSource", "Dataset", "DatasetNotFoundError", "DatasetSpec", "Loaders",
            "Preprocessing", "builtin_preprocessing", "default_mnist_dir", "install_hint", "list_datasets",

@@ -20,7 +20,7 @@ from quadexport.data.builtin import DatasetNotFoundError
 from quadexport.data.resize import RESIZE, resize_images
 from quadexport.data.source import DataOptions, DataSource, stratified_subset
 from quadexport.errors import UsageError
-from quadexport.preprocess import Preprocessing, normalise
+from quadexport.data.preprocess import Preprocessing, normalise
 
 __all__ = ["open_npz", "to_nchw"]
 

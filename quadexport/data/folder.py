@@ -6,7 +6,7 @@ images, that both splits have the same classes, and that every file is a readabl
 common image size (the default ``--image-size``) and whether the set is grey (all modes ``L``/``1``/``I``/``I;16``/
 ``LA``) or colour (converted to ``RGB``). Mean and std are computed on (at most 10000 images of) the training split
 unless given. Pixels are decoded as ``Image.open(f).convert(mode)``, resized with PIL bilinear when not already
-``image_size``, and normalised with :func:`quadexport.preprocess.normalise`.
+``image_size``, and normalised with :func:`quadexport.data.preprocess.normalise`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from quadexport.data.builtin import DatasetNotFoundError
 from quadexport.data.resize import RESIZE
 from quadexport.data.source import DataOptions, DataSource, auto_workers, stratified_subset
 from quadexport.errors import UsageError
-from quadexport.preprocess import Preprocessing, affine
+from quadexport.data.preprocess import Preprocessing, affine
 
 __all__ = ["open_imagefolder"]
 
@@ -125,7 +125,7 @@ class _Loader:
 
 
 class _Normalise:
-    """Transform ``uint8 (C, H, W)`` -> normalised float32 (:func:`quadexport.preprocess.normalise` arithmetic)."""
+    """Transform ``uint8 (C, H, W)`` -> normalised float32 (:func:`quadexport.data.preprocess.normalise` arithmetic)."""
 
     def __init__(self, a: torch.Tensor, b: torch.Tensor):
         self.a, self.b = a, b

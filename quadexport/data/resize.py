@@ -1,6 +1,6 @@
 """``--image-size`` for in-memory datasets (built-in, ``npz:``): resize the raw pixels with PIL bilinear, as
 ``imagefolder:`` resizes its files and as a deployer resizes an image before feeding the exported model; the run's
-:class:`~quadexport.preprocess.Preprocessing` records the size and ``resize`` (:data:`RESIZE`)."""
+:class:`~quadexport.data.preprocess.Preprocessing` records the size and ``resize`` (:data:`RESIZE`)."""
 
 from __future__ import annotations
 

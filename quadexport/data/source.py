@@ -1,6 +1,6 @@
 """What every dataset kind (built-in, ``imagefolder:``, ``npz:``) hands to training: map-style train/test datasets of
 normalised ``(C, H, W)`` float32 images with ``int`` labels, plus the run's
-:class:`~quadexport.preprocess.Preprocessing`.
+:class:`~quadexport.data.preprocess.Preprocessing`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from quadexport.data.builtin import _stratified_indices
 from quadexport.errors import UsageError
-from quadexport.preprocess import Preprocessing
+from quadexport.data.preprocess import Preprocessing
 
 __all__ = ["DataOptions", "DataSource", "auto_workers"]
 

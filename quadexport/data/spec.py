@@ -1,6 +1,6 @@
 """Dataset specs (``digits``, ``imagefolder:PATH``, ``npz:FILE``) and the loaders training iterates.
 
-:func:`training_loaders` is the one call :func:`quadexport.train.train` makes: it opens any kind of dataset and
+:func:`training_loaders` is the one call :func:`quadexport.training.loop.train` makes: it opens any kind of dataset and
 returns a sharded, seeded training DataLoader (``DistributedSampler``, also with one process, so a resumed run sees
 the batches an uninterrupted one sees) and an in-order test DataLoader.
 """
@@ -19,7 +19,7 @@ from quadexport.data.resize import RESIZE
 from quadexport.data.source import DataOptions, DataSource
 from quadexport.data.text import BUILTIN_TEXT, is_text_spec, open_text
 from quadexport.errors import UsageError, did_you_mean
-from quadexport.preprocess import Preprocessing
+from quadexport.data.preprocess import Preprocessing
 
 __all__ = ["DatasetSpec", "Loaders", "builtin_preprocessing", "open_dataset", "open_run_dataset", "parse_dataset_spec",
            "run_preprocessing", "training_loaders"]

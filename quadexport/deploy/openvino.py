@@ -6,7 +6,9 @@
 carry ``quadexport`` custom-domain nodes that OpenVINO cannot run; lower them first
 (``quadexport.exporter.lower_functions``) or re-export with ``mode="decomposed"``.
 
-A one-line hook for ``quadexport check --runtime openvino``::
+The outputs come from the registered ``openvino`` runtime (:mod:`quadexport.runtimes.openvino_cpu`, which
+``quadexport check --runtime openvino`` uses too); this module adds the per-precision parity rows and the
+``save_io`` folder as a reference::
 
     report = check_openvino(onnx_path, model)   # report.rows, report.ok, report.format()
 """
@@ -17,26 +19,25 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
+from quadexport.runmeta import RunMeta
 from quadexport.deploy.parity import BF16_RTOL, ParityRow, parity_row, tolerance
-from quadexport.errors import QuadexportError, UsageError
+from quadexport.errors import UsageError
 from quadexport.exporter.outputs import flatten
+from quadexport.runtimes import Setting, file_io, get_runtime
+from quadexport.runtimes.openvino_cpu import (INSTALL_HINT, LABEL, OpenVinoNotInstalled, bf16_supported,
+                                              import_openvino)
 
 log = logging.getLogger(__name__)
 
-__all__ = ["OpenVinoNotInstalled", "OpenVinoReport", "RUNTIME", "bf16_supported", "check_openvino"]
+__all__ = ["INSTALL_HINT", "OpenVinoNotInstalled", "OpenVinoReport", "RUNTIME", "bf16_supported", "check_openvino"]
 
-RUNTIME = "openvino-cpu"
-INSTALL_HINT = "pip install 'quadexport[openvino]'"
-
-
-class OpenVinoNotInstalled(QuadexportError, ImportError):
-    """The ``openvino`` package is not importable."""
+RUNTIME = LABEL
 
 
 @dataclass
@@ -55,20 +56,6 @@ class OpenVinoReport:
     def format(self) -> str:
         lines = [f"OpenVINO {self.version} CPU: {self.onnx_path}", *(r.format() for r in self.rows)]
         return "\n".join(lines + [f"   note: {n}" for n in self.notes])
-
-
-def _import_openvino() -> Any:
-    try:
-        import openvino
-    except ImportError as e:
-        raise OpenVinoNotInstalled(f"OpenVINO is not installed ({e}): {INSTALL_HINT}") from None
-    return openvino
-
-
-def bf16_supported(core: Any | None = None) -> bool:
-    """Whether OpenVINO's CPU plugin can run bfloat16 on this CPU (``OPTIMIZATION_CAPABILITIES`` has ``BF16``)."""
-    core = core if core is not None else _import_openvino().Core()
-    return "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
 def _refuse_custom_domain(onnx_path: Path) -> str:
@@ -108,15 +95,14 @@ def _cases(model: nn.Module | None, io_dir: str | os.PathLike | None, batches: S
     return cases
 
 
-def _input_shape(ov_model: Any, model: nn.Module | None) -> list[int]:
-    shape = ov_model.inputs[0].get_partial_shape()
-    dims = [d.get_length() if d.is_static else None for d in list(shape)[1:]]
-    if all(d is not None for d in dims):
+def _input_shape(onnx_path: Path, model: nn.Module | None) -> list[int]:
+    dims = file_io(onnx_path).input_dims[1:]
+    if all(isinstance(d, int) for d in dims):
         return [int(d) for d in dims]
-    meta = getattr(model, "quadexport_meta", None) or {}
-    if meta.get("input_shape"):
-        return [int(d) for d in meta["input_shape"]]
-    raise UsageError(f"cannot tell the per-sample input shape (OpenVINO input {shape}): pass io_dir=")
+    recorded = RunMeta.of(model).input_shape
+    if recorded:
+        return list(recorded)
+    raise UsageError(f"cannot tell the per-sample input shape (ONNX input dims {dims}): pass io_dir=")
 
 
 def check_openvino(onnx_path: str | os.PathLike, model: nn.Module | None = None, *,
@@ -140,25 +126,22 @@ def check_openvino(onnx_path: str | os.PathLike, model: nn.Module | None = None,
     """
     onnx_path = Path(onnx_path)
     dtype = _refuse_custom_domain(onnx_path)
-    ov = _import_openvino()
-    core = ov.Core()
-    ov_model = core.read_model(str(onnx_path))
-    cases = _cases(model, io_dir, batches, seed, _input_shape(ov_model, model) if io_dir is None else [])
-    report = OpenVinoReport(str(onnx_path), ov.get_version())
+    import_openvino()  # OpenVinoNotInstalled names the extra
+    runtime = get_runtime("openvino")
+    sup = runtime.require()
+    cases = _cases(model, io_dir, batches, seed, _input_shape(onnx_path, model) if io_dir is None else [])
+    report = OpenVinoReport(str(onnx_path), str(sup.version))
     precisions = [("f32", tolerance(dtype) if rtol is None else rtol)]
-    if bf16 and bf16_supported(core):
+    if bf16 and "bf16" in sup.precisions:
         precisions.append(("bf16", BF16_RTOL))
     elif bf16:
         report.notes.append("bf16 not measured: this CPU has no bfloat16 support in OpenVINO "
                             "(OPTIMIZATION_CAPABILITIES lacks BF16)")
     for precision, tol in precisions:
-        config = {"INFERENCE_PRECISION_HINT": precision}
-        if threads is not None:
-            config["INFERENCE_NUM_THREADS"] = str(int(threads))
-        compiled = core.compile_model(ov_model, "CPU", config)
+        session = runtime.open(onnx_path, Setting(precision=precision, threads=threads))
         for x, expected in cases:
-            result = compiled({0: x})
+            outs = session.run(x)
             for i, ref in enumerate(expected):
-                report.rows.append(parity_row(RUNTIME, precision, np.asarray(result[compiled.outputs[i]]), ref, tol))
+                report.rows.append(parity_row(RUNTIME, precision, outs[i], ref, tol))
     log.info("OpenVINO %s on %s: %d rows, ok=%s", report.version, onnx_path, len(report.rows), report.ok)
     return report

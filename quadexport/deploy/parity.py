@@ -12,12 +12,12 @@ from typing import Any
 
 import numpy as np
 
+from quadexport.runtimes.base import BF16_RTOL
+
 __all__ = ["BF16_RTOL", "TOLERANCES", "ParityRow", "parity_row", "tolerance"]
 
 TOLERANCES = {"float32": 1e-5, "float16": 1e-2}
 """Max relative L2 error per exported dtype (float32 files: 1e-5; float16 files: 1e-2)."""
-BF16_RTOL = 5e-2
-"""Max relative L2 error when the runtime computes in bfloat16 (8-bit mantissa) although the file is float32."""
 
 
 def tolerance(dtype: str) -> float:

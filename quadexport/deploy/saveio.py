@@ -23,7 +23,8 @@ import onnx
 import torch
 from torch import nn
 
-from quadexport.checkpoint import write_json
+from quadexport.runmeta import input_shape_of
+from quadexport.runs.atomicfile import write_json
 from quadexport.deploy.parity import ParityRow, parity_row, tolerance
 from quadexport.errors import QuadexportError, UsageError
 from quadexport.exporter.dynamic import recorded
@@ -96,13 +97,9 @@ def _sample_shape(onnx_dims: list[int | None], model: nn.Module, props: dict[str
     dyn = recorded(props)  # a dynamic-size file: the size it was traced at
     if dyn and onnx_dims and onnx_dims[0]:
         return [int(onnx_dims[0]), *[int(v) for v in dyn["sizes"][0]]]
-    meta = getattr(model, "quadexport_meta", None) or {}
-    cfg = getattr(model, "quadexport_config", None) or {}
-    if meta.get("input_shape"):
-        return [int(d) for d in meta["input_shape"]]
-    if cfg.get("in_channels") is not None and cfg.get("input_size") is not None:
-        size = cfg["input_size"]
-        return [int(cfg["in_channels"]), *([size, size] if isinstance(size, int) else size)]
+    shape = input_shape_of(model)
+    if shape is not None:
+        return list(shape)
     raise UsageError(f"cannot tell the per-sample input shape (ONNX input dims {onnx_dims}): pass data=")
 
 
@@ -124,9 +121,9 @@ def _batch(shape: list[int], batch: int, data: Any, dataset: str | None, data_di
 
 
 def _ort_rel_l2(onnx_path: Path, input_name: str, x: np.ndarray, expected: list[np.ndarray], rtol: float) -> float:
-    from quadexport.exporter.session import make_session  # lazy: export is L2 and heavy (onnxruntime)
+    from quadexport.runtimes import get_runtime
 
-    outs = make_session(onnx_path).run(None, {input_name: x})
+    outs = get_runtime("onnxruntime").open(onnx_path).run({input_name: x})
     rows = [parity_row("onnxruntime", "f32", o, e, rtol) for o, e in zip(outs, expected)]
     bad = [r for r in rows if not r.ok]
     if bad:

@@ -49,7 +49,8 @@ def accuracy_tasks(recipe: dict[str, Any], out: Path) -> list[Task]:
 
 def _row(recipe: dict[str, Any], ds: dict[str, Any], m: dict[str, Any], results: dict[str, dict[str, Any]]
          ) -> dict[str, Any]:
-    from quadexport.zoo import count_macs, count_params, create_model
+    from quadexport.zoo import count_macs, count_params
+    from quadexport.transforms import create_model
 
     shape = {"digits": (1, 8, 8)}.get(ds["dataset"], (1, 28, 28))
     runs = [results.get(akey(ds["dataset"], m["model"], m["neuron"], s, m.get("relinear")))

@@ -97,7 +97,8 @@ def _regression_data(fn: str, n: int, seed: int):
 
 def _relu_width_for(params: int) -> int:
     """Width of the ReLU MLP (2 → w → w → 1) whose parameter count is closest to ``params``."""
-    from quadexport.zoo import count_params, create_model
+    from quadexport.zoo import count_params
+    from quadexport.transforms import create_model
 
     best = min(range(1, 200), key=lambda w: abs(count_params(create_model("mlp", neuron="relu", num_classes=1,
                                                                           in_channels=1, input_size=(1, 2),
@@ -110,7 +111,8 @@ def fit_regression(fn: str, neuron: str, width: int, p: dict[str, Any], seed: in
     import torch
     import torch.nn.functional as F
 
-    from quadexport.zoo import count_params, create_model
+    from quadexport.zoo import count_params
+    from quadexport.transforms import create_model
 
     xtr, ytr = _regression_data(fn, p["reg_train"], 1000 + seed)
     xte, yte = _regression_data(fn, p["reg_test"], 5000 + seed)
@@ -146,7 +148,8 @@ def _classification(p: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _regression(p: dict[str, Any]) -> list[dict[str, Any]]:
-    from quadexport.zoo import count_params, create_model
+    from quadexport.zoo import count_params
+    from quadexport.transforms import create_model
 
     reg = []
     for fn in p["functions"]:

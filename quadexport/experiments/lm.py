@@ -92,7 +92,7 @@ def measure_step_times(recipe: dict[str, Any], path: Path) -> dict[str, Any]:
     import torch
 
     from quadexport.data.lm import task_loss
-    from quadexport.zoo import create_model
+    from quadexport.transforms.build import create_model
 
     lm = recipe.get("lm", {})
     n, rounds = int(lm.get("timing_steps", 10)), int(lm.get("timing_rounds", 3))

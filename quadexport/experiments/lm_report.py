@@ -107,7 +107,8 @@ def aggregate_lm(recipe: dict[str, Any], study: dict[str, Any]) -> dict[str, Any
 
 
 def _params(arm: dict[str, Any]) -> int:
-    from quadexport.zoo import count_params, create_model
+    from quadexport.transforms.build import create_model
+    from quadexport.zoo import count_params
 
     return count_params(create_model(arm.get("model", "gpt"), neuron=arm["neuron"]))
 

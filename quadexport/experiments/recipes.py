@@ -15,9 +15,14 @@ from quadexport.pipeline import load_recipe
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository (recipes in models/, default outputs in reports/)
 RECIPES = {"trainability": ROOT / "models" / "exp-trainability.toml",
-           "accuracy": ROOT / "models" / "exp-accuracy.toml", "lm": ROOT / "models" / "exp-lm.toml"}
+           "accuracy": ROOT / "models" / "exp-accuracy.toml",
+           "compression": ROOT / "models" / "exp-compression.toml",
+           "quadratize": ROOT / "models" / "exp-quadratize.toml", "lm": ROOT / "models" / "exp-lm.toml"}
 BUDGETS = ("small", "short", "tiny")  # short: a recipe's [budget.short] (exp-lm.toml has one)
 EXPERIMENTS = ("trainability", "accuracy", "expressivity", "warmstart")
+STUDIES = ("compression", "quadratize")
+"""The studies of docs/compression.md and docs/quadratize.md (:mod:`~quadexport.experiments.studies`): long, run one at
+a time, not part of ``all``."""
 SCHEMA_VERSION = 1
 
 
@@ -28,7 +33,7 @@ def check_budget(budget: str) -> None:
 
 
 def load_experiment_recipe(name: str, budget: str, path: str | Path | None = None) -> dict[str, Any]:
-    """Recipe of experiment ``name`` (trainability/accuracy) with the ``[budget.<budget>]`` overrides applied.
+    """Recipe of experiment or study ``name`` (trainability/accuracy/compression/quadratize) with the ``[budget.<budget>]`` overrides applied.
 
     The result also carries ``_path`` (the recipe file, relative to the repository when inside it) and
     ``_budget``; both are stored with the results and quoted by the report.

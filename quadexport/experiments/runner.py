@@ -32,7 +32,7 @@ class Task:
     """One unit of work of an experiment.
 
     Attributes:
-        kind: ``"train"`` (a :class:`~quadexport.train.TrainConfig` run) or ``"expressivity"``.
+        kind: ``"train"`` (a :class:`~quadexport.training.loop.TrainConfig` run) or ``"expressivity"``.
         exp: the experiment the result belongs to.
         key: unique name of the run (its result file is ``<key>.json``).
         result_path: where the JSON result record goes.
@@ -97,8 +97,8 @@ def classify(result: dict[str, Any], collapse_acc: float = 0.15, num_classes: in
 def _init_norms(cfg) -> dict[str, float]:
     """‖W_g‖, ‖W_b‖ of the freshly built model of ``cfg`` (epoch 0)."""
     from quadexport.data import load_dataset
-    from quadexport.relinear import quadratic_norms
-    from quadexport.train import build_model
+    from quadexport.training.relinear import quadratic_norms
+    from quadexport.training.loop import build_model
 
     data = load_dataset(cfg.dataset, data_dir=cfg.data_dir, train_subset=10, test_subset=1, seed=cfg.seed)
     return quadratic_norms(build_model(cfg, data.num_classes, data.input_shape))
@@ -108,7 +108,7 @@ def _init_norms(cfg) -> dict[str, float]:
 def _capture_training_output(buf: io.StringIO):
     """Send what training prints or logs (epoch lines, rollbacks) to ``buf`` instead of the console."""
     handler = logging.StreamHandler(buf)
-    train_log = logging.getLogger("quadexport.train")
+    train_log = logging.getLogger("quadexport.training.loop")
     old = (train_log.level, train_log.propagate)
     train_log.addHandler(handler)
     train_log.setLevel(logging.INFO)
@@ -124,8 +124,8 @@ def _capture_training_output(buf: io.StringIO):
 
 def _train_guarded(cfg, buf: io.StringIO) -> tuple[str, str | None]:
     """Train ``cfg``; a divergence is returned as ``(status, error)``, never raised."""
-    from quadexport.checkpoint import CheckpointError
-    from quadexport.train import TrainingDiverged, train
+    from quadexport.runs.checkpoint import CheckpointError
+    from quadexport.training.loop import TrainingDiverged, train
 
     try:
         with _capture_training_output(buf):  # no curves.png per run: the report draws its own figures
@@ -149,7 +149,7 @@ def run_train(task: Task) -> dict[str, Any]:
     """
     import torch
 
-    from quadexport.train import TrainConfig
+    from quadexport.training.loop import TrainConfig
 
     cfg = TrainConfig(**copy.deepcopy(task.config))
     run_dir = Path(cfg.out)
@@ -212,7 +212,7 @@ def cached(task: Task) -> dict[str, Any] | None:
     if res.get("schema") != SCHEMA_VERSION:
         return None
     if task.kind == "train":
-        from quadexport.train import TrainConfig
+        from quadexport.training.loop import TrainConfig
 
         if res.get("config") != TrainConfig(**copy.deepcopy(task.config)).to_dict():
             return None
@@ -273,7 +273,8 @@ def run_tasks(tasks: list[Task], jobs: int = 2, threads: int = 1) -> dict[str, d
 @functools.lru_cache(maxsize=None)
 def macs28(model: str, neuron: str) -> int:
     """MACs of the zoo model at 1×28×28."""
-    from quadexport.zoo import count_macs, create_model
+    from quadexport.zoo import count_macs
+    from quadexport.transforms import create_model
 
     return count_macs(create_model(model, neuron=neuron, in_channels=1), (1, 28, 28))
 

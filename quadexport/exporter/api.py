@@ -23,8 +23,9 @@ import onnx
 import torch
 from torch import nn
 
+from quadexport.runmeta import config_dict, input_shape_of, meta_dict
 from quadexport._torchutil import shared_copy
-from quadexport.atomicfile import StagedFile
+from quadexport.runs.atomicfile import StagedFile
 from quadexport.errors import UsageError
 from quadexport.exporter import dynamic, extdata, ops, tokens
 from quadexport.exporter.fold import fold_batchnorm
@@ -45,16 +46,7 @@ def _example_input(model: nn.Module, example_input: torch.Tensor | None,
     if example_input is not None:
         x = example_input.detach().float().cpu()
         return torch.cat([x, x]) if x.shape[0] == 1 else x
-    shape = input_shape
-    if shape is None:
-        meta = getattr(model, "quadexport_meta", None) or {}
-        cfg = getattr(model, "quadexport_config", None) or {}
-        if meta.get("input_shape"):
-            shape = meta["input_shape"]
-        elif cfg.get("in_channels") is not None and cfg.get("input_size") is not None:
-            size = cfg["input_size"]
-            size = [size, size] if isinstance(size, int) else list(size)
-            shape = [cfg["in_channels"], *size]
+    shape = input_shape_of(model, input_shape)
     if shape is None:
         raise UsageError("cannot tell the model's input shape: pass example_input= or input_shape= (per sample, "
                          "without the batch dimension, e.g. (3, 32, 32))")
@@ -66,8 +58,8 @@ def _metadata(model: nn.Module, target: ExportTarget, opset: int, fp16: bool, ex
               notes: Mapping[str, Any]) -> dict[str, str]:
     from quadexport._version import __version__
 
-    cfg = dict(getattr(model, "quadexport_config", None) or {})
-    meta = dict(getattr(model, "quadexport_meta", None) or {})
+    cfg = config_dict(model)
+    meta = meta_dict(model)
     neurons = sorted({m.neuron for m in model.modules() if hasattr(m, "neuron_type")})
     props: dict[str, Any] = {
         "quadexport.version": __version__,

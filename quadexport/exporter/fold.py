@@ -30,12 +30,14 @@ import torch
 from torch import fx, nn
 
 from quadexport._torchutil import shared_copy
+from quadexport.layers.bnfold import bn_scale_shift
 from quadexport.layers.neurons import NeuronType
 from quadexport.exporter.outputs import flatten
 from quadexport.layers.quad import QuadLayer
+from quadexport.layers.transposed import scale_out_channels
 
 Tensor = torch.Tensor
-_LINEAR = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_LINEAR = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d)
 _BN = nn.modules.batchnorm._BatchNorm
 FOLD_RTOL = 1e-5
 """Max relative L2 change of the model output (computed in float64) that folding may cause: the folded weights are
@@ -193,19 +195,6 @@ def find_bn_pairs(model: nn.Module) -> tuple[list[tuple[str, str]], str]:
 # Folding
 # ---------------------------------------------------------------------------------------------------------------
 
-def _bn_affine(bn: _BN) -> tuple[Tensor, Tensor] | None:
-    if bn.running_mean is None or bn.running_var is None or bn.training:
-        return None
-    var, mean = bn.running_var.detach().double(), bn.running_mean.detach().double()
-    s = 1.0 / torch.sqrt(var + bn.eps)
-    if bn.affine:
-        s = s * bn.weight.detach().double()
-        t = bn.bias.detach().double() - mean * s
-    else:
-        t = -mean * s
-    return s, t
-
-
 def _rebind(m: nn.Module, name: str, value: Tensor) -> None:
     """Give ``m`` a new parameter ``name`` (never written in place: the work copies share the caller's tensors)."""
     old = getattr(m, name)
@@ -215,7 +204,8 @@ def _rebind(m: nn.Module, name: str, value: Tensor) -> None:
 @torch.no_grad()
 def _scale(m: nn.Module, s: Tensor) -> None:
     w = m.weight
-    _rebind(m, "weight", (w.double() * s.reshape((-1,) + (1,) * (w.dim() - 1))).to(w.dtype))
+    transposed = isinstance(m, nn.modules.conv._ConvTransposeNd)  # [in, out/groups, k...]: per group on dim 1
+    _rebind(m, "weight", scale_out_channels(w, s, transposed, getattr(m, "groups", 1)))
     if m.bias is not None:
         _rebind(m, "bias", (m.bias.double() * s).to(m.bias.dtype))
 
@@ -233,7 +223,7 @@ def _fold_one(model: nn.Module, layer_name: str, bn_name: str) -> str | None:
     reason string (starting with ``"skip:"``) if nothing was changed."""
     mods = dict(model.named_modules())
     layer, bn = mods[layer_name], mods[bn_name]
-    affine = _bn_affine(bn)
+    affine = bn_scale_shift(bn)
     if affine is None:
         return "skip: BatchNorm has no running statistics (or is in training mode)"
     s, t = affine

@@ -65,6 +65,8 @@ def unsupported_reason(layer: QuadLayer) -> str | None:
         return f"neuron {layer.neuron!r} has no Fan form"
     if any(b.kind != "full" for b in nt.branches) and not lowrank:
         return f"neuron {layer.neuron!r} has non-full branches"
+    if not isinstance(layer, (QuadLinear, _QuadConvNd)):
+        return f"{type(layer).__name__}: the quadexport op and the fused kernel cover forward convolutions only"
     if isinstance(layer, _QuadConvNd):
         if layer.padding_mode != "zeros":
             return f"padding_mode={layer.padding_mode!r}"

@@ -30,6 +30,7 @@ from torch import nn
 
 from quadexport._compat import torchvision_ops_missing
 from quadexport.errors import UsageError
+from quadexport.runmeta import meta_dict
 
 __all__ = ["FlatOutputs", "KINDS", "OutputInfo", "OutputStructure", "TASKS", "describe_outputs", "flatten",
            "model_structure", "rebuild_outputs", "run_meta", "run_structure", "structure_of"]
@@ -219,7 +220,7 @@ def _replace_leaves(tree: Any, names: list[str]) -> Any:
 def model_structure(model: nn.Module, x: torch.Tensor) -> OutputStructure:
     """Run ``model`` on ``x`` (no grad) and describe its outputs. ``quadexport_meta`` may set ``output_kinds``
     (``{name: kind}``) and ``task``; a run's recorded ``outputs`` (:func:`run_meta`) give the kinds otherwise."""
-    meta = getattr(model, "quadexport_meta", None) or {}
+    meta = meta_dict(model)
     kinds = meta.get("output_kinds")
     if kinds is None and isinstance(meta.get("outputs"), Mapping):
         kinds = {o["name"]: o["kind"] for o in meta["outputs"].get("outputs", []) if o.get("kind") in KINDS}
@@ -272,7 +273,7 @@ class FlatOutputs(nn.Module):
 def run_structure(model: nn.Module) -> OutputStructure | None:
     """A run's model outputs: as recorded (``meta["outputs"]``, :func:`run_meta`), else computed on one random
     sample of ``meta["input_shape"]``; ``None`` when neither is there."""
-    meta = getattr(model, "quadexport_meta", None) or {}
+    meta = meta_dict(model)
     rec = meta.get("outputs")
     if isinstance(rec, Mapping) and rec.get("outputs"):
         return OutputStructure.from_dict(rec)

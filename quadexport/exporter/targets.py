@@ -128,7 +128,7 @@ class FunctionTarget(ExportTarget):
     def prepare(self, model: nn.Module, *, stack_linear: bool | None = None) -> Prepared:
         from quadexport.exporter import ops
         from quadexport.exporter.function import prepare_function
-        from quadexport.zoo.adopted import scan
+        from quadexport.transforms.adopted import scan
 
         plain = len(scan(model).neurons)
         if plain:
@@ -145,7 +145,7 @@ class FunctionTarget(ExportTarget):
         model whose neurons are written as plain layers needs :func:`quadexport.adopt` first)."""
         from quadexport.layers.mixed import MixedQuad
         from quadexport.layers.quad import QuadLayer
-        from quadexport.zoo.adopted import scan
+        from quadexport.transforms.adopted import scan
 
         if any(isinstance(m, (QuadLayer, MixedQuad)) for m in model.modules()):
             return

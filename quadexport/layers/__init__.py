@@ -8,7 +8,8 @@ from quadexport.layers.mixed import MixedQuad, PermShortcut
 from quadexport.layers.neurons import (Branch, NeuronType, get_neuron, list_neurons, register_neuron,
                                        unregister_neuron)
 from quadexport.layers.quad import QUAD_LAYERS, QuadConv1d, QuadConv2d, QuadLayer, QuadLinear
+from quadexport.layers.transposed import QuadConvTranspose1d, QuadConvTranspose2d
 
 __all__ = ["Branch", "MixedQuad", "NeuronType", "PermShortcut", "QUAD_LAYERS", "QuadConv1d", "QuadConv2d",
-           "QuadLayer", "QuadLinear", "get_neuron", "list_neurons", "plain_init", "register_neuron",
-           "relinear_init", "relinear_init_layer", "unregister_neuron"]
+           "QuadConvTranspose1d", "QuadConvTranspose2d", "QuadLayer", "QuadLinear", "get_neuron", "list_neurons",
+           "plain_init", "register_neuron", "relinear_init", "relinear_init_layer", "unregister_neuron"]

@@ -125,6 +125,11 @@ def get_neuron(name: str) -> NeuronType:
     return nt.with_arg(arg)
 
 
+def registered_neurons() -> list[NeuronType]:
+    """The registered neuron types, in registration order (built-in types first)."""
+    return list(_REGISTRY.values())
+
+
 def list_neurons() -> list[str]:
     """Names of the registered quadratic neuron types."""
     return sorted(_REGISTRY)

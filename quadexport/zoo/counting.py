@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 from torch import nn
 
@@ -12,14 +14,16 @@ def count_params(model: nn.Module) -> int:
 
 
 @torch.no_grad()
-def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
-    """MACs of one sample: every ``nn.Linear``/``nn.Conv1d``/``nn.Conv2d`` (so every branch of a quadratic layer),
+def count_macs(model: nn.Module, input_shape: tuple[int, ...], within: Sequence[str] | None = None) -> int:
+    """MACs of one sample: every ``nn.Linear``/``nn.Conv1d``/``nn.Conv2d``/``nn.ConvTranspose1d``/``2d`` (so every
+    branch of a quadratic layer; a transposed conv costs ``in·(out/groups)·k`` per input position),
     counted with forward hooks on a zero input of ``(1, *input_shape)``. Elementwise ops (square, product, add,
     BN, ReLU) are not counted.
 
     Args:
         model: the model.
         input_shape: one sample's shape, e.g. ``(1, 28, 28)``.
+        within: count only the layers inside these modules (qualified names); ``None``: all.
     """
     total = 0
 
@@ -27,14 +31,22 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
         nonlocal total
         if isinstance(m, nn.Linear):
             total += m.in_features * m.out_features * (out.numel() // out.shape[-1])
+        elif isinstance(m, nn.modules.conv._ConvTransposeNd):
+            k = 1
+            for s in m.kernel_size:
+                k *= s
+            total += inp[0].numel() * (m.out_channels // m.groups) * k
         else:
             k = 1
             for s in m.kernel_size:
                 k *= s
             total += out.numel() * (m.in_channels // m.groups) * k
 
-    handles = [m.register_forward_hook(hook) for m in model.modules()
-               if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))]
+    inside = (lambda n: True) if within is None else (  # noqa: E731
+        lambda n: any(n == w or n.startswith(w + ".") for w in within))
+    handles = [m.register_forward_hook(hook) for n, m in model.named_modules()
+               if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.ConvTranspose1d, nn.ConvTranspose2d))
+               and inside(n)]
     was_training = model.training
     model.eval()
     try:

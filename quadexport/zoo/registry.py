@@ -11,10 +11,9 @@ from torch import nn
 
 from quadexport.errors import UsageError, did_you_mean
 from quadexport.layers.neurons import get_neuron
-from quadexport.zoo._prune import apply_spec
-from quadexport.zoo.usercode import build_recorded, is_user_model
+from quadexport.zoo.usercode import is_user_model
 
-__all__ = ["ModelInfo", "check_model_name", "create_model", "get_model_info", "is_plain_neuron", "list_models",
+__all__ = ["ModelInfo", "build_model", "check_model_name", "get_model_info", "is_plain_neuron", "list_models",
            "register_model"]
 
 
@@ -106,64 +105,12 @@ def check_model_name(name: str) -> None:
     get_model_info(name)
 
 
-def create_model(name: str, neuron: str = "fan", num_classes: int = 10, in_channels: int = 1,
-                 input_size: tuple[int, int] | int = 28, **kwargs) -> nn.Module:
-    """Build a zoo model, or a foreign architecture by name.
-
-    Args:
-        name: model name (``list_models()``), e.g. ``resnet20``, ``cnn``, ``mlp``; or ``torchvision:<arch>`` /
-            ``timm:<arch>`` (:mod:`quadexport.zoo.foreign`: built untrained, stem and head adapted, quadratized
-            with the default selection unless ``neuron="relu"``).
-        neuron: quadratic neuron type (``list_neurons()``) or ``"relu"`` for the ReLU twin (same builder).
-        num_classes: classifier outputs.
-        in_channels: input channels (1 for MNIST-family and digits, 3 for CIFAR-10).
-        input_size: input height and width (int or pair); the MLP needs it, conv nets are size-agnostic.
-        **kwargs: builder-specific options (e.g. ``width`` for mlp/cnn, ``patch_size`` for a timm ViT);
-            ``quadratize`` (a spec recorded by :func:`quadexport.quadratize`) rebuilds a quadratized model;
-            ``compress`` (a spec recorded by :mod:`quadexport.compress`) then replays the compressor's rewrite.
-            ``adopted:<file>:<builder>`` names a model built by the user's own code (``quadexport adopt``): its
-            kwargs ``source`` (the file's text and sha256), ``builder``, ``model_args`` and ``adopt`` (the spec of
-            :func:`quadexport.adopt`) rebuild it, **running that code** (:mod:`quadexport.zoo.usercode`);
-            ``neuron="relu"`` gives its ReLU twin.
-
-    The returned model carries ``model.quadexport_config`` (the arguments needed to rebuild it).
-    """
-    compress = kwargs.pop("compress", None)  # a compressed architecture (quadexport.compress), whatever built it
-    model = _build(name, neuron, num_classes, in_channels, input_size, kwargs)
-    if compress is not None:  # replay the compressor's rewrite on the model it rewrote (zoo, foreign, quadratized)
-        apply_spec(model, compress)
-        model.quadexport_config["compress"] = compress
-    return model
-
-
-def _build(name: str, neuron: str, num_classes: int, in_channels: int, input_size: tuple[int, int] | int,
-           kwargs: dict) -> nn.Module:
-    """:func:`create_model` before any compression: a quadratized model, a foreign one or a zoo model."""
-    spec = kwargs.pop("quadratize", None)
-    if spec is not None:  # a quadratized model: its source architecture, then the same layers converted again
-        from quadexport.zoo.convert import apply_spec as quadratize_again
-
-        base = spec.get("base_neuron", "relu") if isinstance(spec, dict) else "relu"
-        model = quadratize_again(_build(name, base, num_classes, in_channels, input_size, kwargs), spec)
-        model.quadexport_config.update(neuron=neuron, quadratize=spec)
-        return model
-    size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
-    config = {"name": name, "neuron": neuron, "num_classes": num_classes, "in_channels": in_channels,
-              "input_size": list(size)}
-    if is_user_model(name):  # built by the user's own file, recorded in the config (quadexport adopt)
-        model = build_recorded(neuron, **kwargs)
-        model.quadexport_config = {**config, **kwargs}
-        return model
+def build_model(name: str, neuron: str = "fan", num_classes: int = 10, in_channels: int = 1,
+                input_size: tuple[int, int] = (28, 28), **kwargs) -> nn.Module:
+    """Build a registered zoo model with its builder (no spec replay: that is
+    :func:`quadexport.transforms.build.create_model`, the public ``quadexport.create_model``)."""
     if not is_plain_neuron(name, neuron):
         get_neuron(neuron)
-    if ":" in name:
-        from quadexport.zoo.foreign import build_foreign, is_foreign
-
-        if is_foreign(name):
-            model = build_foreign(name, neuron, num_classes, in_channels, size, **kwargs)
-            model.quadexport_config = {**config, **kwargs}
-            return model
     info = get_model_info(name)
-    model = info.builder(neuron=neuron, num_classes=num_classes, in_channels=in_channels, input_size=size, **kwargs)
-    model.quadexport_config = {**config, **kwargs}
-    return model
+    return info.builder(neuron=neuron, num_classes=num_classes, in_channels=in_channels, input_size=input_size,
+                        **kwargs)

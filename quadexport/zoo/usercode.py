@@ -25,7 +25,7 @@ from quadexport.errors import UsageError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PREFIX", "UserSource", "build_recorded", "build_user_model", "import_source", "is_user_model",
+__all__ = ["PREFIX", "UserSource", "build_user_model", "import_source", "is_user_model",
            "model_name", "parse_target", "read_source"]
 
 PREFIX = "adopted:"
@@ -157,19 +157,3 @@ def build_user_model(src: UserSource, builder: str, model_args: Mapping[str, Any
     if not isinstance(model, nn.Module):
         raise UsageError(f"{src.filename}:{builder} returned a {type(model).__name__}, not a torch nn.Module")
     return model
-
-
-def build_recorded(neuron: str, *, source: Mapping[str, Any], builder: str,
-                   model_args: Mapping[str, Any] | None = None, adopt: Mapping[str, Any] | None = None) -> nn.Module:
-    """Rebuild a user-code model from what a run recorded (the ``create_model`` path of ``adopted:`` names):
-    the user's builder run on the recorded source text (checksum verified), then the recorded adopt spec replayed
-    (:func:`quadexport.zoo.adopted.apply_adopt_spec`); ``neuron="relu"``: the ReLU twin of that
-    (:func:`quadexport.zoo.adopted.relu_twin`). Weights are the builder's: load the run's state dict afterwards."""
-    model = build_user_model(UserSource.from_dict(source), builder, model_args).eval()
-    if adopt is not None:
-        from quadexport.zoo.adopted import apply_adopt_spec, relu_twin
-
-        model = apply_adopt_spec(model, adopt)
-        if neuron == "relu":
-            model = relu_twin(model)
-    return model.eval()
