@@ -121,5 +121,17 @@ def markdown(recipe: dict[str, Any], study: dict[str, Any], summary: dict[str, A
         "training time = steps × each arm's measured step time (dashed: the same-wall-clock runs, which end where "
         "the ReLU arm ends); the runs' own wall-clock on the shared machine depended on what else ran.",
         "",
+        "## Limits",
+        "",
+        "- Scale: a 137k-parameter model, 64-byte context, one corpus, "
+        f"{summary['arms'][summary['baseline']]['steps']} steps; the published result is for T5-base at 65k–524k "
+        "steps. The direction can be tested here, not the size of the effect at scale.",
+        "- One set of hyperparameters for every arm (Adam, learning rate, schedule, batch), tuned for none of them; "
+        "the quadratic arms start from Kaiming-normal branches (the usual GLU init), not ReLinear's "
+        "`W_g = 0, b_g = 1` (a pilot of 300 steps: the ReLinear-initialised bilinear arm trailed the "
+        "Kaiming-initialised one early on).",
+        "- Latency is measured on one trained model per arm, one thread, on the same shared machine as the training "
+        "(interleaved, so load hits every arm alike); `quadexport bench RUN` gives the full table.",
+        "",
     ]
     return "\n".join(lines)
