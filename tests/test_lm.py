@@ -153,3 +153,35 @@ def test_token_model_refusals(lm_run, tmp_path):
 
     with pytest.raises(UsageError, match="at most 64"):
         check_input_size(model, (65,), "gpt")
+
+
+def _record(key: str, label: str, bpbs: list[float], steps: int = 10) -> dict:
+    return {"key": key, "status": "ok", "labels": {"label": label, "steps": steps * len(bpbs)},
+            "epochs": [{"val_bpb": b, "steps": steps, "seconds": 1.0} for b in bpbs]}
+
+
+def test_study_aggregation_pairs_seeds_and_applies_the_rule():
+    from quadexport.experiments.lm_report import aggregate_lm, verdict
+
+    recipe = {"run": {"seeds": [0, 1, 2]}, "lm": {"equal_time": "curve"},
+              "models": [{"label": "ReLU", "neuron": "relu", "role": "baseline"},
+                         {"label": "bi", "neuron": "t4", "role": "quadratic"},
+                         {"label": "fan", "neuron": "fan", "role": "quadratic"}]}
+    res = {}
+    for s in range(3):
+        res[f"relu-s{s}"] = _record(f"relu-s{s}", "ReLU", [3.0, 2.5 + 0.01 * s])
+        res[f"bi-s{s}"] = _record(f"bi-s{s}", "bi", [2.8, 2.3 + 0.01 * s])  # better by 0.2 on every seed
+        res[f"fan-s{s}"] = _record(f"fan-s{s}", "fan", [2.9, 2.5 + 0.02 * (s - 1)])  # noise around ReLU
+    lat = {"batches": {"1": {"ReLU": {"p50_ms": 1.0}, "bi": {"p50_ms": 1.05}, "fan": {"p50_ms": 1.3}}}}
+    study = {"results": res, "latency": lat, "ratios": {"ReLU": 1.0, "bi": 0.5, "fan": 1.0},
+             "steptime": {"seconds_per_step": {"ReLU": 0.1, "bi": 0.2, "fan": 0.1}}}
+    arms = aggregate_lm(recipe, study)["arms"]
+    assert arms["bi"]["diff_steps"]["per_seed"] == pytest.approx([-0.2] * 3)
+    # same wall-clock at half the steps: read off the curve at step 10, where bi is at 2.8 vs ReLU's final 2.5x
+    assert arms["bi"]["time_steps"] == 10 and arms["bi"]["diff_time"]["mean"] > 0.2
+    assert not arms["bi"]["wins"] and not arms["fan"]["wins"]
+    study["ratios"]["bi"] = 1.0
+    arms = aggregate_lm(recipe, study)["arms"]
+    assert arms["bi"]["wins"] and arms["bi"]["cheap"] and not arms["fan"]["cheap"]
+    lines = verdict(aggregate_lm(recipe, study))
+    assert "bi wins beyond seed noise" in lines[0] and "does **not**" in lines[1]

@@ -199,7 +199,8 @@ def _load_entry(entry: str, neuron: str, shape: tuple[int, ...] | None, gen: tor
 def _zoo_kwargs(m: BenchModel) -> dict[str, Any]:
     """Builder options of ``m`` for its ReLU relatives (a quadratized model's layer list is not one, nor is a
     compressed model's rewrite: ``create_model`` replays it on any model and a ReLU relative has nothing to prune)."""
-    kw = {k: v for k, v in m.config.items() if k not in ("neuron", "in_channels", "input_size", "quadratize", "compress")}
+    kw = {k: v for k, v in m.config.items()
+          if k not in ("neuron", "in_channels", "input_size", "quadratize", "compress")}
     try:
         arg = get_model_info(m.name).width_arg
     except UsageError:

@@ -55,8 +55,8 @@ def _models(neuron: str, in_channels: int, size: int) -> list[str]:
             with torch.device("meta"):  # counts only: built without initialising weights
                 model = q.create_model(m, n, in_channels=in_channels, input_size=size)
             tok = token_input(model)  # a language model: MACs of one full-context sequence
-            cells += [f"{q.count_params(model):,d}", f"{q.count_macs(model, (tok.context,) if tok else shape) / 1e6:.2f}M"
-                      + (" (64 tokens)" if tok else "")]
+            macs = q.count_macs(model, (tok.context,) if tok else shape)
+            cells += [f"{q.count_params(model):,d}", f"{macs / 1e6:.2f}M" + (f" ({tok.context} tokens)" if tok else "")]
         rows.append(tuple(cells))
     return [f"models (input {in_channels}x{size}x{size}):",
             *_table(("model", "params relu", "MACs relu", f"params {neuron}", f"MACs {neuron}"), rows, {1, 2, 3, 4})]

@@ -42,7 +42,8 @@ def _crosscheck(recipe: dict[str, Any], summary: dict[str, Any]) -> list[str]:
 
 def _table(summary: dict[str, Any]) -> list[str]:
     batches = list(next(iter(summary["arms"].values()))["latency_ms"])
-    head = ("| arm | params | FFN width | steps | val bits/byte, same steps | Δ vs ReLU (paired: mean ± sd (per seed)) "
+    head = ("| arm | params | FFN width | steps | val bits/byte, same steps "
+            "| Δ vs ReLU (paired: mean ± sd (per seed)) "
             "| steps at ReLU's wall-clock | val bits/byte, same wall-clock | Δ vs ReLU, same wall-clock "
             "| train step (ms, 1 thread) | " + " | ".join(f"ORT latency batch {b} (ms, ratio)" for b in batches) + " |")
     rows = [head, "|" + "---|" * (10 + len(batches))]
