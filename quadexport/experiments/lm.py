@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import statistics
 import time
@@ -146,6 +147,7 @@ def measure_latency(recipe: dict[str, Any], results: dict[str, dict[str, Any]], 
         f = q.export(model, out / "lm" / "onnx" / f"{slug(label)}.onnx", mode="decomposed", dynamic_size=True)
         sessions[label] = ort.InferenceSession(str(f), so, providers=["CPUExecutionProvider"])
     res: dict[str, Any] = {"runs": runs, "context": ctx, "threads": 1, "batches": {}}
+    res["loadavg"] = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
     for batch in lm.get("latency_batches", [1, 64]):
         import numpy as np
 

@@ -80,8 +80,11 @@ def markdown(recipe: dict[str, Any], study: dict[str, Any], summary: dict[str, A
         "```",
         "",
         f"Recipe `{recipe.get('_path', 'models/exp-lm.toml')}`, budget `{recipe.get('_budget', 'small')}`; "
-        f"finished {time.strftime('%Y-%m-%d %H:%M')} after {study['wall_s'] / 60:.0f} min wall on "
-        f"{os.cpu_count()} cores shared with other work ({platform.processor() or platform.machine()}). "
+        f"reported {time.strftime('%Y-%m-%d %H:%M')}: {len(study['results'])} training runs of "
+        f"{sum(r.get('wall_s', 0) for r in study['results'].values()) / 60:.0f} min wall in all "
+        f"({sum(r.get('cpu_s', 0) for r in study['results'].values()) / 60:.0f} CPU-min), one thread each, on "
+        f"{os.cpu_count()} cores shared with other work ({platform.processor() or platform.machine()}); latency "
+        f"measured with a 1-minute load average of {study['latency'].get('loadavg', '?')}. "
         "Raw records: `<out>/runs/lm/*.json`, summary `<out>/lm.json`.",
         "",
         "## Setup",
