@@ -185,3 +185,17 @@ def test_study_aggregation_pairs_seeds_and_applies_the_rule():
     assert arms["bi"]["wins"] and arms["bi"]["cheap"] and not arms["fan"]["cheap"]
     lines = verdict(aggregate_lm(recipe, study))
     assert "bi wins beyond seed noise" in lines[0] and "does **not**" in lines[1]
+
+
+@pytest.mark.slow
+def test_compress_takes_an_lm_run_with_its_task_loss(lm_run, tmp_path, capsys):
+    text = json.loads((lm_run / "config.json").read_text())["dataset"]
+    run = tmp_path / "fan"
+    assert main(["-q", "train", *LM_TRAIN, "--neuron", "fan", "--dataset", text, "--out", str(run)]) == 0
+    assert main(["compress", str(run), "--out", str(tmp_path / "c")]) == 2  # an LM run needs its task loss
+    assert "--task-loss next-token" in capsys.readouterr().err
+    assert main(["compress", str(run), "--out", str(tmp_path / "c"), "--task-loss", "next-token",
+                 "--calib-samples", "64", "--val-samples", "32"]) == 0
+    out = capsys.readouterr().out
+    assert "validation next-token" in out and (tmp_path / "c" / "checkpoint.pt").exists()
+    assert q.load(tmp_path / "c")(torch.zeros(1, 8, dtype=torch.int64)).shape == (1, 8, 256)
