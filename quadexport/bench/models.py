@@ -21,6 +21,7 @@ from quadexport.runmeta import RunMeta, config_dict, meta_dict
 from quadexport._torchutil import one_thread
 from quadexport.bench.config import DEFAULT_INPUT_SHAPE, PERTURB_STD, BenchError
 from quadexport.bench.tokens import default_shape, torch_input
+from quadexport.data.inputs import ModelInputs, explain_forward, resolve
 from quadexport.errors import UsageError, did_you_mean
 from quadexport.layers.init import calibrate_bn, perturb_quadratic
 from quadexport.exporter.outputs import flatten
@@ -42,7 +43,7 @@ class BenchModel:
         neuron: neuron type, ``"relu"`` for the ReLU models.
         role: ``quadratic``, ``twin``, ``mac_matched`` or ``relu`` (a ReLU model given without a quadratic one).
         module: the eval-mode torch model.
-        input_shape: one sample's shape ``(C, H, W)``.
+        input_shape: one sample's shape ``(C, H, W)`` (the first input's, for several).
         macs: MACs of one sample (:func:`quadexport.count_macs`).
         params: learnable parameters.
         source: ``"zoo"`` (built here) or the run dir it was loaded from.
@@ -64,6 +65,8 @@ class BenchModel:
     note: str | None = None
     config: dict[str, Any] = field(default_factory=dict)
     perturb_std: float | None = None
+    inputs: ModelInputs | None = None
+    """The inputs when the model takes several or draws them from a range (a run's record), else ``None``."""
 
     @property
     def is_quadratic(self) -> bool:
@@ -73,6 +76,7 @@ class BenchModel:
         return {"id": self.id, "model": self.label, "name": self.name, "neuron": self.neuron, "role": self.role,
                 "source": self.source, "input_shape": list(self.input_shape), "macs": self.macs,
                 "params": self.params, "test_acc": self.test_acc, "note": self.note, "config": self.config,
+                **({"inputs": [s.describe() for s in self.inputs.specs]} if self.inputs is not None else {}),
                 "weights": "trained" if self.source != "zoo" else (
                     ("ReLinear init" + (f" + N(0, {self.perturb_std:g}²) on W_g/W_b" if self.perturb_std else "")
                      if self.is_quadratic else "Kaiming init") + ", BN statistics calibrated on N(0, 1) inputs")}
@@ -130,31 +134,52 @@ def _build(name: str, neuron: str, shape: tuple[int, ...], gen: torch.Generator,
                      f"N(0, {4 * std:g}²); pass a trained run dir instead")
 
 
+def _recorded_inputs(module: nn.Module) -> ModelInputs | None:
+    """The inputs a run recorded when they are more than one N(0, 1) tensor (several, or a range), else None."""
+    rec = RunMeta.of(module)
+    if not (rec.inputs or rec.input_range):
+        return None
+    return resolve(module)
+
+
 def _make(module: nn.Module, role: str, shape: tuple[int, ...], source: str = "zoo",
           note: str | None = None) -> BenchModel:
     cfg = config_dict(module)
+    inputs = _recorded_inputs(module)
+    if inputs is not None and not inputs.several:
+        inputs = resolve(module, input_shape=tuple(shape))  # the recorded range at the timed shape
     name, neuron = cfg.get("name", type(module).__name__.lower()), cfg.get("neuron", "relu")
     label = _label(name, cfg)
     meta = meta_dict(module)
     acc = meta.get("test_acc")
     kw = tuple(sorted((k, v) for k, v in cfg.items() if k not in ("name", "neuron", "in_channels", "input_size")))
     try:
-        macs = _zoo_macs(name, neuron, tuple(shape), kw) if "name" in cfg else None
+        macs = _zoo_macs(name, neuron, tuple(shape), kw) if "name" in cfg and inputs is None else None
     except TypeError:  # unhashable builder options
         macs = None
     if macs is None:
         with one_thread():
-            macs = count_macs(module, tuple(shape))
+            macs = count_macs(module, inputs.shapes if inputs is not None and inputs.several else tuple(shape))
     return BenchModel(id=f"{label}-{neuron}", label=label, name=name, neuron=neuron, role=role, module=module,
                       input_shape=tuple(shape), macs=macs, params=count_params(module),
                       source=source, test_acc=float(acc) if isinstance(acc, (int, float)) else None, note=note,
                       config={k: v for k, v in cfg.items() if k != "name"},
-                      perturb_std=getattr(module, "quadexport_bench_perturb", None))
+                      perturb_std=getattr(module, "quadexport_bench_perturb", None), inputs=inputs)
 
 
 def _check_forward(module: nn.Module, shape: tuple[int, ...], what: str) -> None:
     cfg = config_dict(module)
     cin = cfg.get("in_channels")
+    inputs = _recorded_inputs(module)
+    if inputs is not None:  # several inputs or a range: the run's specs (one line naming a layer that refuses)
+        if not inputs.several:
+            inputs = resolve(module, input_shape=tuple(shape))
+        with explain_forward(module, inputs), torch.inference_mode(), one_thread():
+            out = module(*inputs.example(2, seed=1))
+        if not all(bool(torch.isfinite(t).all()) for t in flatten(out)):
+            raise BenchError(f"{what} produces NaN/Inf outputs on random inputs ({inputs.describe()}); the timing "
+                             f"would be meaningless (NaN/Inf can take slow paths)")
+        return
     if cin is not None and cin != shape[0] and getattr(module, "token_input", None) is None:
         raise BenchError(f"{what} takes {cin} input channel(s), but the input shape is {' '.join(map(str, shape))} "
                          f"({shape[0]} channel(s)); pass --input-shape {cin} H W")
@@ -175,7 +200,12 @@ def _load_entry(entry: str, neuron: str, shape: tuple[int, ...] | None, gen: tor
         from quadexport.runs.checkpoint import load
 
         module = load(p)
-        trained = RunMeta.of(module).input_shape
+        rec = RunMeta.of(module)
+        if rec.inputs and shape is not None:
+            raise BenchError(f"run dir {entry} takes {len(rec.inputs)} inputs "
+                             f"({', '.join(i['name'] for i in rec.inputs)}) of the shapes it records; drop "
+                             f"--input-shape")
+        trained = rec.input_shape
         s = tuple(shape) if shape is not None else (trained or default_shape(module) or DEFAULT_INPUT_SHAPE)
         _check_forward(module, s, f"run dir {entry}")
         cfg = module.quadexport_config

@@ -66,7 +66,10 @@ def _export(bm: BenchModel, mode: str, folder: Path, opset: int) -> tuple[Path, 
     from quadexport.exporter import export
 
     path = folder / f"{bm.id.replace('#', '_')}-{mode}.onnx"
-    export(bm.module, path, mode=mode, opset=opset, input_shape=tuple(bm.input_shape))
+    spec = bm.inputs  # several inputs or an input range: the run's record
+    export(bm.module, path, mode=mode, opset=opset,
+           input_shape=spec.shapes if spec is not None and spec.several else tuple(bm.input_shape),
+           input_range=spec.ranges if spec is not None else None)
     size = path.stat().st_size + sum(p.stat().st_size for p in path.parent.glob(path.name + ".*")
                                      if p.is_file() and p != path)
     return path, size
@@ -106,10 +109,13 @@ def _sessions(bms: list[BenchModel], modes: list[str], folder: Path, cfg: BenchC
     return plan, sessions, files
 
 
-def _torch_runner(mod: torch.nn.Module, xt: torch.Tensor, cuda: bool) -> Callable[[], Any]:
+def _torch_runner(mod: torch.nn.Module, xt: torch.Tensor | tuple[torch.Tensor, ...], cuda: bool
+                  ) -> Callable[[], Any]:
+    xs = xt if isinstance(xt, tuple) else (xt,)
+
     def run() -> Any:
         with torch.inference_mode():
-            y = mod(xt)
+            y = mod(*xs)
         if cuda:
             torch.cuda.synchronize()
         return y
@@ -117,20 +123,25 @@ def _torch_runner(mod: torch.nn.Module, xt: torch.Tensor, cuda: bool) -> Callabl
 
 
 def _units(plan, sessions, batch: int, rng: np.random.Generator, cuda: bool) -> list[TimingUnit]:
-    inputs: dict[tuple[Any, ...], np.ndarray] = {}
+    inputs: dict[Any, Any] = {}
     units = []
     for bm, m in plan:
-        key = (bm.input_shape, getattr(bm.module, "token_input", None))  # token models: int64 ids
+        spec = bm.inputs  # several inputs or a range: drawn from the specs (a tuple of arrays)
+        token = getattr(bm.module, "token_input", None)  # a token model: int64 ids (quadexport.bench.tokens)
+        key = (bm.input_shape, token) if spec is None else (tuple(spec.shapes), tuple(spec.ranges))
         if key not in inputs:
-            inputs[key] = numpy_input(bm.module, (batch, *bm.input_shape), rng)
+            inputs[key] = (numpy_input(bm.module, (batch, *bm.input_shape), rng) if spec is None
+                           else spec.numpy(batch, rng))
         x = inputs[key]
         if m == "torch":
-            xt = torch.from_numpy(x).to("cuda" if cuda else "cpu")
+            dev = "cuda" if cuda else "cpu"
+            xt = (tuple(torch.from_numpy(a).to(dev) for a in x) if isinstance(x, tuple)
+                  else torch.from_numpy(x).to(dev))
             units.append(TimingUnit(f"{bm.id} [{m}]", _torch_runner(bm.module, xt, cuda),
                                     lambda out: all(bool(torch.isfinite(t).all()) for t in flatten(out))))
         else:
             sess = sessions[(bm.id, m)]
-            feed = sess.feed(x)
+            feed = sess.feed(x)  # a tuple: one array per input, in the file's order
             units.append(TimingUnit(f"{bm.id} [{m}]", lambda sess=sess, feed=feed: sess.run(feed),
                                     lambda out: all(np.isfinite(np.asarray(o)).all() for o in out)))
     return units

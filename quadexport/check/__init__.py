@@ -1,10 +1,11 @@
 """Parity check of an exported ONNX model against its torch model, failing hard (optimum-style lines).
 
 For every setting of the runtime (onnxruntime by default: each graph-optimisation level, kernel or bodies; any
-registered runtime with ``runtime=``, :mod:`quadexport.runtimes`) × batch size, random standard-normal inputs (and the
-first 512 test images of the model's dataset, when known) go through the runtime and through the torch model; per
-output it reports the relative L2 error ``‖out − torch‖ / ‖torch‖``, the max abs difference, the NaN/Inf count and the
-top-1 agreement::
+registered runtime with ``runtime=``, :mod:`quadexport.runtimes`) × batch size, random standard-normal inputs (uniform
+in the run's recorded ``meta["input_range"]`` when it has one; one array per input for a file with several,
+:mod:`quadexport.check.inputs`) and the first 512 test images of the model's dataset, when known, go through the
+runtime and through the torch model; per output it reports the relative L2 error ``‖out − torch‖ / ‖torch‖``, the
+max abs difference, the NaN/Inf count and the top-1 agreement::
 
     -[✓] ORT_DISABLE_ALL batch 3 random: rel_l2 1.2e-07 max_abs 3.1e-06 nan/inf 0 top1 100.00%
     -[✗] ORT_ENABLE_ALL batch 64 random: rel_l2 3.4e-02 max_abs 1.1e+00 nan/inf 0 top1 87.50%  (rel_l2 > 1e-05)
@@ -30,6 +31,7 @@ import torch
 from torch import nn
 
 from quadexport.runmeta import RunMeta, config_dict, meta_dict
+from quadexport.check.inputs import input_range, random_label, several_batches, several_inputs
 from quadexport.check.report import LEVEL_NAMES, TOLERANCES, CheckLine, CheckReport, compare
 from quadexport.errors import UsageError
 from quadexport.zoo.tokens import token_input
@@ -67,10 +69,11 @@ def _input_shapes(dims: list[Any], model: nn.Module, metadata: dict[str, str]) -
 
 
 @torch.no_grad()
-def _torch_outputs(model: nn.Module, x: np.ndarray) -> list[np.ndarray]:
+def _torch_outputs(model: nn.Module, x: np.ndarray | tuple[np.ndarray, ...]) -> list[np.ndarray]:
     from quadexport.exporter.outputs import flatten
 
-    return [o.detach().float().cpu().numpy() for o in flatten(model(torch.from_numpy(x)))]  # int64 tokens as well
+    xs = x if isinstance(x, tuple) else (x,)  # a model with several inputs: one array each
+    return [o.detach().float().cpu().numpy() for o in flatten(model(*(torch.from_numpy(a) for a in xs)))]
 
 
 def _load_dataset(spec: Any, meta: dict[str, Any], data_dir: str | os.PathLike | None,
@@ -192,7 +195,9 @@ def check(onnx_path: str | os.PathLike, model: nn.Module, *, provider: str = "cp
             lengths = token_lengths_of(file_io(onnx_path).input_dims, tok, info.metadata)
             sets = token_sets(model, tok, lengths, batches, seed, dataset, report, say, _InputSet)
         elif sessions:
-            shapes = _input_shapes(file_io(onnx_path).input_dims[1:], model, info.metadata)
+            several = several_inputs(onnx_path, model)  # several inputs: their specs, random batches only
+            shapes = ([several] if several is not None else
+                      _input_shapes(file_io(onnx_path).input_dims[1:], model, info.metadata))
             sets = _input_sets(model, shapes[0], batches, seed, dataset, data_dir, report, say, prep)
             sets += _size_sets(model, shapes[1:], batches, seed, prep)
         if sessions:
@@ -285,8 +290,12 @@ class _InputSet:
 
 
 def _random(model: nn.Module, rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
-    """Random model inputs at the run's recorded input statistics (``meta["input_stats"]``: per-channel ``mean``
-    and ``std`` of the normalised inputs), standard normal when none are recorded."""
+    """Random model inputs: uniform in the run's recorded range (``meta["input_range"]``); else at the run's
+    recorded input statistics (``meta["input_stats"]``: per-channel ``mean`` and ``std`` of the normalised
+    inputs); else standard normal."""
+    r = input_range(model)
+    if r is not None:
+        return rng.uniform(r[0], r[1], shape).astype(np.float32)
     x = rng.standard_normal(shape).astype(np.float32)
     stats = meta_dict(model).get("input_stats") or {}
     if stats and len(shape) >= 3:
@@ -301,7 +310,8 @@ def _size_sets(model: nn.Module, shapes: list[tuple[int, ...]], batches: Sequenc
                prep: Any) -> list[_InputSet]:
     """A dynamic-size file: random inputs at each further size (the two smallest batch sizes)."""
     rng = np.random.default_rng(seed + 1)
-    sets = [_InputSet(f"random {'x'.join(map(str, s[1:]))}", int(b), [_random(model, rng, (int(b), *s))])
+    sets = [_InputSet(f"{random_label(model)} {'x'.join(map(str, s[1:]))}", int(b),
+                      [_random(model, rng, (int(b), *s))])
             for s in shapes for b in sorted(set(int(b) for b in batches))[:2]]
     if prep is not None:
         from quadexport.data.preprocess import denormalise
@@ -315,9 +325,12 @@ def _input_sets(model: nn.Module, shape: tuple[int, ...], batches: Sequence[int]
                 dataset: Any, data_dir: str | os.PathLike | None, report: CheckReport,
                 say: Callable[[str], None], prep: Any = None) -> list[_InputSet]:
     """Random batches of every size, then the dataset's first test images (when known and loadable); with ``prep``
-    (a raw-input file) both denormalised to raw pixel values."""
+    (a raw-input file) both denormalised to raw pixel values. ``shape``: the specs of a file with several inputs
+    (:func:`~quadexport.check.inputs.several_inputs`) gives random batches of every size only."""
+    if not isinstance(shape, tuple):  # several inputs: random batches of every size, a tuple of arrays each
+        return [_InputSet(label, b, [xs]) for label, b, xs in several_batches(shape, batches, seed, dataset)]
     rng = np.random.default_rng(seed)
-    sets = [_InputSet("random", int(b), [_random(model, rng, (int(b), *shape))]) for b in batches]
+    sets = [_InputSet(random_label(model), int(b), [_random(model, rng, (int(b), *shape))]) for b in batches]
     meta = meta_dict(model)
     ds = None if dataset is False else (dataset or meta.get("dataset"))
     ds_name = getattr(ds, "name", ds)  # a DataSource: its spec

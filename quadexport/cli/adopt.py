@@ -35,6 +35,19 @@ def input_shape(s: str) -> tuple[int, ...]:
     return dims
 
 
+def input_range(s: str) -> tuple[float, float]:
+    """``LO,HI``: finite numbers, ``LO < HI``."""
+    import math
+
+    try:
+        lo, hi = (float(v) for v in s.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s} must be LO,HI (e.g. 0,1)") from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise argparse.ArgumentTypeError(f"{s}: LO and HI must be finite with LO < HI")
+    return lo, hi
+
+
 def _build(a: argparse.Namespace) -> tuple[Any, Any, dict[str, Any], Any]:
     """(the user's model with its trained weights, its source, the builder options, what the checkpoint held)."""
     from quadexport.transforms.statedict import load_into
@@ -57,22 +70,37 @@ def _build(a: argparse.Namespace) -> tuple[Any, Any, dict[str, Any], Any]:
     return model.eval(), src, kwargs, loaded
 
 
-def _data(a: argparse.Namespace) -> tuple[Any, tuple[int, ...]]:
-    """(the opened --dataset or None, the input shape: --input-shape, else the dataset's)."""
+def _data(a: argparse.Namespace) -> tuple[Any, list[tuple[int, ...]]]:
+    """(the opened --dataset or None, the input shapes: each --input-shape, else the dataset's)."""
     from quadexport.errors import UsageError
 
+    shapes = [tuple(s) for s in a.input_shape or []]
+    if a.input_range and len(a.input_range) not in (1, max(len(shapes), 1)):
+        raise UsageError(f"{len(a.input_range)} --input-range for {len(shapes)} --input-shape: give one for every "
+                         f"input or one per --input-shape, in the same order")
     if a.dataset is None:
-        if a.input_shape is None:
-            raise UsageError("give --input-shape C,H,W (the shape of one input), or --dataset NAME")
-        return None, tuple(a.input_shape)
+        if not shapes:
+            raise UsageError("give --input-shape C,H,W (the shape of one input; once per input of forward), or "
+                             "--dataset NAME")
+        return None, shapes
+    if len(shapes) > 1:
+        raise UsageError(f"--dataset feeds one input, but {len(shapes)} --input-shape were given; drop --dataset "
+                         f"(random inputs verify a model with several inputs)")
     from quadexport.data import DataOptions, open_dataset
 
     data = open_dataset(a.dataset, DataOptions(data_dir=a.data_dir, image_size=a.image_size, workers=0))
     shape = tuple(data.input_shape)
-    if a.input_shape is not None and tuple(a.input_shape) != shape:
-        raise UsageError(f"--input-shape {','.join(map(str, a.input_shape))} disagrees with {a.dataset}'s inputs "
+    if shapes and shapes[0] != shape:
+        raise UsageError(f"--input-shape {','.join(map(str, shapes[0]))} disagrees with {a.dataset}'s inputs "
                          f"{','.join(map(str, shape))}; drop --input-shape")
-    return data, shape
+    return data, [shape]
+
+
+def _first_batch(data: Any, n: int = 16) -> Any:
+    """The first ``n`` test inputs of the dataset (the real batch adopt verifies with)."""
+    from torch.utils.data import DataLoader
+
+    return next(iter(DataLoader(data.test, batch_size=n, shuffle=False, num_workers=data.workers)))[0]
 
 
 def _on_data(adopted: Any, report: Any, data: Any, classifier: bool) -> tuple[float | None, float]:
@@ -90,9 +118,10 @@ def _on_data(adopted: Any, report: Any, data: Any, classifier: bool) -> tuple[fl
     return float(evaluate_batches(adopted, loader, torch.device("cpu"))[1]), diff
 
 
-def _configure(adopted: Any, src: Any, builder: str, kwargs: dict[str, Any], shape: tuple[int, ...]) -> None:
-    """Give the adopted model the ``quadexport_config`` that :func:`quadexport.transforms.create_model` rebuilds it from,
-    and check that it does: rebuilt and loaded strictly, it must give bitwise the same outputs."""
+def _configure(adopted: Any, src: Any, builder: str, kwargs: dict[str, Any], inputs: Any, x: Any) -> None:
+    """Give the adopted model the ``quadexport_config`` that :func:`quadexport.transforms.create_model` rebuilds it
+    from, and check that it does: rebuilt and loaded strictly, it must give bitwise the same outputs on ``x`` (a
+    tuple of batches, one per input)."""
     import torch
 
     from quadexport.errors import QuadexportError
@@ -101,9 +130,9 @@ def _configure(adopted: Any, src: Any, builder: str, kwargs: dict[str, Any], sha
 
     from quadexport.exporter.outputs import flatten
 
+    shape = inputs.shapes[0]
     with torch.no_grad():
-        x = torch.randn((2, *shape), generator=torch.Generator().manual_seed(0))
-        y = flatten(adopted(x))  # any output structure: its tensors in torch's order
+        y = flatten(adopted(*x))  # any output structure: its tensors in torch's order
     num_classes = int(y[0].shape[-1]) if len(y) == 1 and y[0].dim() == 2 else 0  # a classifier's logits
     adopt_cfg = config_dict(adopted)
     cfg = {"name": model_name(src.filename, builder), "neuron": adopt_cfg.get("neuron", "fan"),
@@ -114,23 +143,25 @@ def _configure(adopted: Any, src: Any, builder: str, kwargs: dict[str, Any], sha
         again = create_model(**{k: v for k, v in cfg.items()})
     again.load_state_dict(adopted.state_dict(), strict=True)
     with torch.no_grad():
-        z = flatten(again.eval()(x))
+        z = flatten(again.eval()(*x))
         if len(z) != len(y) or not all(torch.equal(a, b) for a, b in zip(z, y)):
             raise QuadexportError(f"{src.filename}:{builder} rebuilt from the recorded source and adopt spec does "
                                   f"not reproduce the adopted model (does the builder depend on state outside "
                                   f"the file?); nothing was written")
 
 
-def _meta(a: argparse.Namespace, shape: tuple[int, ...], num_classes: int, data: Any, src: Any,
+def _meta(a: argparse.Namespace, x: Any, num_classes: int, data: Any, src: Any,
           loaded: Any, report: Any) -> dict[str, Any]:
-    from quadexport.exporter.outputs import run_meta
+    from quadexport.exporter.outputs import model_structure
 
-    meta: dict[str, Any] = {"input_shape": list(shape), "num_classes": num_classes,
+    one = tuple(t[:1] for t in x)  # one sample, as the recorded output shapes always were
+    structure = model_structure(report.adopted, one if len(one) > 1 else one[0])  # the run's task and outputs
+    meta: dict[str, Any] = {**report.inputs.meta(), "num_classes": num_classes,
                             "source": {"file": str(Path(a.target.rpartition(":")[0]).resolve()),
                                        "sha256": src.sha256, "weights": str(a.weights) if a.weights else None,
                                        "container": loaded.container if loaded else None,
                                        "stripped": loaded.stripped if loaded else []},
-                            "adopt": report.to_dict(), **run_meta(report.adopted, shape)}  # task, outputs
+                            "adopt": report.to_dict(), "task": structure.task, "outputs": structure.to_dict()}
     if data is not None:
         prep = data.preprocessing
         meta.update(dataset=a.dataset, normalization=prep.normalization(), preprocessing=prep.to_dict(),
@@ -150,7 +181,7 @@ def _write(a: argparse.Namespace, adopted: Any, meta: dict[str, Any], src: Any) 
               "model_file": src.filename, "sha256": src.sha256, "builder": cfg["builder"],
               "model_args": cfg["model_args"], "weights": str(a.weights) if a.weights else None,
               "trust_checkpoint": bool(a.trust_checkpoint), "input_shape": meta["input_shape"],
-              "dataset": a.dataset}
+              **{k: meta[k] for k in ("inputs", "input_range") if k in meta}, "dataset": a.dataset}
     metrics = {"model": cfg["name"], "neuron": cfg["neuron"], "dataset": a.dataset, "epochs": [],
                "adopt": meta["adopt"], **({"test_acc": meta["test_acc"]} if "test_acc" in meta else {})}
     with open_run(a.out, "overwrite" if a.overwrite else "new", resumable=False) as out:
@@ -161,6 +192,9 @@ def _print_report(report: Any) -> None:
     """The summary line, each adopted neuron (source modules -> type, BatchNorms folded), the layers that already
     were quadexport layers and each form left alone."""
     print(report.summary())
+    inputs = report.inputs
+    if inputs is not None and (inputs.several or any(r is not None for r in inputs.ranges)):
+        print(f"  inputs: {', '.join(s.describe() for s in inputs.specs)}")
     if report.already:
         more = f" (+{len(report.already) - 5} more)" if len(report.already) > 5 else ""
         print(f"  already quadexport: {', '.join(report.already[:5])}{more}")
@@ -176,15 +210,20 @@ def run(a: argparse.Namespace) -> int:
     from quadexport.transforms.adopter import adopt
     from quadexport.errors import QuadexportError, UsageError
 
-    data, shape = _data(a)
+    data, shapes = _data(a)
     model, src, kwargs, loaded = _build(a)
-    adopted, report = adopt(model, input_shape=shape, include=a.include, exclude=a.exclude, return_report=True)
+    real = _first_batch(data) if data is not None else None  # with --dataset, adopt verifies on real inputs
+    ranges = [tuple(r) for r in a.input_range] if a.input_range else None
+    adopted, report = adopt(model, example_input=real, input_shape=shapes if len(shapes) > 1 else shapes[0],
+                            input_range=ranges[0] if ranges and len(ranges) == 1 else ranges, include=a.include,
+                            exclude=a.exclude, return_report=True)
     if not report.neurons and not report.already:
         reasons = "; ".join(f"{', '.join(s.modules)}: {s.reason}" for s in report.skipped[:3])
         raise UsageError(f"found no quadratic neuron to adopt and no quadexport layer in {a.target}"
                          f"{f' ({reasons})' if reasons else ''}; nothing was written")
-    _configure(adopted, src, kwargs=kwargs, builder=a.target.rpartition(":")[2], shape=shape)
-    meta = _meta(a, shape, adopted.quadexport_config["num_classes"], data, src, loaded, report)
+    x = (real,) if real is not None else report.inputs.example(2)
+    _configure(adopted, src, kwargs=kwargs, builder=a.target.rpartition(":")[2], inputs=report.inputs, x=x)
+    meta = _meta(a, x, adopted.quadexport_config["num_classes"], data, src, loaded, report)
     _print_report(report)
     if data is not None:
         acc, diff = _on_data(adopted, report, data, classifier=meta["task"] == "classification")
@@ -225,8 +264,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="unpickle --weights without restriction: this RUNS ARBITRARY CODE the file may hold; only "
                         "for a checkpoint from a source you trust that pickles other types")
-    p.add_argument("--input-shape", type=input_shape, default=None, metavar="C,H,W",
-                   help="shape of one input (C,L for Conv1d models); default: the --dataset's")
+    p.add_argument("--input-shape", type=input_shape, action="append", default=None, metavar="C,H,W",
+                   help="shape of one input (C,L for Conv1d models, F for an MLP); repeat it once per tensor "
+                        "forward takes, in its order (forward(x, t): --input-shape 1 --input-shape 1); default: "
+                        "the --dataset's")
+    p.add_argument("--input-range", type=input_range, action="append", default=None, metavar="LO,HI",
+                   help="draw the random inputs that verify the adoption (and later export and check it) uniformly "
+                        "in [LO, HI] instead of N(0, 1), e.g. 0,1 for a model of [0, 1] images; once for all inputs "
+                        "or once per --input-shape; recorded in the run (default: N(0, 1))")
     p.add_argument("--dataset", default=None, type=dataset_spec, metavar="DATASET",
                    help="measure and record the test accuracy on this dataset (digits, mnist, cifar10, "
                         "imagefolder:PATH, npz:FILE); export and check then use its preprocessing")
@@ -241,4 +286,4 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-__all__ = ["input_shape", "register", "run"]
+__all__ = ["input_range", "input_shape", "register", "run"]

@@ -107,6 +107,14 @@ def run(a: argparse.Namespace) -> int:
     output_file(a.out, src, USAGE)
     check_opset(a.opset, a.mode)  # mode x opset before the (slow) load
     model = load(src)
+    from quadexport.runmeta import RunMeta
+
+    several = RunMeta.of(model).inputs
+    if several and (a.save_io or a.input == "raw"):
+        from quadexport.errors import UsageError
+
+        raise UsageError(f"{src} takes {len(several)} inputs ({', '.join(i['name'] for i in several)}); "
+                         f"{'--save-io' if a.save_io else '--input raw'} takes a model with one input")
     target, meta, prep = _prepare(model, a.input == "raw")
     calib = None
     if a.fp16:

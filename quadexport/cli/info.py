@@ -70,10 +70,19 @@ def _run_info(path: str) -> list[str]:
     model = load(path)
     meta, cfg = model.quadexport_meta or {}, model.quadexport_config or {}
     shape = meta.get("input_shape")
+    desc, label = ("x".join(map(str, shape)) if shape else "?"), "input"
+    from quadexport.runmeta import RunMeta
+
+    rec = RunMeta.of(model)
+    if rec.inputs or rec.input_range:  # several inputs (names, shapes), a range
+        from quadexport.data.inputs import resolve
+
+        inputs = resolve(model)
+        desc, label = inputs.describe(), ("inputs" if inputs.several else "input")
     s = run_structure(model)
     out = [f"run {path}: {cfg.get('name', '?')} ({cfg.get('neuron', '?')})",
            f"  task: {s.task if s else 'unknown (no input shape recorded)'}",
-           f"  input: {'x'.join(map(str, shape)) if shape else '?'}"
+           f"  {label}: {desc}"
            + (f" (dataset {meta['dataset']})" if meta.get("dataset") else " (no dataset: random inputs)")]
     from quadexport.zoo.tokens import token_input
 

@@ -253,9 +253,14 @@ def _rel(a: Any, b: Any) -> float:
     return num / den if den > 0 else num
 
 
+def _inputs(x: Any) -> tuple[Tensor, ...]:
+    """The example input(s) as a tuple (a model whose ``forward`` takes several tensors gets a tuple)."""
+    return tuple(x) if isinstance(x, (tuple, list)) else (x,)
+
+
 @torch.no_grad()
-def _run64(model: nn.Module, x: Tensor) -> Any:
-    return shared_copy(model).double()(x.double())
+def _run64(model: nn.Module, x: Any) -> Any:
+    return shared_copy(model).double()(*(t.double() if t.is_floating_point() else t for t in _inputs(x)))
 
 
 def _finite(out: Any) -> bool:
@@ -271,7 +276,7 @@ def _finite_probe(model: nn.Module, example_input: Tensor) -> tuple[Any, Tensor]
     (the first sample) is shrunk until the output is finite (the last try is returned either way)."""
     ref, x = None, example_input
     for factor in (1.0, 1e-1, 1e-2, 1e-3):
-        x = example_input[:1] * factor
+        x = tuple(t[:1] * factor for t in _inputs(example_input))
         ref = _run64(model, x)
         if _finite(ref):
             break
@@ -318,7 +323,7 @@ def _layer_inputs(model: nn.Module, names: list[str], x: Tensor) -> dict[str, Te
     hooks = [mods[n].register_forward_pre_hook(lambda m, a, n=n: got.setdefault(n, a[0].detach()))
              for n in dense]
     try:
-        model(x[:1])
+        model(*(t[:1] for t in _inputs(x)))
     finally:
         for h in hooks:
             h.remove()
@@ -362,7 +367,8 @@ def fold_batchnorm(model: nn.Module, example_input: Tensor,
 
     Args:
         model: the model, in eval mode.
-        example_input: input used to verify that folding preserves the output (float64 comparison).
+        example_input: input used to verify that folding preserves the output (float64 comparison); a tuple of
+            tensors for a model whose ``forward`` takes several.
         pairs: ``(layer, bn)`` names to fold; found with :func:`find_bn_pairs` if ``None``.
 
     Returns:

@@ -217,9 +217,10 @@ def _replace_leaves(tree: Any, names: list[str]) -> Any:
     return tree
 
 
-def model_structure(model: nn.Module, x: torch.Tensor) -> OutputStructure:
-    """Run ``model`` on ``x`` (no grad) and describe its outputs. ``quadexport_meta`` may set ``output_kinds``
-    (``{name: kind}``) and ``task``; a run's recorded ``outputs`` (:func:`run_meta`) give the kinds otherwise."""
+def model_structure(model: nn.Module, x: torch.Tensor | tuple[torch.Tensor, ...]) -> OutputStructure:
+    """Run ``model`` on ``x`` (no grad; a tuple: one tensor per input) and describe its outputs. ``quadexport_meta``
+    may set ``output_kinds`` (``{name: kind}``) and ``task``; a run's recorded ``outputs`` (:func:`run_meta`) give
+    the kinds otherwise."""
     meta = meta_dict(model)
     kinds = meta.get("output_kinds")
     if kinds is None and isinstance(meta.get("outputs"), Mapping):
@@ -228,7 +229,7 @@ def model_structure(model: nn.Module, x: torch.Tensor) -> OutputStructure:
     model.eval()
     try:
         with torch.no_grad():
-            out = model(x)
+            out = model(*x) if isinstance(x, tuple) else model(x)
     except RuntimeError as e:
         err = torchvision_ops_missing(e, type(model).__name__)
         if err is None:
@@ -241,7 +242,7 @@ def model_structure(model: nn.Module, x: torch.Tensor) -> OutputStructure:
     task = meta.get("task") if meta.get("task") in TASKS else None
     if token_input(model) is not None:  # a language model (quadexport.zoo.tokens): one logits output
         task, kinds = "language-model", {"logits": "logits", **(kinds or {})}
-    return describe_outputs(out, tuple(x.shape), kinds, task)
+    return describe_outputs(out, tuple((x[0] if isinstance(x, tuple) else x).shape), kinds, task)
 
 
 def run_meta(model: nn.Module, input_shape: Sequence[int]) -> dict[str, Any]:
@@ -266,8 +267,8 @@ class FlatOutputs(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return tuple(flatten(self.model(x)))
+    def forward(self, *x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(flatten(self.model(*x)))
 
 
 def run_structure(model: nn.Module) -> OutputStructure | None:

@@ -150,9 +150,13 @@ class Session:
         """The outputs of one batch, in graph order."""
         return self.runtime.run(self, inputs)
 
-    def feed(self, inputs: np.ndarray | Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """``inputs`` as ``{input name: array}`` (one array: the first input)."""
-        return dict(inputs) if isinstance(inputs, Mapping) else {self.input_names[0]: inputs}
+    def feed(self, inputs: np.ndarray | tuple[np.ndarray, ...] | Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """``inputs`` as ``{input name: array}`` (one array: the first input; a tuple: one per input, in order)."""
+        if isinstance(inputs, Mapping):
+            return dict(inputs)
+        if isinstance(inputs, tuple):
+            return dict(zip(self.input_names, inputs))
+        return {self.input_names[0]: inputs}
 
 
 class Runtime:

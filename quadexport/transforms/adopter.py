@@ -20,8 +20,8 @@ from typing import Any, Callable, Sequence, Union
 import torch
 from torch import fx, nn
 
-from quadexport.runmeta import RunMeta
 from quadexport._torchutil import one_thread
+from quadexport.data.inputs import ModelInputs, as_tuple, explain_forward, resolve
 from quadexport.errors import QuadexportError, UsageError
 from quadexport.layers.mixed import MixedQuad
 from quadexport.layers.quad import QuadLayer
@@ -68,7 +68,8 @@ class AdoptReport:
         params_after: learnable parameters of the adopted model (BatchNorms on branches are gone).
         macs_before: MACs of one sample before (``None`` when the input shape is unknown).
         macs_after: MACs after.
-        input_shape: the per-sample shape used (``None``: not verified).
+        input_shape: the per-sample shape used (``None``: not verified); the first input's for several.
+        inputs: the inputs verified with (names, shapes, ranges; ``None``: not verified).
         max_rel_diff: ``max|adopted − source| / max|source|`` on a random batch (``None``: not verified).
         spec: the JSON spec recorded in ``quadexport_config["adopt"]``.
         already: quadratic layers the source already held as quadexport layers (kept as they are).
@@ -82,14 +83,16 @@ class AdoptReport:
     macs_before: int | None = None
     macs_after: int | None = None
     input_shape: tuple[int, ...] | None = None
+    inputs: ModelInputs | None = None
     max_rel_diff: float | None = None
     spec: dict[str, Any] = field(default_factory=dict)
     source: nn.Module | None = field(default=None, repr=False, compare=False)
     adopted: nn.Module | None = field(default=None, repr=False, compare=False)
 
     @torch.no_grad()
-    def verify(self, x: torch.Tensor) -> float:
-        """``max|adopted(x) − source(x)| / max|source(x)|`` on a batch of real inputs (both in eval mode)."""
+    def verify(self, x: torch.Tensor | Sequence[torch.Tensor]) -> float:
+        """``max|adopted(x) − source(x)| / max|source(x)|`` on a batch of real inputs (both in eval mode); ``x``: a
+        tensor, or a tuple of them for a model with several inputs."""
         if self.source is None or self.adopted is None:
             raise UsageError("this report holds no models to verify (it was rebuilt from a dict)")
         return _rel_diff(_eval_out(self.source, x), _eval_out(self.adopted, x))
@@ -109,7 +112,9 @@ class AdoptReport:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON values (for a run dir)."""
-        return {"neurons": [asdict(n) for n in self.neurons], "already": list(self.already),
+        extra = {k: v for k, v in (self.inputs.meta() if self.inputs is not None else {}).items()
+                 if k != "input_shape"}  # several inputs: their names and shapes; a range: the range
+        return {**extra, "neurons": [asdict(n) for n in self.neurons], "already": list(self.already),
                 "skipped": [{"modules": list(s.modules), "node": s.node, "reason": s.reason} for s in self.skipped],
                 "params_before": self.params_before, "params_after": self.params_after,
                 "macs_before": self.macs_before, "macs_after": self.macs_after,
@@ -125,12 +130,12 @@ def _outputs(out: Any) -> list[torch.Tensor]:
     return [t for o in out for t in _outputs(o)] if isinstance(out, (list, tuple)) else []
 
 
-def _eval_out(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+def _eval_out(model: nn.Module, x: Any) -> list[torch.Tensor]:
     was = model.training
     model.eval()
     try:
         with torch.no_grad():
-            return _outputs(model(x))
+            return _outputs(model(*as_tuple(x)))
     finally:
         model.train(was)
 
@@ -177,20 +182,27 @@ def _choose(gm: fx.GraphModule, matches: list[Match], include: NeuronSelector, e
     return list(zip([m for m, _ in chosen], choose_names(gm, [m for m, _ in chosen])))
 
 
-def _example(model: nn.Module, example_input: torch.Tensor | None, input_shape: Sequence[int] | None
-             ) -> torch.Tensor | None:
+def _example(model: nn.Module, example_input: Any, input_shape: Any, input_range: Any
+             ) -> tuple[ModelInputs | None, tuple[torch.Tensor, ...] | None]:
+    """The inputs (:func:`quadexport.data.inputs.resolve`) and a batch of 2 to verify with: ``example_input``, or
+    random inputs drawn from the specs (uniform in their range where one is given)."""
+    if isinstance(example_input, (tuple, list)) and len(example_input) == 1:
+        example_input = example_input[0]
+    inputs = resolve(model, example_input=example_input, input_shape=input_shape, input_range=input_range)
+    if inputs is None:
+        return None, None
     if example_input is not None:
-        return example_input.detach()
-    shape = input_shape if input_shape is not None else RunMeta.of(model).input_shape
-    if shape is None:
-        return None
+        return inputs, tuple(t.detach() for t in as_tuple(example_input))
     p = next(model.parameters(), None)
-    x = torch.randn((2, *[int(s) for s in shape]), generator=torch.Generator().manual_seed(0))
-    return x.to(p.device, p.dtype) if p is not None and p.is_floating_point() else x
+    xs = inputs.example(2)
+    if p is not None and p.is_floating_point():
+        xs = tuple(x.to(p.device, p.dtype) for x in xs)
+    return inputs, xs
 
 
-def adopt(model: nn.Module, example_input: torch.Tensor | None = None, input_shape: Sequence[int] | None = None,
-          include: NeuronSelector = None, exclude: NeuronSelector = None, return_report: bool = False) -> Any:
+def adopt(model: nn.Module, example_input: torch.Tensor | Sequence[torch.Tensor] | None = None,
+          input_shape: Sequence[int] | Sequence[Sequence[int]] | None = None, include: NeuronSelector = None,
+          exclude: NeuronSelector = None, return_report: bool = False, input_range: Any = None) -> Any:
     """Make every quadratic neuron written as plain layers a quadexport layer that computes exactly the same.
 
     Neurons are found in the ``torch.fx`` graph: products and sums of ``nn.Conv1d``/``nn.Conv2d``/``nn.Linear`` calls
@@ -202,12 +214,16 @@ def adopt(model: nn.Module, example_input: torch.Tensor | None = None, input_sha
 
     Args:
         model: the trained model (not modified).
-        example_input: a batch to verify with (default: random normal of ``input_shape``).
-        input_shape: one sample's shape (e.g. ``(3, 32, 32)``) for the MAC counts and the verification.
+        example_input: a batch to verify with (default: random inputs of ``input_shape``); a tuple of batches for a
+            model whose ``forward`` takes several tensors.
+        input_shape: one sample's shape (e.g. ``(3, 32, 32)``) for the MAC counts and the verification; one shape
+            per input for several (``[(1,), (1,)]`` for ``forward(x, t)``).
         include: neurons to adopt: glob(s) over the new name or a branch module path, or a predicate
             ``(name, branch paths) -> bool``; ``None`` = all.
         exclude: neurons to leave alone (same forms).
         return_report: return ``(model, AdoptReport)``.
+        input_range: draw the random verification inputs uniformly in ``(lo, hi)`` (one pair for all inputs, or one
+            per input) instead of N(0, 1): a model trained on [0, 1] images may overflow on N(0, 1) inputs.
 
     Returns:
         A ``torch.fx.GraphModule`` (deep-copyable, exportable, trainable) whose ``quadexport_config["adopt"]`` records
@@ -215,7 +231,8 @@ def adopt(model: nn.Module, example_input: torch.Tensor | None = None, input_sha
         ``(model, report)``.
 
     Raises:
-        UsageError: ``torch.fx`` cannot trace the model, or an include/exclude glob matches no neuron.
+        UsageError: ``torch.fx`` cannot trace the model, an include/exclude glob matches no neuron, or the model
+            does not take the given inputs (their count or shapes; the message names the layer).
         AdoptError: the adopted model's output differs from the source's by more than :data:`TOLERANCE`.
     """
     source = copy.deepcopy(model)
@@ -233,9 +250,13 @@ def adopt(model: nn.Module, example_input: torch.Tensor | None = None, input_sha
         log.warning("adopt: torch.fx cannot trace the model (%s): its %d quadexport layer(s) are kept, no inline "
                     "neuron was searched for", why, len(already))
         gm = None
-    x = _example(model, example_input, input_shape)
-    shape = tuple(int(s) for s in x.shape[1:]) if x is not None else None
-    report = AdoptReport(params_before=count_params(source), input_shape=shape, source=source, already=already)
+    inputs, x = _example(model, example_input, input_shape, input_range)
+    shape = inputs.shapes[0] if inputs is not None else None
+    if x is not None:
+        with explain_forward(source, inputs), one_thread():
+            _eval_out(source, x)  # a wrong shape: one line naming the layer, before any other work
+    report = AdoptReport(params_before=count_params(source), input_shape=shape, inputs=inputs, source=source,
+                         already=already)
     functional: list[str] = []  # adopted neurons whose branches were F.* calls: count_macs of the source misses them
     if gm is None:  # nothing to rewrite: the model as it is, its quadexport layers kept
         report.spec = merged_spec(model, make_spec([], shape))
@@ -253,8 +274,9 @@ def adopt(model: nn.Module, example_input: torch.Tensor | None = None, input_sha
     report.params_after, report.adopted = count_params(adopted), adopted
     if x is not None:
         with one_thread():
-            report.macs_before, report.macs_after = count_macs(source, shape), count_macs(adopted, shape)
-            report.macs_before += count_macs(adopted, shape, within=functional) if functional else 0
+            shapes = inputs.shapes if inputs.several else shape
+            report.macs_before, report.macs_after = count_macs(source, shapes), count_macs(adopted, shapes)
+            report.macs_before += count_macs(adopted, shapes, within=functional) if functional else 0
             report.max_rel_diff = report.verify(x)
         if not report.max_rel_diff <= TOLERANCE:
             raise AdoptError(f"the adopted model's output differs from the source's (max rel diff "

@@ -100,7 +100,13 @@ def _refused_type(path: str | os.PathLike, err: Exception) -> str | None:
 def _torch_load(path: str | os.PathLike, trust: bool, trust_option: str | None) -> Any:
     if trust:
         log.warning("unpickling %s with weights_only=False (--trust-checkpoint): it may run arbitrary code", path)
-        return torch.load(path, map_location="cpu", weights_only=False)
+        try:
+            return torch.load(path, map_location="cpu", weights_only=False)
+        except (ImportError, AttributeError) as e:  # a pickled class whose module or name is not importable here
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise WeightsError(f"{path} pickles a class that cannot be imported here ({type(e).__name__}: {first}); "
+                               f"re-save its state dict alone where that class imports: torch.save("
+                               f"model.state_dict(), FILE)") from None
     try:
         with torch.serialization.safe_globals(safe_globals()):
             return torch.load(path, map_location="cpu", weights_only=True)

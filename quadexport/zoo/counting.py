@@ -14,7 +14,8 @@ def count_params(model: nn.Module) -> int:
 
 
 @torch.no_grad()
-def count_macs(model: nn.Module, input_shape: tuple[int, ...], within: Sequence[str] | None = None) -> int:
+def count_macs(model: nn.Module, input_shape: tuple[int, ...] | Sequence[tuple[int, ...]],
+               within: Sequence[str] | None = None) -> int:
     """MACs of one sample: every ``nn.Linear``/``nn.Conv1d``/``nn.Conv2d``/``nn.ConvTranspose1d``/``2d`` (so every
     branch of a quadratic layer; a transposed conv costs ``in·(out/groups)·k`` per input position),
     counted with forward hooks on a zero input of ``(1, *input_shape)``. Elementwise ops (square, product, add,
@@ -22,7 +23,8 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...], within: Sequence[
 
     Args:
         model: the model.
-        input_shape: one sample's shape, e.g. ``(1, 28, 28)``.
+        input_shape: one sample's shape, e.g. ``(1, 28, 28)``; one shape per input for a model whose ``forward``
+            takes several tensors (``[(1,), (1,)]``).
         within: count only the layers inside these modules (qualified names); ``None``: all.
     """
     total = 0
@@ -54,8 +56,13 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...], within: Sequence[
         from quadexport.zoo.tokens import token_input
 
         tok = token_input(model)  # a token model: int64 ids of one sequence (input_shape: its length)
-        shape = (1, int(input_shape[-1]) if len(input_shape) == 1 else tok.context) if tok else (1, *input_shape)
-        model(torch.zeros(shape, dtype=torch.int64 if tok else p.dtype, device=p.device))
+        if tok is not None:
+            n = int(input_shape[-1]) if len(input_shape) == 1 else tok.context
+            model(torch.zeros((1, n), dtype=torch.int64, device=p.device))
+            return int(total)
+        several = len(input_shape) > 0 and all(isinstance(s, (tuple, list)) for s in input_shape)
+        shapes = list(input_shape) if several else [input_shape]
+        model(*[torch.zeros((1, *s), dtype=p.dtype, device=p.device) for s in shapes])
     finally:
         for h in handles:
             h.remove()
