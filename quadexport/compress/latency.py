@@ -43,7 +43,9 @@ def time_onnx(models: Mapping[str, str | os.PathLike], input_shape: Sequence[int
     load_before = loadavg()
     for batch in batches:
         x = rng.standard_normal((int(batch), *input_shape)).astype(np.float32)
-        units = [TimingUnit(k, (lambda s=s: s.run(None, {s.get_inputs()[0].name: x})),
+        feeds = {k: _tokens(s, x.shape, rng) if s.get_inputs()[0].type == "tensor(int64)" else x
+                 for k, s in sessions.items()}  # a language model's file takes int64 token ids
+        units = [TimingUnit(k, (lambda s=s, k=k: s.run(None, {s.get_inputs()[0].name: feeds[k]})),
                             lambda out: bool(np.isfinite(out[0]).all())) for k, s in sessions.items()]
         stats = time_sessions(units, TimingConfig(min_seconds=min_seconds, warmup=5, chunk_seconds=0.05,
                                                   batch=int(batch)))
@@ -51,6 +53,15 @@ def time_onnx(models: Mapping[str, str | os.PathLike], input_shape: Sequence[int
     return {"rows": rows, "load_before": load_before, "load_after": loadavg(),
             "config": {"ort": onnxruntime.__version__, "threads": threads, "batches": [int(b) for b in batches],
                        "min_seconds": min_seconds, "allow_spinning": False, "cpu_count": os.cpu_count()}}
+
+
+def _tokens(sess: Any, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    """Random token ids within the vocabulary the file records (``quadexport.token_input``)."""
+    import json
+
+    meta = sess.get_modelmeta().custom_metadata_map
+    vocab = int(json.loads(meta.get("quadexport.token_input", "{}")).get("vocab_size", 2))
+    return rng.integers(0, vocab, shape, dtype=np.int64)
 
 
 def p50(timing: dict[str, Any], model: str, batch: int) -> float | None:
