@@ -79,6 +79,7 @@ EXPERIMENT_SECTIONS: dict[str, Any] = {
     "grid": _leaves("lrs", "inits", "regularisers", "seeds", "key_seeds", "key_cells", "only_key", "collapse_acc",
                     "blowup_test_loss", "rescue_rollbacks"),
     "regularisers": _MapOf({**_RELINEAR, "label": None, "alias": None}),
+    "lm": _leaves("equal_time", "timing_steps", "timing_rounds", "latency_batches", "latency_seconds"),
     # the studies (quadexport.experiments.compression / .quadratize_study)
     "compression": _leaves("source", "twin", "control_epochs", "variants"),
     "variants": _MapOf(_leaves("source", "threshold", "target_ratio", "cost", "finetune_epochs", "bn_recalibrate",

@@ -129,8 +129,9 @@ class BenchConfig:
         return d
 
 
-def parse_input_shape(values: Sequence[Any] | None) -> tuple[int, int, int] | None:
-    """Validate one sample's input shape ``(C, H, W)`` (no batch dimension).
+def parse_input_shape(values: Sequence[Any] | None) -> tuple[int, ...] | None:
+    """Validate one sample's input shape ``(C, H, W)`` (no batch dimension), or ``(L,)``: a token model's sequence
+    length.
 
     Args:
         values: three positive integers (or strings of them, as given on the command line), or ``None``.
@@ -141,9 +142,11 @@ def parse_input_shape(values: Sequence[Any] | None) -> tuple[int, int, int] | No
     if values is None:
         return None
     vals = list(values)
-    hint = "give one sample's shape as three positive integers C H W (no batch dimension), e.g. 1 28 28"
-    if len(vals) != 3:
-        raise BenchError(f"input shape {' '.join(map(str, vals))} has rank {len(vals)}, expected 3 (C H W); {hint}")
+    hint = ("give one sample's shape as three positive integers C H W (no batch dimension), e.g. 1 28 28, or a "
+            "token model's sequence length L")
+    if len(vals) not in (1, 3):
+        raise BenchError(f"input shape {' '.join(map(str, vals))} has rank {len(vals)}, expected 3 (C H W) or 1 "
+                         f"(a sequence length L); {hint}")
     return tuple(_shape_entry(v, hint) for v in vals)  # type: ignore[return-value]
 
 

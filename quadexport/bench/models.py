@@ -20,6 +20,7 @@ from torch import nn
 from quadexport.runmeta import RunMeta, config_dict, meta_dict
 from quadexport._torchutil import one_thread
 from quadexport.bench.config import DEFAULT_INPUT_SHAPE, PERTURB_STD, BenchError
+from quadexport.bench.tokens import default_shape, torch_input
 from quadexport.data.inputs import ModelInputs, explain_forward, resolve
 from quadexport.errors import UsageError, did_you_mean
 from quadexport.layers.init import calibrate_bn, perturb_quadratic
@@ -90,7 +91,11 @@ def _default_width(name: str) -> int | None:
 
 
 def _label(name: str, config: dict[str, Any]) -> str:
-    w = config.get("width")
+    try:
+        arg = get_model_info(name).width_arg or "width"
+    except UsageError:
+        arg = "width"
+    w = config.get(arg)
     if w is not None and w != _default_width(name):
         return f"{name}-w{w}"
     return name
@@ -108,7 +113,7 @@ def _zoo_macs(name: str, neuron: str, shape: tuple[int, ...], kwargs: tuple[tupl
 
 @torch.no_grad()
 def _finite_on_random(model: nn.Module, shape: tuple[int, ...], seed: int = 12345, n: int = 16) -> bool:
-    x = torch.randn((n, *shape), generator=torch.Generator().manual_seed(seed))
+    x = torch_input(model, (n, *shape), torch.Generator().manual_seed(seed))
     return all(bool(torch.isfinite(t).all()) for t in flatten(model(x)))
 
 
@@ -175,12 +180,12 @@ def _check_forward(module: nn.Module, shape: tuple[int, ...], what: str) -> None
             raise BenchError(f"{what} produces NaN/Inf outputs on random inputs ({inputs.describe()}); the timing "
                              f"would be meaningless (NaN/Inf can take slow paths)")
         return
-    if cin is not None and cin != shape[0]:
+    if cin is not None and cin != shape[0] and getattr(module, "token_input", None) is None:
         raise BenchError(f"{what} takes {cin} input channel(s), but the input shape is {' '.join(map(str, shape))} "
                          f"({shape[0]} channel(s)); pass --input-shape {cin} H W")
     try:
         with torch.inference_mode(), one_thread():
-            out = module(torch.randn((2, *shape), generator=torch.Generator().manual_seed(1)))
+            out = module(torch_input(module, (2, *shape), torch.Generator().manual_seed(1)))
     except Exception as e:  # shape errors surface as RuntimeError from torch
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise BenchError(f"{what} cannot take input shape {' '.join(map(str, shape))} (C H W): {msg}") from None
@@ -201,7 +206,7 @@ def _load_entry(entry: str, neuron: str, shape: tuple[int, ...] | None, gen: tor
                              f"({', '.join(i['name'] for i in rec.inputs)}) of the shapes it records; drop "
                              f"--input-shape")
         trained = rec.input_shape
-        s = tuple(shape) if shape is not None else (trained or DEFAULT_INPUT_SHAPE)
+        s = tuple(shape) if shape is not None else (trained or default_shape(module) or DEFAULT_INPUT_SHAPE)
         _check_forward(module, s, f"run dir {entry}")
         cfg = module.quadexport_config
         role = "quadratic" if cfg.get("neuron", "relu") != "relu" else "relu"
@@ -209,7 +214,8 @@ def _load_entry(entry: str, neuron: str, shape: tuple[int, ...] | None, gen: tor
     if entry not in list_models() and not is_foreign(entry):
         raise BenchError(f"{entry!r} is neither a run dir nor a zoo model{did_you_mean(entry, list_models())}; zoo "
                          f"models: {', '.join(list_models())} (or torchvision:<arch>, timm:<arch>)")
-    s = tuple(shape) if shape is not None else DEFAULT_INPUT_SHAPE
+    s = tuple(shape) if shape is not None else (default_shape(get_model_info(entry)) if entry in list_models()
+                                                 else None) or DEFAULT_INPUT_SHAPE
     try:
         module = _build(entry, neuron, s, gen)
     except BenchError:
@@ -223,8 +229,15 @@ def _load_entry(entry: str, neuron: str, shape: tuple[int, ...] | None, gen: tor
 def _zoo_kwargs(m: BenchModel) -> dict[str, Any]:
     """Builder options of ``m`` for its ReLU relatives (a quadratized model's layer list is not one, nor is a
     compressed model's rewrite: ``create_model`` replays it on any model and a ReLU relative has nothing to prune)."""
-    return {k: v for k, v in m.config.items()
-            if k not in ("neuron", "in_channels", "input_size", "quadratize", "compress")}
+    kw = {k: v for k, v in m.config.items()
+          if k not in ("neuron", "in_channels", "input_size", "quadratize", "compress")}
+    try:
+        arg = get_model_info(m.name).width_arg
+    except UsageError:
+        arg = None
+    if arg and arg not in kw and isinstance(getattr(m.module, arg, None), int):  # a width the builder chose
+        kw[arg] = getattr(m.module, arg)  # (gpt's parameter-matched ffn_width): the twin has the same width
+    return kw
 
 
 def _source_run(m: BenchModel, max_hops: int = 8) -> str | None:

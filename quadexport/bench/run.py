@@ -20,6 +20,7 @@ from quadexport.bench.environment import environment
 from quadexport.bench.models import BenchModel
 from quadexport.bench.report import BenchReport
 from quadexport.bench.rows import BenchRow, compute_ratios
+from quadexport.bench.tokens import numpy_input
 from quadexport.bench.timing import NonFiniteOutput, TimingConfig, TimingStats, TimingUnit, loadavg, time_sessions
 from quadexport.exporter.outputs import flatten
 
@@ -126,9 +127,10 @@ def _units(plan, sessions, batch: int, rng: np.random.Generator, cuda: bool) -> 
     units = []
     for bm, m in plan:
         spec = bm.inputs  # several inputs or a range: drawn from the specs (a tuple of arrays)
-        key = bm.input_shape if spec is None else (tuple(spec.shapes), tuple(spec.ranges))
+        token = getattr(bm.module, "token_input", None)  # a token model: int64 ids (quadexport.bench.tokens)
+        key = (bm.input_shape, token) if spec is None else (tuple(spec.shapes), tuple(spec.ranges))
         if key not in inputs:
-            inputs[key] = (rng.standard_normal((batch, *bm.input_shape)).astype(np.float32) if spec is None
+            inputs[key] = (numpy_input(bm.module, (batch, *bm.input_shape), rng) if spec is None
                            else spec.numpy(batch, rng))
         x = inputs[key]
         if m == "torch":

@@ -38,6 +38,7 @@ from quadexport.runmeta import RunMeta, config_dict, meta_dict
 from quadexport.check.inputs import input_range, random_label, several_batches, several_inputs
 from quadexport.check.report import LEVEL_NAMES, TOLERANCES, CheckLine, CheckReport, compare
 from quadexport.errors import UsageError
+from quadexport.zoo.tokens import token_input
 
 __all__ = ["CheckLine", "CheckReport", "DATASET_SAMPLES", "LEVEL_NAMES", "QDQ_TOP1", "TOLERANCES", "check", "compare",
            "is_qdq"]
@@ -184,13 +185,20 @@ def check(onnx_path: str | os.PathLike, model: nn.Module, *, provider: str = "cp
     ref.eval()
     try:
         sessions = _open_sessions(rt, onnx_path, settings, report, say)
-        if sessions:
+        tok = token_input(model)  # int64 token ids at sequence lengths (quadexport.check.tokens)
+        if sessions and tok is not None:
+            from quadexport.check.tokens import token_lengths_of, token_sets
+
+            lengths = token_lengths_of(file_io(onnx_path).input_dims, tok, info.metadata)
+            sets = token_sets(model, tok, lengths, batches, seed, dataset, report, say, _InputSet)
+        elif sessions:
             several = several_inputs(onnx_path, model)  # several inputs: their specs, random batches only
             shapes = ([several] if several is not None else
                       _input_shapes(file_io(onnx_path).input_dims[1:], model, info.metadata))
             sets = _input_sets(model, shapes[0], batches, seed, dataset, data_dir, report, say, prep,
                                dataset_samples)
             sets += _size_sets(model, shapes[1:], batches, seed, prep)
+        if sessions:
             if qdq:
                 sets = _qdq_sets(sets, report, qdq_top1, say)
             _compare_all(onnx_path, sessions, sets, ref, report, say, qdq_top1 if qdq else None)

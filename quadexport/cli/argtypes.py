@@ -13,7 +13,7 @@ T = TypeVar("T", int, float)
 # tests/test_cli_help.py asserts that each equals the library's.
 BUILTIN_DATASETS = ("cifar10", "digits", "fashion-mnist", "mnist")  # quadexport.data.list_datasets()
 OPT_LEVELS = ("disable", "basic", "extended", "all")  # quadexport.exporter.session.OPT_LEVELS
-BUDGETS = ("small", "tiny")  # quadexport.experiments.BUDGETS
+BUDGETS = ("small", "short", "tiny")  # quadexport.experiments.BUDGETS
 ADAPTER_DEFAULT = "quadratic+bn+head"  # quadexport.training.adapter.ADAPTER_DEFAULT
 
 

@@ -88,7 +88,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--min-iters", type=pos_int, default=20, help="minimum timed runs per row")
     p.add_argument("--min-seconds", type=nonneg_float, default=1.0, help="minimum timed seconds per row")
     p.add_argument("--input-shape", nargs="+", default=None, metavar="D",
-                   help="one sample's shape C H W (None: the run dir's, else 1 28 28)")
+                   help="one sample's shape C H W, or a token model's sequence length L (None: the run dir's, a "
+                        "token model's context, else 1 28 28)")
     p.add_argument("--opset", type=int, default=20, help="ONNX opset of the exports")
     p.add_argument("--seed", type=int, default=0, help="seed of the model init and the random inputs")
     p.add_argument("--out", default=None, metavar="DIR",

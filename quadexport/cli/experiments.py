@@ -12,7 +12,7 @@ import logging
 import sys
 from typing import Iterator
 
-COMMANDS = ("trainability", "accuracy", "expressivity", "warmstart", "all", "report", "compression", "quadratize")
+COMMANDS = ("trainability", "accuracy", "expressivity", "warmstart", "all", "report", "compression", "quadratize", "lm")
 
 
 @contextlib.contextmanager
@@ -41,7 +41,18 @@ def run(a: argparse.Namespace) -> int:
 
     opts = ExperimentOptions(budget=a.budget, out=a.out, docs=a.docs, jobs=a.jobs, threads=a.threads)
     with echo_logs("quadexport.experiments"):
-        if a.experiment in STUDIES:
+        if a.experiment == "lm":  # the language-model study (issue #31): its own recipe, runs and report
+            from pathlib import Path
+
+            from quadexport.experiments.lm_report import lm_experiment
+            from quadexport.experiments.recipes import ROOT
+
+            cmd = "quadexport experiments lm" + "".join(f" --{k} {v}" for k, v in (
+                ("budget", a.budget), ("out", a.out), ("docs", a.docs), ("jobs", a.jobs), ("threads", a.threads))
+                if v is not None and (k, v) not in (("budget", "small"), ("jobs", 2), ("threads", 1)))
+            docs = Path(a.docs) if a.docs else (ROOT / "docs" if a.budget == "small" else opts.out_dir / "docs")
+            print(lm_experiment(a.budget, opts.out_dir / "lm-study", docs, a.jobs, a.threads, cmd))
+        elif a.experiment in STUDIES:
             run_study(a.experiment, opts, f"quadexport experiments {a.experiment} --budget {a.budget}")
         elif a.experiment == "all":
             run_experiments(list(EXPERIMENTS), opts, f".venv/bin/python tools/experiments.py all --budget {a.budget}")
@@ -58,7 +69,8 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("experiment", choices=COMMANDS,
                    help="one experiment, all of them (then report), report; or a study (compression, quadratize: "
-                   "models/exp-<study>.toml, every step resumable, then its table, JSON and plots)")
+                   "models/exp-<study>.toml, every step resumable, then its table, JSON and plots; lm: the "
+                   "language-model study, models/exp-lm.toml, writes docs/lm.md)")
     p.add_argument("--budget", choices=BUDGETS, default="small",
                    help="small: the documented results; tiny: seconds, for tests")
     p.add_argument("--out", default=None, help="results folder (default reports/experiments/<budget>)")

@@ -55,7 +55,12 @@ def _prepare(model, raw: bool):
     from quadexport.data import run_preprocessing
     from quadexport.errors import UsageError
     from quadexport.data.preprocess import RawInput, preprocessing_metadata
+    from quadexport.zoo.tokens import token_input
 
+    if token_input(model) is not None:  # a language model: int64 token ids in, nothing to preprocess
+        if raw:
+            raise UsageError("--input raw applies to image models; a token model takes int64 token ids as they are")
+        return model, {}, None
     try:
         p = run_preprocessing(model.quadexport_meta or {})
     except UsageError:
@@ -63,6 +68,12 @@ def _prepare(model, raw: bool):
             raise
         return model, {}, None  # a run without recorded preprocessing: the normalised input, as before
     return (RawInput(model, p) if raw else model), preprocessing_metadata(p, raw_input=raw), p
+
+
+def _input_kind(proto, flag: str) -> str:
+    """``--input``'s value, or ``int64 tokens`` for a token model's file."""
+    elem = proto.graph.input[0].type.tensor_type.elem_type
+    return "int64 tokens" if elem == 7 else flag  # onnx.TensorProto.INT64
 
 
 def _report_ops(a: argparse.Namespace, path) -> None:
@@ -77,7 +88,8 @@ def _report_ops(a: argparse.Namespace, path) -> None:
     data = external_files(path, proto)
     size = f"{path.stat().st_size / 1e6:.2f} MB" + "".join(f" + {d.name} {d.stat().st_size / 1e6:.2f} MB" for d in data)
     print(f"exported {a.out} ({size}, mode {a.mode}, opset {a.opset}"
-          f"{', fp16' if a.fp16 else ''}, input {a.input}{', dynamic size' if a.dynamic_size else ''}): "
+          f"{', fp16' if a.fp16 else ''}, input {_input_kind(proto, a.input)}"
+          f"{', dynamic size' if a.dynamic_size else ''}): "
           + ", ".join(f"{k} {v}" for k, v in ops.most_common()))
     s = structure_of(proto)
     print(f"outputs ({s.task}): {s.summary()}")
@@ -117,6 +129,9 @@ def run(a: argparse.Namespace) -> int:
                       calibration_data=calib, metadata=meta, dynamic_size=a.dynamic_size,
                       external_data=True if a.external_data else None)
         _report_ops(a, path)
+        if a.mode != "decomposed" and prep is None and getattr(model, "token_input", None) is not None:
+            print(f"{a.mode}: the fused kernels take the quadratic feed-forward layers only; attention, embeddings "
+                  "and LayerNorm stay standard ONNX ops (int64 token input)")
         if not a.no_check:
             from quadexport.check import check
 
@@ -132,8 +147,10 @@ def run(a: argparse.Namespace) -> int:
                 staged.discard()
                 print(f"parity check failed: {a.out} not written", file=sys.stderr)
                 return 1
-    print(f"wrote {a.out} ({'not checked' if a.no_check else 'parity checked'}; input: "
-          f"{'raw pixels' if a.input == 'raw' else 'normalised'})")
+    from quadexport.zoo.tokens import token_input
+
+    kind = "int64 token ids" if token_input(model) is not None else "raw pixels" if a.input == "raw" else "normalised"
+    print(f"wrote {a.out} ({'not checked' if a.no_check else 'parity checked'}; input: {kind})")
     if a.no_check and a.mode == "fused":
         from quadexport.exporter.session import find_kernel_library
 

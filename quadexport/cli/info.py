@@ -46,13 +46,17 @@ def _models(neuron: str, in_channels: int, size: int) -> list[str]:
 
     import quadexport as q
 
+    from quadexport.zoo.tokens import token_input
+
     shape, rows = (in_channels, size, size), []
     for m in q.list_models():
         cells = [m]
         for n in ("relu", neuron):
             with torch.device("meta"):  # counts only: built without initialising weights
                 model = q.create_model(m, n, in_channels=in_channels, input_size=size)
-            cells += [f"{q.count_params(model):,d}", f"{q.count_macs(model, shape) / 1e6:.2f}M"]
+            tok = token_input(model)  # a language model: MACs of one full-context sequence
+            macs = q.count_macs(model, (tok.context,) if tok else shape)
+            cells += [f"{q.count_params(model):,d}", f"{macs / 1e6:.2f}M" + (f" ({tok.context} tokens)" if tok else "")]
         rows.append(tuple(cells))
     return [f"models (input {in_channels}x{size}x{size}):",
             *_table(("model", "params relu", "MACs relu", f"params {neuron}", f"MACs {neuron}"), rows, {1, 2, 3, 4})]
@@ -80,6 +84,13 @@ def _run_info(path: str) -> list[str]:
            f"  task: {s.task if s else 'unknown (no input shape recorded)'}",
            f"  {label}: {desc}"
            + (f" (dataset {meta['dataset']})" if meta.get("dataset") else " (no dataset: random inputs)")]
+    from quadexport.zoo.tokens import token_input
+
+    tok = token_input(model)
+    if tok is not None:  # a language model: what it takes, and its validation bits per byte
+        out.insert(1, f"  {tok.describe()}")
+        if meta.get("val_bpb") is not None:
+            out.append(f"  validation: {meta['val_bpb']:.4f} bits per byte")
     if s:
         out.append("  outputs:")
         out += _table(("name", "shape", "kind"), [(o.name, "x".join(["N", *map(str, o.shape[1:])]), o.kind)
@@ -111,7 +122,8 @@ def run(a: argparse.Namespace) -> int:
     if a.what in ("datasets", "all"):
         from quadexport.cli.argtypes import BUILTIN_DATASETS
 
-        out += ["datasets: " + ", ".join(BUILTIN_DATASETS) + ", imagefolder:PATH, npz:FILE"]
+        out += ["datasets: " + ", ".join(BUILTIN_DATASETS) + ", imagefolder:PATH, npz:FILE; text (language models): "
+                "pystdlib, text:PATH"]
     print("\n".join(out))
     return 0
 

@@ -214,8 +214,9 @@ def run(a: argparse.Namespace) -> int:
             print(_interrupted(a.out, a.overwrite, previous_id), file=sys.stderr)
         return 130
     if int(os.environ.get("RANK", "0")) == 0:
-        print(f"{metrics['model']} ({metrics['neuron']}) on {cfg.dataset}: test accuracy "
-              f"{100 * metrics['test_acc']:.2f}% -> {cfg.out}")
+        score = (f"validation {metrics['val_bpb']:.4f} bits per byte" if "val_bpb" in metrics
+                 else f"test accuracy {100 * metrics['test_acc']:.2f}%")
+        print(f"{metrics['model']} ({metrics['neuron']}) on {cfg.dataset}: {score} -> {cfg.out}")
     return 0
 
 

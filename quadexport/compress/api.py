@@ -108,9 +108,11 @@ def _is_classifier(run_dir: Path, model: torch.nn.Module, cfg: CompressConfig) -
     s = run_structure(model)
     if s is not None and not s.is_classifier:
         if cfg.task_loss is None:
+            hint = ("--task-loss next-token (its own objective: cross-entropy on the next bytes)"
+                    if s.task == "language-model" else "--task-loss distill-mse (match the uncompressed model's "
+                    "outputs, no labels needed)")
             raise CompressError(f"{run_dir} is a {s.task} run (outputs {s.summary()}): without a task loss compress "
-                                f"takes classifier runs only; give --task-loss distill-mse (match the uncompressed "
-                                f"model's outputs, no labels needed)")
+                                f"takes classifier runs only; give {hint}")
         if cfg.quantize:
             raise CompressError(f"{run_dir} is a {s.task} run: --quantize int8 judges the int8 file by test "
                                 f"accuracy, which only classifier runs have; compress it without --quantize")

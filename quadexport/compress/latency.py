@@ -22,8 +22,10 @@ __all__ = ["p50", "time_onnx"]
 
 
 def _batch(inputs: Any, batch: int) -> np.ndarray:
-    """The first ``batch`` samples of ``inputs`` (repeated when there are fewer), as contiguous float32."""
-    x = np.asarray(inputs.numpy() if hasattr(inputs, "numpy") else inputs, dtype=np.float32)
+    """The first ``batch`` samples of ``inputs`` (repeated when there are fewer), contiguous: float32, token ids
+    (integers) kept as they are."""
+    x = np.asarray(inputs.numpy() if hasattr(inputs, "numpy") else inputs)
+    x = x if np.issubdtype(x.dtype, np.integer) else x.astype(np.float32)  # token ids stay integers
     reps = -(-int(batch) // max(len(x), 1))
     return np.ascontiguousarray(np.concatenate([x] * reps)[:int(batch)] if reps > 1 else x[:int(batch)])
 
@@ -59,7 +61,10 @@ def time_onnx(models: Mapping[str, str | os.PathLike], input_shape: Sequence[int
     for batch in batches:
         x = (_batch(inputs, batch) if inputs is not None and len(inputs)
              else rng.standard_normal((int(batch), *input_shape)).astype(np.float32))
-        units = [TimingUnit(k, (lambda s=s: s.run(None, {s.get_inputs()[0].name: x})), _finite)
+        feeds = {k: (_tokens(s, x.shape, rng) if not np.issubdtype(x.dtype, np.integer) else x)
+                 if s.get_inputs()[0].type == "tensor(int64)" else x
+                 for k, s in sessions.items()}  # a language model's file takes int64 token ids
+        units = [TimingUnit(k, (lambda s=s, k=k: s.run(None, {s.get_inputs()[0].name: feeds[k]})), _finite)
                  for k, s in sessions.items()]
         stats = time_sessions(units, TimingConfig(min_seconds=min_seconds, warmup=5, chunk_seconds=0.05,
                                                   batch=int(batch)))
@@ -68,6 +73,15 @@ def time_onnx(models: Mapping[str, str | os.PathLike], input_shape: Sequence[int
             "config": {"ort": onnxruntime.__version__, "threads": threads, "batches": [int(b) for b in batches],
                        "inputs": "given" if inputs is not None and len(inputs) else "random normal",
                        "min_seconds": min_seconds, "allow_spinning": False, "cpu_count": os.cpu_count()}}
+
+
+def _tokens(sess: Any, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    """Random token ids within the vocabulary the file records (``quadexport.token_input``)."""
+    import json
+
+    meta = sess.get_modelmeta().custom_metadata_map
+    vocab = int(json.loads(meta.get("quadexport.token_input", "{}")).get("vocab_size", 2))
+    return rng.integers(0, vocab, shape, dtype=np.int64)
 
 
 def p50(timing: dict[str, Any], model: str, batch: int) -> float | None:

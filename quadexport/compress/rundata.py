@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from quadexport.compress.config import CompressError
 from quadexport.compress.taskloss import TaskLoss
+from quadexport.data.lm import task_loss
 from quadexport.data import DataSource, DatasetNotFoundError, open_run_dataset, parse_dataset_spec
 
 __all__ = ["EVAL_BATCH", "CompressData", "open_data", "random_data"]
@@ -66,8 +67,8 @@ class CompressData:
     def batch_loss(self, out: Any, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The loss of one batch's outputs: the task loss against the teacher's outputs on ``x``, else
         cross-entropy on the labels ``y``."""
-        if self.task is None:
-            return F.cross_entropy(out.float(), y)
+        if self.task is None:  # a classifier's labels, or a language model's next tokens (quadexport.data.lm)
+            return task_loss(out.float(), y)
         with torch.no_grad():
             ref = self.teacher.eval()(x)
         return self.task(out, ref, y)
@@ -138,7 +139,9 @@ def open_data(run_dir: str | Path, meta: Mapping[str, Any], calib_samples: int, 
     calib = torch.cat([xb for xb, _ in loader]) if calib_idx else torch.empty(0, *src.input_shape)
     log.debug("%s: %d training images (%d validation), %d test, %d calibration images loaded", spec, n, nv,
               len(src.test), len(calib))
-    return CompressData(source=src, calib=calib, fit=Subset(src.train, rest.sort().values.tolist()),
+    per_epoch = getattr(src, "windows_per_epoch", None)  # text: an epoch is the run's number of random windows
+    fit = rest[:per_epoch] if per_epoch else rest
+    return CompressData(source=src, calib=calib, fit=Subset(src.train, fit.sort().values.tolist()),
                         val=Subset(src.train, val.tolist()))
 
 

@@ -19,7 +19,13 @@ from quadexport.runmeta import config_dict
 
 def example_input(model: nn.Module, input_shape: Sequence[int] | None = None) -> torch.Tensor:
     """A one-sample input for tracing: ``input_shape`` ``(C, H, W)`` or, for models built by
-    :func:`quadexport.create_model`, the shape in their ``quadexport_config``."""
+    :func:`quadexport.create_model`, the shape in their ``quadexport_config``; a token model (``gpt``): int64 token
+    ids of its context (or of length ``input_shape[-1]``)."""
+    from quadexport.zoo.tokens import random_tokens, token_input
+
+    tok = token_input(model)
+    if tok is not None:
+        return random_tokens(tok, 1, int(input_shape[-1]) if input_shape else tok.context)
     if input_shape is None:
         cfg = config_dict(model)
         if "in_channels" not in cfg:

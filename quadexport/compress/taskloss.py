@@ -6,6 +6,8 @@ image out, a dict of heads) has no accuracy, so compress needs to be told what t
 of the compressed model's outputs (any structure: tensors nested in tuples, lists and dicts), the uncompressed
 model's outputs on the same inputs and the dataset's labels (when it has them). Built in:
 
+- ``next-token``: a language model's own objective (``gpt`` runs on text), cross-entropy of its next-token
+  logits against the next bytes.
 - ``distill-mse``: the mean squared error of every output against the uncompressed model's, averaged over the
   outputs. It needs no labels, so it works for runs without a dataset (inputs then random at the run's recorded
   input statistics, :func:`quadexport.compress.rundata.random_data`).
@@ -82,6 +84,17 @@ def _distill_mse(out: Any, ref: Any, y: torch.Tensor) -> torch.Tensor:
 register_task_loss(TaskLoss("distill-mse", _distill_mse, False,
                             "mean squared error of every output against the uncompressed model's outputs on the "
                             "same inputs (no labels needed)"))
+
+
+def _next_token(out: Any, ref: Any, y: torch.Tensor) -> torch.Tensor:
+    from quadexport.data.lm import task_loss
+
+    return task_loss(out.float(), y)
+
+
+register_task_loss(TaskLoss("next-token", _next_token, True,
+                            "a language model's loss: cross-entropy of its next-token logits against the text's "
+                            "next bytes (the run's own training objective)"))
 
 
 def outputs_rel(out: Any, ref: Any) -> float:

@@ -43,6 +43,7 @@ class DataOptions:
         mean: per-channel mean on the ``[0, 1]`` scale (default: computed on the training split; built-ins: fixed).
         std: per-channel std, same form (both or neither of ``mean``/``std``).
         workers: DataLoader workers for file-backed data (``None``: :func:`auto_workers`).
+        context: window length of text datasets (the language model's context).
     """
 
     data_dir: str | os.PathLike | None = None
@@ -53,6 +54,7 @@ class DataOptions:
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     workers: int | None = None
+    context: int = 64
 
     def __post_init__(self) -> None:
         if (self.mean is None) != (self.std is None):

@@ -17,6 +17,7 @@ from quadexport.data.builtin import _SPECS, _canonical_name, list_datasets, load
 from quadexport.data.folder import open_imagefolder
 from quadexport.data.resize import RESIZE
 from quadexport.data.source import DataOptions, DataSource
+from quadexport.data.text import BUILTIN_TEXT, is_text_spec, open_text
 from quadexport.errors import UsageError, did_you_mean
 from quadexport.data.preprocess import Preprocessing
 
@@ -64,7 +65,8 @@ def builtin_preprocessing(name: str, test_subset: int | None = None, seed: int =
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """A parsed ``--dataset`` value: ``kind`` is ``"builtin"``, ``"imagefolder"`` or ``"npz"``."""
+    """A parsed ``--dataset`` value: ``kind`` is ``"builtin"``, ``"imagefolder"``, ``"npz"`` or ``"text"``
+    (``text:PATH``, ``pystdlib``: :mod:`quadexport.data.text`)."""
 
     kind: str
     target: str  # built-in name, folder or file
@@ -77,6 +79,8 @@ def parse_dataset_spec(spec: str) -> DatasetSpec:
         UsageError: unknown name or empty path (the message lists what is accepted).
     """
     text = str(spec).strip()
+    if is_text_spec(text):
+        return DatasetSpec("text", text.partition(":")[2] if ":" in text else text.lower())
     kind, sep, target = text.partition(":")
     if sep and kind.lower() in KINDS:
         if not target:
@@ -86,14 +90,16 @@ def parse_dataset_spec(spec: str) -> DatasetSpec:
     key = text.lower().replace("_", "-")
     if key in _SPECS:
         return DatasetSpec("builtin", key)
-    raise UsageError(f"unknown dataset {text!r}: use one of {', '.join(list_datasets())}, imagefolder:PATH or "
-                     f"npz:FILE{did_you_mean(key, list_datasets())}")
+    raise UsageError(f"unknown dataset {text!r}: use one of {', '.join(list_datasets())}, imagefolder:PATH, "
+                     f"npz:FILE, text:PATH or {', '.join(BUILTIN_TEXT)}{did_you_mean(key, list_datasets())}")
 
 
 def open_dataset(spec: str, opts: DataOptions | None = None) -> DataSource:
     """Open any dataset kind as a :class:`DataSource` (built-ins and ``npz:`` in memory, folders streamed)."""
     opts = opts or DataOptions()
     ds = parse_dataset_spec(spec)
+    if ds.kind == "text":
+        return open_text(spec, opts.context, opts.train_subset, opts.test_subset)
     if ds.kind == "imagefolder":
         return open_imagefolder(spec, ds.target, opts)
     if ds.kind == "npz":
@@ -135,8 +141,11 @@ def training_loaders(spec: str, opts: DataOptions, batch_size: int, rank: int = 
     src = open_dataset(spec, opts)
     if len(src.train) == 0 or len(src.test) == 0:
         raise UsageError(f"dataset {spec} has an empty split ({len(src.train)} train, {len(src.test)} test)")
-    sampler = DistributedSampler(src.train, num_replicas=world, rank=rank, shuffle=True, seed=opts.seed,
-                                 drop_last=False)
+    if getattr(src, "task", "classify") == "lm":  # random windows (quadexport.data.text)
+        sampler = src.sampler(opts.seed, rank, world)
+    else:
+        sampler = DistributedSampler(src.train, num_replicas=world, rank=rank, shuffle=True, seed=opts.seed,
+                                     drop_last=False)
     return Loaders(train=src.loader("train", max(1, batch_size // world), sampler),
                    test=src.loader("test", test_batch_size), sampler=sampler, source=src)
 
@@ -150,6 +159,10 @@ def run_preprocessing(meta: Mapping[str, Any]) -> Preprocessing:
         UsageError: the meta has neither ``preprocessing`` nor a built-in ``dataset``.
     """
     if meta.get("preprocessing"):
+        if meta["preprocessing"].get("kind") == "text":
+            from quadexport.data.text import TextPreprocessing
+
+            return TextPreprocessing.from_dict(meta["preprocessing"])
         return Preprocessing.from_dict(meta["preprocessing"])
     name = meta.get("dataset")
     tc = meta.get("train_config") or {}
@@ -172,6 +185,9 @@ def open_run_dataset(meta: Mapping[str, Any], data_dir: str | None = None, worke
     spec = meta.get("dataset") or tc.get("dataset")
     if not spec:
         raise UsageError("this run records no dataset; pass the data explicitly")
+    if parse_dataset_spec(spec).kind == "text":
+        ctx = (meta.get("preprocessing") or {}).get("context") or (tc.get("model_args") or {}).get("context", 64)
+        return open_text(spec, int(ctx), tc.get("train_subset"), tc.get("test_subset"))
     custom = parse_dataset_spec(spec).kind != "builtin"
     prep = run_preprocessing(meta) if custom else None
     size = tc.get("image_size")

@@ -17,8 +17,8 @@ ROOT = Path(__file__).resolve().parents[2]  # the repository (recipes in models/
 RECIPES = {"trainability": ROOT / "models" / "exp-trainability.toml",
            "accuracy": ROOT / "models" / "exp-accuracy.toml",
            "compression": ROOT / "models" / "exp-compression.toml",
-           "quadratize": ROOT / "models" / "exp-quadratize.toml"}
-BUDGETS = ("small", "tiny")
+           "quadratize": ROOT / "models" / "exp-quadratize.toml", "lm": ROOT / "models" / "exp-lm.toml"}
+BUDGETS = ("small", "short", "tiny")  # short: a recipe's [budget.short] (exp-lm.toml has one)
 EXPERIMENTS = ("trainability", "accuracy", "expressivity", "warmstart")
 STUDIES = ("compression", "quadratize")
 """The studies of docs/compression.md and docs/quadratize.md (:mod:`~quadexport.experiments.studies`): long, run one at

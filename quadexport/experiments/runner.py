@@ -174,7 +174,8 @@ def run_train(task: Task) -> dict[str, Any]:
         "rollbacks": text.count("rolled back"), "init_norms": _init_norms(cfg) if task.init_norms else None,
         "wall_s": wall, "cpu_s": cpu, "run_dir": str(run_dir),
     }
-    result["collapsed"], result["collapse_reasons"] = classify(result, task.collapse_acc)
+    classes = 256 if epochs and "val_bpb" in epochs[-1] else 10  # a byte-level language model: 256 next bytes
+    result["collapsed"], result["collapse_reasons"] = classify(result, task.collapse_acc, classes)
     return result
 
 

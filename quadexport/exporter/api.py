@@ -30,10 +30,11 @@ from quadexport._torchutil import shared_copy
 from quadexport.runs.atomicfile import StagedFile
 from quadexport.data.inputs import ModelInputs, as_tuple, explain_forward, resolve
 from quadexport.errors import UsageError
-from quadexport.exporter import dynamic, extdata, ops
+from quadexport.exporter import dynamic, extdata, ops, tokens
 from quadexport.exporter.fold import fold_batchnorm
 from quadexport.exporter.outputs import FlatOutputs, OutputStructure, model_structure
 from quadexport.exporter.targets import DEFAULT_OPSET, DYNAMO_OPSETS, ExportTarget, check_opset, get_export_target
+from quadexport.zoo.tokens import token_input
 
 log = logging.getLogger(__name__)
 
@@ -245,7 +246,14 @@ def export(model: nn.Module, path: str | os.PathLike, *, mode: str = "decomposed
     if fp16 and not target.supports_fp16:
         raise UsageError(f"fp16 export is available for mode='decomposed' only, not mode={target.name!r}")
     path = Path(path)
-    inputs, xs = _example_input(model, example_input, input_shape, input_range)
+    tok = token_input(model)  # a token model: int64 (batch, length) inputs (quadexport.exporter.tokens)
+    if tok is not None:
+        if fp16:
+            tokens.refuse("fp16 export")
+        xs = (tokens.example_tokens(tok, example_input, input_shape),)
+        inputs = resolve(model, example_input=xs[0])
+    else:
+        inputs, xs = _example_input(model, example_input, input_shape, input_range)
     if inputs.several and (fp16 or dynamic_size):
         raise UsageError(f"{'fp16' if fp16 else 'dynamic_size'} export takes a model with one input; this one "
                          f"takes {len(inputs)} ({', '.join(inputs.names)})")
@@ -261,9 +269,9 @@ def export(model: nn.Module, path: str | os.PathLike, *, mode: str = "decomposed
     if clash:
         raise UsageError(f"input and output share the ONNX name(s) {', '.join(sorted(clash))}; rename the forward "
                          f"parameter(s) or the output key(s)")
-    axes = dynamic.dynamic_axes(x) if dynamic_size else {}
+    axes = (dict(tokens.AXES) if tok else dynamic.dynamic_axes(x)) if dynamic_size else {}
     if dynamic_size:
-        dynamic.probe(work, x)
+        tokens.probe_tokens(work, tok) if tok else dynamic.probe(work, x)
     if fold_bn:
         work, fold_report = fold_batchnorm(work, x)
         notes["bn_fold"] = fold_report.to_dict()
@@ -280,8 +288,9 @@ def export(model: nn.Module, path: str | os.PathLike, *, mode: str = "decomposed
         proto = _trace(work, xs, opset, structure, prepared.translation_table, axes,
                        staged.path if external and opset in DYNAMO_OPSETS else None, inputs.names)
         notes.update(target.postprocess(proto))
-        extra = {**structure.metadata(), **(dynamic.record(axes, dynamic.check_sizes(x)) if axes else {}),
-                 **(metadata or {})}
+        sizes = tokens.check_lengths(tok) if tok else dynamic.check_sizes(x) if axes else None
+        extra = {**structure.metadata(), **(dynamic.record(axes, sizes) if axes else {}),
+                 **({"quadexport.token_input": tok.to_dict()} if tok else {}), **(metadata or {})}
         onnx.helper.set_model_props(proto, _metadata(model, target, opset, fp16, extra, notes, inputs))
         extdata.save_proto(proto, staged.path, external)
         if check_model:

@@ -36,7 +36,7 @@ __all__ = ["FlatOutputs", "KINDS", "OutputInfo", "OutputStructure", "TASKS", "de
            "model_structure", "rebuild_outputs", "run_meta", "run_structure", "structure_of"]
 
 KINDS = ("logits", "classes", "dense", "other")
-TASKS = ("classification", "segmentation", "dense", "multi-output", "detection")
+TASKS = ("classification", "segmentation", "dense", "multi-output", "detection", "language-model")
 INPUT_NAME = "input"
 META_STRUCTURE, META_OUTPUTS, META_TASK = "quadexport.output_structure", "quadexport.outputs", "quadexport.task"
 
@@ -191,7 +191,8 @@ def describe_outputs(out: Any, in_shape: Sequence[int] | None = None, kinds: Map
         raise UsageError("the model returns no tensor")
     shape = tuple(int(d) for d in in_shape) if in_shape is not None else None
     if len(leaves) == 1 and not leaves[0][0]:
-        names = ["logits" if _kind(leaves[0][1], shape) == "logits" else "output"]
+        lm = task == "language-model"  # next-token logits (batch, length, vocab)
+        names = ["logits" if lm or _kind(leaves[0][1], shape) == "logits" else "output"]
     else:
         names = [_name(p) for p, _ in leaves]
     names = [f"{n}_output" if n == INPUT_NAME else n for n in names]
@@ -236,17 +237,25 @@ def model_structure(model: nn.Module, x: torch.Tensor | tuple[torch.Tensor, ...]
         raise err from None
     finally:
         model.train(was)
-    return describe_outputs(out, tuple((x[0] if isinstance(x, tuple) else x).shape), kinds,
-                            meta.get("task") if meta.get("task") in TASKS else None)
+    from quadexport.zoo.tokens import token_input
+
+    task = meta.get("task") if meta.get("task") in TASKS else None
+    if token_input(model) is not None:  # a language model (quadexport.zoo.tokens): one logits output
+        task, kinds = "language-model", {"logits": "logits", **(kinds or {})}
+    return describe_outputs(out, tuple((x[0] if isinstance(x, tuple) else x).shape), kinds, task)
 
 
 def run_meta(model: nn.Module, input_shape: Sequence[int]) -> dict[str, Any]:
     """What a run dir records about its model's outputs (``meta["task"]``, ``meta["outputs"]``): the model is run
     on one random sample of ``input_shape`` (per sample, no batch dimension)."""
-    x = torch.randn((1, *[int(s) for s in input_shape]), generator=torch.Generator().manual_seed(0))
+    from quadexport.zoo.tokens import random_tokens, token_input
+
+    tok = token_input(model)
+    x = (random_tokens(tok, 1, int(input_shape[-1])) if tok else
+         torch.randn((1, *[int(s) for s in input_shape]), generator=torch.Generator().manual_seed(0)))
     p = next(model.parameters(), None)
     if p is not None:
-        x = x.to(p.device, p.dtype if p.is_floating_point() else None)
+        x = x.to(p.device, None if tok or not p.is_floating_point() else p.dtype)
     s = model_structure(model, x)
     return {"task": s.task, "outputs": s.to_dict()}
 

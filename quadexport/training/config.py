@@ -116,9 +116,10 @@ class TrainConfig:
         """Unknown model or neuron names fail here, before any data is loaded."""
         from quadexport.layers import get_neuron
         from quadexport.zoo import check_model_name
+        from quadexport.zoo.registry import is_plain_neuron
 
         check_model_name(self.model)
-        if self.neuron != "relu":
+        if not is_plain_neuron(self.model, self.neuron):
             get_neuron(self.neuron)  # UsageError with a suggestion; "lowrank:8" style arguments are checked too
 
     def to_dict(self) -> dict[str, Any]:

@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from quadexport._torchutil import load_state
 from quadexport.training.adapter import set_trainable
 from quadexport.runs.checkpoint import CHECKPOINT, read_checkpoint
 from quadexport.runs.write import write_run
+from quadexport.data.lm import lm_metrics, task_loss
 from quadexport.errors import UsageError
 from quadexport.training.relinear import param_groups, plain_init, quadratic_norms, warm_start
 from quadexport.runs.rundir import RunDir, RunDirError, disagreement, open_run
@@ -101,9 +101,9 @@ def evaluate_batches(model: nn.Module, batches, device: torch.device) -> tuple[f
     for xb, yb in batches:
         xb, yb = xb.to(device), yb.to(device)
         out = model(xb).float()
-        loss_sum += float(F.cross_entropy(out, yb, reduction="sum"))
-        correct += int((out.argmax(1) == yb).sum())
-        n += len(yb)
+        loss_sum += float(task_loss(out, yb, reduction="sum"))  # classes, or every position's next token
+        correct += int((out.argmax(-1) == yb).sum())
+        n += yb.numel()
     return loss_sum / n, correct / n
 
 
@@ -186,6 +186,9 @@ def _save_epoch(run: RunDir, cfg: TrainConfig, model: nn.Module, opt: torch.opti
     meta.update(test_acc=row["test_acc"], epochs_done=st.epoch)
     metrics = {"model": cfg.model, "neuron": cfg.neuron, "dataset": cfg.dataset, "epochs": st.history,
                "test_acc": row["test_acc"]}
+    if "val_bpb" in row:  # a language model: validation bits per byte, and the task for `info RUN`
+        metrics.update(val_bpb=row["val_bpb"], task="language-model")
+        meta.update(val_bpb=row["val_bpb"], task="language-model")
     write_run(run, model, meta, config={**cfg.to_dict(), "preprocessing": prep.to_dict()}, metrics=metrics,
               optimizer_state=opt.state_dict(), epoch=st.epoch, extra={"lr_mult": st.lr_mult, "rollbacks": st.rollbacks})
 
@@ -200,8 +203,10 @@ def _train(cfg: TrainConfig, run: RunDir, resume: bool, progress: bool, stop_aft
     device, run_dir = _device(cfg), Path(cfg.out)
     data = training_loaders(cfg.dataset, DataOptions(data_dir=cfg.data_dir, train_subset=cfg.train_subset,
                                                      test_subset=cfg.test_subset, seed=cfg.seed,
-                                                     image_size=cfg.image_size, mean=cfg.mean, std=cfg.std),
+                                                     image_size=cfg.image_size, mean=cfg.mean, std=cfg.std,
+                                                     context=int(cfg.model_args.get("context", 64))),
                             cfg.batch_size, rank, world)
+    lm = getattr(data.source, "task", "classify") == "lm"  # text: a language model (quadexport.data.text)
     model = build_model(cfg, data.num_classes, data.input_shape).to(device)
     opt = make_optimizer(model, cfg)
     base_lrs = [g["lr"] for g in opt.param_groups]  # before a resumed state overwrites them with scheduled values
@@ -231,14 +236,16 @@ def _train(cfg: TrainConfig, run: RunDir, resume: bool, progress: bool, stop_aft
         return {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
                 "test_loss": test_loss, "test_acc": test_acc, **quadratic_norms(model),
                 "lr": opt.param_groups[0]["lr"], "seconds": r.seconds,
-                "step_ms": 1000 * r.seconds / max(len(data.train), 1), "skipped_steps": r.bad_steps}
+                "step_ms": 1000 * r.seconds / max(len(data.train), 1), "skipped_steps": r.bad_steps,
+                **(lm_metrics(test_loss, len(data.train)) if lm else {})}
 
     def on_epoch(st: Progressed) -> None:
         if rank == 0:
             row = st.history[-1]
             quad = (f" |W_g| {row['norm_wg']:.3g} |W_b| {row['norm_wb']:.3g}" if cfg.neuron != "relu" else "")
+            score = f"val_bpb {row['val_bpb']:.4f}" if lm else f"test_acc {100 * row['test_acc']:.2f}%"
             log.info(f"epoch {st.epoch}/{cfg.epochs} train_loss {row['train_loss']:.4f} test_loss "
-                     f"{row['test_loss']:.4f} test_acc {100 * row['test_acc']:.2f}%{quad} {row['seconds']:.1f}s")
+                     f"{row['test_loss']:.4f} {score}{quad} {row['seconds']:.1f}s")
             _save_epoch(run, cfg, model, opt, meta, st, prep)
 
     def on_rollback(epoch: int, lr_mult: float) -> None:

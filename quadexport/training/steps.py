@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from quadexport.training.config import TrainConfig, TrainingDiverged
 from quadexport.training.relinear import quadratic_penalty
+from quadexport.data.lm import task_loss
 
 __all__ = ["Pass", "Progressed", "all_finite", "epoch_loop", "lr_factor", "roll_back", "train_pass"]
 
@@ -99,7 +99,7 @@ def train_pass(net: nn.Module, model: nn.Module, opt: torch.optim.Optimizer, bat
             xb, yb = xb.to(device), yb.to(device)
         with torch.autocast(xb.device.type, dtype=torch.bfloat16, enabled=amp):
             out = net(xb)
-        loss = F.cross_entropy(out.float(), yb) if loss_fn is None else loss_fn(out, xb, yb)
+        loss = task_loss(out.float(), yb) if loss_fn is None else loss_fn(out, xb, yb)  # classes or next tokens
         total = loss + quadratic_penalty(model, cfg.relinear)
         opt.zero_grad(set_to_none=True)
         if not _agree_finite(total, world):
@@ -112,10 +112,11 @@ def train_pass(net: nn.Module, model: nn.Module, opt: torch.optim.Optimizer, bat
         if cfg.grad_clip > 0:
             nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
-        r.loss_sum += float(loss.detach()) * len(xb)
-        r.seen += len(xb)
+        n = yb.numel() if loss_fn is None else len(xb)  # a language model: every position counts
+        r.loss_sum += float(loss.detach()) * n
+        r.seen += n
         if loss_fn is None:
-            r.correct += int((out.argmax(1) == yb).sum())
+            r.correct += int((out.argmax(-1) == yb).sum())
         if on_loss is not None:
             on_loss(r.loss_sum / max(r.seen, 1))
     r.seconds = time.perf_counter() - t0

@@ -53,6 +53,13 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...] | Sequence[tuple[i
     model.eval()
     try:
         p = next(model.parameters())
+        from quadexport.zoo.tokens import token_input
+
+        tok = token_input(model)  # a token model: int64 ids of one sequence (input_shape: its length)
+        if tok is not None:
+            n = int(input_shape[-1]) if len(input_shape) == 1 else tok.context
+            model(torch.zeros((1, n), dtype=torch.int64, device=p.device))
+            return int(total)
         several = len(input_shape) > 0 and all(isinstance(s, (tuple, list)) for s in input_shape)
         shapes = list(input_shape) if several else [input_shape]
         model(*[torch.zeros((1, *s), dtype=p.dtype, device=p.device) for s in shapes])

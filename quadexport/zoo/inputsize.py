@@ -79,7 +79,16 @@ def _first_error(model: nn.Module, input_shape: tuple[int, int, int]) -> BaseExc
 def check_input_size(model: nn.Module, input_shape: tuple[int, int, int], name: str) -> None:
     """Raise :class:`InputSizeError` (one line: the model, the size, the smallest size that works and the flag to
     pass) unless ``model`` takes ``(C, H, W)`` inputs; a dry forward pass that fails at every size up to
-    :data:`MAX_SIZE` is no size problem, and its own error is raised."""
+    :data:`MAX_SIZE` is no size problem, and its own error is raised. A token model (:mod:`quadexport.zoo.tokens`)
+    is checked against its context instead."""
+    from quadexport.zoo.tokens import token_input
+
+    spec = token_input(model)
+    if spec is not None:
+        if len(input_shape) != 1 or input_shape[0] > spec.context:
+            raise InputSizeError(f"{name} takes token windows of at most {spec.context}; the data gives "
+                                 f"{tuple(input_shape)} (give the model context={input_shape[0]} or text data)")
+        return
     err = _first_error(model, input_shape)
     if err is None:
         return

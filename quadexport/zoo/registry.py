@@ -13,7 +13,8 @@ from quadexport.errors import UsageError, did_you_mean
 from quadexport.layers.neurons import get_neuron
 from quadexport.zoo.usercode import is_user_model
 
-__all__ = ["ModelInfo", "build_model", "check_model_name", "get_model_info", "list_models", "register_model"]
+__all__ = ["ModelInfo", "build_model", "check_model_name", "get_model_info", "is_plain_neuron", "list_models",
+           "register_model"]
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,8 @@ class ModelInfo:
         width_arg: name of the builder's width keyword (``"width"``) when the family can be widened, else ``None``.
         default_width: that keyword's default value.
         builder: the function that builds the model.
+        plain_neurons: ``neuron=`` values besides ``"relu"`` that build a plain (non-quadratic) model
+            (``gpt``: ``"gelu"``).
     """
 
     name: str
@@ -38,6 +41,7 @@ class ModelInfo:
     input_shape: tuple[int, int, int] = (1, 28, 28)
     width_arg: str | None = None
     default_width: int | None = None
+    plain_neurons: tuple[str, ...] = ()
 
 
 _REGISTRY: dict[str, ModelInfo] = {}
@@ -45,7 +49,8 @@ _REGISTRY: dict[str, ModelInfo] = {}
 
 def register_model(name: str, *, family: str | None = None, depth: int | None = None,
                    input_shape: tuple[int, int, int] = (1, 28, 28), width_arg: str | None = None,
-                   default_width: int | None = None) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+                   default_width: int | None = None,
+                   plain_neurons: tuple[str, ...] = ()) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Decorator registering a model builder under ``name``; a name registered twice raises ``UsageError`` (a
     ``ValueError``)."""
 
@@ -53,7 +58,8 @@ def register_model(name: str, *, family: str | None = None, depth: int | None = 
         if name in _REGISTRY:
             raise UsageError(f"model {name!r} is already registered (by {_REGISTRY[name].builder.__module__})")
         _REGISTRY[name] = ModelInfo(name=name, family=family or name, builder=fn, depth=depth,
-                                    input_shape=tuple(input_shape), width_arg=width_arg, default_width=default_width)
+                                    input_shape=tuple(input_shape), width_arg=width_arg, default_width=default_width,
+                                    plain_neurons=tuple(plain_neurons))
         return fn
 
     return deco
@@ -79,6 +85,12 @@ def get_model_info(name: str) -> ModelInfo:
                          f"{', '.join(list_models())} (or torchvision:<arch>, timm:<arch>)") from None
 
 
+def is_plain_neuron(name: str, neuron: str) -> bool:
+    """Whether ``neuron`` builds a plain (non-quadratic) model of ``name``: ``"relu"``, or one of the zoo model's
+    :attr:`ModelInfo.plain_neurons` (``gpt``: ``"gelu"``)."""
+    return neuron == "relu" or (name in _REGISTRY and neuron in _REGISTRY[name].plain_neurons)
+
+
 def check_model_name(name: str) -> None:
     """Raise ``UsageError`` (with a suggestion) unless ``name`` is a zoo model or a known ``torchvision:<arch>`` /
     ``timm:<arch>``."""
@@ -97,7 +109,7 @@ def build_model(name: str, neuron: str = "fan", num_classes: int = 10, in_channe
                 input_size: tuple[int, int] = (28, 28), **kwargs) -> nn.Module:
     """Build a registered zoo model with its builder (no spec replay: that is
     :func:`quadexport.transforms.build.create_model`, the public ``quadexport.create_model``)."""
-    if neuron != "relu":
+    if not is_plain_neuron(name, neuron):
         get_neuron(neuron)
     info = get_model_info(name)
     return info.builder(neuron=neuron, num_classes=num_classes, in_channels=in_channels, input_size=input_size,
