@@ -20,7 +20,7 @@ PKG = Path(quadexport.__file__).resolve().parent
 ROOT = PKG.parent
 
 LEVELS = {
-    "errors": 0, "_compat": 0, "_version": 0, "_torchutil": 0, "runmeta": 0, "layers": 0,
+    "errors": 0, "_compat": 0, "_version": 0, "_torchutil": 0, "runmeta": 0, "layers": 0, "parity": 0,
     "zoo": 1, "data": 1,
     "transforms": 2,
     "runs": 3,

@@ -54,7 +54,7 @@ def test_check_fails_on_perturbed_model(out_dir, caplog):
     printed = rep.format()
     assert "-[✗] ORT_DISABLE_ALL batch 1 random" in caplog.text
     assert not rep.ok
-    assert all(not line.ok and "rel_l2 >" in line.reason for line in rep.lines)
+    assert all(not line.ok and "err_fp64 >" in line.reason and line.rule == "rtol" for line in rep.lines)
     assert "-[✗] ORT_DISABLE_ALL batch 1 random" in printed and "checks failed" in printed
 
 
@@ -62,7 +62,10 @@ def test_check_atol_and_rtol(out_dir):
     model = cached_model("cnn")
     path = cached_export(out_dir, "cnn", "fan", "decomposed")
     assert not check(path, model, batches=(3,), opt_levels=("all",), atol=0.0, verbose=False).ok
-    assert not check(path, model, batches=(3,), opt_levels=("all",), rtol=0.0, verbose=False).ok
+    strict = check(path, model, batches=(3,), opt_levels=("all",), rtol=0.0, verbose=False)
+    # rtol 0: only the model's own float32 floor (x K) bounds the error against float64
+    assert strict.lines and all(line.rule == "floor" and line.threshold == strict.k * line.floor
+                                and line.ok == (line.err_fp64 <= line.threshold) for line in strict.lines)
     assert check(path, model, batches=(3,), opt_levels=("all",), atol=1e-2, verbose=False).ok
 
 
@@ -89,12 +92,14 @@ def test_check_reports_missing_kernel_as_failure(out_dir, monkeypatch):
 
 def test_compare_nan_handling():
     ref = np.array([[1.0, 2.0], [np.nan, 4.0]], np.float32)
-    same = compare(ref.copy(), ref, 1e-5)
-    assert same["ok"] and same["nan_inf"] == 1 and same["nan_inf_torch"] == 1
-    worse = ref.copy()
+    same = compare(ref.copy(), ref, 1e-5)  # NaN where torch has NaN is no match: comparisons with NaN are false
+    assert not same["ok"] and same["nan_inf"] == 1 and same["nan_inf_torch"] == 1 and "NaN/Inf" in same["reason"]
+    finite = np.array([[1.0, 2.0], [3.0, 4.0]], np.float32)
+    worse = finite.copy()
     worse[0, 0] = np.inf
-    bad = compare(worse, ref, 1e-5)
-    assert not bad["ok"] and "nan/inf" in bad["reason"]
+    bad = compare(worse, finite, 1e-5, ref64=finite.astype(np.float64))
+    assert not bad["ok"] and bad["rule"] == "nonfinite" and "1 NaN/Inf in the output" in bad["reason"]
+    assert compare(finite.copy(), finite, 1e-5, ref64=finite.astype(np.float64))["ok"]
     assert not compare(ref[:1], ref, 1e-5)["ok"]  # shape mismatch
 
 

@@ -93,6 +93,25 @@ def test_fit_scores_exact_cases():
     assert float(full.score.max()) < 1e-5
 
 
+
+@pytest.mark.parametrize("const", [0.3, 5.1])
+def test_fit_of_a_channel_constant_on_the_calibration_data_is_finite(const):
+    """A channel whose R, P and B never vary on the calibration data (a dead input channel; a depthwise conv on a
+    1x1 map, as in mobilenet_v3_small on 8x8 digits): E[X²] − E[X]² is 0 or cancellation noise of either sign.
+    The refit gave NaN (0.3) or an arbitrary coefficient (5.1: -0.25) there, and the all-linear candidate of
+    compress --target-ratio went NaN (issue #29). Now: coefficient 0, the shift carries the mean, score 0."""
+    gen = torch.Generator().manual_seed(0)
+    r = torch.stack([torch.full((1024,), const, dtype=torch.float32), torch.randn(1024, generator=gen)])
+    g = torch.stack([torch.full((1024,), 1.02), 1 + 0.1 * torch.randn(1024, generator=gen)])
+    t = torch.stack([r, r * g, 0.05 * r * r]).double()  # float32 branch outputs, moments in float64 (as collected)
+    st = LayerStats(1024, t.sum(-1), torch.einsum("icm,jcm->ijc", t, t))
+    y0 = float((t[1, 0] + t[2, 0]).mean())
+    for terms in (("R",), ("P",), ("R", "B")):
+        fit = fit_terms(st, terms)
+        assert torch.isfinite(fit.coef).all() and torch.isfinite(fit.shift).all(), terms
+        assert float(fit.coef[0].abs().max()) == 0 and abs(float(fit.shift[0]) - y0) < 1e-6 and fit.score[0] == 0
+        assert float(fit.coef[1].abs().max()) > 0.5  # the varying channel is fitted as before
+
 # ---------------------------------------------------------------------------------------------------------------
 # pruning: threshold 0, everything, partial
 # ---------------------------------------------------------------------------------------------------------------

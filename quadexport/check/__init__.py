@@ -1,20 +1,24 @@
-"""Parity check of an exported ONNX model against its torch model, failing hard (optimum-style lines).
+"""Parity check of an exported ONNX model against its torch model, judged against float64, failing hard
+(optimum-style lines).
 
 For every setting of the runtime (onnxruntime by default: each graph-optimisation level, kernel or bodies; any
-registered runtime with ``runtime=``, :mod:`quadexport.runtimes`) × batch size, random standard-normal inputs (uniform
-in the run's recorded ``meta["input_range"]`` when it has one; one array per input for a file with several,
-:mod:`quadexport.check.inputs`) and the first 512 test images of the model's dataset, when known, go through the
-runtime and through the torch model; per output it reports the relative L2 error ``‖out − torch‖ / ‖torch‖``, the
-max abs difference, the NaN/Inf count and the top-1 agreement::
+registered runtime with ``runtime=``, :mod:`quadexport.runtimes`) × batch size, random inputs (uniform in the run's
+recorded input range, else at its input statistics or its dataset's, N(0, 1) only when nothing is known; one array
+per input for a file with several) and the first 512 test images of the model's dataset (when known) go through the
+runtime, through the torch model and through a float64 copy of it (:mod:`quadexport.parity`). Per output it reports
+the relative L2 error against torch float32 (``rel_l2 = ‖out − torch‖ / ‖torch‖``), against float64 (``vs_fp64``),
+the model's own float32 floor (torch float32 against float64), the max abs difference, the NaN/Inf count and the
+top-1 agreement::
 
-    -[✓] ORT_DISABLE_ALL batch 3 random: rel_l2 1.2e-07 max_abs 3.1e-06 nan/inf 0 top1 100.00%
-    -[✗] ORT_ENABLE_ALL batch 64 random: rel_l2 3.4e-02 max_abs 1.1e+00 nan/inf 0 top1 87.50%  (rel_l2 > 1e-05)
+    -[✓] ORT_DISABLE_ALL batch 3 random: rel_l2 1.2e-07 vs_fp64 1.1e-07 floor 9.8e-08 max_abs 3.1e-06 nan/inf 0 top1 100.00% [<= rtol]
+    -[✓] ORT_ENABLE_ALL batch 64 random: rel_l2 2.6e-04 vs_fp64 2.8e-03 floor 2.5e-03 ... [<= 4 x floor]  [!] the model itself loses 4.3 digits in float32 here (floor 2.5e-03)
 
-A line passes when the output shape matches, ``rel_l2 ≤ rtol`` (default 1e-5 for float32 models, 1e-2 for float16
-models), ``max_abs ≤ atol`` if ``atol`` is given, and the NaN/Inf positions equal torch's (so 0 unless torch has them
-too); a reduced-precision setting (OpenVINO bf16) has its own tolerance. Models with ``quadexport`` nodes are checked
-with their function bodies inlined and, when the kernel library is built, with the kernel too.
-:attr:`CheckReport.ok` is true only if every line passes.
+A line passes when the output shape matches, ``vs_fp64 <= max(rtol, 4 × floor)`` (``rtol`` default 1e-5 for float32
+models, 1e-2 for float16 models, a reduced-precision setting (OpenVINO bf16) has its own; without a float64
+reference — fp16-only parts, custom ops — ``rel_l2 <= rtol`` as before, and a note says why), ``max_abs ≤ atol`` if
+``atol`` is given, and neither output holds a NaN/Inf. Input sets on which the model's own outputs are not finite
+give no figure but one error line. Models with ``quadexport`` nodes are checked with their function bodies inlined
+and, when the kernel library is built, with the kernel too. :attr:`CheckReport.ok` is true only if every line passes.
 """
 
 from __future__ import annotations
@@ -68,14 +72,6 @@ def _input_shapes(dims: list[Any], model: nn.Module, metadata: dict[str, str]) -
     return [shape] + [(shape[0], *s) for s in sizes if tuple(s) != tuple(shape[1:])]
 
 
-@torch.no_grad()
-def _torch_outputs(model: nn.Module, x: np.ndarray | tuple[np.ndarray, ...]) -> list[np.ndarray]:
-    from quadexport.exporter.outputs import flatten
-
-    xs = x if isinstance(x, tuple) else (x,)  # a model with several inputs: one array each
-    return [o.detach().float().cpu().numpy() for o in flatten(model(*(torch.from_numpy(a) for a in xs)))]
-
-
 def _load_dataset(spec: Any, meta: dict[str, Any], data_dir: str | os.PathLike | None,
                   n: int = DATASET_SAMPLES) -> tuple[np.ndarray, np.ndarray]:
     """The first ``n`` test samples (normalised model inputs, labels) of ``spec``: an opened
@@ -123,7 +119,7 @@ def check(onnx_path: str | os.PathLike, model: nn.Module, *, provider: str = "cp
           data_dir: str | os.PathLike | None = None, seed: int = 0, opt_levels: Sequence[str] = ("disable", "all"),
           kernel_library: str = "auto", threads: int | None = None, verbose: bool = True,
           json_path: str | os.PathLike | None = None, qdq_top1: float = QDQ_TOP1,
-          runtime: str | Any = None) -> CheckReport:
+          runtime: str | Any = None, dataset_samples: int = DATASET_SAMPLES) -> CheckReport:
     """Compare an exported model with its torch model under a runtime (default onnxruntime); fail hard on any miss.
 
     Files exported with ``input="raw"`` (metadata ``quadexport.input = raw``) are fed raw pixels (the same inputs,
@@ -154,6 +150,7 @@ def check(onnx_path: str | os.PathLike, model: nn.Module, *, provider: str = "cp
         qdq_top1: QDQ files: the minimum top-1 agreement with torch, in percent.
         runtime: a registered runtime's name (:func:`quadexport.list_runtimes`), ``MODULE:CLASS`` or a
             :class:`~quadexport.runtimes.Runtime` (``None``: onnxruntime on ``provider``).
+        dataset_samples: test images of the real-data check.
 
     Raises:
         UsageError: the file was exported from another model or neuron than ``model``, the runtime cannot run it
@@ -198,7 +195,8 @@ def check(onnx_path: str | os.PathLike, model: nn.Module, *, provider: str = "cp
             several = several_inputs(onnx_path, model)  # several inputs: their specs, random batches only
             shapes = ([several] if several is not None else
                       _input_shapes(file_io(onnx_path).input_dims[1:], model, info.metadata))
-            sets = _input_sets(model, shapes[0], batches, seed, dataset, data_dir, report, say, prep)
+            sets = _input_sets(model, shapes[0], batches, seed, dataset, data_dir, report, say, prep,
+                               dataset_samples)
             sets += _size_sets(model, shapes[1:], batches, seed, prep)
         if sessions:
             if qdq:
@@ -289,15 +287,16 @@ class _InputSet:
     labels: np.ndarray | None = None
 
 
-def _random(model: nn.Module, rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+def _random(model: nn.Module, rng: np.random.Generator, shape: tuple[int, ...],
+            dataset_stats: dict[str, Any] | None = None) -> np.ndarray:
     """Random model inputs: uniform in the run's recorded range (``meta["input_range"]``); else at the run's
     recorded input statistics (``meta["input_stats"]``: per-channel ``mean`` and ``std`` of the normalised
-    inputs); else standard normal."""
+    inputs), or at ``dataset_stats`` (measured on its dataset's test images); else standard normal."""
     r = input_range(model)
     if r is not None:
         return rng.uniform(r[0], r[1], shape).astype(np.float32)
     x = rng.standard_normal(shape).astype(np.float32)
-    stats = meta_dict(model).get("input_stats") or {}
+    stats = meta_dict(model).get("input_stats") or dataset_stats or {}
     if stats and len(shape) >= 3:
         bc = (-1,) + (1,) * (len(shape) - 2)
         mean = np.asarray(stats.get("mean", 0.0), np.float32).reshape(bc if np.ndim(stats.get("mean", 0)) else ())
@@ -321,22 +320,32 @@ def _size_sets(model: nn.Module, shapes: list[tuple[int, ...]], batches: Sequenc
     return sets
 
 
+def _stats(xs: np.ndarray) -> dict[str, Any] | None:
+    """Per-channel mean/std of dataset inputs ``[N, C, ...]`` (None for flat inputs)."""
+    if xs.ndim < 3:
+        return None
+    axes = (0,) + tuple(range(2, xs.ndim))
+    return {"mean": xs.mean(axes).tolist(), "std": np.maximum(xs.std(axes), 1e-6).tolist()}
+
+
 def _input_sets(model: nn.Module, shape: tuple[int, ...], batches: Sequence[int], seed: int,
                 dataset: Any, data_dir: str | os.PathLike | None, report: CheckReport,
-                say: Callable[[str], None], prep: Any = None) -> list[_InputSet]:
+                say: Callable[[str], None], prep: Any = None, samples: int = DATASET_SAMPLES) -> list[_InputSet]:
     """Random batches of every size, then the dataset's first test images (when known and loadable); with ``prep``
     (a raw-input file) both denormalised to raw pixel values. ``shape``: the specs of a file with several inputs
-    (:func:`~quadexport.check.inputs.several_inputs`) gives random batches of every size only."""
+    (:func:`~quadexport.check.inputs.several_inputs`) gives random batches of every size only. The random batches
+    follow the run's recorded range or statistics, else its dataset's (never N(0, 1) when the run knows better)."""
     if not isinstance(shape, tuple):  # several inputs: random batches of every size, a tuple of arrays each
         return [_InputSet(label, b, [xs]) for label, b, xs in several_batches(shape, batches, seed, dataset)]
     rng = np.random.default_rng(seed)
-    sets = [_InputSet(random_label(model), int(b), [_random(model, rng, (int(b), *shape))]) for b in batches]
     meta = meta_dict(model)
     ds = None if dataset is False else (dataset or meta.get("dataset"))
     ds_name = getattr(ds, "name", ds)  # a DataSource: its spec
+    real: list[_InputSet] = []
+    stats = None
     if ds:
         try:
-            xs, ys = _load_dataset(ds, meta, data_dir)
+            xs, ys = _load_dataset(ds, meta, data_dir, samples)
         except Exception as e:  # noqa: BLE001 - reported (a failure only when the dataset was asked for)
             if dataset:
                 report.errors.append(f"dataset {ds_name}: {e}")
@@ -350,7 +359,10 @@ def _input_sets(model: nn.Module, shape: tuple[int, ...], batches: Sequence[int]
                                  f"takes {'x'.join(map(str, shape))}; pass the run's own dataset "
                                  f"({meta.get('dataset', '?')}) or none")
             bs = max(int(b) for b in batches)
-            sets.append(_InputSet(f"{ds_name}[{len(xs)}]", bs, [xs[i:i + bs] for i in range(0, len(xs), bs)], ys))
+            real.append(_InputSet(f"{ds_name}[{len(xs)}]", bs, [xs[i:i + bs] for i in range(0, len(xs), bs)], ys))
+            stats = _stats(xs)
+    sets = [_InputSet(random_label(model), int(b), [_random(model, rng, (int(b), *shape), stats)])
+            for b in batches] + real
     if prep is not None:
         from quadexport.data.preprocess import denormalise
 
@@ -373,25 +385,29 @@ def _run_chunks(key: tuple[str, str], sess: Any, chunks: list[np.ndarray], repor
 def _compare_all(onnx_path: str | os.PathLike, sessions: dict[tuple[str, str], Any], sets: list[_InputSet],
                  model: nn.Module, report: CheckReport, say: Callable[[str], None],
                  qdq_top1: float | None = None) -> None:
+    """One line per session × input set × output: the runtime against torch float32 and float64
+    (:mod:`quadexport.check.references`), judged by :func:`quadexport.parity.judge`."""
+    from quadexport.check.references import torch_references
     from quadexport.exporter.outputs import structure_of
+    from quadexport.parity.inputs import describe
 
-    refs = [[_torch_outputs(model, x) for x in s.chunks] for s in sets]
+    refs = torch_references(model, sets, describe(meta_dict(model)), report, say)
     structure = structure_of(onnx_path)
     out_names = structure.names
-    n_ref = len(refs[0][0]) if refs else 0
-    if refs and n_ref != len(out_names):
+    n_ref = len(refs.fp32[0][0]) if refs.fp32 else 0
+    if refs.fp32 and n_ref != len(out_names):
         report.errors.append(f"onnx model has {len(out_names)} outputs {out_names}, torch model {n_ref}")
         say(f"-[✗] {report.errors[-1]}")
     for key, sess in sessions.items():
         rtol = report.rtol if sess.setting.rtol is None else sess.setting.rtol  # reduced precision (bf16)
-        for s, ref_chunks in zip(sets, refs):
+        for i, s in enumerate(refs.sets):
             outs = _run_chunks(key, sess, s.chunks, report, say)
             if outs is None:
                 break
             for k, name in enumerate(out_names[:n_ref]):
                 o = np.concatenate([c[k] for c in outs])
-                r = np.concatenate([c[k] for c in ref_chunks])
-                m = compare(o, r, rtol, report.atol, classes=structure.kind(name) == "classes")
+                m = compare(o, refs.output(i, k), rtol, report.atol, ref64=refs.output(i, k, "fp64"),
+                            classes=structure.kind(name) == "classes")
                 if qdq_top1 is not None and m["top1"] is not None:  # int8: judged by top-1 agreement only
                     m["ok"] = 100 * m["top1"] >= qdq_top1  # the threshold is given in percent
                     m["reason"] = "" if m["ok"] else f"top1 < {qdq_top1:g}%"

@@ -20,8 +20,6 @@ from quadexport.runmeta import config_dict
 
 log = logging.getLogger(__name__)
 
-TOLERANCE = 1e-6
-"""Largest relative output difference to the user's model accepted on a real test batch (as on random inputs)."""
 
 
 def input_shape(s: str) -> tuple[int, ...]:
@@ -103,16 +101,16 @@ def _first_batch(data: Any, n: int = 16) -> Any:
     return next(iter(DataLoader(data.test, batch_size=n, shuffle=False, num_workers=data.workers)))[0]
 
 
-def _on_data(adopted: Any, report: Any, data: Any, classifier: bool) -> tuple[float | None, float]:
-    """(test accuracy of the adopted model (``None`` unless ``classifier``), max relative difference to the source
-    on the first test batch)."""
+def _on_data(adopted: Any, report: Any, data: Any, classifier: bool) -> tuple[float | None, Any]:
+    """(test accuracy of the adopted model (``None`` unless ``classifier``), the float64 verdict of the first test
+    batch: :class:`quadexport.parity.ConversionCheck`)."""
     import torch
     from torch.utils.data import DataLoader
 
     from quadexport.training.loop import evaluate_batches
 
     loader = DataLoader(data.test, batch_size=256, shuffle=False, num_workers=data.workers)
-    diff = float(report.verify(next(iter(loader))[0]))
+    diff = report.verify_fp64(next(iter(loader))[0], f"{data.name}'s first test batch")
     if not classifier:  # no accuracy to measure for other tasks: the real batch still verifies the adoption
         return None, diff
     return float(evaluate_batches(adopted, loader, torch.device("cpu"))[1]), diff
@@ -226,15 +224,16 @@ def run(a: argparse.Namespace) -> int:
     meta = _meta(a, x, adopted.quadexport_config["num_classes"], data, src, loaded, report)
     _print_report(report)
     if data is not None:
-        acc, diff = _on_data(adopted, report, data, classifier=meta["task"] == "classification")
-        meta["max_rel_diff_test_batch"] = diff
+        acc, res = _on_data(adopted, report, data, classifier=meta["task"] == "classification")
+        meta.update(max_rel_diff_test_batch=res.max_rel_diff, err_fp64_test_batch=res.err_fp64,
+                    floor_test_batch=res.floor, rule_test_batch=res.verdict.rule)
         if acc is not None:
             meta["test_acc"] = acc
-        if not diff <= TOLERANCE:
-            raise QuadexportError(f"the adopted model differs from yours by {diff:.2e} (relative) on {a.dataset}'s "
-                                  f"first test batch (> {TOLERANCE:g}); nothing was written")
-        print(f"on {a.dataset}'s test set: {'' if acc is None else f'accuracy {100 * acc:.2f}%, '}max relative "
-              f"difference to your model {diff:.2e} (first batch)")
+        if not res.ok:
+            raise QuadexportError(f"the adopted model differs from yours on {a.dataset}'s first test batch "
+                                  f"({res.summary()}); nothing was written")
+        print(f"on {a.dataset}'s test set: {'' if acc is None else f'accuracy {100 * acc:.2f}%, '}"
+              f"{res.summary()} against your model in float64 (first batch)")
     _write(a, adopted, meta, src)
     print(f"{a.target} -> {a.out} (keeps a copy of {src.filename}, sha256 {src.sha256[:12]}...; loading the run "
           f"runs it)")

@@ -41,10 +41,13 @@ def run(a: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("check", help="check an exported ONNX model against its run (non-zero exit on a miss)",
-                       description="Run random inputs (and the first 512 test images of the run's dataset) through "
-                                   "a runtime (onnxruntime by default) and torch; print one line per setting (opt "
-                                   "level, kernel/bodies, precision) × batch; exit code 1 if "
-                                   "any line misses (rel_l2 > rtol, max_abs > atol, NaN/Inf torch does not have). "
+                       description="Run random inputs (at the run's recorded input range or statistics) and the "
+                                   "first 512 test images of the run's dataset through a runtime (onnxruntime by "
+                                   "default), torch and torch in float64; print one line per setting (opt level, "
+                                   "kernel/bodies, precision) × batch with the error against torch float32 "
+                                   "(rel_l2), against float64 (vs_fp64) and the model's own float32 floor; exit "
+                                   "code 1 if any line misses (vs_fp64 > max(rtol, 4 x floor), max_abs > atol, any "
+                                   "NaN/Inf). "
                                    "Raw-input files (export --input raw) are fed raw pixels; int8 QDQ files are "
                                    "judged by top-1 agreement on the dataset. Every output gets its own rows (top-1 "
                                    "for classifier logits, pixel-wise argmax agreement for class maps); a dynamic-size "
@@ -57,7 +60,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--provider", choices=("cpu", "cuda"), default="cpu", help="onnxruntime provider (default: cpu)")
     p.add_argument("--atol", type=nonneg_float, default=None, help="max abs difference (default: not checked)")
     p.add_argument("--rtol", type=nonneg_float, default=None,
-                   help="max relative L2 error (default: 1e-5 for float32, 1e-2 for float16 models)")
+                   help="max relative L2 error against float64 where the model's own float32 floor is below "
+                        "rtol/4 (default: 1e-5 for float32, 1e-2 for float16 models)")
     p.add_argument("--dataset", type=dataset_spec, default=None, metavar="DATASET",
                    help="dataset for the real-data check (default: the run's own, with its subsets and "
                         "normalisation)")

@@ -135,8 +135,10 @@ def run(a: argparse.Namespace) -> int:
         if not a.no_check:
             from quadexport.check import check
 
-            report = check(path, model, batches=(1, 3, 5), opt_levels=("disable", "all"), dataset=False,
-                           verbose=False)
+            # judged against float64; on the run's own test images too when it has a dataset (64 of them: quick),
+            # random inputs at its recorded range or statistics
+            report = check(path, model, batches=(1, 3, 5), opt_levels=("disable", "all"), dataset=None,
+                           dataset_samples=64, data_dir=a.data_dir, verbose=False)
             print(report.format())
             if a.mode == "fused" and not report.env.get("kernel_library"):
                 log.warning("fused mode: the kernel library is not built, so the fused kernel never ran (checked "

@@ -6,6 +6,7 @@ report (:mod:`quadexport.compress.outputs` holds the output stages)."""
 from __future__ import annotations
 
 import copy
+import math
 import shutil
 import tempfile
 import time
@@ -263,7 +264,11 @@ def _select(job: Job, tmp: Path) -> None:
         next(ticks, None)
         model = build(keep)
         onnx_of(keep, model)
-        return job.data.loss(model, "val"), macs(model, shape) / o.macs_twin
+        loss = job.data.loss(model, "val")
+        if not math.isfinite(loss):  # a NaN candidate is a bug of the rewrite: name it rather than rank it
+            raise CompressError(f"the {_label(keep)} candidate's validation loss is {loss} (NaN/Inf outputs on the "
+                                f"run's data, although the model's are finite); please report this run")
+        return loss, macs(model, shape) / o.macs_twin
 
     def costs(keeps: list[dict[str, int]]) -> list[float]:
         paths = [onnx_of(k) for k in keeps]
@@ -273,6 +278,10 @@ def _select(job: Job, tmp: Path) -> None:
     sel = select_layers(channels, job.align, float(cfg.target_ratio), measure, costs, log=job.say,
                         splittable=split_ok)
     job.keep, job.searched_cost, o.selection = sel.keep, sel.cost, sel.to_dict()
+
+
+def _label(keep: dict[str, int]) -> str:
+    return "all-linear" if not keep else ", ".join(f"{k} ({v} quadratic)" for k, v in keep.items())
 
 
 def _folded(job: Job, p: Plan) -> torch.nn.Module:
@@ -286,8 +295,16 @@ def _time_ratios(job: Job, paths: list[Path], twin_onnx: Path, seconds: float) -
     """Measured onnxruntime latency of each ONNX file over the ReLU twin's (worst of the batch sizes), interleaved."""
     from quadexport.compress.latency import p50, time_onnx
 
+    from quadexport.bench.timing import NonFiniteOutput
+
     named = {f"m{i}": p for i, p in enumerate(paths)}
-    t = time_onnx({**named, "twin": twin_onnx}, job.shape, job.cfg.batches, job.cfg.threads, min_seconds=seconds)
+    try:
+        t = time_onnx({**named, "twin": twin_onnx}, job.shape, job.cfg.batches, job.cfg.threads,
+                      min_seconds=seconds, inputs=job.calib)  # on the run's calibration data
+    except NonFiniteOutput as e:
+        key = str(e).split(" ", 1)[0]
+        raise CompressError(f"candidate {Path(named.get(key, twin_onnx)).name}: NaN/Inf outputs on the run's "
+                            f"calibration data while timing it ({e}); please report this run") from None
     return [max(p50(t, k, b) / p50(t, "twin", b) for b in job.cfg.batches) for k in named]
 
 

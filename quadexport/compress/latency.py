@@ -21,9 +21,24 @@ from quadexport.bench.timing import TimingConfig, TimingUnit, loadavg, time_sess
 __all__ = ["p50", "time_onnx"]
 
 
+def _batch(inputs: Any, batch: int) -> np.ndarray:
+    """The first ``batch`` samples of ``inputs`` (repeated when there are fewer), contiguous: float32, token ids
+    (integers) kept as they are."""
+    x = np.asarray(inputs.numpy() if hasattr(inputs, "numpy") else inputs)
+    x = x if np.issubdtype(x.dtype, np.integer) else x.astype(np.float32)  # token ids stay integers
+    reps = -(-int(batch) // max(len(x), 1))
+    return np.ascontiguousarray(np.concatenate([x] * reps)[:int(batch)] if reps > 1 else x[:int(batch)])
+
+
+def _finite(out: Any) -> bool:
+    return all(bool(np.isfinite(np.asarray(o)).all()) for o in out)
+
+
 def time_onnx(models: Mapping[str, str | os.PathLike], input_shape: Sequence[int], batches: Sequence[int] = (1, 64),
-              threads: int | None = None, min_seconds: float = 1.0, seed: int = 0) -> dict[str, Any]:
-    """Time ONNX files interleaved (one :func:`time_sessions` call per batch size).
+              threads: int | None = None, min_seconds: float = 1.0, seed: int = 0,
+              inputs: Any = None) -> dict[str, Any]:
+    """Time ONNX files interleaved (one :func:`time_sessions` call per batch size). Every output of every model is
+    checked for NaN/Inf after the warm-up and each chunk (:class:`~quadexport.bench.timing.NonFiniteOutput`).
 
     Args:
         models: ``{label: path}``.
@@ -31,7 +46,9 @@ def time_onnx(models: Mapping[str, str | os.PathLike], input_shape: Sequence[int
         batches: batch sizes.
         threads: onnxruntime intra-op threads (default: onnxruntime's, one per core).
         min_seconds: minimum timed seconds per model and batch.
-        seed: seed of the random inputs.
+        seed: seed of the random inputs (when no ``inputs`` are given).
+        inputs: model inputs ``[N, *input_shape]`` to time on (compress passes the run's calibration data);
+            default: standard-normal random inputs.
     """
     import onnxruntime
 
@@ -42,16 +59,19 @@ def time_onnx(models: Mapping[str, str | os.PathLike], input_shape: Sequence[int
     rows = []
     load_before = loadavg()
     for batch in batches:
-        x = rng.standard_normal((int(batch), *input_shape)).astype(np.float32)
-        feeds = {k: _tokens(s, x.shape, rng) if s.get_inputs()[0].type == "tensor(int64)" else x
+        x = (_batch(inputs, batch) if inputs is not None and len(inputs)
+             else rng.standard_normal((int(batch), *input_shape)).astype(np.float32))
+        feeds = {k: (_tokens(s, x.shape, rng) if not np.issubdtype(x.dtype, np.integer) else x)
+                 if s.get_inputs()[0].type == "tensor(int64)" else x
                  for k, s in sessions.items()}  # a language model's file takes int64 token ids
-        units = [TimingUnit(k, (lambda s=s, k=k: s.run(None, {s.get_inputs()[0].name: feeds[k]})),
-                            lambda out: bool(np.isfinite(out[0]).all())) for k, s in sessions.items()]
+        units = [TimingUnit(k, (lambda s=s, k=k: s.run(None, {s.get_inputs()[0].name: feeds[k]})), _finite)
+                 for k, s in sessions.items()]
         stats = time_sessions(units, TimingConfig(min_seconds=min_seconds, warmup=5, chunk_seconds=0.05,
                                                   batch=int(batch)))
         rows += [{"model": k, **asdict(st)} for k, st in stats.items()]
     return {"rows": rows, "load_before": load_before, "load_after": loadavg(),
             "config": {"ort": onnxruntime.__version__, "threads": threads, "batches": [int(b) for b in batches],
+                       "inputs": "given" if inputs is not None and len(inputs) else "random normal",
                        "min_seconds": min_seconds, "allow_spinning": False, "cpu_count": os.cpu_count()}}
 
 

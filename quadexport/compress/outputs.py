@@ -49,8 +49,11 @@ def parity(job: Job, fp32_path: Path) -> None:
     rep = run_check(fp32_path, job.o.cmodel, batches=(1, 3, 64), verbose=False, dataset=src)
     rep.onnx_path = str(job.o.out / FP32_ONNX)  # where it will be once the staged run is in place
     rep.save(job.dir / "parity.json")
-    job.o.parity = {"ok": rep.ok, "worst_rel_l2": rep.worst_rel_l2}
-    job.say(f"== parity of {fp32_path}: {'ok' if rep.ok else 'FAILED'} (worst rel_l2 {rep.worst_rel_l2:.1e})")
+    job.o.parity = {"ok": rep.ok, "worst_rel_l2": rep.worst_rel_l2, "worst_err_fp64": rep.worst_err_fp64,
+                    "worst_floor": rep.worst_floor}
+    fp64 = (f", vs float64 {rep.worst_err_fp64:.1e}, float32 floor {rep.worst_floor:.1e}"
+            if rep.worst_err_fp64 is not None else "")
+    job.say(f"== parity of {fp32_path}: {'ok' if rep.ok else 'FAILED'} (worst rel_l2 {rep.worst_rel_l2:.1e}{fp64})")
 
 
 def int8(job: Job, fp32_path: Path) -> None:
@@ -93,4 +96,5 @@ def bench(job: Job, fp32_path: Path) -> None:
         twin = copy.deepcopy(job.twin_model)
         files["relu_twin_convsc"] = export_onnx(conv_shortcuts(twin, describe(twin, shape)),
                                                 bdir / "relu_twin_convsc.onnx", shape)
-    job.o.timing = time_onnx(files, shape, cfg.batches, cfg.threads, min_seconds=cfg.min_seconds)
+    job.o.timing = time_onnx(files, shape, cfg.batches, cfg.threads, min_seconds=cfg.min_seconds,
+                             inputs=job.calib)  # timed on the run's calibration data

@@ -146,8 +146,13 @@ def open_data(run_dir: str | Path, meta: Mapping[str, Any], calib_samples: int, 
 
 
 def random_inputs(meta: Mapping[str, Any], n: int, shape: tuple[int, ...], seed: int) -> torch.Tensor:
-    """``n`` random model inputs at the run's recorded input statistics (``meta["input_stats"]``: per-channel
-    ``mean``/``std`` of the normalised inputs), N(0, 1) when none are recorded."""
+    """``n`` random model inputs as the run knows them (:func:`quadexport.parity.random_inputs`): uniform in its
+    recorded ``input_range``, else at its recorded ``input_stats`` (per-channel ``mean``/``std`` of the normalised
+    inputs), N(0, 1) when it records neither."""
+    if meta.get("input_range"):
+        from quadexport.parity import random_inputs as drawn
+
+        return torch.from_numpy(drawn(meta, [shape], n, seed)[0])
     x = torch.randn((n, *shape), generator=torch.Generator().manual_seed(int(seed)))
     stats = meta.get("input_stats") or {}
     if stats and len(shape) >= 2:

@@ -17,6 +17,12 @@ from torch import nn
 from quadexport.layers.quad import QuadLayer
 
 Tensor = torch.Tensor
+CONSTANT_TOL = 1e-9
+"""A term (or ``Y``) whose variance over the calibration data is at most this fraction of its mean square is constant
+there. ``E[X²] − E[X]²`` in float64 leaves ~1e-16·E[X²] of cancellation noise, of either sign, for a channel that
+never varies (a dead input channel; a depthwise conv on a 1×1 map): solving the refit on that noise gave NaN or
+arbitrary coefficients, and the all-linear candidate of a compress search went NaN (issue #29). A constant term's
+coefficient is not identifiable: it gets 0 and the shift carries its mean (exact on the calibration data)."""
 TERMS = ("R", "P", "B")
 FIT_SETS = {"lin": ("R",), "no_b": ("P",), "no_g": ("R", "B")}
 
@@ -131,16 +137,22 @@ class Fit:
 
 
 def fit_terms(st: LayerStats, terms: tuple[str, ...]) -> Fit:
-    """Refit ``Y = P + B`` per channel as ``Σ coef_i · X_i + shift`` with ``X ∈ terms`` (subset of R, P, B)."""
+    """Refit ``Y = P + B`` per channel as ``Σ coef_i · X_i + shift`` with ``X ∈ terms`` (subset of R, P, B); terms
+    constant on the calibration data get coefficient 0 (:data:`CONSTANT_TOL`)."""
     idx = [TERMS.index(t) for t in terms]
     cov, mean = st.cov, st.mean  # (3,3,C), (3,C)
     c = cov.shape[-1]
+    msq = st.s2.diagonal(dim1=0, dim2=1).T / st.n  # E[X_i²], (3, C)
+    varying = (cov.diagonal(dim1=0, dim2=1).T > CONSTANT_TOL * msq)[idx].T.to(cov.dtype)  # (C, k)
     cov_xy = cov[:, 1, :] + cov[:, 2, :]  # Cov(X_i, Y), (3, C)
     var_y = (cov[1, 1] + 2 * cov[1, 2] + cov[2, 2]).clamp_min(0)
+    msq_y = (st.s2[1, 1] + 2 * st.s2[1, 2] + st.s2[2, 2]) / st.n
+    var_y = torch.where(var_y > CONSTANT_TOL * msq_y, var_y, torch.zeros_like(var_y))  # a constant Y: shift alone
     mean_y = mean[1] + mean[2]
-    sxx = cov[idx][:, idx].permute(2, 0, 1)  # (C, k, k)
-    sxy = cov_xy[idx].T  # (C, k)
-    eps = 1e-12 * sxx.diagonal(dim1=1, dim2=2).sum(-1).clamp_min(1e-300)
+    sxx = cov[idx][:, idx].permute(2, 0, 1) * varying[:, :, None] * varying[:, None, :]  # (C, k, k)
+    sxx = sxx + torch.diag_embed(1 - varying)  # constant terms: coefficient 0
+    sxy = cov_xy[idx].T * varying  # (C, k)
+    eps = 1e-12 * (sxx.diagonal(dim1=1, dim2=2) * varying).sum(-1).clamp_min(1e-300)
     sxx = sxx + eps[:, None, None] * torch.eye(len(idx), dtype=sxx.dtype)
     coef = torch.linalg.solve(sxx, sxy.unsqueeze(-1)).squeeze(-1)  # (C, k)
     explained = (coef * sxy).sum(-1)

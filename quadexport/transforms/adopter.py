@@ -25,6 +25,7 @@ from quadexport.data.inputs import ModelInputs, as_tuple, explain_forward, resol
 from quadexport.errors import QuadexportError, UsageError
 from quadexport.layers.mixed import MixedQuad
 from quadexport.layers.quad import QuadLayer
+from quadexport.parity import ConversionCheck, verify_conversion
 from quadexport.zoo import count_macs, count_params
 from quadexport.transforms.adopt_match import Match, SkippedForm, find_matches, trace
 from quadexport.transforms.adopted import (choose_names, finish, make_spec, merged_spec, neuron_entry, relu_twin,
@@ -33,7 +34,8 @@ from quadexport.transforms.adopted import (choose_names, finish, make_spec, merg
 log = logging.getLogger(__name__)
 
 TOLERANCE = 1e-6
-"""Max relative difference (``max|new − old| / max|old|``) between the adopted and the source model's outputs."""
+"""Max relative difference (``max|new − old| / max|old|``) between the adopted model's outputs and the source's in
+float64, or :data:`quadexport.parity.K` times the source's own float32 floor when that is larger (issue #29)."""
 
 NeuronSelector = Union[str, Sequence[str], Callable[[str, Sequence[str]], bool], None]
 """Glob pattern(s) over a neuron's new name or any of its branch module paths, or a predicate
@@ -71,6 +73,10 @@ class AdoptReport:
         input_shape: the per-sample shape used (``None``: not verified); the first input's for several.
         inputs: the inputs verified with (names, shapes, ranges; ``None``: not verified).
         max_rel_diff: ``max|adopted − source| / max|source|`` on a random batch (``None``: not verified).
+        err_fp64: the same figure against the source run in float64 (``None``: not verified or no float64 run).
+        floor: the source's own float32 figure against float64 (its float32 floor).
+        rule: what accepted or refused the conversion (``rtol``: within :data:`TOLERANCE`; ``floor``: within
+            K × floor; ``fp32``: no float64 reference, the old rule; ``nonfinite``).
         spec: the JSON spec recorded in ``quadexport_config["adopt"]``.
         already: quadratic layers the source already held as quadexport layers (kept as they are).
     """
@@ -85,6 +91,10 @@ class AdoptReport:
     input_shape: tuple[int, ...] | None = None
     inputs: ModelInputs | None = None
     max_rel_diff: float | None = None
+    err_fp64: float | None = None
+    floor: float | None = None
+    rule: str | None = None
+    verdict: str | None = None
     spec: dict[str, Any] = field(default_factory=dict)
     source: nn.Module | None = field(default=None, repr=False, compare=False)
     adopted: nn.Module | None = field(default=None, repr=False, compare=False)
@@ -97,6 +107,20 @@ class AdoptReport:
             raise UsageError("this report holds no models to verify (it was rebuilt from a dict)")
         return _rel_diff(_eval_out(self.source, x), _eval_out(self.adopted, x))
 
+    def verify_fp64(self, x: Any, inputs: str = "the inputs used") -> ConversionCheck:
+        """Judge the adopted model against the source in float64 on ``x`` (a batch or a tuple of batches) and record
+        the figures; ``ok`` when within ``max(TOLERANCE, K x the source's float32 floor)``.
+
+        Raises:
+            quadexport.parity.NonFiniteOutputs: the source's own outputs are NaN/Inf on ``x`` (one line).
+        """
+        if self.source is None or self.adopted is None:
+            raise UsageError("this report holds no models to verify (it was rebuilt from a dict)")
+        res = verify_conversion(self.source, self.adopted, x, TOLERANCE, inputs_desc=inputs)
+        self.max_rel_diff, self.err_fp64, self.floor = res.max_rel_diff, res.err_fp64, res.floor
+        self.rule, self.verdict = res.verdict.rule, res.summary()
+        return res
+
     def summary(self) -> str:
         """One line: neurons per type, forms left alone, params/MACs, verification."""
         counts: dict[str, int] = {}
@@ -107,8 +131,9 @@ class AdoptReport:
              f"{len(self.skipped)} form(s) left alone; params {self.params_before:,} -> {self.params_after:,}")
         if self.macs_before is not None:
             s += f", MACs {self.macs_before:,} -> {self.macs_after:,}"
-        return s + (f"; outputs unchanged (max rel diff {self.max_rel_diff:.1e})" if self.max_rel_diff is not None
-                    else "; not verified (pass input_shape= or example_input=)")
+        if self.max_rel_diff is None:
+            return s + "; not verified (pass input_shape= or example_input=)"
+        return s + f"; outputs unchanged ({self.verdict or f'max rel diff {self.max_rel_diff:.1e}'})"
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON values (for a run dir)."""
@@ -119,7 +144,8 @@ class AdoptReport:
                 "params_before": self.params_before, "params_after": self.params_after,
                 "macs_before": self.macs_before, "macs_after": self.macs_after,
                 "input_shape": list(self.input_shape) if self.input_shape else None,
-                "max_rel_diff": self.max_rel_diff, "spec": self.spec}
+                "max_rel_diff": self.max_rel_diff, "err_fp64": self.err_fp64, "floor": self.floor,
+                "rule": self.rule, "spec": self.spec}
 
 
 def _outputs(out: Any) -> list[torch.Tensor]:
@@ -145,6 +171,8 @@ def _rel_diff(ref: list[torch.Tensor], new: list[torch.Tensor]) -> float:
         return float("inf")
     worst = 0.0
     for a, b in zip(ref, new):
+        if not (bool(torch.isfinite(a).all()) and bool(torch.isfinite(b).all())):
+            return float("inf")  # NaN compares false: a NaN must never read as "unchanged"
         if a.numel():
             scale = float(a.abs().max())
             diff = float((a.double() - b.double()).abs().max())
@@ -200,6 +228,14 @@ def _example(model: nn.Module, example_input: Any, input_shape: Any, input_range
     return inputs, xs
 
 
+def _described(inputs: ModelInputs) -> str:
+    """The random verification inputs in words (for the one-line refusal of a non-finite model)."""
+    if all(r is None for r in inputs.ranges):
+        return "N(0, 1) random inputs"
+    return "random inputs " + ", ".join("N(0, 1)" if r is None else f"uniform in [{r[0]:g}, {r[1]:g}]"
+                                        for r in inputs.ranges)
+
+
 def adopt(model: nn.Module, example_input: torch.Tensor | Sequence[torch.Tensor] | None = None,
           input_shape: Sequence[int] | Sequence[Sequence[int]] | None = None, include: NeuronSelector = None,
           exclude: NeuronSelector = None, return_report: bool = False, input_range: Any = None) -> Any:
@@ -233,7 +269,9 @@ def adopt(model: nn.Module, example_input: torch.Tensor | Sequence[torch.Tensor]
     Raises:
         UsageError: ``torch.fx`` cannot trace the model, an include/exclude glob matches no neuron, or the model
             does not take the given inputs (their count or shapes; the message names the layer).
-        AdoptError: the adopted model's output differs from the source's by more than :data:`TOLERANCE`.
+        AdoptError: the adopted model's output differs from the source's in float64 by more than
+            ``max(TOLERANCE, K x the source's own float32 floor)``, or holds NaN/Inf.
+        quadexport.parity.NonFiniteOutputs: the source's own outputs are NaN/Inf on the verification inputs.
     """
     source = copy.deepcopy(model)
     already: list[str] = []
@@ -277,10 +315,11 @@ def adopt(model: nn.Module, example_input: torch.Tensor | Sequence[torch.Tensor]
             shapes = inputs.shapes if inputs.several else shape
             report.macs_before, report.macs_after = count_macs(source, shapes), count_macs(adopted, shapes)
             report.macs_before += count_macs(adopted, shapes, within=functional) if functional else 0
-            report.max_rel_diff = report.verify(x)
-        if not report.max_rel_diff <= TOLERANCE:
-            raise AdoptError(f"the adopted model's output differs from the source's (max rel diff "
-                             f"{report.max_rel_diff:.1e} > {TOLERANCE:g}); please report this model")
+            res = report.verify_fp64(x, "the given example input" if example_input is not None else
+                                     _described(inputs))
+        if not res.ok:
+            raise AdoptError(f"the adopted model's output differs from the source's ({res.summary()}); please "
+                             f"report this model")
     for s in report.skipped:
         log.info("adopt: left alone %s: %s", ", ".join(s.modules), s.reason)
     log.debug("%s", report.summary())
