@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import quadexport as q
+from quadexport.layers import QuadLayer
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
@@ -66,3 +67,27 @@ def test_functional_qcnn_run_loads_by_replaying_the_spec(tmp_path):
     x = fm.example("qcnn1d")
     with torch.no_grad():
         assert torch.equal(loaded(x), model(x))
+
+
+@pytest.mark.slow  # four CLI processes: ~40 s on the shared 2-core machine
+def test_ct_autoencoder_of_conv_and_transposed_neurons_adopts_on_unit_range_inputs(tmp_path):
+    # issue #30 done-when: 5 conv + 5 ConvTranspose2d neurons fed [0, 1] images, all adopted through the CLI with
+    # --input-range 0,1; the range is recorded, and export and check draw their inputs from it
+    d, model = _user(tmp_path, "qae")
+    run = tmp_path / "run"
+    out = _cli("adopt", "qnets.py:qae", "--weights", "ckpt.pth", "--input-shape", "1,24,24", "--input-range", "0,1",
+               "--out", run, cwd=d)
+    assert "10 neuron(s) rewritten (10 fan)" in out, out
+    loaded = q.load(run)
+    assert loaded.quadexport_meta["input_range"] == [[0.0, 1.0]]
+    kinds = sorted(type(m).__name__ for m in loaded.modules() if isinstance(m, QuadLayer))
+    assert kinds == ["QuadConv2d"] * 5 + ["QuadConvTranspose2d"] * 5
+    x = torch.rand(3, 1, 24, 24, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        ref, got = model(x), loaded(x)
+    assert torch.isfinite(got).all() and torch.allclose(got, ref, rtol=1e-5, atol=1e-6)
+    onnx_path = tmp_path / "ae.onnx"
+    _cli("export", run, onnx_path, cwd=tmp_path)  # export's own check passes on U[0,1] inputs or writes nothing
+    assert onnx_path.exists()
+    report = _cli("check", onnx_path, run, "--batch", "2", cwd=tmp_path)
+    assert "U[0,1]" in report and "fail" not in report.lower(), report
