@@ -29,7 +29,7 @@ from torch import fx, nn
 
 from quadexport.runmeta import config_dict
 from quadexport.errors import UsageError
-from quadexport.layers.bnfold import fold_bn
+from quadexport.layers.bnfold import bn_scale_shift, fold_bn
 from quadexport.layers.neurons import get_neuron
 from quadexport.layers.quad import QuadConv1d, QuadConv2d, QuadLayer, QuadLinear
 from quadexport.layers.transposed import QuadConvTranspose1d, QuadConvTranspose2d, scale_out_channels
@@ -67,11 +67,8 @@ def _folded(t: Term, root: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None
     if not (transposed and groups > 1):
         return fold_bn(w, b, bn, transpose=transposed)
     # a grouped transposed weight [in, out/groups, k...] (torch's fuse_conv_bn_weights scales dim 1 whole)
-    s = 1.0 / torch.sqrt(bn.running_var.double() + bn.eps)
-    if bn.weight is not None:
-        s = s * bn.weight.detach().double()
-    shift = bn.bias.detach().double() if bn.bias is not None else torch.zeros_like(s)
-    b64 = (b.double() if b is not None else torch.zeros_like(s)) - bn.running_mean.double()
+    s, shift = bn_scale_shift(bn)  # the model is in eval mode here (adopt), so the BN is an affine map
+    b64 = b.double() if b is not None else torch.zeros_like(s)
     return scale_out_channels(w, s, True, groups), (b64 * s + shift).to(w.dtype)
 
 
