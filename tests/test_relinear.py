@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import quadexport as q
+from quadexport.zoo.tokens import is_token_model, random_tokens, token_input
 from quadexport.training.relinear import (ReLinearConfig, param_groups, quadratic_norms, quadratic_penalty, warm_start)
 
 ZOO = q.list_models()
@@ -15,11 +16,16 @@ ZOO = q.list_models()
 @pytest.mark.parametrize("neuron", ["fan", "compact", "t4", "quadralib", "qres"])
 def test_quadratic_model_from_relu_weights_is_exactly_relu(name, neuron):
     size = 8 if name in ("mlp", "cnn") else 12
-    relu = q.create_model(name, "relu", in_channels=1, input_size=size).eval()
     quad = q.create_model(name, neuron, in_channels=1, input_size=size).eval()
+    if is_token_model(quad):  # gpt: with a ReLU after the neuron, it computes the same-width ReLU gpt at init
+        quad = q.create_model(name, neuron, act="relu").eval()
+        relu = q.create_model(name, "relu", ffn_width=quad.ffn_width).eval()
+        x = random_tokens(token_input(quad), 4, 16, seed=0)
+    else:
+        relu = q.create_model(name, "relu", in_channels=1, input_size=size).eval()
+        x = torch.randn(4, 1, size, size)
     filled = warm_start(quad, relu.state_dict())
     assert len(filled) == len(relu.state_dict())
-    x = torch.randn(4, 1, size, size)
     with torch.no_grad():
         assert torch.equal(quad(x), relu(x))
 
