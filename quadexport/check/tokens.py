@@ -11,6 +11,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from quadexport.zoo.tokens import TokenInput
+from quadexport.runmeta import meta_dict
 
 __all__ = ["token_lengths_of", "token_sets"]
 
@@ -53,7 +54,7 @@ def token_sets(model: Any, spec: TokenInput, lengths: Sequence[int], batches: Se
     rng = np.random.default_rng(seed)
     sets = [make_set(f"random tokens len {n}", int(b), [rng.integers(0, spec.vocab_size, (int(b), n), dtype=np.int64)])
             for n in lengths for b in (batches if n == lengths[0] else sorted(set(int(b) for b in batches))[:2])]
-    meta = getattr(model, "quadexport_meta", None) or {}
+    meta = meta_dict(model)
     if dataset is False or not (dataset or meta.get("dataset")):
         return sets
     try:

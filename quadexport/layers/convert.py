@@ -42,9 +42,15 @@ def unsupported_reason(module: nn.Module) -> str | None:
     base = _base(module)
     if base is None:
         return f"{type(module).__name__} is not supported (only nn.Linear, nn.Conv1d and nn.Conv2d are)"
+    return plain_layer_problem(module, base, ("forward", "_conv_forward"))
+
+
+def plain_layer_problem(module: nn.Module, base: type, methods: tuple[str, ...] = ("forward",)) -> str | None:
+    """Why ``module`` (an instance of torch layer class ``base``) is not that plain layer - not initialised, a
+    subclass overriding one of ``methods``, parametrized, hooked, or a weight that is no parameter - or ``None``."""
     if isinstance(module, nn.modules.lazy.LazyModuleMixin) and module.has_uninitialized_params():
         return "lazy layer not initialised yet (run one forward pass first)"
-    for attr in ("forward", "_conv_forward"):
+    for attr in methods:
         own, ref = getattr(type(module), attr, None), getattr(base, attr, None)
         if own is not ref:
             return f"{type(module).__name__} overrides {base.__name__}.{attr} (its output is not a plain {attr})"

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from quadexport.layers.convert import unsupported_reason
+from quadexport.layers.convert import plain_layer_problem, unsupported_reason
 
 __all__ = ["Term", "TermGraph", "square_base"]
 
@@ -304,14 +304,4 @@ def _module_problem(m: nn.Module) -> str | None:
     if not isinstance(m, nn.modules.conv._ConvTransposeNd):
         return unsupported_reason(m)
     base = next(c for c in (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d) if isinstance(m, c))
-    if isinstance(m, nn.modules.lazy.LazyModuleMixin) and m.has_uninitialized_params():
-        return "lazy layer not initialised yet (run one forward pass first)"
-    if type(m).forward is not base.forward:
-        return f"{type(m).__name__} overrides {base.__name__}.forward"
-    if getattr(m, "parametrizations", None):
-        return "weight is parametrized (torch.nn.utils.parametrize)"
-    if m._forward_hooks or m._forward_pre_hooks:
-        return "has forward hooks, which a new layer would drop"
-    if not isinstance(m.weight, nn.Parameter):
-        return "weight is not a plain parameter"
-    return None
+    return plain_layer_problem(m, base)
